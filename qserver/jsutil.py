@@ -1,0 +1,64 @@
+"""Small JetStream helpers shared by the services."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+async def ensure_stream(
+    js: JetStreamContext, name: str, subjects: list[str], *, replicas: int = 1, **extra: object
+) -> api.StreamInfo:
+    """Create a file-backed stream, or update it to this config if it exists."""
+    config = api.StreamConfig(
+        name=name,
+        subjects=subjects,
+        storage=api.StorageType.FILE,
+        num_replicas=replicas,
+        **extra,  # type: ignore[arg-type]
+    )
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        return await js.add_stream(config)
+    return await js.update_stream(config)
+
+
+async def read_stream(
+    js: JetStreamContext, stream: str, subject: str, start_seq: int, batch: int = 1000
+) -> AsyncIterator[tuple[int, bytes]]:
+    """Yield (sequence, data) of every message on `subject` from `start_seq` to the current end."""
+    info = await js.stream_info(stream)
+    last = info.state.last_seq
+    if last < start_seq or info.state.messages == 0:
+        return
+    sub = await js.pull_subscribe(
+        subject,
+        stream=stream,
+        config=api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(start_seq, 1),
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=30.0,
+        ),
+    )
+    try:
+        seq = start_seq - 1
+        while seq < last:
+            pending = await sub.consumer_info()
+            if pending.num_pending == 0:
+                break
+            msgs = await sub.fetch(min(batch, pending.num_pending), timeout=5)
+            for msg in msgs:
+                assert msg.metadata.sequence is not None
+                seq = msg.metadata.sequence.stream
+                if seq > last:
+                    break
+                yield seq, msg.data
+    finally:
+        await sub.unsubscribe()

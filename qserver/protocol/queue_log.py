@@ -1,0 +1,75 @@
+"""Records of the queue service's event log (a JetStream stream) and its snapshots.
+
+The queue service holds the queue in memory, appends one of these events per change and
+replies only after JetStream acknowledged it. Start-up loads the newest snapshot and
+replays the events after it. Stored records tolerate unknown fields (newer writers).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from qserver.protocol.items import LockInfo, PlanQueueMode, QueueItem
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    """Base of every queue log event."""
+
+
+class ItemsAdded(Event, frozen=True, kw_only=True, tag="items_added"):
+    items: list[QueueItem]
+    index: int
+    queue_uid: str
+
+
+class ItemsRemoved(Event, frozen=True, kw_only=True, tag="items_removed"):
+    uids: list[str]
+    queue_uid: str
+
+
+class ItemsMoved(Event, frozen=True, kw_only=True, tag="items_moved"):
+    """The items are taken out, then inserted in this order at `index` of what remains."""
+
+    uids: list[str]
+    index: int
+    queue_uid: str
+
+
+class ItemReplaced(Event, frozen=True, kw_only=True, tag="item_replaced"):
+    uid: str
+    item: QueueItem
+    queue_uid: str
+
+
+class QueueCleared(Event, frozen=True, kw_only=True, tag="queue_cleared"):
+    queue_uid: str
+
+
+class ModeSet(Event, frozen=True, kw_only=True, tag="mode_set"):
+    mode: PlanQueueMode
+
+
+class LockSet(Event, frozen=True, kw_only=True, tag="lock_set"):
+    info: LockInfo
+    key_hash: str
+    lock_info_uid: str
+
+
+class LockCleared(Event, frozen=True, kw_only=True, tag="lock_cleared"):
+    lock_info_uid: str
+
+
+AnyEvent = ItemsAdded | ItemsRemoved | ItemsMoved | ItemReplaced | QueueCleared | ModeSet | LockSet | LockCleared
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """The whole queue state after the event with sequence number `seq` was applied."""
+
+    seq: int
+    items: list[QueueItem]
+    running_item: QueueItem | None = None
+    plan_queue_uid: str
+    mode: PlanQueueMode = PlanQueueMode()
+    lock: LockInfo = LockInfo()
+    lock_key_hash: str = ""
+    lock_info_uid: str = ""

@@ -1,0 +1,58 @@
+"""The manager status: the reply of `status`/`ping` and the `<prefix>.events.status` event."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from qserver.protocol.items import PlanQueueMode
+
+ManagerState = Literal[
+    "initializing",
+    "idle",
+    "paused",
+    "creating_environment",
+    "starting_queue",
+    "executing_queue",
+    "executing_task",
+    "closing_environment",
+    "destroying_environment",
+]
+
+
+class LockStatus(msgspec.Struct, frozen=True, kw_only=True):
+    environment: bool = False
+    queue: bool = False
+
+
+class Status(msgspec.Struct, frozen=True, kw_only=True):
+    """The reference server's 27 status keys, with the same names and meanings."""
+
+    msg: str
+    time: str
+    items_in_queue: int
+    items_in_history: int
+    running_item_uid: str | None
+    manager_state: ManagerState
+    queue_stop_pending: bool
+    queue_autostart_enabled: bool
+    worker_environment_exists: bool
+    worker_environment_state: str
+    worker_background_tasks: int
+    re_state: str | None
+    ip_kernel_state: str
+    ip_kernel_captured: bool
+    pause_pending: bool
+    run_list_uid: str
+    plan_queue_uid: str
+    plan_history_uid: str
+    devices_existing_uid: str
+    plans_existing_uid: str
+    devices_allowed_uid: str
+    plans_allowed_uid: str
+    plan_queue_mode: PlanQueueMode
+    task_results_uid: str
+    lock_info_uid: str
+    lock: LockStatus
+    status_uid: str

@@ -1,0 +1,83 @@
+"""Subject and JetStream resource names, all derived from one configurable prefix."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "qs.default"
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+
+def check_prefix(prefix: str) -> str:
+    """Return the prefix if it is a valid dotted NATS token sequence, else raise ValueError."""
+    if not _PREFIX_RE.match(prefix):
+        raise ValueError(
+            f"invalid subject prefix {prefix!r}: use dot-separated tokens of letters, digits, - and _"
+        )
+    return prefix
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Every subject and stream name used by one queue server instance."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        check_prefix(self.prefix)
+
+    # Public request-reply API: `<prefix>.api.<method>`.
+    def api(self, method: str) -> str:
+        return f"{self.prefix}.api.{method}"
+
+    @property
+    def api_wildcard(self) -> str:
+        return f"{self.prefix}.api.>"
+
+    # Events, for subscribers.
+    @property
+    def status_event(self) -> str:
+        return f"{self.prefix}.events.status"
+
+    @property
+    def console_event(self) -> str:
+        return f"{self.prefix}.events.console"
+
+    # Internal subjects between services.
+    @property
+    def queue_log(self) -> str:
+        return f"{self.prefix}.internal.queue.log"
+
+    @property
+    def history_log(self) -> str:
+        return f"{self.prefix}.internal.history.log"
+
+    @property
+    def history_changed(self) -> str:
+        return f"{self.prefix}.internal.history.changed"
+
+    @property
+    def history_info(self) -> str:
+        return f"{self.prefix}.internal.history.info"
+
+    @property
+    def lock_check(self) -> str:
+        return f"{self.prefix}.internal.queue.lock_check"
+
+    # JetStream resources. Stream and bucket names may not contain dots.
+    @property
+    def _token(self) -> str:
+        return self.prefix.replace(".", "_").upper()
+
+    @property
+    def queue_stream(self) -> str:
+        return f"QS_{self._token}_QUEUE"
+
+    @property
+    def history_stream(self) -> str:
+        return f"QS_{self._token}_HISTORY"
+
+    @property
+    def snapshot_bucket(self) -> str:
+        return f"QS_{self._token}_SNAPSHOTS"

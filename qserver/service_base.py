@@ -1,0 +1,103 @@
+"""What every service's NATS boundary shares: decoding requests, mapping errors to replies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.micro.service import Service
+from nats.micro.request import Request as MicroRequest
+
+from qserver.errors import BadRequest, QServerError
+from qserver.protocol.api import MAX_REQUEST_BYTES, REQUEST_TYPES, Reply, Request
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Any], Awaitable[msgspec.Struct | None]]
+
+_encoder = msgspec.json.Encoder()
+_decoders = {
+    method: msgspec.json.Decoder(rtype) for method, rtype in REQUEST_TYPES.items()
+}
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def failure(msg: str) -> bytes:
+    return _encoder.encode(Reply(success=False, msg=msg))
+
+
+def decode_request(method: str, data: bytes) -> Request:
+    """Decode a request body into the method's type; any problem is a BadRequest naming it."""
+    if len(data) > MAX_REQUEST_BYTES:
+        raise BadRequest(
+            f"Request is too large: {len(data)} bytes (the limit is {MAX_REQUEST_BYTES} bytes)"
+        )
+    body = data.strip() or b"{}"
+    try:
+        return _decoders[method].decode(body)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as e:
+        raise BadRequest(f"Invalid request to '{method}': {e}") from None
+    except msgspec.DecodeError as e:
+        raise BadRequest(f"Invalid request to '{method}': malformed JSON ({e})") from None
+
+
+async def serve_method(method: str, handler: Handler, msg: MicroRequest) -> None:
+    """Decode, call the handler, reply: the one place where errors become replies."""
+    try:
+        req = decode_request(method, msg.data)
+        reply = await handler(req)
+        if reply is None:
+            return
+        out = encode(reply)
+    except QServerError as e:
+        out = failure(e.msg)
+    except Exception as e:
+        logger.exception("request '%s' failed", method)
+        out = failure(f"Internal error while handling '{method}': {e!r}")
+    try:
+        await msg.respond(out)
+    except ValueError:
+        pass  # a publish without a reply subject expects no answer
+
+
+async def add_methods(
+    service: Service, api_subject: Callable[[str], str], handlers: dict[str, Handler]
+) -> None:
+    """One nats.micro endpoint per method, each dispatching to its handler."""
+    for method, handler in handlers.items():
+
+        async def cb(msg: MicroRequest, method: str = method, handler: Handler = handler) -> None:
+            await serve_method(method, handler, msg)
+
+        await service.add_endpoint(name=method, subject=api_subject(method), handler=cb)
+
+
+async def wait_for_signal(stop: asyncio.Event) -> None:
+    """Return on SIGINT/SIGTERM, or when `stop` is set by the service itself."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_loop(coro: Any) -> int:
+    """Run a service's main coroutine on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[no-any-return]
+    return uvloop.run(coro)  # type: ignore[no-any-return]

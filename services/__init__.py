@@ -1,0 +1,1 @@
+"""The queue server's services; each runs as its own process and talks only over NATS."""

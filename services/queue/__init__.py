@@ -1,0 +1,1 @@
+"""The queue service (the manager): queue, running item, state machine, locks."""

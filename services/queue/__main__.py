@@ -1,0 +1,64 @@
+"""Entry point: `python -m services.queue --nats-url ... --prefix ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+
+import nats
+from nats.micro import add_service
+
+import qserver
+from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
+from qserver.service_base import add_methods, run_loop, setup_logging, wait_for_signal
+from services.queue.service import QueueService
+
+logger = logging.getLogger("services.queue")
+
+
+async def main(args: argparse.Namespace) -> int:
+    subjects = Subjects(args.prefix)
+    nc = await nats.connect(args.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                            name="qserver-queue")
+    js = nc.jetstream()
+    svc = QueueService(
+        nc, js, subjects,
+        emergency_lock_key=os.environ.get("QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER") or None,
+        snapshot_every=args.snapshot_every,
+    )
+    await svc.load()
+    micro = await add_service(nc, name="qserver-queue", version=qserver.__version__,
+                              metadata={"prefix": args.prefix})
+    await add_methods(micro, subjects.api, svc.handlers())
+    await nc.subscribe(subjects.history_changed, cb=svc.on_history_changed)
+    await nc.subscribe(subjects.lock_check, cb=svc.on_lock_check)
+    await svc.publish_status()
+    tasks = [asyncio.create_task(svc.heartbeat()), asyncio.create_task(svc.fetch_history_info())]
+    logger.info("queue service ready on %s (prefix %s)", args.nats_url, args.prefix)
+    await wait_for_signal(svc.stop_requested)
+    for t in tasks:
+        t.cancel()
+    await micro.stop()
+    await svc.log.close()
+    with contextlib.suppress(Exception):
+        await nc.drain()
+    logger.info("queue service stopped: %s", svc.summary())
+    return 0
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(prog="python -m services.queue", description=__doc__)
+    p.add_argument("--nats-url", default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222"))
+    p.add_argument("--prefix", default=os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX))
+    p.add_argument("--snapshot-every", type=int, default=2000)
+    p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
+    args = p.parse_args()
+    setup_logging(args.log_level)
+    raise SystemExit(run_loop(main(args)))
+
+
+if __name__ == "__main__":
+    cli()

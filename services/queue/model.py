@@ -1,0 +1,368 @@
+"""The queue as a domain object: validates requests into log events and applies events.
+
+Nothing here talks to NATS. A change is made in two steps so that a failed write never
+leaves a half-applied state: `plan_*` checks a request against the current state and
+returns the event that describes the change; the service appends that event to the log and
+only then calls `apply`, which is also what replay at start-up uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from qserver.errors import BadRequest, Locked, NotFound, Refused
+from qserver.protocol import api
+from qserver.protocol.items import LockInfo, PlanQueueMode, QueueItem
+from qserver.protocol.queue_log import (
+    AnyEvent,
+    ItemReplaced,
+    ItemsAdded,
+    ItemsMoved,
+    ItemsRemoved,
+    LockCleared,
+    LockSet,
+    ModeSet,
+    QueueCleared,
+    Snapshot,
+)
+from services.queue.positions import existing_index, insert_index, only_one
+
+QUEUE_ITEM_TYPES = ("plan", "instruction")
+INSTRUCTIONS = ("queue_stop",)
+
+
+def new_uid() -> str:
+    return str(uuid.uuid4())
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def normalize_item(item: api.SubmittedItem | QueueItem, user: str, user_group: str) -> QueueItem:
+    """Check a submitted item and return it as stored: owner set, `result` dropped, no uid."""
+    if not item.name:
+        raise BadRequest("Item name is empty")
+    if item.item_type not in QUEUE_ITEM_TYPES:
+        raise BadRequest(
+            f"Item type {item.item_type!r} can not be added to the queue "
+            f"(allowed: {', '.join(QUEUE_ITEM_TYPES)})"
+        )
+    if item.item_type == "instruction" and item.name not in INSTRUCTIONS:
+        raise BadRequest(
+            f"Unknown instruction {item.name!r} (supported: {', '.join(INSTRUCTIONS)})"
+        )
+    fields = msgspec.structs.asdict(item)
+    fields.pop("result", None)
+    fields.update(user=user, user_group=user_group)
+    return QueueItem(**fields)
+
+
+class QueueModel:
+    """The queue, the running item, the queue mode and the lock, in memory."""
+
+    def __init__(self, *, emergency_lock_key: str | None = None) -> None:
+        self.items: list[QueueItem] = []
+        self._by_uid: dict[str, QueueItem] = {}
+        self.running_item: QueueItem | None = None
+        self.plan_queue_uid = new_uid()
+        self.mode = PlanQueueMode()
+        self.lock = LockInfo(emergency_lock_key_is_set=bool(emergency_lock_key))
+        self.lock_key_hash = ""
+        self.lock_info_uid = new_uid()
+        self._emergency_hash = hash_key(emergency_lock_key) if emergency_lock_key else ""
+
+    # ----- persistence -----
+
+    def load(self, snap: Snapshot) -> None:
+        self.items = list(snap.items)
+        self._by_uid = {it.item_uid: it for it in self.items}  # type: ignore[misc]
+        self.running_item = snap.running_item
+        self.plan_queue_uid = snap.plan_queue_uid
+        self.mode = snap.mode
+        self.lock = msgspec.structs.replace(
+            snap.lock, emergency_lock_key_is_set=bool(self._emergency_hash)
+        )
+        self.lock_key_hash = snap.lock_key_hash
+        self.lock_info_uid = snap.lock_info_uid or new_uid()
+
+    def snapshot(self, seq: int) -> Snapshot:
+        return Snapshot(
+            seq=seq,
+            items=list(self.items),
+            running_item=self.running_item,
+            plan_queue_uid=self.plan_queue_uid,
+            mode=self.mode,
+            lock=self.lock,
+            lock_key_hash=self.lock_key_hash,
+            lock_info_uid=self.lock_info_uid,
+        )
+
+    # ----- applying events -----
+
+    def apply(self, ev: AnyEvent) -> None:
+        match ev:
+            case ItemsAdded(items=items, index=index):
+                self.items[index:index] = items
+                for it in items:
+                    self._by_uid[it.item_uid] = it  # type: ignore[index]
+                self.plan_queue_uid = ev.queue_uid
+            case ItemsRemoved(uids=uids):
+                self._take(uids)
+                self.plan_queue_uid = ev.queue_uid
+            case ItemsMoved(uids=uids, index=index):
+                moved = self._take(uids)
+                self.items[index:index] = moved
+                self._by_uid.update((it.item_uid, it) for it in moved)  # type: ignore[misc]
+                self.plan_queue_uid = ev.queue_uid
+            case ItemReplaced(uid=uid, item=item):
+                index = self.index_of(uid)
+                del self._by_uid[uid]
+                self.items[index] = item
+                self._by_uid[item.item_uid] = item  # type: ignore[index]
+                self.plan_queue_uid = ev.queue_uid
+            case QueueCleared():
+                self.items.clear()
+                self._by_uid.clear()
+                self.plan_queue_uid = ev.queue_uid
+            case ModeSet(mode=mode):
+                self.mode = mode
+            case LockSet(info=info, key_hash=key_hash):
+                self.lock = msgspec.structs.replace(
+                    info, emergency_lock_key_is_set=bool(self._emergency_hash)
+                )
+                self.lock_key_hash = key_hash
+                self.lock_info_uid = ev.lock_info_uid
+            case LockCleared():
+                self.lock = LockInfo(emergency_lock_key_is_set=bool(self._emergency_hash))
+                self.lock_key_hash = ""
+                self.lock_info_uid = ev.lock_info_uid
+            case _:
+                raise TypeError(f"unknown queue event {type(ev).__name__}")
+
+    def _take(self, uids: list[str]) -> list[QueueItem]:
+        """Remove the items with these uids and return them in the order of `uids`."""
+        wanted = set(uids)
+        taken = {it.item_uid: it for it in self.items if it.item_uid in wanted}
+        self.items = [it for it in self.items if it.item_uid not in wanted]
+        for uid in uids:
+            self._by_uid.pop(uid, None)
+        return [taken[uid] for uid in uids if uid in taken]
+
+    # ----- queries -----
+
+    def index_of(self, uid: str) -> int:
+        item = self._by_uid.get(uid)
+        if item is None:
+            if self.running_item is not None and self.running_item.item_uid == uid:
+                raise NotFound(f"Item {uid!r} is running, not in the queue")
+            raise NotFound(f"No item with uid {uid!r} is in the queue")
+        return self.items.index(item)
+
+    def locate(self, pos: api.Pos | UnsetType, uid: str | UnsetType) -> int:
+        """Index of an existing item named by `pos` or `uid`; the back item by default."""
+        which = only_one(pos=pos, uid=uid)
+        if which == "uid":
+            assert isinstance(uid, str)
+            return self.index_of(uid)
+        return existing_index("back" if pos is UNSET else pos, len(self.items))  # type: ignore[arg-type]
+
+    def _insertion(
+        self, pos: api.Pos | UnsetType, before_uid: str | UnsetType, after_uid: str | UnsetType
+    ) -> int:
+        which = only_one(pos=pos, before_uid=before_uid, after_uid=after_uid)
+        if which == "before_uid":
+            return self.index_of(before_uid)  # type: ignore[arg-type]
+        if which == "after_uid":
+            return self.index_of(after_uid) + 1  # type: ignore[arg-type]
+        return insert_index(pos, len(self.items))
+
+    # ----- locks -----
+
+    def check_lock(self, target: str, lock_key: str | None) -> None:
+        """Refuse a request on a locked environment or queue unless it carries the key."""
+        locked = self.lock.environment if target == "environment" else self.lock.queue
+        if not locked or self._key_matches(lock_key):
+            return
+        who = f" by {self.lock.user!r}" if self.lock.user else ""
+        note = f" (note: {self.lock.note})" if self.lock.note else ""
+        raise Locked(
+            f"Request was rejected: the {target} is locked{who}{note}. "
+            "Pass the lock key to use it, or unlock it."
+        )
+
+    def _key_matches(self, lock_key: str | None) -> bool:
+        if not lock_key:
+            return False
+        h = hash_key(lock_key)
+        if self.lock_key_hash and hmac.compare_digest(h, self.lock_key_hash):
+            return True
+        return bool(self._emergency_hash) and hmac.compare_digest(h, self._emergency_hash)
+
+    def plan_lock(self, req: api.LockRequest) -> LockSet:
+        if not req.lock_key:
+            raise BadRequest("lock_key must be a non-empty string")
+        if not (req.environment or req.queue):
+            raise BadRequest("Nothing to lock: set 'environment' and/or 'queue' to true")
+        if (self.lock.environment or self.lock.queue) and not hmac.compare_digest(
+            hash_key(req.lock_key), self.lock_key_hash
+        ):
+            raise Refused(
+                f"The queue server is already locked by {self.lock.user!r}; "
+                "unlock it with its key first"
+            )
+        now = time.time()
+        info = LockInfo(
+            environment=req.environment,
+            queue=req.queue,
+            user=req.user,
+            note=req.note,
+            time=now,
+            time_str=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
+        )
+        return LockSet(info=info, key_hash=hash_key(req.lock_key), lock_info_uid=new_uid())
+
+    def check_lock_key(self, lock_key: str | None) -> None:
+        """For `lock_info`: a given key must be the one the lock was set with."""
+        if lock_key is not None and (self.lock.environment or self.lock.queue):
+            if not self._key_matches(lock_key):
+                raise Refused("Invalid lock key: it does not match the key the lock was set with")
+
+    def plan_unlock(self, req: api.UnlockRequest) -> LockCleared:
+        if not (self.lock.environment or self.lock.queue):
+            raise Refused("The queue server is not locked")
+        if not self._key_matches(req.lock_key):
+            raise Refused("Invalid lock key: it matches neither the lock's key nor the emergency key")
+        return LockCleared(lock_info_uid=new_uid())
+
+    # ----- queue edits -----
+
+    def plan_add(self, req: api.QueueItemAdd) -> ItemsAdded:
+        item = normalize_item(req.item, req.user, req.user_group)
+        index = self._insertion(req.pos, req.before_uid, req.after_uid)
+        item = msgspec.structs.replace(item, item_uid=new_uid())
+        return ItemsAdded(items=[item], index=index, queue_uid=new_uid())
+
+    def plan_add_batch(
+        self, req: api.QueueItemAddBatch
+    ) -> tuple[ItemsAdded | None, list[api.BatchResult]]:
+        """All or nothing: the event, or None and the per-item reasons."""
+        items: list[QueueItem] = []
+        results: list[api.BatchResult] = []
+        for raw in req.items:
+            try:
+                sub = msgspec.convert(raw, api.SubmittedItem)
+                item = normalize_item(sub, req.user, req.user_group)
+                items.append(msgspec.structs.replace(item, item_uid=new_uid()))
+                results.append(api.BatchResult(success=True))
+            except msgspec.ValidationError as e:
+                results.append(api.BatchResult(success=False, msg=f"Invalid item: {e}"))
+            except BadRequest as e:
+                results.append(api.BatchResult(success=False, msg=e.msg))
+        index = self._insertion(req.pos, req.before_uid, req.after_uid)
+        if not all(r.success for r in results):
+            return None, results
+        return ItemsAdded(items=items, index=index, queue_uid=new_uid()), results
+
+    def plan_remove(self, req: api.QueueItemRemove) -> tuple[ItemsRemoved, QueueItem]:
+        item = self.items[self.locate(req.pos, req.uid)]
+        return ItemsRemoved(uids=[item.item_uid], queue_uid=new_uid()), item  # type: ignore[list-item]
+
+    def plan_remove_batch(
+        self, req: api.QueueItemRemoveBatch
+    ) -> tuple[ItemsRemoved | None, list[QueueItem]]:
+        _check_unique(req.uids)
+        missing = [uid for uid in req.uids if uid not in self._by_uid]
+        if missing and not req.ignore_missing:
+            raise NotFound(f"Items are not in the queue: {', '.join(missing)}")
+        found = [self._by_uid[uid] for uid in req.uids if uid in self._by_uid]
+        if not found:
+            return None, []
+        uids: list[str] = [it.item_uid for it in found]  # type: ignore[misc]
+        return ItemsRemoved(uids=uids, queue_uid=new_uid()), found
+
+    def plan_move(self, req: api.QueueItemMove) -> tuple[ItemsMoved | None, QueueItem]:
+        src = self.locate(req.pos, req.uid)
+        item = self.items[src]
+        uid: str = item.item_uid  # type: ignore[assignment]
+        which = only_one(pos_dest=req.pos_dest, before_uid=req.before_uid, after_uid=req.after_uid)
+        if which is None:
+            raise BadRequest("Destination is missing: give pos_dest, before_uid or after_uid")
+        if which == "pos_dest":
+            dest = existing_index(req.pos_dest, len(self.items))  # type: ignore[arg-type]
+        else:
+            target: str = req.before_uid if which == "before_uid" else req.after_uid  # type: ignore[assignment]
+            if target == uid:
+                return None, item  # moving an item next to itself changes nothing
+            dest = self.index_of(target)
+            dest = dest - 1 if dest > src else dest  # index once the item is taken out
+            dest += 1 if which == "after_uid" else 0
+        if dest == src:
+            return None, item
+        return ItemsMoved(uids=[uid], index=dest, queue_uid=new_uid()), item
+
+    def plan_move_batch(self, req: api.QueueItemMoveBatch) -> tuple[ItemsMoved | None, list[QueueItem]]:
+        _check_unique(req.uids)
+        if not req.uids:
+            return None, []
+        missing = [uid for uid in req.uids if uid not in self._by_uid]
+        if missing:
+            raise NotFound(f"Items are not in the queue: {', '.join(missing)}")
+        which = only_one(pos_dest=req.pos_dest, before_uid=req.before_uid, after_uid=req.after_uid)
+        if which is None:
+            raise BadRequest("Destination is missing: give pos_dest, before_uid or after_uid")
+        batch = set(req.uids)
+        uids = [it.item_uid for it in self.items if it.item_uid in batch] if req.reorder else list(req.uids)
+        rest = [it for it in self.items if it.item_uid not in batch]
+        if which == "pos_dest":
+            index = 0 if req.pos_dest == "front" else len(rest)
+        else:
+            target: str = req.before_uid if which == "before_uid" else req.after_uid  # type: ignore[assignment]
+            if target in batch:
+                raise BadRequest(f"{which} {target!r} is one of the items being moved")
+            self.index_of(target)  # raises if it is not in the queue
+            index = next(i for i, it in enumerate(rest) if it.item_uid == target)
+            index += 1 if which == "after_uid" else 0
+        moved = [self._by_uid[uid] for uid in uids]  # type: ignore[index]
+        return ItemsMoved(uids=uids, index=index, queue_uid=new_uid()), moved  # type: ignore[arg-type]
+
+    def plan_update(self, req: api.QueueItemUpdate) -> ItemReplaced:
+        uid = req.item.item_uid
+        if not isinstance(uid, str) or not uid:
+            raise BadRequest("The item has no item_uid: say which queue item to update")
+        self.index_of(uid)
+        item = normalize_item(req.item, req.user, req.user_group)
+        item = msgspec.structs.replace(item, item_uid=new_uid() if req.replace else uid)
+        return ItemReplaced(uid=uid, item=item, queue_uid=new_uid())
+
+    def plan_clear(self) -> QueueCleared | None:
+        return QueueCleared(queue_uid=new_uid()) if self.items else None
+
+    def plan_mode(self, req: api.QueueModeSet) -> ModeSet:
+        if req.mode == "default":
+            return ModeSet(mode=PlanQueueMode())
+        if not isinstance(req.mode, dict):
+            raise BadRequest("mode must be an object or 'default'")
+        fields: dict[str, Any] = msgspec.structs.asdict(self.mode)
+        for key, value in req.mode.items():
+            if key not in fields:
+                raise BadRequest(
+                    f"Unknown queue mode parameter {key!r} (supported: {', '.join(fields)})"
+                )
+            if not isinstance(value, bool):
+                raise BadRequest(f"Queue mode parameter {key!r} must be true or false, not {value!r}")
+            fields[key] = value
+        return ModeSet(mode=PlanQueueMode(**fields))
+
+
+def _check_unique(uids: list[str]) -> None:
+    if len(set(uids)) != len(uids):
+        dup = sorted({u for u in uids if uids.count(u) > 1})
+        raise BadRequest(f"The list of uids has duplicates: {', '.join(dup)}")

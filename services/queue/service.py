@@ -1,0 +1,336 @@
+"""The queue service's NATS boundary: requests in, log appends, replies and status events out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+import qserver
+from qserver.errors import Conflict, QServerError, Refused
+from qserver.protocol import api
+from qserver.protocol.internal import HistoryInfo, LockCheck, LockCheckReply
+from qserver.protocol.queue_log import AnyEvent
+from qserver.protocol.status import LockStatus, Status
+from qserver.protocol.subjects import Subjects
+from qserver.service_base import Handler, encode
+from services.queue.model import QueueModel
+from services.queue.store import EventLog
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+BUSY_STATES = ("executing_queue", "paused", "starting_queue", "executing_task")
+
+
+def _uid() -> str:
+    return str(uuid.uuid4())
+
+
+class QueueService:
+    """Owns the queue, the manager state and the lock; publishes status on every change."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        subjects: Subjects,
+        *,
+        emergency_lock_key: str | None = None,
+        snapshot_every: int = 2000,
+        replicas: int = 1,
+    ) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.model = QueueModel(emergency_lock_key=emergency_lock_key)
+        self.log = EventLog(js, subjects, replicas=replicas, snapshot_every=snapshot_every)
+        self.stop_requested = asyncio.Event()
+        self.manager_state = "idle"
+        self.history = HistoryInfo(items_in_history=0, plan_history_uid=_uid())
+        self._write_lock = asyncio.Lock()
+        self._needs_resync = False
+        self._status: Status | None = None
+        self._static_uids = {k: _uid() for k in (
+            "run_list_uid", "devices_existing_uid", "plans_existing_uid",
+            "devices_allowed_uid", "plans_allowed_uid", "task_results_uid",
+        )}
+
+    # ----- start-up -----
+
+    async def load(self) -> None:
+        t0 = time.perf_counter()
+        snap, events = await self.log.open()
+        if snap is not None:
+            self.model.load(snap)
+        for _, ev in events:
+            self.model.apply(ev)
+        logger.info(
+            "queue loaded: %d items, snapshot at seq %d, %d events replayed in %.1f ms",
+            len(self.model.items), snap.seq if snap else 0, len(events),
+            (time.perf_counter() - t0) * 1e3,
+        )
+
+    async def resync(self) -> None:
+        """Apply events this instance did not see (after a failed or unknown append)."""
+        for ev in await self.log.catch_up():
+            self.model.apply(ev)
+        self._needs_resync = False
+
+    # ----- status -----
+
+    def status(self) -> Status:
+        m = self.model
+        return Status(
+            msg=f"RE Manager v{qserver.__version__}",
+            time=datetime.datetime.now().isoformat(),
+            items_in_queue=len(m.items),
+            items_in_history=self.history.items_in_history,
+            running_item_uid=m.running_item.item_uid if m.running_item else None,  # type: ignore[arg-type]
+            manager_state=self.manager_state,  # type: ignore[arg-type]
+            queue_stop_pending=False,
+            queue_autostart_enabled=False,
+            worker_environment_exists=False,
+            worker_environment_state="closed",
+            worker_background_tasks=0,
+            re_state=None,
+            ip_kernel_state="disabled",
+            ip_kernel_captured=True,
+            pause_pending=False,
+            plan_queue_uid=m.plan_queue_uid,
+            plan_history_uid=self.history.plan_history_uid,
+            plan_queue_mode=m.mode,
+            lock_info_uid=m.lock_info_uid,
+            lock=LockStatus(environment=m.lock.environment, queue=m.lock.queue),
+            status_uid=self._status.status_uid if self._status else _uid(),
+            **self._static_uids,
+        )
+
+    async def publish_status(self, changed: bool = True) -> None:
+        """Publish the status event; a new `status_uid` only when something changed."""
+        st = self.status()
+        if changed and self._status is not None:
+            prev = msgspec.structs.replace(self._status, time=st.time)
+            if prev != st:
+                st = msgspec.structs.replace(st, status_uid=_uid())
+        self._status = st
+        with contextlib.suppress(Exception):
+            await self.nc.publish(self.subjects.status_event, encode(st))
+
+    async def heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            await self.publish_status(changed=False)
+
+    # ----- writing -----
+
+    async def commit(self, event: AnyEvent | None) -> None:
+        """Append the event, apply it once acknowledged, then tell subscribers."""
+        if event is None:
+            return
+        try:
+            seq = await self.log.append(event)
+        except Conflict:
+            self._needs_resync = True
+            raise
+        except Exception as e:
+            # The event may or may not be stored: re-read the log before the next change.
+            self._needs_resync = True
+            raise Refused(f"The change could not be stored ({e!r}); it may not have been applied") from e
+        self.model.apply(event)
+        if self.log.snapshot_due():
+            self.log.start_snapshot(self.model.snapshot(seq))
+        await self.publish_status()
+
+    async def _locked_edit(self, lock_key: str | None, target: str | None = "queue") -> None:
+        """Before a change: catch up with the log if needed, then check the lock."""
+        if self._needs_resync:
+            await self.resync()
+        if target is not None:
+            self.model.check_lock(target, lock_key)
+
+    # ----- handlers -----
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "ping": self.on_status,
+            "status": self.on_status,
+            "queue_get": self.on_queue_get,
+            "queue_item_add": self.on_item_add,
+            "queue_item_add_batch": self.on_item_add_batch,
+            "queue_item_get": self.on_item_get,
+            "queue_item_remove": self.on_item_remove,
+            "queue_item_remove_batch": self.on_item_remove_batch,
+            "queue_item_move": self.on_item_move,
+            "queue_item_move_batch": self.on_item_move_batch,
+            "queue_item_update": self.on_item_update,
+            "queue_clear": self.on_queue_clear,
+            "queue_mode_set": self.on_mode_set,
+            "lock": self.on_lock,
+            "lock_info": self.on_lock_info,
+            "unlock": self.on_unlock,
+            "manager_stop": self.on_manager_stop,
+            "manager_kill": self.on_manager_kill,
+        }
+
+    async def on_status(self, req: api.Empty) -> Status:
+        return msgspec.structs.replace(
+            self._status or self.status(), time=datetime.datetime.now().isoformat()
+        )
+
+    async def on_queue_get(self, req: api.Empty) -> api.QueueGetReply:
+        m = self.model
+        return api.QueueGetReply(
+            items=m.items, running_item=m.running_item or {}, plan_queue_uid=m.plan_queue_uid
+        )
+
+    async def on_item_get(self, req: api.QueueItemGet) -> api.ItemGetReply:
+        return api.ItemGetReply(item=self.model.items[self.model.locate(req.pos, req.uid)])
+
+    async def on_item_add(self, req: api.QueueItemAdd) -> api.ItemReply:
+        async with self._write_lock:
+            await self._locked_edit(req.lock_key)
+            ev = self.model.plan_add(req)
+            await self.commit(ev)
+            return api.ItemReply(item=ev.items[0], qsize=len(self.model.items))
+
+    async def on_item_add_batch(self, req: api.QueueItemAddBatch) -> api.BatchReply:
+        async with self._write_lock:
+            await self._locked_edit(req.lock_key)
+            ev, results = self.model.plan_add_batch(req)
+            if ev is None:
+                bad = sum(not r.success for r in results)
+                return api.BatchReply(
+                    success=False,
+                    msg=f"Failed to add items: {bad} of {len(results)} items are invalid",
+                    qsize=len(self.model.items), items=req.items, results=results,
+                )
+            await self.commit(ev)
+            return api.BatchReply(items=ev.items, qsize=len(self.model.items), results=results)
+
+    async def on_item_remove(self, req: api.QueueItemRemove) -> api.ItemReply:
+        async with self._write_lock:
+            await self._locked_edit(req.lock_key)
+            ev, item = self.model.plan_remove(req)
+            await self.commit(ev)
+            return api.ItemReply(item=item, qsize=len(self.model.items))
+
+    async def on_item_remove_batch(self, req: api.QueueItemRemoveBatch) -> api.BatchReply:
+        async with self._write_lock:
+            await self._locked_edit(req.lock_key)
+            ev, items = self.model.plan_remove_batch(req)
+            await self.commit(ev)
+            return api.BatchReply(items=items, qsize=len(self.model.items))
+
+    async def on_item_move(self, req: api.QueueItemMove) -> api.ItemReply:
+        async with self._write_lock:
+            await self._locked_edit(req.lock_key)
+            ev, item = self.model.plan_move(req)
+            await self.commit(ev)
+            return api.ItemReply(item=item, qsize=len(self.model.items))
+
+    async def on_item_move_batch(self, req: api.QueueItemMoveBatch) -> api.BatchReply:
+        async with self._write_lock:
+            await self._locked_edit(req.lock_key)
+            ev, items = self.model.plan_move_batch(req)
+            await self.commit(ev)
+            return api.BatchReply(items=items, qsize=len(self.model.items))
+
+    async def on_item_update(self, req: api.QueueItemUpdate) -> api.ItemReply:
+        async with self._write_lock:
+            await self._locked_edit(req.lock_key)
+            ev = self.model.plan_update(req)
+            await self.commit(ev)
+            return api.ItemReply(item=ev.item, qsize=len(self.model.items))
+
+    async def on_queue_clear(self, req: api.EmptyLocked) -> api.Reply:
+        async with self._write_lock:
+            await self._locked_edit(req.lock_key)
+            await self.commit(self.model.plan_clear())
+            return api.Reply()
+
+    async def on_mode_set(self, req: api.QueueModeSet) -> api.Reply:
+        async with self._write_lock:
+            await self._locked_edit(req.lock_key)
+            ev = self.model.plan_mode(req)
+            if ev.mode != self.model.mode:
+                await self.commit(ev)
+            return api.Reply()
+
+    async def on_lock(self, req: api.LockRequest) -> api.LockReply:
+        async with self._write_lock:
+            await self._locked_edit(None, target=None)
+            await self.commit(self.model.plan_lock(req))
+            return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
+
+    async def on_lock_info(self, req: api.LockInfoRequest) -> api.LockReply:
+        self.model.check_lock_key(req.lock_key)
+        return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
+
+    async def on_unlock(self, req: api.UnlockRequest) -> api.LockReply:
+        async with self._write_lock:
+            await self._locked_edit(None, target=None)
+            await self.commit(self.model.plan_unlock(req))
+            return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
+
+    async def on_manager_stop(self, req: api.ManagerStop) -> api.Reply:
+        if req.option == "safe_on" and self.manager_state in BUSY_STATES:
+            raise Refused(
+                f"Manager is busy ({self.manager_state}): stop the queue first, "
+                "or use option 'safe_off'"
+            )
+        logger.info("manager_stop (%s) requested: shutting down", req.option)
+        asyncio.get_running_loop().call_later(0.05, self.stop_requested.set)
+        return api.Reply()
+
+    async def on_manager_kill(self, req: api.Empty) -> None:
+        # Test hook: the reference blocks its event loop so its watchdog restarts it. Here the
+        # process dies at once without answering, and its supervisor restarts it.
+        logger.warning("manager_kill requested: killing this process without a reply")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    # ----- internal -----
+
+    async def on_history_changed(self, msg: Msg) -> None:
+        try:
+            info = msgspec.json.decode(msg.data, type=HistoryInfo)
+        except msgspec.DecodeError:
+            logger.warning("ignoring a malformed history event")
+            return
+        if info != self.history:
+            self.history = info
+            await self.publish_status()
+
+    async def on_lock_check(self, msg: Msg) -> None:
+        try:
+            req = msgspec.json.decode(msg.data, type=LockCheck)
+            self.model.check_lock(req.target, req.lock_key)
+            reply = LockCheckReply(allowed=True)
+        except QServerError as e:
+            reply = LockCheckReply(allowed=False, msg=e.msg)
+        except msgspec.DecodeError as e:
+            reply = LockCheckReply(allowed=False, msg=f"malformed lock check: {e}")
+        await msg.respond(encode(reply))
+
+    async def fetch_history_info(self) -> None:
+        """Ask the history service for its counts until it answers (it may start later)."""
+        while True:
+            try:
+                resp = await self.nc.request(self.subjects.history_info, b"", timeout=1.0)
+                await self.on_history_changed(resp)
+                return
+            except Exception:
+                await asyncio.sleep(0.5)
+
+    def summary(self) -> dict[str, Any]:
+        return {"items": len(self.model.items), "log_seq": self.log.last_seq}
