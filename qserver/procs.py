@@ -1,0 +1,79 @@
+"""Service processes: how to start one, and a small handle to stop or kill it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+# Every service that exists, in start order. Later issues add the worker and the gateway.
+SERVICES = ("queue", "history")
+
+
+def service_argv(name: str, nats_url: str, prefix: str, *extra: str) -> list[str]:
+    if name not in SERVICES:
+        raise ValueError(f"unknown service {name!r} (known: {', '.join(SERVICES)})")
+    return [sys.executable, "-m", f"services.{name}", "--nats-url", nats_url, "--prefix", prefix, *extra]
+
+
+class ServiceProcess:
+    """One service as a child process, its output appended to a log file."""
+
+    def __init__(
+        self, name: str, nats_url: str, prefix: str, log_file: Path, *extra: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = service_argv(name, nats_url, prefix, *extra)
+        self.log_file = Path(log_file)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> ServiceProcess:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env, start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def poll(self) -> int | None:
+        """The exit code if the process has ended, else None (also None if never started)."""
+        return self.proc.poll() if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not end in time; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"

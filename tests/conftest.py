@@ -1,0 +1,117 @@
+"""Fixtures: a real nats-server per session, and the services as real processes per test."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qserver.client import Client, NoAnswer
+from qserver.natsserver import NatsServer
+from qserver.procs import SERVICES, ServiceProcess
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server for one test, for tests that restart or kill it."""
+    server = NatsServer(tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+def unique_prefix() -> str:
+    return f"qs.t{uuid.uuid4().hex[:10]}"
+
+
+class Services:
+    """The core services of one test, each a real process, isolated by a unique prefix."""
+
+    def __init__(self, nats: NatsServer, log_dir: Path, prefix: str | None = None) -> None:
+        self.nats = nats
+        self.prefix = prefix or unique_prefix()
+        self.log_dir = log_dir
+        self.procs: dict[str, ServiceProcess] = {}
+        self.client: Client | None = None
+
+    def start(self, *names: str) -> None:
+        for name in names or SERVICES:
+            proc = ServiceProcess(name, self.nats.url, self.prefix, self.log_dir / f"{name}.log")
+            self.procs[name] = proc.start()
+
+    def kill(self, name: str) -> None:
+        self.procs[name].kill()
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+    async def connect(self) -> Client:
+        self.client = await Client.connect(self.nats.url, self.prefix, timeout=5.0)
+        return self.client
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait until every started service answers a request of its own."""
+        probes = {"queue": ("status", {}), "history": ("history_get", {"limit": 0})}
+        deadline = asyncio.get_running_loop().time() + timeout
+        for name, proc in self.procs.items():
+            method, params = probes[name]
+            while True:
+                if not proc.alive():
+                    raise RuntimeError(f"service {name} exited:\n{proc.log_tail()}")
+                try:
+                    c = await Client.connect(self.nats.url, self.prefix, timeout=1.0)
+                    try:
+                        await c.request(method, params)
+                        break
+                    finally:
+                        await c.close()
+                except NoAnswer:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise TimeoutError(f"service {name} not ready:\n{proc.log_tail()}") from None
+                    await asyncio.sleep(0.05)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n} ---\n{p.log_tail()}" for n, p in self.procs.items())
+
+
+@pytest.fixture
+async def services(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Services]:
+    """Queue and history services running against the session's nats-server."""
+    svc = Services(nats_server, tmp_path)
+    svc.start()
+    try:
+        await svc.wait_ready()
+        await svc.connect()
+        yield svc
+    finally:
+        if svc.client is not None:
+            await svc.client.close()
+        svc.stop_all()
+
+
+@pytest.fixture
+def client(services: Services) -> Client:
+    assert services.client is not None
+    return services.client
+
+
+def plan(name: str = "count", *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A plan item as a client submits it."""
+    item: dict[str, Any] = {"item_type": "plan", "name": name, "args": list(args)}
+    if kwargs:
+        item["kwargs"] = kwargs
+    return item
+
+
+USER = {"user": "tester", "user_group": "primary"}
