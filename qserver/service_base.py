@@ -46,6 +46,8 @@ def decode_request(method: str, data: bytes) -> Request:
         raise BadRequest(f"Invalid request to '{method}': {e}") from None
     except msgspec.DecodeError as e:
         raise BadRequest(f"Invalid request to '{method}': malformed JSON ({e})") from None
+    except RecursionError:
+        raise BadRequest(f"Invalid request to '{method}': JSON nesting is too deep") from None
 
 
 async def serve_method(method: str, handler: Handler, msg: MicroRequest) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,8 +38,12 @@ def unique_prefix() -> str:
 class Services:
     """The core services of one test, each a real process, isolated by a unique prefix."""
 
-    def __init__(self, nats: NatsServer, log_dir: Path, prefix: str | None = None) -> None:
+    def __init__(
+        self, nats: NatsServer, log_dir: Path, prefix: str | None = None,
+        extra: dict[str, list[str]] | None = None,
+    ) -> None:
         self.nats = nats
+        self.extra = extra or {}
         self.prefix = prefix or unique_prefix()
         self.log_dir = log_dir
         self.procs: dict[str, ServiceProcess] = {}
@@ -46,7 +51,10 @@ class Services:
 
     def start(self, *names: str) -> None:
         for name in names or SERVICES:
-            proc = ServiceProcess(name, self.nats.url, self.prefix, self.log_dir / f"{name}.log")
+            proc = ServiceProcess(
+                name, self.nats.url, self.prefix, self.log_dir / f"{name}.log",
+                *self.extra.get(name, []),
+            )
             self.procs[name] = proc.start()
 
     def kill(self, name: str) -> None:
@@ -85,10 +93,11 @@ class Services:
         return "\n".join(f"--- {n} ---\n{p.log_tail()}" for n, p in self.procs.items())
 
 
-@pytest.fixture
-async def services(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Services]:
-    """Queue and history services running against the session's nats-server."""
-    svc = Services(nats_server, tmp_path)
+@contextlib.asynccontextmanager
+async def running_services(
+    nats: NatsServer, log_dir: Path, extra: dict[str, list[str]] | None = None
+) -> AsyncIterator[Services]:
+    svc = Services(nats, log_dir, extra=extra)
     svc.start()
     try:
         await svc.wait_ready()
@@ -98,6 +107,22 @@ async def services(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Ser
         if svc.client is not None:
             await svc.client.close()
         svc.stop_all()
+
+
+@pytest.fixture
+async def services(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Services]:
+    """Queue and history services running against the session's nats-server."""
+    async with running_services(nats_server, tmp_path) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+async def module_services(
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Services]:
+    """The same, shared by a module's tests (for tests that leave the state as they found it)."""
+    async with running_services(nats_server, tmp_path_factory.mktemp("services")) as svc:
+        yield svc
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from msgspec import UNSET, UnsetType
 from qserver.protocol.items import LockInfo, PlanQueueMode, QueueItem
 
 Pos = int | Literal["front", "back"]
-MAX_REQUEST_BYTES = 1024 * 1024
+MAX_REQUEST_BYTES = 512 * 1024  # below NATS max_payload (1 MiB) so that the service can answer
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
