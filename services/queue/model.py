@@ -32,6 +32,7 @@ from qserver.protocol.queue_log import (
     QueueCleared,
     Snapshot,
 )
+from services.queue.ordered import OrderedItems
 from services.queue.positions import existing_index, insert_index, only_one
 
 QUEUE_ITEM_TYPES = ("plan", "instruction")
@@ -69,8 +70,7 @@ class QueueModel:
     """The queue, the running item, the queue mode and the lock, in memory."""
 
     def __init__(self, *, emergency_lock_key: str | None = None) -> None:
-        self.items: list[QueueItem] = []
-        self._by_uid: dict[str, QueueItem] = {}
+        self.items = OrderedItems()
         self.running_item: QueueItem | None = None
         self.plan_queue_uid = new_uid()
         self.mode = PlanQueueMode()
@@ -82,8 +82,7 @@ class QueueModel:
     # ----- persistence -----
 
     def load(self, snap: Snapshot) -> None:
-        self.items = list(snap.items)
-        self._by_uid = {it.item_uid: it for it in self.items}  # type: ignore[misc]
+        self.items = OrderedItems(list(snap.items))
         self.running_item = snap.running_item
         self.plan_queue_uid = snap.plan_queue_uid
         self.mode = snap.mode
@@ -96,7 +95,7 @@ class QueueModel:
     def snapshot(self, seq: int) -> Snapshot:
         return Snapshot(
             seq=seq,
-            items=list(self.items),
+            items=list(self.items.as_list()),
             running_item=self.running_item,
             plan_queue_uid=self.plan_queue_uid,
             mode=self.mode,
@@ -110,27 +109,19 @@ class QueueModel:
     def apply(self, ev: AnyEvent) -> None:
         match ev:
             case ItemsAdded(items=items, index=index):
-                self.items[index:index] = items
-                for it in items:
-                    self._by_uid[it.item_uid] = it  # type: ignore[index]
+                self.items.insert(index, items)
                 self.plan_queue_uid = ev.queue_uid
             case ItemsRemoved(uids=uids):
-                self._take(uids)
+                self.items.remove(uids)
                 self.plan_queue_uid = ev.queue_uid
             case ItemsMoved(uids=uids, index=index):
-                moved = self._take(uids)
-                self.items[index:index] = moved
-                self._by_uid.update((it.item_uid, it) for it in moved)  # type: ignore[misc]
+                self.items.insert(index, self.items.remove(uids))
                 self.plan_queue_uid = ev.queue_uid
             case ItemReplaced(uid=uid, item=item):
-                index = self.index_of(uid)
-                del self._by_uid[uid]
-                self.items[index] = item
-                self._by_uid[item.item_uid] = item  # type: ignore[index]
+                self.items.replace(uid, item)
                 self.plan_queue_uid = ev.queue_uid
             case QueueCleared():
                 self.items.clear()
-                self._by_uid.clear()
                 self.plan_queue_uid = ev.queue_uid
             case ModeSet(mode=mode):
                 self.mode = mode
@@ -147,24 +138,14 @@ class QueueModel:
             case _:
                 raise TypeError(f"unknown queue event {type(ev).__name__}")
 
-    def _take(self, uids: list[str]) -> list[QueueItem]:
-        """Remove the items with these uids and return them in the order of `uids`."""
-        wanted = set(uids)
-        taken = {it.item_uid: it for it in self.items if it.item_uid in wanted}
-        self.items = [it for it in self.items if it.item_uid not in wanted]
-        for uid in uids:
-            self._by_uid.pop(uid, None)
-        return [taken[uid] for uid in uids if uid in taken]
-
     # ----- queries -----
 
     def index_of(self, uid: str) -> int:
-        item = self._by_uid.get(uid)
-        if item is None:
+        if uid not in self.items:
             if self.running_item is not None and self.running_item.item_uid == uid:
                 raise NotFound(f"Item {uid!r} is running, not in the queue")
             raise NotFound(f"No item with uid {uid!r} is in the queue")
-        return self.items.index(item)
+        return self.items.position(uid)
 
     def locate(self, pos: api.Pos | UnsetType, uid: str | UnsetType) -> int:
         """Index of an existing item named by `pos` or `uid`; the back item by default."""
@@ -279,10 +260,10 @@ class QueueModel:
         self, req: api.QueueItemRemoveBatch
     ) -> tuple[ItemsRemoved | None, list[QueueItem]]:
         _check_unique(req.uids)
-        missing = [uid for uid in req.uids if uid not in self._by_uid]
+        missing = [uid for uid in req.uids if uid not in self.items]
         if missing and not req.ignore_missing:
             raise NotFound(f"Items are not in the queue: {', '.join(missing)}")
-        found = [self._by_uid[uid] for uid in req.uids if uid in self._by_uid]
+        found = [self.items.get(uid) for uid in req.uids if uid in self.items]
         if not found:
             return None, []
         uids: list[str] = [it.item_uid for it in found]  # type: ignore[misc]
@@ -312,25 +293,26 @@ class QueueModel:
         _check_unique(req.uids)
         if not req.uids:
             return None, []
-        missing = [uid for uid in req.uids if uid not in self._by_uid]
+        missing = [uid for uid in req.uids if uid not in self.items]
         if missing:
             raise NotFound(f"Items are not in the queue: {', '.join(missing)}")
         which = only_one(pos_dest=req.pos_dest, before_uid=req.before_uid, after_uid=req.after_uid)
         if which is None:
             raise BadRequest("Destination is missing: give pos_dest, before_uid or after_uid")
         batch = set(req.uids)
-        uids = [it.item_uid for it in self.items if it.item_uid in batch] if req.reorder else list(req.uids)
-        rest = [it for it in self.items if it.item_uid not in batch]
+        positions = {uid: self.items.position(uid) for uid in req.uids}
+        uids = sorted(req.uids, key=positions.__getitem__) if req.reorder else list(req.uids)
         if which == "pos_dest":
-            index = 0 if req.pos_dest == "front" else len(rest)
+            index = 0 if req.pos_dest == "front" else len(self.items) - len(batch)
         else:
             target: str = req.before_uid if which == "before_uid" else req.after_uid  # type: ignore[assignment]
             if target in batch:
                 raise BadRequest(f"{which} {target!r} is one of the items being moved")
-            self.index_of(target)  # raises if it is not in the queue
-            index = next(i for i, it in enumerate(rest) if it.item_uid == target)
+            at = self.index_of(target)
+            # The target's index once the batch is taken out of the queue.
+            index = at - sum(1 for p in positions.values() if p < at)
             index += 1 if which == "after_uid" else 0
-        moved = [self._by_uid[uid] for uid in uids]  # type: ignore[index]
+        moved = [self.items.get(uid) for uid in uids]
         return ItemsMoved(uids=uids, index=index, queue_uid=new_uid()), moved  # type: ignore[arg-type]
 
     def plan_update(self, req: api.QueueItemUpdate) -> ItemReplaced:

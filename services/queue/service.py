@@ -191,7 +191,7 @@ class QueueService:
     async def on_queue_get(self, req: api.Empty) -> api.QueueGetReply:
         m = self.model
         return api.QueueGetReply(
-            items=m.items, running_item=m.running_item or {}, plan_queue_uid=m.plan_queue_uid
+            items=m.items.as_list(), running_item=m.running_item or {}, plan_queue_uid=m.plan_queue_uid
         )
 
     async def on_item_get(self, req: api.QueueItemGet) -> api.ItemGetReply:
