@@ -17,14 +17,27 @@ from bench.common import stack, summary
 from qserver.client import Client
 
 USER = {"user": "bench", "user_group": "primary"}
-ITEM = {"item_type": "plan", "name": "count", "args": [["det1", "det2"]], "kwargs": {"num": 10, "delay": 1}}
+ITEM = {
+    "item_type": "plan",
+    "name": "count",
+    "args": [["det1", "det2"]],
+    "kwargs": {"num": 10, "delay": 1},
+}
 REFERENCE = {
-    "status_p50_ms": 0.31, "item_add_ops_per_s": 501, "item_add_p50_ms": 1.8, "item_add_p99_ms": 2.5,
-    "queue_get_1000_p50_ms": 7.0, "change_seen_by_clients": "polling every 0.5-1 s",
+    "status_p50_ms": 0.31,
+    "item_add_ops_per_s": 501,
+    "item_add_p50_ms": 1.8,
+    "item_add_p99_ms": 2.5,
+    "queue_get_1000_p50_ms": 7.0,
+    "change_seen_by_clients": "polling every 0.5-1 s",
 }
 TARGETS = {
-    "status_p50_ms": 0.4, "item_add_ops_per_s": 2000, "item_add_p99_ms": 3.0,
-    "queue_get_1000_p50_ms": 3.0, "edit_10000_over_10_ratio": 2.0, "event_after_reply_p50_ms": 2.0,
+    "status_p50_ms": 0.4,
+    "item_add_ops_per_s": 2000,
+    "item_add_p99_ms": 3.0,
+    "queue_get_1000_p50_ms": 3.0,
+    "edit_10000_over_10_ratio": 2.0,
+    "event_after_reply_p50_ms": 2.0,
 }
 
 

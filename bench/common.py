@@ -34,7 +34,9 @@ async def stack(services: tuple[str, ...] = SERVICES) -> AsyncIterator[tuple[Nat
     with tempfile.TemporaryDirectory(prefix="qs-bench-") as tmp:
         nats = NatsServer(Path(tmp) / "nats").start()
         prefix = f"qs.bench{uuid.uuid4().hex[:6]}"
-        procs = [ServiceProcess(s, nats.url, prefix, Path(tmp) / f"{s}.log").start() for s in services]
+        procs = [
+            ServiceProcess(s, nats.url, prefix, Path(tmp) / f"{s}.log").start() for s in services
+        ]
         try:
             c = await Client.connect(nats.url, prefix, timeout=1.0)
             for _ in range(300):

@@ -10,7 +10,8 @@ from typing import Any
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 
@@ -40,7 +41,9 @@ def default_prefix() -> str:
 class Client:
     """Talks to a queue server over NATS: `await Client.connect(url)`, then `request(...)`."""
 
-    def __init__(self, nc: NATS, prefix: str = DEFAULT_PREFIX, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, nc: NATS, prefix: str = DEFAULT_PREFIX, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self.nc = nc
         self.subjects = Subjects(prefix)
         self.timeout = timeout
@@ -56,8 +59,11 @@ class Client:
         url = url or default_url()
         try:
             nc = await nats.connect(
-                url, connect_timeout=connect_timeout, max_reconnect_attempts=0,
-                allow_reconnect=False, name="qserver-client",
+                url,
+                connect_timeout=connect_timeout,
+                max_reconnect_attempts=0,
+                allow_reconnect=False,
+                name="qserver-client",
             )
         except Exception as e:
             raise NoAnswer(f"Cannot connect to NATS at {url}: {e or type(e).__name__}") from e
@@ -75,17 +81,23 @@ class Client:
     async def request_raw(self, method: str, body: bytes, timeout: float | None = None) -> bytes:
         """Send one request with a JSON body; return the raw JSON reply."""
         try:
-            msg = await self.nc.request(self.subjects.api(method), body, timeout=timeout or self.timeout)
+            msg = await self.nc.request(
+                self.subjects.api(method), body, timeout=timeout or self.timeout
+            )
         except NoRespondersError:
             raise NoAnswer(
                 f"No service answers '{method}' (is the queue server running with prefix "
                 f"'{self.subjects.prefix}'?)"
             ) from None
         except NatsTimeout:
-            raise NoAnswer(f"No answer to '{method}' within {timeout or self.timeout:g} s") from None
+            raise NoAnswer(
+                f"No answer to '{method}' within {timeout or self.timeout:g} s"
+            ) from None
         return msg.data  # type: ignore[no-any-return]
 
-    async def request(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
         """Send `params` to `<prefix>.api.<method>` and return the decoded reply."""
         data = await self.request_raw(method, _encoder.encode(params or {}), timeout)
         return _decoder.decode(data)  # type: ignore[no-any-return]
@@ -122,7 +134,9 @@ class Client:
 class SyncClient:
     """Blocking wrapper around `Client` for scripts and notebooks without an event loop."""
 
-    def __init__(self, url: str | None = None, prefix: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, url: str | None = None, prefix: str | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._client = self._loop.run_until_complete(Client.connect(url, prefix, timeout))
 

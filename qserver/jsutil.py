@@ -50,10 +50,10 @@ async def read_stream(
     try:
         seq = start_seq - 1
         while seq < last:
-            pending = await sub.consumer_info()
-            if pending.num_pending == 0:
+            pending = (await sub.consumer_info()).num_pending or 0
+            if pending == 0:
                 break
-            msgs = await sub.fetch(min(batch, pending.num_pending), timeout=5)
+            msgs = await sub.fetch(min(batch, pending), timeout=5)
             for msg in msgs:
                 assert msg.metadata.sequence is not None
                 seq = msg.metadata.sequence.stream

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from nats.micro.service import Service
 from nats.micro.request import Request as MicroRequest
+from nats.micro.service import Service
 
 from qserver.errors import BadRequest, QServerError
 from qserver.protocol.api import MAX_REQUEST_BYTES, REQUEST_TYPES, Reply, Request
@@ -20,9 +21,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Any], Awaitable[msgspec.Struct | None]]
 
 _encoder = msgspec.json.Encoder()
-_decoders = {
-    method: msgspec.json.Decoder(rtype) for method, rtype in REQUEST_TYPES.items()
-}
+_decoders = {method: msgspec.json.Decoder(rtype) for method, rtype in REQUEST_TYPES.items()}
 
 
 def encode(obj: Any) -> bytes:
@@ -63,10 +62,9 @@ async def serve_method(method: str, handler: Handler, msg: MicroRequest) -> None
     except Exception as e:
         logger.exception("request '%s' failed", method)
         out = failure(f"Internal error while handling '{method}': {e!r}")
-    try:
+    # A publish without a reply subject expects no answer.
+    with contextlib.suppress(ValueError):
         await msg.respond(out)
-    except ValueError:
-        pass  # a publish without a reply subject expects no answer
 
 
 async def add_methods(

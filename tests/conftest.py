@@ -39,7 +39,10 @@ class Services:
     """The core services of one test, each a real process, isolated by a unique prefix."""
 
     def __init__(
-        self, nats: NatsServer, log_dir: Path, prefix: str | None = None,
+        self,
+        nats: NatsServer,
+        log_dir: Path,
+        prefix: str | None = None,
         extra: dict[str, list[str]] | None = None,
     ) -> None:
         self.nats = nats
@@ -52,7 +55,10 @@ class Services:
     def start(self, *names: str) -> None:
         for name in names or SERVICES:
             proc = ServiceProcess(
-                name, self.nats.url, self.prefix, self.log_dir / f"{name}.log",
+                name,
+                self.nats.url,
+                self.prefix,
+                self.log_dir / f"{name}.log",
                 *self.extra.get(name, []),
             )
             self.procs[name] = proc.start()
@@ -86,7 +92,9 @@ class Services:
                         await c.close()
                 except NoAnswer:
                     if asyncio.get_running_loop().time() > deadline:
-                        raise TimeoutError(f"service {name} not ready:\n{proc.log_tail()}") from None
+                        raise TimeoutError(
+                            f"service {name} not ready:\n{proc.log_tail()}"
+                        ) from None
                     await asyncio.sleep(0.05)
 
     def logs(self) -> str:

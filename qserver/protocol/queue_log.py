@@ -59,7 +59,16 @@ class LockCleared(Event, frozen=True, kw_only=True, tag="lock_cleared"):
     lock_info_uid: str
 
 
-AnyEvent = ItemsAdded | ItemsRemoved | ItemsMoved | ItemReplaced | QueueCleared | ModeSet | LockSet | LockCleared
+AnyEvent = (
+    ItemsAdded
+    | ItemsRemoved
+    | ItemsMoved
+    | ItemReplaced
+    | QueueCleared
+    | ModeSet
+    | LockSet
+    | LockCleared
+)
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,7 +13,8 @@ def check_prefix(prefix: str) -> str:
     """Return the prefix if it is a valid dotted NATS token sequence, else raise ValueError."""
     if not _PREFIX_RE.match(prefix):
         raise ValueError(
-            f"invalid subject prefix {prefix!r}: use dot-separated tokens of letters, digits, - and _"
+            f"invalid subject prefix {prefix!r}: "
+            "use dot-separated tokens of letters, digits, - and _"
         )
     return prefix
 

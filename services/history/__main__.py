@@ -20,12 +20,14 @@ logger = logging.getLogger("services.history")
 
 async def main(args: argparse.Namespace) -> int:
     subjects = Subjects(args.prefix)
-    nc = await nats.connect(args.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-                            name="qserver-history")
+    nc = await nats.connect(
+        args.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, name="qserver-history"
+    )
     svc = HistoryService(nc, nc.jetstream(), subjects)
     await svc.load()
-    micro = await add_service(nc, name="qserver-history", version=qserver.__version__,
-                              metadata={"prefix": args.prefix})
+    micro = await add_service(
+        nc, name="qserver-history", version=qserver.__version__, metadata={"prefix": args.prefix}
+    )
     await add_methods(micro, subjects.api, svc.handlers())
     await nc.subscribe(subjects.history_info, cb=svc.on_history_info)
     await nc.subscribe(subjects.api_wildcard, cb=svc.on_any_api)
@@ -41,7 +43,9 @@ async def main(args: argparse.Namespace) -> int:
 
 def cli() -> None:
     p = argparse.ArgumentParser(prog="python -m services.history", description=__doc__)
-    p.add_argument("--nats-url", default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222"))
+    p.add_argument(
+        "--nats-url", default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222")
+    )
     p.add_argument("--prefix", default=os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX))
     p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
     args = p.parse_args()

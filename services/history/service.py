@@ -9,7 +9,8 @@ import logging
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api as jsapi
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
 
 from qserver.errors import Locked, Refused
 from qserver.jsutil import ensure_stream, read_stream
@@ -30,7 +31,9 @@ _record_decoder = msgspec.json.Decoder(HistoryRecord)
 class HistoryService:
     """Owns plan history: reads the history stream, answers queries, purges on clear."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, subjects: Subjects, *, replicas: int = 1) -> None:
+    def __init__(
+        self, nc: NATS, js: JetStreamContext, subjects: Subjects, *, replicas: int = 1
+    ) -> None:
         self.nc = nc
         self.js = js
         self.subjects = subjects
@@ -42,8 +45,12 @@ class HistoryService:
     async def load(self) -> None:
         s = self.subjects
         await ensure_stream(
-            self.js, s.history_stream, [s.history_log], replicas=self.replicas,
-            duplicate_window=DUPLICATE_WINDOW_S, max_msg_size=8 * 1024 * 1024,
+            self.js,
+            s.history_stream,
+            [s.history_log],
+            replicas=self.replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            max_msg_size=8 * 1024 * 1024,
         )
         async for seq, data in read_stream(self.js, s.history_stream, s.history_log, 1):
             self._add(seq, data)

@@ -21,17 +21,21 @@ logger = logging.getLogger("services.queue")
 
 async def main(args: argparse.Namespace) -> int:
     subjects = Subjects(args.prefix)
-    nc = await nats.connect(args.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-                            name="qserver-queue")
+    nc = await nats.connect(
+        args.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, name="qserver-queue"
+    )
     js = nc.jetstream()
     svc = QueueService(
-        nc, js, subjects,
+        nc,
+        js,
+        subjects,
         emergency_lock_key=os.environ.get("QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER") or None,
         snapshot_every=args.snapshot_every,
     )
     await svc.load()
-    micro = await add_service(nc, name="qserver-queue", version=qserver.__version__,
-                              metadata={"prefix": args.prefix})
+    micro = await add_service(
+        nc, name="qserver-queue", version=qserver.__version__, metadata={"prefix": args.prefix}
+    )
     await add_methods(micro, subjects.api, svc.handlers())
     await nc.subscribe(subjects.history_changed, cb=svc.on_history_changed)
     await nc.subscribe(subjects.lock_check, cb=svc.on_lock_check)
@@ -51,7 +55,9 @@ async def main(args: argparse.Namespace) -> int:
 
 def cli() -> None:
     p = argparse.ArgumentParser(prog="python -m services.queue", description=__doc__)
-    p.add_argument("--nats-url", default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222"))
+    p.add_argument(
+        "--nats-url", default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222")
+    )
     p.add_argument("--prefix", default=os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX))
     p.add_argument("--snapshot-every", type=int, default=2000)
     p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))

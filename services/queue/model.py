@@ -212,15 +212,17 @@ class QueueModel:
 
     def check_lock_key(self, lock_key: str | None) -> None:
         """For `lock_info`: a given key must be the one the lock was set with."""
-        if lock_key is not None and (self.lock.environment or self.lock.queue):
-            if not self._key_matches(lock_key):
-                raise Refused("Invalid lock key: it does not match the key the lock was set with")
+        locked = self.lock.environment or self.lock.queue
+        if lock_key is not None and locked and not self._key_matches(lock_key):
+            raise Refused("Invalid lock key: it does not match the key the lock was set with")
 
     def plan_unlock(self, req: api.UnlockRequest) -> LockCleared:
         if not (self.lock.environment or self.lock.queue):
             raise Refused("The queue server is not locked")
         if not self._key_matches(req.lock_key):
-            raise Refused("Invalid lock key: it matches neither the lock's key nor the emergency key")
+            raise Refused(
+                "Invalid lock key: it matches neither the lock's key nor the emergency key"
+            )
         return LockCleared(lock_info_uid=new_uid())
 
     # ----- queue edits -----
@@ -263,7 +265,7 @@ class QueueModel:
         missing = [uid for uid in req.uids if uid not in self.items]
         if missing and not req.ignore_missing:
             raise NotFound(f"Items are not in the queue: {', '.join(missing)}")
-        found = [self.items.get(uid) for uid in req.uids if uid in self.items]
+        found = [self.items[self.items.position(uid)] for uid in req.uids if uid in self.items]
         if not found:
             return None, []
         uids: list[str] = [it.item_uid for it in found]  # type: ignore[misc]
@@ -289,7 +291,9 @@ class QueueModel:
             return None, item
         return ItemsMoved(uids=[uid], index=dest, queue_uid=new_uid()), item
 
-    def plan_move_batch(self, req: api.QueueItemMoveBatch) -> tuple[ItemsMoved | None, list[QueueItem]]:
+    def plan_move_batch(
+        self, req: api.QueueItemMoveBatch
+    ) -> tuple[ItemsMoved | None, list[QueueItem]]:
         _check_unique(req.uids)
         if not req.uids:
             return None, []
@@ -312,7 +316,7 @@ class QueueModel:
             # The target's index once the batch is taken out of the queue.
             index = at - sum(1 for p in positions.values() if p < at)
             index += 1 if which == "after_uid" else 0
-        moved = [self.items.get(uid) for uid in uids]
+        moved = [self.items[positions[uid]] for uid in uids]
         return ItemsMoved(uids=uids, index=index, queue_uid=new_uid()), moved  # type: ignore[arg-type]
 
     def plan_update(self, req: api.QueueItemUpdate) -> ItemReplaced:
@@ -339,7 +343,9 @@ class QueueModel:
                     f"Unknown queue mode parameter {key!r} (supported: {', '.join(fields)})"
                 )
             if not isinstance(value, bool):
-                raise BadRequest(f"Queue mode parameter {key!r} must be true or false, not {value!r}")
+                raise BadRequest(
+                    f"Queue mode parameter {key!r} must be true or false, not {value!r}"
+                )
             fields[key] = value
         return ModeSet(mode=PlanQueueMode(**fields))
 

@@ -9,6 +9,7 @@ only in memory: the log records positions, never ranks.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterator
 
 from qserver.protocol.items import QueueItem
@@ -90,16 +91,21 @@ class OrderedItems:
     def _ranks_between(self, index: int, k: int) -> list[float] | None:
         """k increasing ranks strictly between the neighbours of `index`; None if too close."""
         n = len(self._ranks)
-        lo = self._ranks[index - 1] if index > 0 else (self._ranks[0] if n else 0.0) - SPACING * (k + 1)
+        lo = (
+            self._ranks[index - 1]
+            if index > 0
+            else (self._ranks[0] if n else 0.0) - SPACING * (k + 1)
+        )
         hi = self._ranks[index] if index < n else lo + SPACING * (k + 1)
         step = (hi - lo) / (k + 1)
         ranks = [lo + step * (j + 1) for j in range(k)]
-        if ranks and not (lo < ranks[0] and ranks[-1] < hi and all(
-            a < b for a, b in zip(ranks, ranks[1:], strict=False)
-        )):
+        if ranks and not (
+            lo < ranks[0] and ranks[-1] < hi and all(a < b for a, b in itertools.pairwise(ranks))
+        ):
             return None
         return ranks
 
     def _renumber(self) -> None:
         self._ranks = [SPACING * i for i in range(len(self._items))]
-        self._by_uid = {it.item_uid: (it, r) for it, r in zip(self._items, self._ranks, strict=True)}  # type: ignore[misc]
+        pairs = zip(self._items, self._ranks, strict=True)
+        self._by_uid = {it.item_uid: (it, r) for it, r in pairs}  # type: ignore[misc]

@@ -61,10 +61,17 @@ class QueueService:
         self._write_lock = asyncio.Lock()
         self._needs_resync = False
         self._status: Status | None = None
-        self._static_uids = {k: _uid() for k in (
-            "run_list_uid", "devices_existing_uid", "plans_existing_uid",
-            "devices_allowed_uid", "plans_allowed_uid", "task_results_uid",
-        )}
+        self._static_uids = {
+            k: _uid()
+            for k in (
+                "run_list_uid",
+                "devices_existing_uid",
+                "plans_existing_uid",
+                "devices_allowed_uid",
+                "plans_allowed_uid",
+                "task_results_uid",
+            )
+        }
 
     # ----- start-up -----
 
@@ -77,7 +84,9 @@ class QueueService:
             self.model.apply(ev)
         logger.info(
             "queue loaded: %d items, snapshot at seq %d, %d events replayed in %.1f ms",
-            len(self.model.items), snap.seq if snap else 0, len(events),
+            len(self.model.items),
+            snap.seq if snap else 0,
+            len(events),
             (time.perf_counter() - t0) * 1e3,
         )
 
@@ -146,7 +155,9 @@ class QueueService:
         except Exception as e:
             # The event may or may not be stored: re-read the log before the next change.
             self._needs_resync = True
-            raise Refused(f"The change could not be stored ({e!r}); it may not have been applied") from e
+            raise Refused(
+                f"The change could not be stored ({e!r}); it may not have been applied"
+            ) from e
         self.model.apply(event)
         if self.log.snapshot_due():
             self.log.start_snapshot(self.model.snapshot(seq))
@@ -191,7 +202,9 @@ class QueueService:
     async def on_queue_get(self, req: api.Empty) -> api.QueueGetReply:
         m = self.model
         return api.QueueGetReply(
-            items=m.items.as_list(), running_item=m.running_item or {}, plan_queue_uid=m.plan_queue_uid
+            items=m.items.as_list(),
+            running_item=m.running_item or {},
+            plan_queue_uid=m.plan_queue_uid,
         )
 
     async def on_item_get(self, req: api.QueueItemGet) -> api.ItemGetReply:
@@ -213,7 +226,9 @@ class QueueService:
                 return api.BatchReply(
                     success=False,
                     msg=f"Failed to add items: {bad} of {len(results)} items are invalid",
-                    qsize=len(self.model.items), items=req.items, results=results,
+                    qsize=len(self.model.items),
+                    items=req.items,
+                    results=results,
                 )
             await self.commit(ev)
             return api.BatchReply(items=ev.items, qsize=len(self.model.items), results=results)

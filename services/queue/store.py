@@ -35,7 +35,12 @@ class EventLog:
     """Append-only queue log with snapshots; one writer at a time."""
 
     def __init__(
-        self, js: JetStreamContext, subjects: Subjects, *, replicas: int = 1, snapshot_every: int = 2000
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        *,
+        replicas: int = 1,
+        snapshot_every: int = 2000,
     ) -> None:
         self._js = js
         self._subjects = subjects
@@ -49,12 +54,13 @@ class EventLog:
         """Create the stream and bucket if needed; return the last snapshot and later events."""
         s = self._subjects
         info = await ensure_stream(
-            self._js, s.queue_stream, [s.queue_log], replicas=self._replicas,
+            self._js,
+            s.queue_stream,
+            [s.queue_log],
+            replicas=self._replicas,
             max_msg_size=8 * 1024 * 1024,
         )
-        self._obs = await self._js.create_object_store(
-            s.snapshot_bucket, replicas=self._replicas
-        )
+        self._obs = await self._js.create_object_store(s.snapshot_bucket, replicas=self._replicas)
         snap = await self._load_snapshot()
         start = snap.seq + 1 if snap else 1
         events = [
@@ -69,7 +75,9 @@ class EventLog:
         """Events appended after the last one this instance wrote or read."""
         s = self._subjects
         events = []
-        async for seq, data in read_stream(self._js, s.queue_stream, s.queue_log, self.last_seq + 1):
+        async for seq, data in read_stream(
+            self._js, s.queue_stream, s.queue_log, self.last_seq + 1
+        ):
             events.append(_event_decoder.decode(data))
             self.last_seq = seq
         return events
@@ -119,7 +127,9 @@ class EventLog:
             self._snapshot_seq = snap.seq
             logger.info(
                 "snapshot at seq %d with %d items saved in %.1f ms",
-                snap.seq, len(snap.items), (time.perf_counter() - t0) * 1e3,
+                snap.seq,
+                len(snap.items),
+                (time.perf_counter() - t0) * 1e3,
             )
         except Exception:
             logger.exception("saving the queue snapshot at seq %d failed", snap.seq)

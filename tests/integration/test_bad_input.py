@@ -34,28 +34,66 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("queue_item_add", b"[1, 2, 3]", "Expected `object`"),
     ("queue_item_add", b"not json at all", "malformed JSON"),
     ("queue_item_add", json.dumps({**VALID, "colour": "red"}).encode(), "unknown field `colour`"),
-    ("queue_item_add", json.dumps({"item": plan("count")}).encode(), "missing required field `user`"),
-    ("queue_item_add", json.dumps({**VALID, "item": {"args": []}}).encode(), "missing required field `name`"),
+    (
+        "queue_item_add",
+        json.dumps({"item": plan("count")}).encode(),
+        "missing required field `user`",
+    ),
+    (
+        "queue_item_add",
+        json.dumps({**VALID, "item": {"args": []}}).encode(),
+        "missing required field `name`",
+    ),
     ("queue_item_add", json.dumps({**VALID, "item": {"name": 5}}).encode(), "at `$.item.name`"),
-    ("queue_item_add", json.dumps({**VALID, "item": {"name": "c", "kwargs": []}}).encode(), "at `$.item.kwargs`"),
-    ("queue_item_add", json.dumps({**VALID, "item": {"name": "c", "item_type": "macro"}}).encode(), "$.item.item_type"),
-    ("queue_item_add", json.dumps({**VALID, "item": {"name": "c", "extra": 1}}).encode(), "unknown field `extra`"),
+    (
+        "queue_item_add",
+        json.dumps({**VALID, "item": {"name": "c", "kwargs": []}}).encode(),
+        "at `$.item.kwargs`",
+    ),
+    (
+        "queue_item_add",
+        json.dumps({**VALID, "item": {"name": "c", "item_type": "macro"}}).encode(),
+        "$.item.item_type",
+    ),
+    (
+        "queue_item_add",
+        json.dumps({**VALID, "item": {"name": "c", "extra": 1}}).encode(),
+        "unknown field `extra`",
+    ),
     ("queue_item_add", json.dumps({**VALID, "pos": "middle"}).encode(), "at `$.pos`"),
     ("queue_item_add", json.dumps({**VALID, "pos": 1.5}).encode(), "at `$.pos`"),
     ("queue_item_add", json.dumps({**VALID, "pos": True}).encode(), "at `$.pos`"),
-    ("queue_item_add", json.dumps({**VALID, "pos": 1, "before_uid": "x"}).encode(), "only one of pos, before_uid"),
+    (
+        "queue_item_add",
+        json.dumps({**VALID, "pos": 1, "before_uid": "x"}).encode(),
+        "only one of pos, before_uid",
+    ),
     ("queue_item_add", json.dumps({**VALID, "before_uid": "no-such-uid"}).encode(), "no-such-uid"),
     ("queue_item_add", json.dumps({**VALID, "item": {"name": ""}}).encode(), "name is empty"),
-    ("queue_item_add", json.dumps({**VALID, "item": {"name": "x", "item_type": "instruction"}}).encode(), "Unknown instruction"),
-    ("queue_item_add", b'{"user": "u", "user_group": "g", "item": {"name": "c", "args": '
-     + b"[" * 100_000 + b"]" * 100_000 + b"}}", "nesting is too deep"),
+    (
+        "queue_item_add",
+        json.dumps({**VALID, "item": {"name": "x", "item_type": "instruction"}}).encode(),
+        "Unknown instruction",
+    ),
+    (
+        "queue_item_add",
+        b'{"user": "u", "user_group": "g", "item": {"name": "c", "args": '
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"}}",
+        "nesting is too deep",
+    ),
     ("queue_item_remove", json.dumps({"pos": 2}).encode(), "out of range"),
     ("queue_item_remove", json.dumps({"pos": -3}).encode(), "out of range"),
     ("queue_item_remove", json.dumps({"uid": "nope"}).encode(), "nope"),
     ("queue_item_remove", json.dumps({"pos": 0, "uid": "x"}).encode(), "only one of pos, uid"),
     ("queue_item_move", json.dumps({"pos": 0, "pos_dest": 9}).encode(), "out of range"),
     ("queue_item_move", json.dumps({"pos": 0}).encode(), "Destination is missing"),
-    ("queue_item_move_batch", json.dumps({"uids": ["a", "a"], "pos_dest": "front"}).encode(), "duplicates"),
+    (
+        "queue_item_move_batch",
+        json.dumps({"uids": ["a", "a"], "pos_dest": "front"}).encode(),
+        "duplicates",
+    ),
     ("queue_item_move_batch", json.dumps({"uids": ["x"], "pos_dest": 3}).encode(), "$.pos_dest"),
     ("queue_item_remove_batch", json.dumps({"uids": "abc"}).encode(), "at `$.uids`"),
     ("queue_item_update", json.dumps({"item": plan("x"), **USER}).encode(), "no item_uid"),
@@ -73,7 +111,9 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("method", "body", "expected"), BAD_BODIES, ids=[f"{m}:{e}" for m, _, e in BAD_BODIES])
+@pytest.mark.parametrize(
+    ("method", "body", "expected"), BAD_BODIES, ids=[f"{m}:{e}" for m, _, e in BAD_BODIES]
+)
 async def test_bad_request_is_refused_with_a_clear_message(
     seeded: Client, method: str, body: bytes, expected: str
 ) -> None:

@@ -61,7 +61,9 @@ async def test_queue_service_sigkill_during_a_burst_loses_no_acknowledged_edit(
     acked: list[str] = []
     tried: list[str] = []
     clients = [await Client.connect(services.nats.url, services.prefix) for _ in range(3)]
-    tasks = [asyncio.create_task(burst(c, f"k{k}", 2000, acked, tried)) for k, c in enumerate(clients)]
+    tasks = [
+        asyncio.create_task(burst(c, f"k{k}", 2000, acked, tried)) for k, c in enumerate(clients)
+    ]
     while len(acked) < 150:
         await asyncio.sleep(0.005)
     services.kill("queue")
@@ -96,17 +98,23 @@ async def restart_nats_and_check(own_nats: NatsServer, tmp_path: Path, sig: int)
         client = await wait_answering(services)
         services.client = client
         got = await client.request("queue_get")
-        assert [it["item_uid"] for it in got["items"]] == [it["item_uid"] for it in expected["items"]]
+        assert [it["item_uid"] for it in got["items"]] == [
+            it["item_uid"] for it in expected["items"]
+        ]
         assert (await client.request("status"))["plan_queue_mode"]["loop"] is True
         r = await client.request("queue_item_add", {"item": plan("after"), **USER})
         assert r["success"] and r["qsize"] == len(expected["items"]) + 1
 
 
-async def test_nats_server_restart_keeps_every_acknowledged_edit(own_nats: NatsServer, tmp_path: Path) -> None:
+async def test_nats_server_restart_keeps_every_acknowledged_edit(
+    own_nats: NatsServer, tmp_path: Path
+) -> None:
     await restart_nats_and_check(own_nats, tmp_path, signal.SIGTERM)
 
 
-async def test_nats_server_sigkill_keeps_every_acknowledged_edit(own_nats: NatsServer, tmp_path: Path) -> None:
+async def test_nats_server_sigkill_keeps_every_acknowledged_edit(
+    own_nats: NatsServer, tmp_path: Path
+) -> None:
     await restart_nats_and_check(own_nats, tmp_path, signal.SIGKILL)
 
 

@@ -17,13 +17,22 @@ async def write_record(client: Client, name: str, status: str = "completed") -> 
     """Append one finished item to the history stream, with de-duplication by record uid."""
     item = {**plan(name), "item_uid": str(uuid.uuid4()), "user": "u", "user_group": "primary"}
     rec = HistoryRecord(
-        record_uid=str(uuid.uuid4()), item=item,
-        result=HistoryResult(exit_status=status, run_uids=[str(uuid.uuid4())], scan_ids=[1],  # type: ignore[arg-type]
-                             time_start=1.0, time_stop=2.0),
+        record_uid=str(uuid.uuid4()),
+        item=item,
+        result=HistoryResult(
+            exit_status=status,
+            run_uids=[str(uuid.uuid4())],
+            scan_ids=[1],  # type: ignore[arg-type]
+            time_start=1.0,
+            time_stop=2.0,
+        ),
     )
     js = client.nc.jetstream()
-    await js.publish(client.subjects.history_log, msgspec.json.encode(rec),
-                     headers={"Nats-Msg-Id": rec.record_uid})
+    await js.publish(
+        client.subjects.history_log,
+        msgspec.json.encode(rec),
+        headers={"Nats-Msg-Id": rec.record_uid},
+    )
     return msgspec.to_builtins(rec)  # type: ignore[no-any-return]
 
 
@@ -39,7 +48,13 @@ async def test_history_get_returns_items_with_results_in_order(client: Client) -
     assert [it["name"] for it in r["items"]] == ["a", "b", "c"]
     assert r["items"][0]["result"]["exit_status"] == "completed"
     assert set(r["items"][0]["result"]) == {
-        "exit_status", "run_uids", "scan_ids", "time_start", "time_stop", "msg", "traceback"
+        "exit_status",
+        "run_uids",
+        "scan_ids",
+        "time_start",
+        "time_stop",
+        "msg",
+        "traceback",
     }
     assert r["plan_history_uid"] == st["plan_history_uid"]
     page = await client.request("history_get", {"offset": 1, "limit": 1})
@@ -49,8 +64,11 @@ async def test_history_get_returns_items_with_results_in_order(client: Client) -
 async def test_a_repeated_record_is_stored_once(client: Client) -> None:
     rec = await write_record(client, "once")
     js = client.nc.jetstream()
-    await js.publish(client.subjects.history_log, msgspec.json.encode(rec),
-                     headers={"Nats-Msg-Id": rec["record_uid"]})
+    await js.publish(
+        client.subjects.history_log,
+        msgspec.json.encode(rec),
+        headers={"Nats-Msg-Id": rec["record_uid"]},
+    )
     await wait_history(client, 1)
     await asyncio.sleep(0.2)
     assert len((await client.request("history_get"))["items"]) == 1

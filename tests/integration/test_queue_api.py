@@ -22,8 +22,17 @@ async def queue_names(client: Client) -> list[str]:
 async def test_ping_and_status_report_the_reference_keys(client: Client) -> None:
     st = await client.request("status")
     assert len(st) == 27
-    for key in ("manager_state", "items_in_queue", "plan_queue_uid", "plan_history_uid",
-                "worker_environment_exists", "re_state", "running_item_uid", "lock", "status_uid"):
+    for key in (
+        "manager_state",
+        "items_in_queue",
+        "plan_queue_uid",
+        "plan_history_uid",
+        "worker_environment_exists",
+        "re_state",
+        "running_item_uid",
+        "lock",
+        "status_uid",
+    ):
         assert key in st
     assert st["manager_state"] == "idle"
     assert (await client.request("ping"))["manager_state"] == "idle"
@@ -39,7 +48,17 @@ async def test_add_positions_front_back_negative_out_of_range(client: Client) ->
     await add(client, "far", pos=1000)
     await add(client, "near", pos=-1000)
     assert await queue_names(client) == [
-        "near", "F", "a", "two", "b", "c", "d", "e", "neg", "B", "far"
+        "near",
+        "F",
+        "a",
+        "two",
+        "b",
+        "c",
+        "d",
+        "e",
+        "neg",
+        "B",
+        "far",
     ]
 
 
@@ -62,8 +81,13 @@ async def test_add_reply_carries_the_stored_item(client: Client) -> None:
     assert r["qsize"] == 1
     assert item["item_uid"] != "x" and len(item["item_uid"]) == 36
     assert item == {
-        "item_type": "plan", "name": "count", "args": [["det1"]], "kwargs": {"num": 3},
-        "item_uid": item["item_uid"], "user": "tester", "user_group": "primary",
+        "item_type": "plan",
+        "name": "count",
+        "args": [["det1"]],
+        "kwargs": {"num": 3},
+        "item_uid": item["item_uid"],
+        "user": "tester",
+        "user_group": "primary",
     }
 
 
@@ -95,7 +119,11 @@ async def test_add_batch_is_all_or_nothing(client: Client) -> None:
     r = await client.request("queue_item_add_batch", {"items": good, **USER, "pos": "front"})
     assert r["success"] and r["qsize"] == 3
     assert [it["name"] for it in r["items"]] == ["p1", "p2"]
-    bad = [plan("ok"), {"name": "count", "args": "notalist"}, {"item_type": "instruction", "name": "x"}]
+    bad = [
+        plan("ok"),
+        {"name": "count", "args": "notalist"},
+        {"item_type": "instruction", "name": "x"},
+    ]
     r = await client.request("queue_item_add_batch", {"items": bad, **USER})
     assert not r["success"]
     assert [res["success"] for res in r["results"]] == [True, False, False]
@@ -106,7 +134,9 @@ async def test_add_batch_is_all_or_nothing(client: Client) -> None:
 async def test_remove_batch(client: Client) -> None:
     items = [await add(client, n) for n in "abcd"]
     uids = [items[1]["item_uid"], items[3]["item_uid"]]
-    r = await client.request("queue_item_remove_batch", {"uids": [*uids, "gone"], "ignore_missing": False})
+    r = await client.request(
+        "queue_item_remove_batch", {"uids": [*uids, "gone"], "ignore_missing": False}
+    )
     assert not r["success"] and "gone" in r["msg"]
     r = await client.request("queue_item_remove_batch", {"uids": [*uids, "gone"]})
     assert r["success"] and [it["name"] for it in r["items"]] == ["b", "d"]
@@ -129,7 +159,8 @@ async def test_move_and_move_batch(client: Client) -> None:
     assert r["success"]
     assert await queue_names(client) == list("ebcad")
     r = await client.request(
-        "queue_item_move_batch", {"uids": [uid["e"], uid["b"]], "after_uid": uid["d"], "reorder": True}
+        "queue_item_move_batch",
+        {"uids": [uid["e"], uid["b"]], "after_uid": uid["d"], "reorder": True},
     )
     assert await queue_names(client) == list("cadeb")
     r = await client.request("queue_item_move", {"pos": 0, "pos_dest": 7})
@@ -140,11 +171,14 @@ async def test_update_and_replace(client: Client) -> None:
     a = await add(client, "a")
     await add(client, "b")
     r = await client.request(
-        "queue_item_update", {"item": {**a, "kwargs": {"num": 5}}, "user": "other", "user_group": "g"}
+        "queue_item_update",
+        {"item": {**a, "kwargs": {"num": 5}}, "user": "other", "user_group": "g"},
     )
     assert r["success"] and r["item"]["item_uid"] == a["item_uid"]
     assert r["item"]["kwargs"] == {"num": 5} and r["item"]["user"] == "other"
-    r = await client.request("queue_item_update", {"item": {**a, "name": "a2"}, **USER, "replace": True})
+    r = await client.request(
+        "queue_item_update", {"item": {**a, "name": "a2"}, **USER, "replace": True}
+    )
     assert r["item"]["item_uid"] != a["item_uid"]
     assert await queue_names(client) == ["a2", "b"]
     r = await client.request("queue_item_update", {"item": {**a, "name": "a3"}, **USER})
@@ -157,13 +191,18 @@ async def test_clear_and_mode(client: Client) -> None:
     assert await queue_names(client) == []
     r = await client.request("queue_mode_set", {"mode": {"loop": True}})
     assert r["success"]
-    assert (await client.request("status"))["plan_queue_mode"] == {"loop": True, "ignore_failures": False}
+    assert (await client.request("status"))["plan_queue_mode"] == {
+        "loop": True,
+        "ignore_failures": False,
+    }
     await client.request("queue_mode_set", {"mode": "default"})
     assert (await client.request("status"))["plan_queue_mode"]["loop"] is False
 
 
 async def test_lock_refuses_edits_without_key(client: Client) -> None:
-    r = await client.request("lock", {"lock_key": "secret", "queue": True, "user": "me", "note": "align"})
+    r = await client.request(
+        "lock", {"lock_key": "secret", "queue": True, "user": "me", "note": "align"}
+    )
     assert r["success"] and r["lock_info"]["queue"] and r["lock_info"]["note"] == "align"
     assert "lock_key" not in r["lock_info"]
     st = await client.request("status")

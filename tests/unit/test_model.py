@@ -58,7 +58,11 @@ def test_add_before_and_after_uid(model: QueueModel) -> None:
 def test_add_always_assigns_a_new_uid_and_the_submitter() -> None:
     m = QueueModel()
     req = msgspec.convert(
-        {"item": {"name": "count", "item_uid": "mine", "user": "eve"}, "user": "u", "user_group": "g"},
+        {
+            "item": {"name": "count", "item_uid": "mine", "user": "eve"},
+            "user": "u",
+            "user_group": "g",
+        },
         api.QueueItemAdd,
     )
     item = m.plan_add(req).items[0]
@@ -69,7 +73,11 @@ def test_add_always_assigns_a_new_uid_and_the_submitter() -> None:
 def test_instruction_must_be_known() -> None:
     m = QueueModel()
     ok = msgspec.convert(
-        {"item": {"item_type": "instruction", "name": "queue_stop"}, "user": "u", "user_group": "g"},
+        {
+            "item": {"item_type": "instruction", "name": "queue_stop"},
+            "user": "u",
+            "user_group": "g",
+        },
         api.QueueItemAdd,
     )
     m.plan_add(ok)
@@ -187,7 +195,9 @@ def test_lock_refuses_without_key_and_accepts_emergency_key() -> None:
 
 def test_snapshot_then_load_restores_everything(model: QueueModel) -> None:
     apply(model, model.plan_mode(msgspec.convert({"mode": {"loop": True}}, api.QueueModeSet)))
-    snap = msgspec.msgpack.decode(msgspec.msgpack.encode(model.snapshot(42)), type=type(model.snapshot(0)))
+    snap = msgspec.msgpack.decode(
+        msgspec.msgpack.encode(model.snapshot(42)), type=type(model.snapshot(0))
+    )
     other = QueueModel()
     other.load(snap)
     assert other.items.as_list() == model.items.as_list()

@@ -25,7 +25,7 @@ def test_random_edits_match_a_plain_list() -> None:
             plain[index:index] = new
         elif op < 0.8:
             k = rng.choice([1, 2, 30])
-            uids = rng.sample(plain, min(k, len(plain))) + ["missing"]
+            uids = [*rng.sample(plain, min(k, len(plain))), "missing"]
             taken = ordered.remove(uids)
             assert [it.item_uid for it in taken] == uids[:-1]
             plain = [u for u in plain if u not in uids]

@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` (the embedded stack) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed  ## install, then start the embedded stack (Ctrl-C stops it)
+	$(BIN)/qserver stack up $(ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check qserver services tests bench
+	$(BIN)/mypy qserver services
+
+test: $(VENV)/.installed-test  ## install with test extras, lint, run the whole suite
+	$(MAKE) lint
+	$(BIN)/pytest $(ARGS)
+
+bench: $(VENV)/.installed  ## print the benchmark figures as JSON
+	$(BIN)/python -m bench.bench_core
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
