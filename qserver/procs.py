@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # Every service that exists, in start order. Later issues add the worker and the gateway.
@@ -15,7 +17,30 @@ SERVICES = ("queue", "history")
 def service_argv(name: str, nats_url: str, prefix: str, *extra: str) -> list[str]:
     if name not in SERVICES:
         raise ValueError(f"unknown service {name!r} (known: {', '.join(SERVICES)})")
-    return [sys.executable, "-m", f"services.{name}", "--nats-url", nats_url, "--prefix", prefix, *extra]
+    module = f"services.{name}"
+    return [sys.executable, "-m", module, "--nats-url", nats_url, "--prefix", prefix, *extra]
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent_hook(sig: int | None) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get `sig` when this process dies (Linux only).
+
+    A supervisor that is killed with SIGKILL cannot stop its children; the kernel can.
+    """
+    if sig is None or not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    # Looked up before the fork: the child should only make the call.
+    prctl = ctypes.CDLL(None).prctl
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return hook
 
 
 class ServiceProcess:
@@ -23,9 +48,11 @@ class ServiceProcess:
 
     def __init__(
         self, name: str, nats_url: str, prefix: str, log_file: Path, *extra: str,
-        env: dict[str, str] | None = None,
+        env: dict[str, str] | None = None, death_signal: int | None = None,
     ) -> None:
         self.name = name
+        # Sent by the kernel when the process that started this one dies (Linux).
+        self.death_signal = death_signal
         self.argv = service_argv(name, nats_url, prefix, *extra)
         self.log_file = Path(log_file)
         self.env = {**os.environ, **(env or {})}
@@ -38,6 +65,7 @@ class ServiceProcess:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, start_new_session=True,
+                preexec_fn=die_with_parent_hook(self.death_signal),
             )
         return self
 
@@ -58,6 +86,12 @@ class ServiceProcess:
             assert self.proc is not None
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting, so that several services stop at the same time."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not end in time; returns the exit code."""

@@ -101,3 +101,12 @@ def run_loop(coro: Any) -> int:
     except ImportError:
         return asyncio.run(coro)  # type: ignore[no-any-return]
     return uvloop.run(coro)  # type: ignore[no-any-return]
+
+
+async def shutdown(*steps: Awaitable[Any], timeout: float = 2.0) -> None:
+    """Run the shutdown steps in order, each bounded; a lost NATS server must not hang exit."""
+    for step in steps:
+        try:
+            await asyncio.wait_for(step, timeout)
+        except Exception as e:  # the process is exiting: report, do not raise
+            logger.warning("shutdown step did not complete: %r", e)

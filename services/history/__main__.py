@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 
@@ -12,7 +11,7 @@ from nats.micro import add_service
 
 import qserver
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
-from qserver.service_base import add_methods, run_loop, setup_logging, wait_for_signal
+from qserver.service_base import add_methods, run_loop, setup_logging, shutdown, wait_for_signal
 from services.history.service import HistoryService
 
 logger = logging.getLogger("services.history")
@@ -34,9 +33,7 @@ async def main(args: argparse.Namespace) -> int:
     await svc.publish_info()
     logger.info("history service ready on %s (prefix %s)", args.nats_url, args.prefix)
     await wait_for_signal(svc.stop_requested)
-    await micro.stop()
-    with contextlib.suppress(Exception):
-        await nc.drain()
+    await shutdown(micro.stop(), nc.drain())
     logger.info("history service stopped: %d items", len(svc.history.records))
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 
@@ -13,7 +12,7 @@ from nats.micro import add_service
 
 import qserver
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
-from qserver.service_base import add_methods, run_loop, setup_logging, wait_for_signal
+from qserver.service_base import add_methods, run_loop, setup_logging, shutdown, wait_for_signal
 from services.queue.service import QueueService
 
 logger = logging.getLogger("services.queue")
@@ -45,10 +44,7 @@ async def main(args: argparse.Namespace) -> int:
     await wait_for_signal(svc.stop_requested)
     for t in tasks:
         t.cancel()
-    await micro.stop()
-    await svc.log.close()
-    with contextlib.suppress(Exception):
-        await nc.drain()
+    await shutdown(micro.stop(), svc.log.close(), nc.drain())
     logger.info("queue service stopped: %s", svc.summary())
     return 0
 

@@ -1,0 +1,447 @@
+"""`qserver stack up`: nats-server and every service on one machine, supervised."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import platformdirs
+
+from qserver.client import Client, NoAnswer
+from qserver.errors import QServerError
+from qserver.natsserver import NatsServer, port_in_use, server_info
+from qserver.procs import SERVICES, ServiceProcess
+from qserver.protocol.subjects import DEFAULT_PREFIX, check_prefix
+
+NATS_HOST = "127.0.0.1"
+READY_TIMEOUT = 20.0
+POLL_INTERVAL = 0.15
+STOP_TIMEOUT = 5.0
+# More than CRASH_LIMIT exits within CRASH_WINDOW seconds is a crash loop: restarting at once
+# would only spin the CPU and flood the log, so the next start waits CRASH_BACKOFF seconds.
+CRASH_LIMIT = 5
+CRASH_WINDOW = 10.0
+CRASH_BACKOFF = 2.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# A service is ready when it answers one of its own methods (being subscribed is not enough:
+# the queue service loads its state from JetStream first). A service without a probe here
+# counts as ready once it has started and not exited.
+PROBES: dict[str, tuple[str, dict[str, Any]]] = {
+    "queue": ("status", {}),
+    "history": ("history_get", {"limit": 0}),
+}
+
+
+class StackError(QServerError):
+    """The stack cannot start, or cannot go on; the message says what to do."""
+
+    code = "stack_error"
+
+
+class StackNotRunning(StackError):
+    """No stack runs on the data dir."""
+
+    code = "stack_not_running"
+
+
+class _Stopped(Exception):
+    """A stop signal arrived while the stack was starting."""
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("qserver"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackConfig:
+    data_dir: Path
+    nats_port: int = 4222
+    http_port: int = 60610
+    nats_url: str | None = None
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def info_file(self) -> Path:
+        return self.data_dir / "stack.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.data_dir / "stack.lock"
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+@contextlib.contextmanager
+def hold_lock(cfg: StackConfig) -> Iterator[None]:
+    """Hold the data dir's lock; the kernel drops it when this process ends, however it ends."""
+    with open(cfg.lock_file, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "?"
+            raise StackError(
+                f"a stack is already running on {cfg.data_dir} (pid {owner}): "
+                "stop it first, or pass another --data-dir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def lock_is_held(cfg: StackConfig) -> bool:
+    try:
+        with open(cfg.lock_file) as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
+
+
+class Stack:
+    """nats-server (unless one is given) and the services, as children of this process."""
+
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+        self.nats_url = cfg.nats_url or f"nats://{NATS_HOST}:{cfg.nats_port}"
+        self.nats: NatsServer | None = None
+        self.procs: dict[str, ServiceProcess] = {}
+        self.exits: dict[str, deque[float]] = {name: deque() for name in SERVICES}
+        self.restart_due: dict[str, float] = {}
+        self.stop_signal: int | None = None
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_signal = signum
+
+    # ----- start -----
+
+    def start(self) -> None:
+        if self.cfg.nats_url is None:
+            self._start_nats()
+        else:
+            self._check_nats_url()
+        started = time.monotonic()
+        for name in SERVICES:
+            self.procs[name] = ServiceProcess(
+                name,
+                self.nats_url,
+                self.cfg.prefix,
+                self.cfg.logs_dir / f"{name}.log",
+                death_signal=self._service_death_signal(),
+            ).start()
+        asyncio.run(self._wait_all_ready(started))
+        self._write_info()
+
+    def _service_death_signal(self) -> signal.Signals:
+        """What a service gets from the kernel if this process is killed without cleaning up.
+
+        Our own nats-server goes down at the same moment, so a service's graceful drain would
+        only wait for a flush timeout; its state is in JetStream, made to survive SIGKILL.
+        """
+        return signal.SIGTERM if self.cfg.nats_url else signal.SIGKILL
+
+    def _start_nats(self) -> None:
+        port = self.cfg.nats_port
+        if port_in_use(NATS_HOST, port):
+            raise StackError(
+                f"NATS port {port} is already in use (another nats-server or stack?): "
+                "pick a free one with --nats-port"
+            )
+        say(f"starting nats-server on {NATS_HOST}:{port}...")
+        started = time.monotonic()
+        self.nats = NatsServer(
+            self.cfg.data_dir / "nats",
+            port=port,
+            host=NATS_HOST,
+            log_file=self.cfg.logs_dir / "nats-server.log",
+            death_signal=signal.SIGTERM,
+        )
+        self._run_nats()
+        say(f"nats-server ready in {time.monotonic() - started:.2f} s")
+
+    def _run_nats(self) -> None:
+        assert self.nats is not None
+        try:
+            self.nats.start()
+        except (RuntimeError, TimeoutError, FileNotFoundError) as e:
+            raise StackError(f"nats-server did not start: {e}") from None
+
+    def _check_nats_url(self) -> None:
+        say(f"using NATS at {self.nats_url}")
+        try:
+            info = server_info(self.nats_url)
+        except ConnectionError as e:
+            raise StackError(
+                f"{e}: start a nats-server there, or leave out --nats-url to run one here"
+            ) from None
+        if not info.get("jetstream"):
+            raise StackError(f"NATS at {self.nats_url} has no JetStream: start it with -js")
+
+    async def _wait_all_ready(self, started: float) -> None:
+        say(f"starting services: {', '.join(SERVICES)}...")
+        try:
+            # nats.py retries a failed connect forever, so bound it here.
+            client = await asyncio.wait_for(
+                Client.connect(self.nats_url, self.cfg.prefix, timeout=1.0), READY_TIMEOUT
+            )
+        except (TimeoutError, NoAnswer) as e:
+            raise StackError(f"cannot connect to NATS at {self.nats_url}: {e}") from None
+        try:
+            for name, proc in self.procs.items():
+                await self._wait_ready(client, name, proc, started + READY_TIMEOUT)
+                say(f"{name} service ready in {time.monotonic() - started:.1f} s")
+        finally:
+            await client.close()
+
+    async def _wait_ready(
+        self, client: Client, name: str, proc: ServiceProcess, deadline: float
+    ) -> None:
+        method, params = PROBES.get(name, ("", {}))
+        while True:
+            if self.stop_signal is not None:
+                raise _Stopped
+            code = proc.poll()
+            if code is not None:
+                raise StackError(
+                    f"{name} service {describe_exit(code)} while starting; "
+                    f"the end of {proc.log_file}:\n{proc.log_tail()}"
+                )
+            if not method:
+                return
+            try:
+                await client.request(method, params)
+                return
+            except NoAnswer:
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"{name} service did not answer '{method}' within {READY_TIMEOUT:g} s; "
+                        f"the end of {proc.log_file}:\n{proc.log_tail()}"
+                    ) from None
+                await asyncio.sleep(0.05)
+
+    # ----- what a client needs to know -----
+
+    def info(self) -> dict[str, Any]:
+        """The contents of stack.json: every endpoint and pid, built here and nowhere else."""
+        nats_proc = self.nats.proc if self.nats else None
+        return {
+            "nats_url": self.nats_url,
+            "prefix": self.cfg.prefix,
+            "data_dir": str(self.cfg.data_dir),
+            "logs_dir": str(self.cfg.logs_dir),
+            "pid": os.getpid(),
+            "nats_pid": nats_proc.pid if nats_proc else None,
+            "nats_store": str(self.nats.store_dir) if self.nats else None,
+            "services": {name: proc.pid for name, proc in self.procs.items()},
+            "http_port": self.cfg.http_port,
+            "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+
+    def _write_info(self) -> None:
+        # Write then rename, so that a reader never sees half a file.
+        tmp = self.cfg.info_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.info(), indent=2) + "\n")
+        os.replace(tmp, self.cfg.info_file)
+
+    def announce(self) -> None:
+        env = "" if self.cfg.prefix == DEFAULT_PREFIX else f"QSERVER_PREFIX={self.cfg.prefix} "
+        say(
+            f"qserver stack is up (pid {os.getpid()}); Ctrl-C stops it\n"
+            f"  NATS      {self.nats_url}\n"
+            f"  prefix    {self.cfg.prefix}\n"
+            f"  data      {self.cfg.data_dir}\n"
+            f"  logs      {self.cfg.logs_dir}\n"
+            f"  try       {env}qserver -a {self.nats_url} status"
+        )
+
+    # ----- supervise -----
+
+    def supervise(self) -> int:
+        """Restart what crashes until a stop signal, or until the queue service asks to stop."""
+        while self.stop_signal is None:
+            time.sleep(POLL_INTERVAL)
+            self._check_nats()
+            for name, proc in self.procs.items():
+                due = self.restart_due.get(name)
+                if due is not None:
+                    if time.monotonic() >= due:
+                        self._restart(name)
+                    continue
+                code = proc.poll()
+                if code is None:
+                    continue
+                if name == "queue" and code == 0:
+                    say("queue service exited normally (manager_stop): stopping the stack")
+                    return 0
+                self._on_exit(name, code)
+        say(f"{signal.Signals(self.stop_signal).name} received: stopping the stack")
+        return 0
+
+    def _on_exit(self, name: str, code: int) -> None:
+        now = time.monotonic()
+        recent = self.exits[name]
+        recent.append(now)
+        while recent[0] < now - CRASH_WINDOW:
+            recent.popleft()
+        if len(recent) > CRASH_LIMIT:
+            say(
+                f"{name} service {describe_exit(code)}; {len(recent)} exits in "
+                f"{CRASH_WINDOW:g} s: restarting in {CRASH_BACKOFF:g} s "
+                f"(see {self.procs[name].log_file})"
+            )
+            self.restart_due[name] = now + CRASH_BACKOFF
+        else:
+            self._restart(name, f"{name} service {describe_exit(code)}")
+
+    def _restart(self, name: str, why: str | None = None) -> None:
+        proc = self.procs[name]
+        self.restart_due.pop(name, None)
+        proc.restarts += 1
+        proc.start()
+        say(f"{why or name + ' service'}: restarted (restart {proc.restarts}, pid {proc.pid})")
+        self._write_info()
+
+    def _check_nats(self) -> None:
+        if self.nats is None or self.nats.running():
+            return
+        assert self.nats.proc is not None
+        code = self.nats.proc.returncode
+        say(f"nats-server {describe_exit(code)}: restarting it on port {self.nats.port}")
+        self._run_nats()
+        say("nats-server restarted; the services reconnect by themselves")
+        self._write_info()
+
+    # ----- stop -----
+
+    def shutdown(self) -> None:
+        """Services first (they drain their connections), then nats-server; no orphans."""
+        procs = list(reversed(self.procs.values()))
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.stop(STOP_TIMEOUT)
+        if self.nats is not None:
+            self.nats.stop(timeout=STOP_TIMEOUT)
+        self.cfg.info_file.unlink(missing_ok=True)
+        if procs or self.nats is not None:
+            say("stack stopped")
+
+
+def run_stack(
+    *,
+    data_dir: Path | None,
+    nats_port: int = 4222,
+    http_port: int = 60610,
+    nats_url: str | None = None,
+    prefix: str = DEFAULT_PREFIX,
+) -> int:
+    """Run the stack in the foreground until a stop signal or `manager_stop`; the exit code."""
+    cfg = StackConfig(
+        data_dir=Path(data_dir) if data_dir else default_data_dir(),
+        nats_port=nats_port,
+        http_port=http_port,
+        nats_url=nats_url,
+        prefix=prefix,
+    )
+    stack = Stack(cfg)
+    previous = {sig: signal.signal(sig, stack.request_stop) for sig in STOP_SIGNALS}
+    try:
+        try:
+            check_prefix(prefix)
+        except ValueError as e:
+            raise StackError(str(e)) from None
+        cfg.logs_dir.mkdir(parents=True, exist_ok=True)
+        with hold_lock(cfg):
+            # Left behind by a stack that was killed; it would name dead processes.
+            cfg.info_file.unlink(missing_ok=True)
+            try:
+                stack.start()
+                stack.announce()
+                return stack.supervise()
+            except _Stopped:
+                return 0
+            finally:
+                stack.shutdown()
+    except StackError as e:
+        print(f"error: {e.msg}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def read_stack_info(data_dir: Path | None) -> dict[str, Any]:
+    """What the running stack wrote to stack.json; StackNotRunning if no stack runs."""
+    cfg = StackConfig(data_dir=Path(data_dir) if data_dir else default_data_dir())
+    # The lock, not the file, says whether a stack runs: a killed stack leaves its file behind.
+    if not lock_is_held(cfg):
+        raise StackNotRunning(
+            f"no stack is running on {cfg.data_dir}: start one with `qserver stack up`"
+        )
+    try:
+        info: dict[str, Any] = json.loads(cfg.info_file.read_text())
+    except FileNotFoundError:
+        raise StackNotRunning(
+            f"the stack on {cfg.data_dir} is still starting, or stopping"
+        ) from None
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m qserver.stack",
+        description="Run nats-server and every queue-server service on this machine.",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"JetStream store, logs and stack.json (default {default_data_dir()})",
+    )
+    p.add_argument(
+        "--nats-port", type=int, default=4222, help="port of the nats-server started here"
+    )
+    p.add_argument("--http-port", type=int, default=60610, help="port of the HTTP gateway")
+    p.add_argument(
+        "--nats-url",
+        default=None,
+        help="use this NATS server (with JetStream) instead of starting one",
+    )
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix of this queue server")
+    args = p.parse_args(argv)
+    raise SystemExit(run_stack(**vars(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""The embedded stack as a real process: it serves, restarts what crashes, and stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from qserver.client import Client, NoAnswer
+from qserver.natsserver import NatsServer, free_port
+from qserver.procs import SERVICES
+from qserver.stack import (
+    CRASH_BACKOFF,
+    CRASH_LIMIT,
+    Stack,
+    StackConfig,
+    StackNotRunning,
+    read_stack_info,
+)
+from tests.conftest import USER, plan, unique_prefix
+
+_counter = itertools.count()
+
+
+class StackProcess:
+    """`python -m qserver.stack` as a child of the test, its output in a file."""
+
+    def __init__(self, data_dir: Path, out_file: Path, *args: str) -> None:
+        self.data_dir = data_dir
+        self.out_file = out_file
+        argv = [sys.executable, "-m", "qserver.stack", "--data-dir", str(data_dir), *args]
+        with open(out_file, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.out_file.read_text(errors="replace")
+
+    async def wait_info(self, timeout: float = 20.0) -> dict[str, Any]:
+        """stack.json, once the stack has written it (that is: once every service answers)."""
+        info_file = self.data_dir / "stack.json"
+        async with asyncio.timeout(timeout):
+            while True:
+                assert self.proc.poll() is None, f"the stack exited:\n{self.output()}"
+                # A killed stack leaves its file behind: only ours counts.
+                with contextlib.suppress(FileNotFoundError):
+                    info: dict[str, Any] = json.loads(info_file.read_text())
+                    if info["pid"] == self.pid:
+                        return info
+                await asyncio.sleep(0.05)
+
+    async def wait_exit(self, timeout: float = 10.0) -> int:
+        async with asyncio.timeout(timeout):
+            while (code := self.proc.poll()) is None:
+                await asyncio.sleep(0.05)
+        return code
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill_all(self) -> None:
+        """Cleanup after a failed test: no process of the stack may outlive it."""
+        for p in [*self.descendants(), psutil.Process(self.pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        self.proc.wait()
+
+
+class Stacks:
+    """Starts stacks for one test and kills whatever is left at its end."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.data_dir = tmp_path / "data"
+        self.nats_port = free_port()
+        self.started: list[StackProcess] = []
+
+    def start(self, *args: str, own_nats: bool = True) -> StackProcess:
+        port_args = ("--nats-port", str(self.nats_port)) if own_nats else ()
+        out = self.tmp_path / f"stack-{next(_counter)}.out"
+        stack = StackProcess(self.data_dir, out, *port_args, *args)
+        self.started.append(stack)
+        return stack
+
+    def cleanup(self) -> None:
+        for stack in self.started:
+            if stack.proc.poll() is None:
+                stack.kill_all()
+
+
+@pytest.fixture
+def stacks(tmp_path: Path) -> Iterator[Stacks]:
+    s = Stacks(tmp_path)
+    yield s
+    s.cleanup()
+
+
+async def answer(
+    client: Client, method: str, params: dict[str, Any] | None = None, timeout: float = 15.0
+) -> dict[str, Any]:
+    """The reply to `method`, retried while its service is (re)starting."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                return await client.request(method, params, timeout=1.0)
+            except NoAnswer:
+                await asyncio.sleep(0.05)
+
+
+async def add_item(client: Client) -> str:
+    reply = await client.request("queue_item_add", {"item": plan("count", ["det1"]), **USER})
+    assert reply["success"], reply
+    uid: str = reply["item"]["item_uid"]
+    return uid
+
+
+async def queue_uids(client: Client) -> list[str]:
+    reply = await answer(client, "queue_get")
+    assert reply["success"], reply
+    return [item["item_uid"] for item in reply["items"]]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        # As a server restarting on the port would bind: lingering TIME_WAIT entries do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        except OSError:
+            return False
+    return True
+
+
+def all_gone(pids: list[int]) -> bool:
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    return all(gone(pid) for pid in pids)
+
+
+async def test_stack_serves_and_restarts_a_killed_service(stacks: Stacks) -> None:
+    stack = stacks.start()
+    info = await stack.wait_info()
+    assert set(info["services"]) == set(SERVICES)
+    assert info["pid"] == stack.pid
+    assert read_stack_info(stacks.data_dir) == info
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+        assert (await client.request("status"))["manager_state"] == "idle"
+        assert (await client.request("history_get", {"limit": 0}))["success"]
+        uid = await add_item(client)
+
+        old_pid = info["services"]["queue"]
+        os.kill(old_pid, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            while (info := read_stack_info(stacks.data_dir))["services"]["queue"] == old_pid:
+                await asyncio.sleep(0.05)
+        assert psutil.pid_exists(info["services"]["queue"])
+        # The queue lives in JetStream, so the new process serves the same item.
+        assert await queue_uids(client) == [uid]
+    assert "queue service was killed by SIGKILL: restarted (restart 1" in stack.output()
+
+
+async def test_stack_restarts_a_killed_nats_server_on_the_same_store(stacks: Stacks) -> None:
+    stack = stacks.start()
+    info = await stack.wait_info()
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+        uid = await add_item(client)
+    old_pid = info["nats_pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    async with asyncio.timeout(10):
+        while (info := read_stack_info(stacks.data_dir))["nats_pid"] == old_pid:
+            await asyncio.sleep(0.05)
+    async with asyncio.timeout(10):
+        while True:  # the restarted server may not listen yet when the pid changes
+            with contextlib.suppress(NoAnswer):
+                client = await Client.connect(info["nats_url"], info["prefix"], timeout=5.0)
+                break
+            await asyncio.sleep(0.05)
+    async with client:
+        assert await queue_uids(client) == [uid]
+    assert "nats-server was killed by SIGKILL: restarting it" in stack.output()
+
+
+async def test_sigterm_stops_everything_and_a_new_stack_keeps_the_queue(stacks: Stacks) -> None:
+    stack = stacks.start()
+    info = await stack.wait_info()
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+        uid = await add_item(client)
+    children = [p.pid for p in stack.descendants()]
+    assert len(children) == len(SERVICES) + 1  # and nats-server
+
+    stack.proc.send_signal(signal.SIGTERM)
+    assert await stack.wait_exit(10) == 0, stack.output()
+    assert all_gone(children)
+    assert port_is_free(stacks.nats_port)
+    assert not (stacks.data_dir / "stack.json").exists()
+    with pytest.raises(StackNotRunning):
+        read_stack_info(stacks.data_dir)
+
+    again = stacks.start()
+    info = await again.wait_info()
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+        assert await queue_uids(client) == [uid]
+    again.proc.send_signal(signal.SIGINT)
+    assert await again.wait_exit(10) == 0, again.output()
+
+
+async def test_a_second_stack_on_the_same_data_dir_is_refused(stacks: Stacks) -> None:
+    first = stacks.start()
+    info = await first.wait_info()
+    second = stacks.start("--nats-port", str(free_port()))
+    assert await second.wait_exit(10) == 1
+    assert "already running" in second.output()
+    assert str(info["pid"]) in second.output()
+    assert first.proc.poll() is None
+    assert read_stack_info(stacks.data_dir) == info
+
+
+async def test_manager_stop_stops_the_whole_stack(stacks: Stacks) -> None:
+    stack = stacks.start()
+    info = await stack.wait_info()
+    children = [p.pid for p in stack.descendants()]
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+        assert (await client.request("manager_stop"))["success"]
+    assert await stack.wait_exit(10) == 0, stack.output()
+    assert all_gone(children)
+    assert port_is_free(stacks.nats_port)
+
+
+async def test_nats_url_mode_starts_only_the_services(
+    stacks: Stacks, nats_server: NatsServer
+) -> None:
+    prefix = unique_prefix()
+    stack = stacks.start("--nats-url", nats_server.url, "--prefix", prefix, own_nats=False)
+    info = await stack.wait_info()
+    assert info["nats_url"] == nats_server.url
+    assert info["nats_pid"] is None
+    assert sorted(p.pid for p in stack.descendants()) == sorted(info["services"].values())
+    async with await Client.connect(nats_server.url, prefix, timeout=5.0) as client:
+        assert (await client.request("status"))["manager_state"] == "idle"
+    stack.proc.send_signal(signal.SIGTERM)
+    assert await stack.wait_exit(10) == 0, stack.output()
+    assert nats_server.running()
+
+
+async def test_an_unreachable_nats_url_fails_with_a_clear_message(stacks: Stacks) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    stack = stacks.start("--nats-url", url, own_nats=False)
+    assert await stack.wait_exit(10) == 1
+    out = stack.output()
+    assert f"cannot reach NATS at {url}" in out
+    assert "Traceback" not in out
+
+
+async def test_a_busy_nats_port_fails_fast_and_names_the_port(stacks: Stacks) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", stacks.nats_port))
+        s.listen()
+        stack = stacks.start()
+        assert await stack.wait_exit(10) == 1
+    out = stack.output()
+    assert f"NATS port {stacks.nats_port} is already in use" in out
+    assert "--nats-port" in out
+    assert "Traceback" not in out
+
+
+async def test_killing_the_stack_takes_its_children_along(stacks: Stacks) -> None:
+    stack = stacks.start()
+    await stack.wait_info()
+    children = [p.pid for p in stack.descendants()]
+    stack.proc.kill()
+    stack.proc.wait()
+    async with asyncio.timeout(10):
+        while not all_gone(children):
+            await asyncio.sleep(0.05)
+    # The kernel dropped the lock with the process: the stale stack.json does not count.
+    with pytest.raises(StackNotRunning):
+        read_stack_info(stacks.data_dir)
+    again = stacks.start()
+    await again.wait_info()
+    again.proc.send_signal(signal.SIGTERM)
+    assert await again.wait_exit(10) == 0, again.output()
+
+
+def test_a_crash_loop_backs_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = Stack(StackConfig(data_dir=tmp_path))
+    stack.procs["queue"] = FakeProcess("queue", tmp_path / "queue.log")  # type: ignore[assignment]
+    for _ in range(CRASH_LIMIT):
+        stack._on_exit("queue", 1)
+    assert stack.procs["queue"].restarts == CRASH_LIMIT
+    assert not stack.restart_due
+    stack._on_exit("queue", 1)
+    assert stack.procs["queue"].restarts == CRASH_LIMIT
+    assert stack.restart_due["queue"] - time.monotonic() == pytest.approx(CRASH_BACKOFF, abs=0.5)
+    assert f"restarting in {CRASH_BACKOFF:g} s" in capsys.readouterr().out
+
+
+class FakeProcess:
+    """Just enough of a ServiceProcess for the restart logic."""
+
+    def __init__(self, name: str, log_file: Path) -> None:
+        self.name = name
+        self.log_file = log_file
+        self.restarts = 0
+        self.pid = 1
+
+    def start(self) -> FakeProcess:
+        return self
+
+
+def test_read_stack_info_says_when_no_stack_runs(tmp_path: Path) -> None:
+    with pytest.raises(StackNotRunning, match="no stack is running"):
+        read_stack_info(tmp_path)
