@@ -27,7 +27,10 @@ class LockStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Status(msgspec.Struct, frozen=True, kw_only=True):
-    """The reference server's 27 status keys, with the same names and meanings."""
+    """The reference server's 27 status keys, in its order, with the same meanings.
+
+    `time` is when the status last changed, as in the reference, not when it was asked for.
+    """
 
     msg: str
     time: str
@@ -41,9 +44,10 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     worker_environment_state: str
     worker_background_tasks: int
     re_state: str | None
-    ip_kernel_state: str
-    ip_kernel_captured: bool
+    ip_kernel_state: str | None
+    ip_kernel_captured: bool | None
     pause_pending: bool
+    status_uid: str
     run_list_uid: str
     plan_queue_uid: str
     plan_history_uid: str
@@ -55,4 +59,3 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     task_results_uid: str
     lock_info_uid: str
     lock: LockStatus
-    status_uid: str

@@ -206,7 +206,7 @@ class QueueModel:
             user=req.user,
             note=req.note,
             time=now,
-            time_str=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
+            time_str=time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(now)),
         )
         return LockSet(info=info, key_hash=hash_key(req.lock_key), lock_info_uid=new_uid())
 
@@ -216,9 +216,10 @@ class QueueModel:
         if lock_key is not None and locked and not self._key_matches(lock_key):
             raise Refused("Invalid lock key: it does not match the key the lock was set with")
 
-    def plan_unlock(self, req: api.UnlockRequest) -> LockCleared:
+    def plan_unlock(self, req: api.UnlockRequest) -> LockCleared | None:
+        """None when there is no lock: unlocking an unlocked server succeeds, as in the reference."""
         if not (self.lock.environment or self.lock.queue):
-            raise Refused("The queue server is not locked")
+            return None
         if not self._key_matches(req.lock_key):
             raise Refused(
                 "Invalid lock key: it matches neither the lock's key nor the emergency key"
@@ -261,11 +262,12 @@ class QueueModel:
     def plan_remove_batch(
         self, req: api.QueueItemRemoveBatch
     ) -> tuple[ItemsRemoved | None, list[QueueItem]]:
-        _check_unique(req.uids)
-        missing = [uid for uid in req.uids if uid not in self.items]
+        # A repeated uid removes its item once, as in the reference (move_batch refuses them).
+        uids = list(dict.fromkeys(req.uids))
+        missing = [uid for uid in uids if uid not in self.items]
         if missing and not req.ignore_missing:
             raise NotFound(f"Items are not in the queue: {', '.join(missing)}")
-        found = [self.items[self.items.position(uid)] for uid in req.uids if uid in self.items]
+        found = [self.items[self.items.position(uid)] for uid in uids if uid in self.items]
         if not found:
             return None, []
         uids: list[str] = [it.item_uid for it in found]  # type: ignore[misc]

@@ -113,8 +113,8 @@ class QueueService:
             worker_environment_state="closed",
             worker_background_tasks=0,
             re_state=None,
-            ip_kernel_state="disabled",
-            ip_kernel_captured=True,
+            ip_kernel_state=None,
+            ip_kernel_captured=None,
             pause_pending=False,
             plan_queue_uid=m.plan_queue_uid,
             plan_history_uid=self.history.plan_history_uid,
@@ -125,13 +125,14 @@ class QueueService:
             **self._static_uids,
         )
 
-    async def publish_status(self, changed: bool = True) -> None:
-        """Publish the status event; a new `status_uid` only when something changed."""
+    async def publish_status(self) -> None:
+        """Publish the status event; a new `time` and `status_uid` only when something changed."""
         st = self.status()
-        if changed and self._status is not None:
-            prev = msgspec.structs.replace(self._status, time=st.time)
-            if prev != st:
-                st = msgspec.structs.replace(st, status_uid=_uid())
+        prev = self._status
+        if prev is not None and msgspec.structs.replace(prev, time=st.time) == st:
+            st = prev  # nothing changed: same time and status_uid
+        elif prev is not None:
+            st = msgspec.structs.replace(st, status_uid=_uid())
         self._status = st
         with contextlib.suppress(Exception):
             await self.nc.publish(self.subjects.status_event, encode(st))
@@ -139,7 +140,7 @@ class QueueService:
     async def heartbeat(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            await self.publish_status(changed=False)
+            await self.publish_status()
 
     # ----- writing -----
 
@@ -195,9 +196,7 @@ class QueueService:
         }
 
     async def on_status(self, req: api.Empty) -> Status:
-        return msgspec.structs.replace(
-            self._status or self.status(), time=datetime.datetime.now().isoformat()
-        )
+        return self._status or self.status()
 
     async def on_queue_get(self, req: api.Empty) -> api.QueueGetReply:
         m = self.model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from qserver.client import Client
@@ -248,3 +249,26 @@ async def test_status_events_are_pushed_on_change(client: Client) -> None:
             break
     await sub.unsubscribe()
     assert r["success"]
+
+
+async def test_status_time_and_uid_change_only_with_the_status(client: Client) -> None:
+    st0 = await client.request("status")
+    await asyncio.sleep(1.2)  # past a heartbeat: the event repeats the same status
+    st1 = await client.request("status")
+    assert (st1["time"], st1["status_uid"]) == (st0["time"], st0["status_uid"])
+    await add(client, "a")
+    st2 = await client.request("status")
+    assert st2["time"] > st0["time"] and st2["status_uid"] != st0["status_uid"]
+
+
+async def test_unlocking_an_unlocked_server_succeeds(client: Client) -> None:
+    r = await client.request("unlock", {"lock_key": "anything"})
+    assert r["success"] and r["lock_info"]["queue"] is False
+
+
+async def test_remove_batch_with_a_repeated_uid_removes_the_item_once(client: Client) -> None:
+    a = await add(client, "a")
+    await add(client, "b")
+    r = await client.request("queue_item_remove_batch", {"uids": [a["item_uid"], a["item_uid"]]})
+    assert r["success"] and [it["name"] for it in r["items"]] == ["a"]
+    assert await queue_names(client) == ["b"]
