@@ -66,6 +66,24 @@ class Subjects:
     def lock_check(self) -> str:
         return f"{self.prefix}.internal.queue.lock_check"
 
+    def worker_cmd(self, cmd: str) -> str:
+        return f"{self.prefix}.internal.worker.{cmd}"
+
+    @property
+    def worker_state(self) -> str:
+        return f"{self.prefix}.internal.worker.state"
+
+    def env_cmd(self, cmd: str) -> str:
+        return f"{self.prefix}.internal.env.{cmd}"
+
+    @property
+    def env_state(self) -> str:
+        return f"{self.prefix}.internal.env.state"
+
+    @property
+    def results(self) -> str:
+        return f"{self.prefix}.internal.results"
+
     # JetStream resources. Stream and bucket names may not contain dots.
     @property
     def _token(self) -> str:
@@ -78,6 +96,14 @@ class Subjects:
     @property
     def history_stream(self) -> str:
         return f"QS_{self._token}_HISTORY"
+
+    @property
+    def results_stream(self) -> str:
+        return f"QS_{self._token}_RESULTS"
+
+    @property
+    def lists_bucket(self) -> str:
+        return f"QS_{self._token}_LISTS"
 
     @property
     def snapshot_bucket(self) -> str:

@@ -1,0 +1,118 @@
+"""Messages between the queue service, the worker service and the environment process.
+
+Subjects (all under `<prefix>.internal.`):
+- `worker.<cmd>` request-reply to the worker service: `open`, `close`, `destroy`, `state`.
+- `worker.state` event: `WorkerState`, published by the worker service on every change
+  and once a second.
+- `env.<cmd>` request-reply to the environment process: `run`, `pause`, `resume`, `stop`,
+  `abort`, `halt`, `update`, `runs`, `state`, `close`.
+- `env.state` event: `EnvState`, published by the environment process on every change and
+  once a second.
+- `results`: the JetStream stream `QS_<PREFIX>_RESULTS`, one `PlanResult` per finished
+  item, written by the environment process (or by the worker service when the
+  environment died mid-plan), consumed by the queue service with a durable consumer.
+Stored records and events tolerate unknown fields (newer writers).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from qserver.protocol.items import HistoryResult
+
+EnvStateName = Literal["initializing", "idle", "executing_plan", "executing_task", "closing", "closed", "failed"]
+
+
+class StartupConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the startup code is: exactly one of the three."""
+
+    startup_dir: str | None = None
+    startup_module: str | None = None
+    startup_script: str | None = None
+
+
+class OpenRequest(msgspec.Struct, frozen=True, kw_only=True):
+    startup: StartupConfig = StartupConfig()
+
+
+class CmdReply(msgspec.Struct, kw_only=True):
+    success: bool = True
+    msg: str = ""
+
+
+class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of the RunEngine, as `re_runs` reports it."""
+
+    uid: str
+    scan_id: int | None = None
+    is_open: bool = True
+    exit_status: str | None = None
+
+
+class EnvState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the environment process is doing now."""
+
+    env_uid: str
+    pid: int
+    env_state: EnvStateName
+    re_state: str | None = None
+    running_item_uid: str | None = None
+    pause_pending: bool = False
+    run_list: list[RunInfo] = msgspec.field(default_factory=list)
+    run_list_uid: str = ""
+    lists_uid: str = ""  # changes when the existing plans/devices were re-read
+
+
+class WorkerState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the worker service knows about the environment process."""
+
+    env_exists: bool = False
+    env_uid: str | None = None
+    env_pid: int | None = None
+    env: EnvState | None = None
+    # Set while an open failed or after the environment process died, for status and console.
+    last_error: str = ""
+    last_traceback: str = ""
+
+
+class RunPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """Run one item now (a plan or the `queue_stop` instruction is handled by the queue)."""
+
+    item: dict[str, Any]
+    user_group: str = "primary"
+
+
+class PauseRequest(msgspec.Struct, frozen=True, kw_only=True):
+    option: Literal["deferred", "immediate"] = "deferred"
+
+
+class RunsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    option: Literal["active", "open", "closed"] = "active"
+
+
+class RunsReply(CmdReply, kw_only=True):
+    run_list: list[RunInfo] = msgspec.field(default_factory=list)
+    run_list_uid: str = ""
+
+
+class PlanResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of one item, from the environment process (or the worker if it died)."""
+
+    record_uid: str
+    item_uid: str
+    env_uid: str
+    result: HistoryResult
+
+
+class ExistingLists(msgspec.Struct, frozen=True, kw_only=True):
+    """What the startup code defined: plan and device descriptions in the reference format.
+
+    Stored in the object store `QS_<PREFIX>_LISTS` under the name `existing`, so that items
+    can be validated before any environment was opened.
+    """
+
+    plans_existing: dict[str, Any]
+    devices_existing: dict[str, Any]
+    uid: str
