@@ -10,8 +10,23 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-# Every service that exists, in start order. Later issues add the worker and the gateway.
-SERVICES = ("queue", "history")
+from qserver.protocol.subjects import Subjects
+
+# Every service that exists, in start order. A later issue adds the gateway.
+SERVICES = ("queue", "history", "worker")
+
+
+def readiness_probe(name: str, subjects: Subjects) -> tuple[str, bytes]:
+    """A request that the service answers only once it is ready: (subject, body).
+
+    Being subscribed is not enough: the queue service loads its state from JetStream first.
+    """
+    probes = {
+        "queue": (subjects.api("status"), b"{}"),
+        "history": (subjects.api("history_get"), b'{"limit": 0}'),
+        "worker": (subjects.worker_cmd("state"), b""),
+    }
+    return probes[name]
 
 
 def service_argv(name: str, nats_url: str, prefix: str, *extra: str) -> list[str]:
@@ -47,8 +62,14 @@ class ServiceProcess:
     """One service as a child process, its output appended to a log file."""
 
     def __init__(
-        self, name: str, nats_url: str, prefix: str, log_file: Path, *extra: str,
-        env: dict[str, str] | None = None, death_signal: int | None = None,
+        self,
+        name: str,
+        nats_url: str,
+        prefix: str,
+        log_file: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        death_signal: int | None = None,
     ) -> None:
         self.name = name
         # Sent by the kernel when the process that started this one dies (Linux).
@@ -63,8 +84,12 @@ class ServiceProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.env, start_new_session=True,
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
                 preexec_fn=die_with_parent_hook(self.death_signal),
             )
         return self

@@ -20,11 +20,13 @@ from types import FrameType
 from typing import Any
 
 import platformdirs
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.client import Client, NoAnswer
 from qserver.errors import QServerError
 from qserver.natsserver import NatsServer, port_in_use, server_info
-from qserver.procs import SERVICES, ServiceProcess
+from qserver.procs import SERVICES, ServiceProcess, readiness_probe
 from qserver.protocol.subjects import DEFAULT_PREFIX, check_prefix
 
 NATS_HOST = "127.0.0.1"
@@ -37,14 +39,6 @@ CRASH_LIMIT = 5
 CRASH_WINDOW = 10.0
 CRASH_BACKOFF = 2.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-# A service is ready when it answers one of its own methods (being subscribed is not enough:
-# the queue service loads its state from JetStream first). A service without a probe here
-# counts as ready once it has started and not exited.
-PROBES: dict[str, tuple[str, dict[str, Any]]] = {
-    "queue": ("status", {}),
-    "history": ("history_get", {"limit": 0}),
-}
 
 
 class StackError(QServerError):
@@ -227,7 +221,7 @@ class Stack:
     async def _wait_ready(
         self, client: Client, name: str, proc: ServiceProcess, deadline: float
     ) -> None:
-        method, params = PROBES.get(name, ("", {}))
+        subject, body = readiness_probe(name, client.subjects)
         while True:
             if self.stop_signal is not None:
                 raise _Stopped
@@ -237,15 +231,13 @@ class Stack:
                     f"{name} service {describe_exit(code)} while starting; "
                     f"the end of {proc.log_file}:\n{proc.log_tail()}"
                 )
-            if not method:
-                return
             try:
-                await client.request(method, params)
+                await client.nc.request(subject, body, timeout=1.0)
                 return
-            except NoAnswer:
+            except (NoRespondersError, NatsTimeout):
                 if time.monotonic() > deadline:
                     raise StackError(
-                        f"{name} service did not answer '{method}' within {READY_TIMEOUT:g} s; "
+                        f"{name} service did not answer '{subject}' within {READY_TIMEOUT:g} s; "
                         f"the end of {proc.log_file}:\n{proc.log_tail()}"
                     ) from None
                 await asyncio.sleep(0.05)

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
-from qserver.client import Client, NoAnswer
+from qserver.client import Client
 from qserver.natsserver import NatsServer
-from qserver.procs import SERVICES, ServiceProcess
+from qserver.procs import SERVICES, ServiceProcess, readiness_probe
 
 
 @pytest.fixture(scope="session")
@@ -75,27 +77,26 @@ class Services:
         return self.client
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
-        """Wait until every started service answers a request of its own."""
-        probes = {"queue": ("status", {}), "history": ("history_get", {"limit": 0})}
+        """Wait until every started service answers its readiness probe."""
         deadline = asyncio.get_running_loop().time() + timeout
-        for name, proc in self.procs.items():
-            method, params = probes[name]
-            while True:
-                if not proc.alive():
-                    raise RuntimeError(f"service {name} exited:\n{proc.log_tail()}")
-                try:
-                    c = await Client.connect(self.nats.url, self.prefix, timeout=1.0)
+        c = await Client.connect(self.nats.url, self.prefix, timeout=1.0)
+        try:
+            for name, proc in self.procs.items():
+                subject, body = readiness_probe(name, c.subjects)
+                while True:
+                    if not proc.alive():
+                        raise RuntimeError(f"service {name} exited:\n{proc.log_tail()}")
                     try:
-                        await c.request(method, params)
+                        await c.nc.request(subject, body, timeout=1.0)
                         break
-                    finally:
-                        await c.close()
-                except NoAnswer:
-                    if asyncio.get_running_loop().time() > deadline:
-                        raise TimeoutError(
-                            f"service {name} not ready:\n{proc.log_tail()}"
-                        ) from None
-                    await asyncio.sleep(0.05)
+                    except (NoRespondersError, NatsTimeout):
+                        if asyncio.get_running_loop().time() > deadline:
+                            raise TimeoutError(
+                                f"service {name} not ready:\n{proc.log_tail()}"
+                            ) from None
+                        await asyncio.sleep(0.05)
+        finally:
+            await c.close()
 
     def logs(self) -> str:
         return "\n".join(f"--- {n} ---\n{p.log_tail()}" for n, p in self.procs.items())
@@ -139,12 +140,33 @@ def client(services: Services) -> Client:
     return services.client
 
 
+SIM_PLANS = frozenset({"count", "scan", "rel_scan", "list_scan", "grid_scan", "sleep", "mv"})
+
+
 def plan(name: str = "count", *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """A plan item as a client submits it."""
+    """A plan item as a client submits it.
+
+    Items must name real plans of the simulated beamline, so a name that is not one
+    (`plan("a")`) gives `count([det1])` tagged with that name in its metadata; `tag()`
+    reads it back. Queue-order tests read as before.
+    """
+    if name not in SIM_PLANS:
+        return {
+            "item_type": "plan",
+            "name": "count",
+            "args": [["det1"]],
+            "kwargs": {"md": {"tag": name}},
+        }
     item: dict[str, Any] = {"item_type": "plan", "name": name, "args": list(args)}
     if kwargs:
         item["kwargs"] = kwargs
     return item
+
+
+def tag(item: dict[str, Any]) -> str:
+    """The name a test gave an item with `plan(name)`."""
+    md = item.get("kwargs", {}).get("md", {})
+    return md.get("tag", item["name"]) if isinstance(md, dict) else item["name"]
 
 
 USER = {"user": "tester", "user_group": "primary"}

@@ -134,6 +134,46 @@ class HistoryClear(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True
     item_uid: str | UnsetType = UNSET
 
 
+class EnvironmentUpdate(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    run_in_background: bool = False
+
+
+class QueueAutostart(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enable: bool
+
+
+class QueueItemExecute(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    item: SubmittedItem
+    user: str
+    user_group: str
+
+
+class RePause(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    option: Literal["deferred", "immediate"] = "deferred"
+
+
+class ReRuns(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    option: Literal["active", "open", "closed"] = "active"
+
+
+class UserGroup(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    user_group: str
+    reduced: bool = False
+
+
+class Existing(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    reduced: bool = False
+
+
+class PermissionsSetRequest(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    user_group_permissions: dict[str, Any]
+
+
+class PermissionsReload(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    restore_plans_devices: bool = False
+    restore_permissions: bool = True
+
+
 # ----- replies -----
 
 
@@ -185,6 +225,39 @@ class HistoryGetReply(Reply, kw_only=True):
     total: int
 
 
+class TaskReply(Reply, kw_only=True):
+    task_uid: str
+
+
+class RunsReply(Reply, kw_only=True):
+    run_list: list[Any]
+    run_list_uid: str
+
+
+class PlansAllowedReply(Reply, kw_only=True):
+    plans_allowed: dict[str, Any]
+    plans_allowed_uid: str
+
+
+class DevicesAllowedReply(Reply, kw_only=True):
+    devices_allowed: dict[str, Any]
+    devices_allowed_uid: str
+
+
+class PlansExistingReply(Reply, kw_only=True):
+    plans_existing: dict[str, Any]
+    plans_existing_uid: str
+
+
+class DevicesExistingReply(Reply, kw_only=True):
+    devices_existing: dict[str, Any]
+    devices_existing_uid: str
+
+
+class PermissionsReply(Reply, kw_only=True):
+    user_group_permissions: dict[str, Any]
+
+
 # The request type of every method of the core services. Methods absent from this table are
 # reported as unknown.
 REQUEST_TYPES: dict[str, type[Request]] = {
@@ -208,4 +281,26 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "manager_kill": Empty,
     "history_get": HistoryGet,
     "history_clear": HistoryClear,
+    "environment_open": EmptyLocked,
+    "environment_close": EmptyLocked,
+    "environment_destroy": EmptyLocked,
+    "environment_update": EnvironmentUpdate,
+    "queue_start": EmptyLocked,
+    "queue_stop": EmptyLocked,
+    "queue_stop_cancel": EmptyLocked,
+    "queue_autostart": QueueAutostart,
+    "queue_item_execute": QueueItemExecute,
+    "re_pause": RePause,
+    "re_resume": EmptyLocked,
+    "re_stop": EmptyLocked,
+    "re_abort": EmptyLocked,
+    "re_halt": EmptyLocked,
+    "re_runs": ReRuns,
+    "plans_allowed": UserGroup,
+    "devices_allowed": UserGroup,
+    "plans_existing": Existing,
+    "devices_existing": Existing,
+    "permissions_get": Empty,
+    "permissions_set": PermissionsSetRequest,
+    "permissions_reload": PermissionsReload,
 }

@@ -72,3 +72,10 @@ class HistoryRecord(msgspec.Struct, frozen=True, kw_only=True):
     record_uid: str
     item: dict[str, Any]
     result: HistoryResult
+
+
+def uid_of(item: QueueItem) -> str:
+    """The uid of an item that is stored (stored items always have one)."""
+    if not isinstance(item.item_uid, str):
+        raise ValueError(f"item {item.name!r} has no item_uid")
+    return item.item_uid

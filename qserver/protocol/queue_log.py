@@ -7,6 +7,8 @@ replays the events after it. Stored records tolerate unknown fields (newer write
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from qserver.protocol.items import LockInfo, PlanQueueMode, QueueItem
@@ -59,6 +61,42 @@ class LockCleared(Event, frozen=True, kw_only=True, tag="lock_cleared"):
     lock_info_uid: str
 
 
+class ItemStarted(Event, frozen=True, kw_only=True, tag="item_started"):
+    """The item becomes the running item; taken from the queue unless executed directly."""
+
+    item: QueueItem
+    from_queue: bool = True
+    queue_uid: str
+
+
+class ItemFinished(Event, frozen=True, kw_only=True, tag="item_finished"):
+    """The running item is done; a copy may go back to the front (abort, halt, failure) or
+    to the back (loop mode). The history record with `record_uid` is written after this."""
+
+    uid: str
+    record_uid: str
+    requeue_front: QueueItem | None = None
+    requeue_back: QueueItem | None = None
+    queue_uid: str
+
+
+class Flags(msgspec.Struct, frozen=True, kw_only=True):
+    """Queue execution switches that survive a restart of the queue service."""
+
+    queue_running: bool = False
+    stop_pending: bool = False
+    autostart: bool = False
+
+
+class FlagsSet(Event, frozen=True, kw_only=True, tag="flags_set"):
+    flags: Flags
+
+
+class PermissionsSet(Event, frozen=True, kw_only=True, tag="permissions_set"):
+    permissions: dict[str, Any]
+    uid: str
+
+
 AnyEvent = (
     ItemsAdded
     | ItemsRemoved
@@ -68,6 +106,10 @@ AnyEvent = (
     | ModeSet
     | LockSet
     | LockCleared
+    | ItemStarted
+    | ItemFinished
+    | FlagsSet
+    | PermissionsSet
 )
 
 
@@ -82,3 +124,6 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     lock: LockInfo = LockInfo()
     lock_key_hash: str = ""
     lock_info_uid: str = ""
+    flags: Flags = Flags()
+    permissions: dict[str, Any] | None = None
+    permissions_uid: str = ""

@@ -22,7 +22,9 @@ import msgspec
 
 from qserver.protocol.items import HistoryResult
 
-EnvStateName = Literal["initializing", "idle", "executing_plan", "executing_task", "closing", "closed", "failed"]
+EnvStateName = Literal[
+    "initializing", "idle", "executing_plan", "executing_task", "closing", "closed", "failed"
+]
 
 
 class StartupConfig(msgspec.Struct, frozen=True, kw_only=True):

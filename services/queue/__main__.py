@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+from pathlib import Path
 
 import nats
 from nats.micro import add_service
@@ -16,6 +17,7 @@ from qserver.service_base import add_methods, run_loop, setup_logging, shutdown,
 from services.queue.service import QueueService
 
 logger = logging.getLogger("services.queue")
+SIM_PROFILE = Path(__file__).resolve().parents[2] / "sim_profile"
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -30,6 +32,8 @@ async def main(args: argparse.Namespace) -> int:
         subjects,
         emergency_lock_key=os.environ.get("QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER") or None,
         snapshot_every=args.snapshot_every,
+        lists_file=Path(args.lists_file) if args.lists_file else None,
+        permissions_file=Path(args.permissions_file) if args.permissions_file else None,
     )
     await svc.load()
     micro = await add_service(
@@ -38,6 +42,7 @@ async def main(args: argparse.Namespace) -> int:
     await add_methods(micro, subjects.api, svc.handlers())
     await nc.subscribe(subjects.history_changed, cb=svc.on_history_changed)
     await nc.subscribe(subjects.lock_check, cb=svc.on_lock_check)
+    await svc.executor.start()
     await svc.publish_status()
     tasks = [asyncio.create_task(svc.heartbeat()), asyncio.create_task(svc.fetch_history_info())]
     logger.info("queue service ready on %s (prefix %s)", args.nats_url, args.prefix)
@@ -56,6 +61,20 @@ def cli() -> None:
     )
     p.add_argument("--prefix", default=os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX))
     p.add_argument("--snapshot-every", type=int, default=2000)
+    p.add_argument(
+        "--lists-file",
+        default=os.environ.get(
+            "QSERVER_EXISTING_LISTS", str(SIM_PROFILE / "existing_plans_and_devices.json")
+        ),
+        help="existing plans and devices to validate against before an environment was opened",
+    )
+    p.add_argument(
+        "--permissions-file",
+        default=os.environ.get(
+            "QSERVER_PERMISSIONS", str(SIM_PROFILE / "user_group_permissions.yaml")
+        ),
+        help="user group permissions (YAML), read at every start",
+    )
     p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
     args = p.parse_args()
     setup_logging(args.log_level)

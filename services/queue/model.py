@@ -12,23 +12,29 @@ import hashlib
 import hmac
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from qserver.errors import BadRequest, Locked, NotFound, Refused
+from qserver.errors import BadRequest, Locked, NotFound, QServerError, Refused
 from qserver.protocol import api
-from qserver.protocol.items import LockInfo, PlanQueueMode, QueueItem
+from qserver.protocol.items import LockInfo, PlanQueueMode, QueueItem, uid_of
 from qserver.protocol.queue_log import (
     AnyEvent,
+    Flags,
+    FlagsSet,
+    ItemFinished,
     ItemReplaced,
     ItemsAdded,
     ItemsMoved,
     ItemsRemoved,
+    ItemStarted,
     LockCleared,
     LockSet,
     ModeSet,
+    PermissionsSet,
     QueueCleared,
     Snapshot,
 )
@@ -78,6 +84,11 @@ class QueueModel:
         self.lock_key_hash = ""
         self.lock_info_uid = new_uid()
         self._emergency_hash = hash_key(emergency_lock_key) if emergency_lock_key else ""
+        # Checks a plan against the allowed lists; the service installs the real one.
+        self.validate: Callable[[QueueItem], None] = lambda item: None
+        self.flags = Flags()
+        self.permissions: dict[str, Any] | None = None
+        self.permissions_uid = ""
 
     # ----- persistence -----
 
@@ -91,6 +102,9 @@ class QueueModel:
         )
         self.lock_key_hash = snap.lock_key_hash
         self.lock_info_uid = snap.lock_info_uid or new_uid()
+        self.flags = snap.flags
+        self.permissions = snap.permissions
+        self.permissions_uid = snap.permissions_uid
 
     def snapshot(self, seq: int) -> Snapshot:
         return Snapshot(
@@ -102,6 +116,9 @@ class QueueModel:
             lock=self.lock,
             lock_key_hash=self.lock_key_hash,
             lock_info_uid=self.lock_info_uid,
+            flags=self.flags,
+            permissions=self.permissions,
+            permissions_uid=self.permissions_uid,
         )
 
     # ----- applying events -----
@@ -135,6 +152,24 @@ class QueueModel:
                 self.lock = LockInfo(emergency_lock_key_is_set=bool(self._emergency_hash))
                 self.lock_key_hash = ""
                 self.lock_info_uid = ev.lock_info_uid
+            case ItemStarted(item=item, from_queue=from_queue):
+                if from_queue:
+                    self.items.remove([item.item_uid])  # type: ignore[list-item]
+                self.running_item = item
+                self.plan_queue_uid = ev.queue_uid
+            case ItemFinished():
+                if self.running_item is not None and self.running_item.item_uid == ev.uid:
+                    self.running_item = None
+                if ev.requeue_front is not None:
+                    self.items.insert(0, [ev.requeue_front])
+                if ev.requeue_back is not None:
+                    self.items.insert(len(self.items), [ev.requeue_back])
+                self.plan_queue_uid = ev.queue_uid
+            case FlagsSet(flags=flags):
+                self.flags = flags
+            case PermissionsSet(permissions=permissions, uid=uid):
+                self.permissions = permissions
+                self.permissions_uid = uid
             case _:
                 raise TypeError(f"unknown queue event {type(ev).__name__}")
 
@@ -217,7 +252,7 @@ class QueueModel:
             raise Refused("Invalid lock key: it does not match the key the lock was set with")
 
     def plan_unlock(self, req: api.UnlockRequest) -> LockCleared | None:
-        """None when there is no lock: unlocking an unlocked server succeeds, as in the reference."""
+        """None when nothing is locked: unlocking then succeeds, as in the reference."""
         if not (self.lock.environment or self.lock.queue):
             return None
         if not self._key_matches(req.lock_key):
@@ -230,6 +265,7 @@ class QueueModel:
 
     def plan_add(self, req: api.QueueItemAdd) -> ItemsAdded:
         item = normalize_item(req.item, req.user, req.user_group)
+        self.validate(item)
         index = self._insertion(req.pos, req.before_uid, req.after_uid)
         item = msgspec.structs.replace(item, item_uid=new_uid())
         return ItemsAdded(items=[item], index=index, queue_uid=new_uid())
@@ -244,11 +280,12 @@ class QueueModel:
             try:
                 sub = msgspec.convert(raw, api.SubmittedItem)
                 item = normalize_item(sub, req.user, req.user_group)
+                self.validate(item)
                 items.append(msgspec.structs.replace(item, item_uid=new_uid()))
                 results.append(api.BatchResult(success=True))
             except msgspec.ValidationError as e:
                 results.append(api.BatchResult(success=False, msg=f"Invalid item: {e}"))
-            except BadRequest as e:
+            except QServerError as e:
                 results.append(api.BatchResult(success=False, msg=e.msg))
         index = self._insertion(req.pos, req.before_uid, req.after_uid)
         if not all(r.success for r in results):
@@ -270,8 +307,7 @@ class QueueModel:
         found = [self.items[self.items.position(uid)] for uid in uids if uid in self.items]
         if not found:
             return None, []
-        uids: list[str] = [it.item_uid for it in found]  # type: ignore[misc]
-        return ItemsRemoved(uids=uids, queue_uid=new_uid()), found
+        return ItemsRemoved(uids=[uid_of(it) for it in found], queue_uid=new_uid()), found
 
     def plan_move(self, req: api.QueueItemMove) -> tuple[ItemsMoved | None, QueueItem]:
         src = self.locate(req.pos, req.uid)
@@ -327,6 +363,7 @@ class QueueModel:
             raise BadRequest("The item has no item_uid: say which queue item to update")
         self.index_of(uid)
         item = normalize_item(req.item, req.user, req.user_group)
+        self.validate(item)
         item = msgspec.structs.replace(item, item_uid=new_uid() if req.replace else uid)
         return ItemReplaced(uid=uid, item=item, queue_uid=new_uid())
 

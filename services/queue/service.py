@@ -10,6 +10,7 @@ import os
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,10 +22,19 @@ import qserver
 from qserver.errors import Conflict, QServerError, Refused
 from qserver.protocol import api
 from qserver.protocol.internal import HistoryInfo, LockCheck, LockCheckReply
-from qserver.protocol.queue_log import AnyEvent
+from qserver.protocol.queue_log import (
+    AnyEvent,
+    ItemReplaced,
+    ItemsAdded,
+    ItemsMoved,
+    PermissionsSet,
+)
 from qserver.protocol.status import LockStatus, Status
 from qserver.protocol.subjects import Subjects
 from qserver.service_base import Handler, encode
+from services.queue.catalog import PlanCatalog
+from services.queue.exec_handlers import ExecutionHandlers
+from services.queue.execution import Executor
 from services.queue.model import QueueModel
 from services.queue.store import EventLog
 
@@ -36,6 +46,10 @@ BUSY_STATES = ("executing_queue", "paused", "starting_queue", "executing_task")
 
 def _uid() -> str:
     return str(uuid.uuid4())
+
+
+def m_autostart(model: QueueModel) -> bool:
+    return model.flags.autostart and model.running_item is None
 
 
 class QueueService:
@@ -50,28 +64,25 @@ class QueueService:
         emergency_lock_key: str | None = None,
         snapshot_every: int = 2000,
         replicas: int = 1,
+        lists_file: Path | None = None,
+        permissions_file: Path | None = None,
     ) -> None:
         self.nc = nc
         self.subjects = subjects
         self.model = QueueModel(emergency_lock_key=emergency_lock_key)
+        self.catalog = PlanCatalog(
+            js, subjects, lists_file=lists_file, permissions_file=permissions_file
+        )
+        self.model.validate = self.catalog.validate
+        self.executor = Executor(self)
         self.log = EventLog(js, subjects, replicas=replicas, snapshot_every=snapshot_every)
         self.stop_requested = asyncio.Event()
-        self.manager_state = "idle"
         self.history = HistoryInfo(items_in_history=0, plan_history_uid=_uid())
         self._write_lock = asyncio.Lock()
         self._needs_resync = False
         self._status: Status | None = None
-        self._static_uids = {
-            k: _uid()
-            for k in (
-                "run_list_uid",
-                "devices_existing_uid",
-                "plans_existing_uid",
-                "devices_allowed_uid",
-                "plans_allowed_uid",
-                "task_results_uid",
-            )
-        }
+        self._run_list_uid = _uid()
+        self._task_results_uid = _uid()
 
     # ----- start-up -----
 
@@ -82,6 +93,13 @@ class QueueService:
             self.model.load(snap)
         for _, ev in events:
             self.model.apply(ev)
+        await self.catalog.load_lists()
+        self.catalog.set_permissions(self.model.permissions, self.model.permissions_uid)
+        if self.catalog.permissions_file is not None:
+            # Permissions are re-read from their file at every start, as the reference does.
+            perms = self.catalog.read_permissions_file()
+            if perms != self.model.permissions:
+                await self.set_permissions(perms)
         logger.info(
             "queue loaded: %d items, snapshot at seq %d, %d events replayed in %.1f ms",
             len(self.model.items),
@@ -89,6 +107,25 @@ class QueueService:
             len(events),
             (time.perf_counter() - t0) * 1e3,
         )
+
+    async def set_permissions(self, permissions: dict[str, Any]) -> None:
+        await self.commit(PermissionsSet(permissions=permissions, uid=_uid()))
+        self.catalog.set_permissions(self.model.permissions, self.model.permissions_uid)
+
+    def run_list_uid(self) -> str:
+        env = self.executor.env
+        return env.run_list_uid if env is not None and env.run_list_uid else self._run_list_uid
+
+    def kick(self) -> None:
+        """Let the queue runner look at the state again, soon, outside the caller's lock."""
+        asyncio.get_running_loop().create_task(self.advance())
+
+    async def advance(self) -> None:
+        async with self._write_lock:
+            try:
+                await self.executor.advance()
+            except Exception:
+                logger.exception("starting the next item failed")
 
     async def resync(self) -> None:
         """Apply events this instance did not see (after a failed or unknown append)."""
@@ -100,29 +137,28 @@ class QueueService:
 
     def status(self) -> Status:
         m = self.model
+        cat = self.catalog
         return Status(
             msg=f"RE Manager v{qserver.__version__}",
             time=datetime.datetime.now().isoformat(),
             items_in_queue=len(m.items),
             items_in_history=self.history.items_in_history,
             running_item_uid=m.running_item.item_uid if m.running_item else None,  # type: ignore[arg-type]
-            manager_state=self.manager_state,  # type: ignore[arg-type]
-            queue_stop_pending=False,
-            queue_autostart_enabled=False,
-            worker_environment_exists=False,
-            worker_environment_state="closed",
+            manager_state=self.executor.manager_state(),  # type: ignore[arg-type]
             worker_background_tasks=0,
-            re_state=None,
-            ip_kernel_state=None,
-            ip_kernel_captured=None,
-            pause_pending=False,
+            status_uid=self._status.status_uid if self._status else _uid(),
+            run_list_uid=self.run_list_uid(),
             plan_queue_uid=m.plan_queue_uid,
             plan_history_uid=self.history.plan_history_uid,
+            devices_existing_uid=cat.devices_existing_uid,
+            plans_existing_uid=cat.plans_existing_uid,
+            devices_allowed_uid=cat.devices_allowed_uid,
+            plans_allowed_uid=cat.plans_allowed_uid,
             plan_queue_mode=m.mode,
+            task_results_uid=self._task_results_uid,
             lock_info_uid=m.lock_info_uid,
             lock=LockStatus(environment=m.lock.environment, queue=m.lock.queue),
-            status_uid=self._status.status_uid if self._status else _uid(),
-            **self._static_uids,
+            **self.executor.status_fields(),
         )
 
     async def publish_status(self) -> None:
@@ -160,6 +196,8 @@ class QueueService:
                 f"The change could not be stored ({e!r}); it may not have been applied"
             ) from e
         self.model.apply(event)
+        if m_autostart(self.model) and isinstance(event, ItemsAdded | ItemsMoved | ItemReplaced):
+            self.kick()
         if self.log.snapshot_due():
             self.log.start_snapshot(self.model.snapshot(seq))
         await self.publish_status()
@@ -174,7 +212,7 @@ class QueueService:
     # ----- handlers -----
 
     def handlers(self) -> dict[str, Handler]:
-        return {
+        return ExecutionHandlers(self).handlers() | {
             "ping": self.on_status,
             "status": self.on_status,
             "queue_get": self.on_queue_get,
@@ -298,11 +336,13 @@ class QueueService:
             return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
 
     async def on_manager_stop(self, req: api.ManagerStop) -> api.Reply:
-        if req.option == "safe_on" and self.manager_state in BUSY_STATES:
+        state = self.executor.manager_state()
+        if req.option == "safe_on" and state in BUSY_STATES:
             raise Refused(
-                f"Manager is busy ({self.manager_state}): stop the queue first, "
-                "or use option 'safe_off'"
+                f"Manager is busy ({state}): stop the queue first, or use option 'safe_off'"
             )
+        if req.option == "safe_off" and self.executor.worker.env_exists:
+            await self.executor.environment_destroy()
         logger.info("manager_stop (%s) requested: shutting down", req.option)
         asyncio.get_running_loop().call_later(0.05, self.stop_requested.set)
         return api.Reply()

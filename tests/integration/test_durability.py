@@ -10,7 +10,7 @@ from typing import Any
 
 from qserver.client import Client, NoAnswer
 from qserver.natsserver import NatsServer
-from tests.conftest import USER, Services, plan, running_services
+from tests.conftest import tag, USER, Services, plan, running_services
 
 
 async def burst(client: Client, tag: str, n: int, acked: list[str], tried: list[str]) -> None:
@@ -47,7 +47,7 @@ async def test_concurrent_clients_lose_no_update(services: Services) -> None:
     for c in clients:
         await c.close()
     assert services.client is not None
-    names = [it["name"] for it in (await services.client.request("queue_get"))["items"]]
+    names = [tag(it) for it in (await services.client.request("queue_get"))["items"]]
     assert sorted(names) == sorted(tried) == sorted(acked)
     for k in range(4):  # each client's own items keep their order
         mine = [n for n in names if n.startswith(f"c{k}-")]
@@ -71,11 +71,11 @@ async def test_queue_service_sigkill_during_a_burst_loses_no_acknowledged_edit(
     assert len(acked) < len(tried) + 3  # the kill really interrupted the burst
     services.start("queue")
     client = await wait_answering(services)
-    names = [it["name"] for it in (await client.request("queue_get"))["items"]]
+    names = [tag(it) for it in (await client.request("queue_get"))["items"]]
     check_queue(names, acked, tried)
     # The restarted service keeps working: new edits go on top of the recovered queue.
     r = await client.request("queue_item_remove", {"pos": "front"})
-    assert r["success"] and r["item"]["name"] == names[0]
+    assert r["success"] and tag(r["item"]) == names[0]
     for c in [*clients, client]:
         await c.close()
 

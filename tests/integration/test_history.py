@@ -10,7 +10,7 @@ import msgspec
 
 from qserver.client import Client
 from qserver.protocol.items import HistoryRecord, HistoryResult
-from tests.conftest import Services, plan
+from tests.conftest import tag, Services, plan
 
 
 async def write_record(client: Client, name: str, status: str = "completed") -> dict[str, Any]:
@@ -45,7 +45,7 @@ async def test_history_get_returns_items_with_results_in_order(client: Client) -
         await write_record(client, name)
     st = await wait_history(client, 3)
     r = await client.request("history_get")
-    assert [it["name"] for it in r["items"]] == ["a", "b", "c"]
+    assert [tag(it) for it in r["items"]] == ["a", "b", "c"]
     assert r["items"][0]["result"]["exit_status"] == "completed"
     assert set(r["items"][0]["result"]) == {
         "exit_status",
@@ -58,7 +58,7 @@ async def test_history_get_returns_items_with_results_in_order(client: Client) -
     }
     assert r["plan_history_uid"] == st["plan_history_uid"]
     page = await client.request("history_get", {"offset": 1, "limit": 1})
-    assert [it["name"] for it in page["items"]] == ["b"] and page["total"] == 3
+    assert [tag(it) for it in page["items"]] == ["b"] and page["total"] == 3
 
 
 async def test_a_repeated_record_is_stored_once(client: Client) -> None:
@@ -84,7 +84,7 @@ async def test_history_clear_all_size_and_uid(client: Client) -> None:
     r = await client.request("history_clear", {"item_uid": recs[3]["item"]["item_uid"]})
     assert r["success"]
     await wait_history(client, 2)
-    assert [it["name"] for it in (await client.request("history_get"))["items"]] == ["e", "f"]
+    assert [tag(it) for it in (await client.request("history_get"))["items"]] == ["e", "f"]
     r = await client.request("history_clear", {"item_uid": "nope"})
     assert not r["success"] and "nope" in r["msg"]
     assert (await client.request("history_clear"))["success"]
@@ -102,6 +102,6 @@ async def test_history_survives_a_restart_of_its_service(services: Services) -> 
     services.start("history")
     await services.wait_ready()
     r = await client.request("history_get")
-    assert [it["name"] for it in r["items"]] == ["x", "y", "z", "w"]
+    assert [tag(it) for it in r["items"]] == ["x", "y", "z", "w"]
     st2 = await wait_history(client, 4)
     assert st2["plan_history_uid"] == r["plan_history_uid"] != st["plan_history_uid"]

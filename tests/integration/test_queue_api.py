@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from qserver.client import Client
-from tests.conftest import USER, plan
+from tests.conftest import tag, USER, plan
 
 
 async def add(client: Client, name: str, **where: Any) -> dict[str, Any]:
@@ -17,7 +17,7 @@ async def add(client: Client, name: str, **where: Any) -> dict[str, Any]:
 
 async def queue_names(client: Client) -> list[str]:
     r = await client.request("queue_get")
-    return [it["name"] for it in r["items"]]
+    return [tag(it) for it in r["items"]]
 
 
 async def test_ping_and_status_report_the_reference_keys(client: Client) -> None:
@@ -94,20 +94,20 @@ async def test_add_reply_carries_the_stored_item(client: Client) -> None:
 
 async def test_get_and_remove_by_pos_and_uid(client: Client) -> None:
     items = [await add(client, n) for n in "abcd"]
-    assert (await client.request("queue_item_get"))["item"]["name"] == "d"
-    assert (await client.request("queue_item_get", {"pos": "front"}))["item"]["name"] == "a"
-    assert (await client.request("queue_item_get", {"pos": -2}))["item"]["name"] == "c"
+    assert tag((await client.request("queue_item_get"))["item"]) == "d"
+    assert tag((await client.request("queue_item_get", {"pos": "front"}))["item"]) == "a"
+    assert tag((await client.request("queue_item_get", {"pos": -2}))["item"]) == "c"
     r = await client.request("queue_item_get", {"uid": items[1]["item_uid"]})
-    assert r["item"]["name"] == "b"
+    assert tag(r["item"]) == "b"
     r = await client.request("queue_item_get", {"pos": 4})
     assert not r["success"] and "out of range" in r["msg"]
 
     r = await client.request("queue_item_remove", {"pos": -2})
-    assert r["item"]["name"] == "c" and r["qsize"] == 3
+    assert tag(r["item"]) == "c" and r["qsize"] == 3
     r = await client.request("queue_item_remove", {"uid": items[0]["item_uid"]})
-    assert r["item"]["name"] == "a"
+    assert tag(r["item"]) == "a"
     r = await client.request("queue_item_remove")
-    assert r["item"]["name"] == "d"
+    assert tag(r["item"]) == "d"
     assert await queue_names(client) == ["b"]
     r = await client.request("queue_item_remove", {"pos": 5})
     assert not r["success"]
@@ -119,7 +119,7 @@ async def test_add_batch_is_all_or_nothing(client: Client) -> None:
     good = [plan("p1"), plan("p2")]
     r = await client.request("queue_item_add_batch", {"items": good, **USER, "pos": "front"})
     assert r["success"] and r["qsize"] == 3
-    assert [it["name"] for it in r["items"]] == ["p1", "p2"]
+    assert [tag(it) for it in r["items"]] == ["p1", "p2"]
     bad = [
         plan("ok"),
         {"name": "count", "args": "notalist"},
@@ -140,15 +140,15 @@ async def test_remove_batch(client: Client) -> None:
     )
     assert not r["success"] and "gone" in r["msg"]
     r = await client.request("queue_item_remove_batch", {"uids": [*uids, "gone"]})
-    assert r["success"] and [it["name"] for it in r["items"]] == ["b", "d"]
+    assert r["success"] and [tag(it) for it in r["items"]] == ["b", "d"]
     assert await queue_names(client) == ["a", "c"]
 
 
 async def test_move_and_move_batch(client: Client) -> None:
     items = [await add(client, n) for n in "abcde"]
-    uid = {it["name"]: it["item_uid"] for it in items}
+    uid = {tag(it): it["item_uid"] for it in items}
     r = await client.request("queue_item_move", {"pos": 0, "pos_dest": 2})
-    assert r["success"] and r["item"]["name"] == "a"
+    assert r["success"] and tag(r["item"]) == "a"
     assert await queue_names(client) == list("bcade")
     await client.request("queue_item_move", {"uid": uid["e"], "before_uid": uid["b"]})
     assert await queue_names(client) == list("ebcad")
@@ -173,16 +173,15 @@ async def test_update_and_replace(client: Client) -> None:
     await add(client, "b")
     r = await client.request(
         "queue_item_update",
-        {"item": {**a, "kwargs": {"num": 5}}, "user": "other", "user_group": "g"},
+        {"item": {**a, "kwargs": {"num": 5}}, "user": "other", "user_group": "primary"},
     )
     assert r["success"] and r["item"]["item_uid"] == a["item_uid"]
     assert r["item"]["kwargs"] == {"num": 5} and r["item"]["user"] == "other"
-    r = await client.request(
-        "queue_item_update", {"item": {**a, "name": "a2"}, **USER, "replace": True}
-    )
+    renamed = {**plan("a2"), "item_uid": a["item_uid"]}
+    r = await client.request("queue_item_update", {"item": renamed, **USER, "replace": True})
     assert r["item"]["item_uid"] != a["item_uid"]
     assert await queue_names(client) == ["a2", "b"]
-    r = await client.request("queue_item_update", {"item": {**a, "name": "a3"}, **USER})
+    r = await client.request("queue_item_update", {"item": {**plan("a3"), "item_uid": a["item_uid"]}, **USER})
     assert not r["success"] and a["item_uid"] in r["msg"]
 
 
@@ -270,5 +269,5 @@ async def test_remove_batch_with_a_repeated_uid_removes_the_item_once(client: Cl
     a = await add(client, "a")
     await add(client, "b")
     r = await client.request("queue_item_remove_batch", {"uids": [a["item_uid"], a["item_uid"]]})
-    assert r["success"] and [it["name"] for it in r["items"]] == ["a"]
+    assert r["success"] and [tag(it) for it in r["items"]] == ["a"]
     assert await queue_names(client) == ["b"]

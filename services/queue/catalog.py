@@ -1,0 +1,173 @@
+"""What may be queued: the existing plans and devices, the permissions, the allowed lists.
+
+The existing lists come from the environment (an object in JetStream's object store), or,
+before any environment was opened, from the profile's lists file. Permissions are part of
+the queue log. Allowed lists are derived from both and cached per user group; their uids
+are derived too, so they change exactly when the lists do.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError, ObjectNotFoundError
+
+from qserver.errors import BadRequest, Refused
+from qserver.protocol.items import QueueItem
+from qserver.protocol.subjects import Subjects
+from qserver.protocol.worker import ExistingLists
+
+logger = logging.getLogger(__name__)
+
+LISTS_OBJECT = "existing"
+_NS = uuid.UUID("5b0e3f0a-7d51-4b8e-a0a4-1f6b0f2d9c11")
+
+
+def _uid(*parts: str) -> str:
+    return str(uuid.uuid5(_NS, ":".join(parts)))
+
+
+class PlanCatalog:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        *,
+        lists_file: Path | None = None,
+        permissions_file: Path | None = None,
+    ) -> None:
+        self._js = js
+        self._subjects = subjects
+        self.lists_file = lists_file
+        self.permissions_file = permissions_file
+        self.existing: ExistingLists | None = None
+        self.permissions: dict[str, Any] | None = None
+        self.permissions_uid = ""
+        self._allowed: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+    # ----- loading -----
+
+    async def load_lists(self) -> None:
+        """The last lists the environment stored; else the profile's lists file, stored."""
+        self._obs = await self._js.create_object_store(self._subjects.lists_bucket)
+        try:
+            result = await self._obs.get(LISTS_OBJECT)
+            assert result.data is not None
+            self.set_existing(msgspec.json.decode(result.data, type=ExistingLists))
+            return
+        except (ObjectNotFoundError, NotFoundError):
+            pass
+        if self.lists_file is not None and self.lists_file.exists():
+            lists = self.read_lists_file(self.lists_file)
+            await self._obs.put(LISTS_OBJECT, msgspec.json.encode(lists))
+            self.set_existing(lists)
+            logger.info("existing plans and devices loaded from %s", self.lists_file)
+        else:
+            logger.warning("no lists of existing plans and devices are known yet")
+
+    async def reload_lists(self) -> None:
+        """Read the lists the environment just stored."""
+        try:
+            result = await self._obs.get(LISTS_OBJECT)
+        except (ObjectNotFoundError, NotFoundError):
+            return
+        assert result.data is not None
+        self.set_existing(msgspec.json.decode(result.data, type=ExistingLists))
+
+    @staticmethod
+    def read_lists_file(path: Path) -> ExistingLists:
+        data = msgspec.json.decode(path.read_bytes())
+        return ExistingLists(
+            plans_existing=data["plans_existing"],
+            devices_existing=data["devices_existing"],
+            uid=data.get("uid") or _uid(path.read_text()),
+        )
+
+    def read_permissions_file(self) -> dict[str, Any]:
+        from qserver.plan_tools.permissions import load_permissions_file
+
+        if self.permissions_file is None:
+            raise Refused("No permissions file is configured")
+        return load_permissions_file(self.permissions_file)
+
+    def check_permissions(self, permissions: dict[str, Any]) -> dict[str, Any]:
+        from qserver.plan_tools.permissions import load_permissions
+
+        return load_permissions(permissions)
+
+    # ----- state -----
+
+    def set_existing(self, lists: ExistingLists) -> None:
+        self.existing = lists
+        self._recompute()
+
+    def set_permissions(self, permissions: dict[str, Any] | None, uid: str) -> None:
+        self.permissions = permissions
+        self.permissions_uid = uid
+        self._recompute()
+
+    def _recompute(self) -> None:
+        self._allowed = {}
+        if self.existing is None or self.permissions is None:
+            return
+        from qserver.plan_tools.permissions import allowed_lists
+
+        self._allowed = allowed_lists(
+            self.existing.plans_existing, self.existing.devices_existing, self.permissions
+        )
+
+    # ----- uids -----
+
+    @property
+    def plans_existing_uid(self) -> str:
+        return _uid("plans", self.existing.uid if self.existing else "")
+
+    @property
+    def devices_existing_uid(self) -> str:
+        return _uid("devices", self.existing.uid if self.existing else "")
+
+    @property
+    def plans_allowed_uid(self) -> str:
+        return _uid(
+            "plans-allowed", self.existing.uid if self.existing else "", self.permissions_uid
+        )
+
+    @property
+    def devices_allowed_uid(self) -> str:
+        return _uid(
+            "devices-allowed", self.existing.uid if self.existing else "", self.permissions_uid
+        )
+
+    # ----- queries -----
+
+    def allowed(self, user_group: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        if self.existing is None:
+            raise Refused(
+                "The lists of existing plans and devices are not known yet: open the "
+                "environment once ('qserver environment open') so that they are read"
+            )
+        if self.permissions is None:
+            raise Refused(
+                "No user group permissions are loaded: "
+                "use 'permissions_set' or 'permissions_reload'"
+            )
+        if user_group not in self._allowed:
+            raise BadRequest(f"Unknown user group: '{user_group}'")
+        return self._allowed[user_group]
+
+    def validate(self, item: QueueItem) -> None:
+        """Check a plan against the submitter's allowed lists; instructions pass."""
+        if item.item_type != "plan":
+            return
+        from qserver.plan_tools.validation import validate_plan
+
+        plans, devices = self.allowed(item.user_group)  # type: ignore[arg-type]
+        try:
+            validate_plan(msgspec.to_builtins(item), plans, devices)
+        except BadRequest as e:
+            raise BadRequest(f"Plan validation failed: {e.msg}") from None

@@ -1,0 +1,407 @@
+"""Running items: the environment's lifecycle, the queue runner, RunEngine control, results.
+
+The queue service decides what runs; the worker service owns the environment process,
+which runs the RunEngine. Outcomes come back through a JetStream stream (one `PlanResult`
+per item) that this class consumes with a durable consumer: a result produced while the
+queue service is down is processed when it comes back, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import api as jsapi
+
+from qserver.errors import QServerError, Refused
+from qserver.jsutil import ensure_stream
+from qserver.protocol.items import HistoryRecord, HistoryResult, QueueItem, uid_of
+from qserver.protocol.queue_log import FlagsSet, ItemFinished, ItemsRemoved, ItemStarted
+from qserver.protocol.worker import (
+    CmdReply,
+    EnvState,
+    OpenRequest,
+    PlanResult,
+    RunPlan,
+    WorkerState,
+)
+from qserver.service_base import encode
+
+if TYPE_CHECKING:
+    from services.queue.service import QueueService
+
+logger = logging.getLogger(__name__)
+
+WORKER_TIMEOUT_S = 5.0
+OPEN_WAIT_S = 5.0
+_result_decoder = msgspec.json.Decoder(PlanResult)
+_cmd_reply = msgspec.json.Decoder(CmdReply)
+
+
+def _uid() -> str:
+    return str(uuid.uuid4())
+
+
+class Executor:
+    def __init__(self, svc: QueueService) -> None:
+        self.svc = svc
+        self.worker = WorkerState()
+        self.env: EnvState | None = None
+        self.op: str | None = None  # creating_environment, closing_environment, ...
+        self._op_done = asyncio.Event()
+        self.worker_seen = asyncio.Event()
+        self.open_error = ""
+
+    # ----- state -----
+
+    @property
+    def env_exists(self) -> bool:
+        return self.worker.env_exists and self.env is not None and self.env.env_state != "closed"
+
+    @property
+    def env_idle(self) -> bool:
+        return self.env_exists and self.env is not None and self.env.env_state == "idle"
+
+    def manager_state(self) -> str:
+        m = self.svc.model
+        if self.op:
+            return self.op
+        if m.running_item is not None:
+            if self.env is not None and self.env.re_state == "paused":
+                return "paused"
+            return "executing_queue"
+        if m.flags.queue_running and len(m.items):
+            return "executing_queue"
+        return "idle"
+
+    def status_fields(self) -> dict[str, Any]:
+        env = self.env if self.env_exists else None
+        return {
+            "worker_environment_exists": env is not None,
+            "worker_environment_state": env.env_state if env else "closed",
+            "re_state": env.re_state if env else None,
+            "ip_kernel_state": "disabled" if env else None,
+            "ip_kernel_captured": True if env else None,
+            "pause_pending": bool(env and env.pause_pending),
+            "queue_stop_pending": self.svc.model.flags.stop_pending,
+            "queue_autostart_enabled": self.svc.model.flags.autostart,
+        }
+
+    # ----- subscriptions -----
+
+    async def start(self) -> None:
+        s = self.svc.subjects
+        nc = self.svc.nc
+        await nc.subscribe(s.worker_state, cb=self.on_worker_state)
+        await nc.subscribe(s.env_state, cb=self.on_env_state)
+        js = nc.jetstream()
+        await ensure_stream(js, s.results_stream, [s.results], duplicate_window=3600.0)
+        await js.subscribe(
+            s.results,
+            stream=s.results_stream,
+            durable="queue-service",
+            manual_ack=True,
+            cb=self.on_result,
+            config=jsapi.ConsumerConfig(ack_wait=30.0, max_ack_pending=1),
+        )
+        asyncio.get_running_loop().create_task(self.reconcile())
+
+    async def reconcile(self) -> None:
+        """After a restart: learn the worker's state, then settle a running item it lost."""
+        try:
+            reply = await self.svc.nc.request(
+                self.svc.subjects.worker_cmd("state"), b"", timeout=2.0
+            )
+            await self._apply_worker_state(msgspec.json.decode(reply.data, type=WorkerState))
+        except Exception:
+            logger.warning("the worker service did not answer at start-up")
+            return
+        await asyncio.sleep(0.5)  # results published while we were away arrive first
+        async with self.svc._write_lock:
+            running = self.svc.model.running_item
+            if running is None or self.op:
+                return
+            env_item = self.env.running_item_uid if self.env_exists and self.env else None
+            if env_item == running.item_uid:
+                return
+        logger.warning("running item %s has no known outcome", running.item_uid)
+        await self.finish_locally(
+            running,
+            "unknown",
+            "The outcome is not known: the queue "
+            "service restarted and the environment is not running the item",
+        )
+
+    async def on_worker_state(self, msg: Msg) -> None:
+        try:
+            state = msgspec.json.decode(msg.data, type=WorkerState)
+        except msgspec.DecodeError:
+            return
+        await self._apply_worker_state(state)
+
+    async def _apply_worker_state(self, state: WorkerState) -> None:
+        changed = state != self.worker
+        self.worker = state
+        self.worker_seen.set()
+        if state.env is not None and (self.env is None or self.env.env_uid == state.env.env_uid):
+            self.env = state.env
+        if not state.env_exists:
+            self.env = None
+            if self.op in ("closing_environment", "destroying_environment", "creating_environment"):
+                if self.op == "creating_environment":
+                    self.open_error = state.last_error or "The environment process exited"
+                self._finish_op()
+        if changed:
+            await self.svc.publish_status()
+
+    async def on_env_state(self, msg: Msg) -> None:
+        try:
+            env = msgspec.json.decode(msg.data, type=EnvState)
+        except msgspec.DecodeError:
+            return
+        if self.worker.env_uid is not None and env.env_uid != self.worker.env_uid:
+            return  # a stale message from a previous environment
+        old, self.env = self.env, env
+        if old is not None and old.lists_uid != env.lists_uid and env.lists_uid:
+            await self.svc.catalog.reload_lists()
+        if env.env_state == "idle" and self.op == "creating_environment":
+            if old is None or old.lists_uid != env.lists_uid:
+                await self.svc.catalog.reload_lists()
+            self._finish_op()
+            self.svc.kick()
+        if old != env:
+            await self.svc.publish_status()
+
+    def _finish_op(self) -> None:
+        self.op = None
+        self._op_done.set()
+
+    # ----- environment -----
+
+    async def _worker(self, cmd: str, body: bytes = b"") -> CmdReply:
+        try:
+            reply = await self.svc.nc.request(
+                self.svc.subjects.worker_cmd(cmd), body, timeout=WORKER_TIMEOUT_S
+            )
+        except Exception as e:
+            raise Refused(
+                f"The worker service did not answer '{cmd}' ({type(e).__name__})"
+            ) from None
+        return _cmd_reply.decode(reply.data)
+
+    async def _env(self, cmd: str, body: msgspec.Struct | None = None) -> CmdReply:
+        try:
+            reply = await self.svc.nc.request(
+                self.svc.subjects.env_cmd(cmd),
+                encode(body) if body else b"",
+                timeout=WORKER_TIMEOUT_S,
+            )
+        except Exception as e:
+            raise Refused(f"The environment did not answer '{cmd}' ({type(e).__name__})") from None
+        return _cmd_reply.decode(reply.data)
+
+    async def environment_open(self) -> CmdReply:
+        if self.env_exists or self.op:
+            raise Refused("RE Worker environment already exists.")
+        self.op, self.open_error = "creating_environment", ""
+        self._op_done.clear()
+        await self.svc.publish_status()
+        reply = await self._worker("open", encode(OpenRequest()))
+        if not reply.success:
+            self._finish_op()
+            await self.svc.publish_status()
+            raise Refused(reply.msg)
+        try:
+            await asyncio.wait_for(self._op_done.wait(), OPEN_WAIT_S)
+        except TimeoutError:
+            return CmdReply(msg="Opening the environment goes on in the background")
+        if self.open_error:
+            tb = self.worker.last_traceback
+            raise Refused(
+                f"Failed to open the environment: {self.open_error}" + (f"\n{tb}" if tb else "")
+            )
+        return CmdReply()
+
+    async def environment_close(self) -> CmdReply:
+        if not self.env_exists:
+            raise Refused("RE Worker environment does not exist.")
+        state = self.manager_state()
+        if state != "idle":
+            raise Refused(f"Manager state is not idle. Current state: {state}")
+        self.op = "closing_environment"
+        self._op_done.clear()
+        await self.svc.publish_status()
+        reply = await self._worker("close")
+        if not reply.success:
+            self._finish_op()
+            await self.svc.publish_status()
+            raise Refused(reply.msg)
+        return reply
+
+    async def environment_destroy(self) -> CmdReply:
+        if not self.worker.env_exists:
+            raise Refused("RE environment does not exist")
+        self.op = "destroying_environment"
+        self._op_done.clear()
+        await self.svc.publish_status()
+        reply = await self._worker("destroy")
+        if not reply.success:
+            self._finish_op()
+            raise Refused(reply.msg)
+        return reply
+
+    async def env_request(self, cmd: str, body: msgspec.Struct | None = None) -> CmdReply:
+        if not self.env_exists:
+            raise Refused("RE Worker environment does not exist.")
+        reply = await self._env(cmd, body)
+        if not reply.success:
+            raise Refused(reply.msg)
+        return reply
+
+    async def env_raw(self, cmd: str, body: msgspec.Struct | None = None) -> bytes:
+        reply = await self.svc.nc.request(
+            self.svc.subjects.env_cmd(cmd), encode(body) if body else b"", timeout=WORKER_TIMEOUT_S
+        )
+        return reply.data  # type: ignore[no-any-return]
+
+    # ----- running items -----
+
+    async def set_flags(self, **changes: bool) -> None:
+        """Change execution flags (call with the write lock held)."""
+        flags = msgspec.structs.replace(self.svc.model.flags, **changes)
+        if flags != self.svc.model.flags:
+            await self.svc.commit(FlagsSet(flags=flags))
+
+    async def start_item(self, item: QueueItem, *, from_queue: bool) -> None:
+        """Make the item the running item and hand it to the environment (lock held)."""
+        props = dict(item.properties) if isinstance(item.properties, dict) else {}
+        props["time_start"] = time.time()
+        if not from_queue:
+            props["immediate_execution"] = True
+        running = msgspec.structs.replace(item, properties=props)
+        await self.svc.commit(ItemStarted(item=running, from_queue=from_queue, queue_uid=_uid()))
+        try:
+            # Permissions may have changed since the item was added.
+            self.svc.catalog.validate(item)
+            run = RunPlan(item=msgspec.to_builtins(item), user_group=str(item.user_group))
+            reply = await self._env("run", run)
+            ok, why = reply.success, reply.msg
+        except QServerError as e:
+            ok, why = False, e.msg
+        if not ok:
+            asyncio.get_running_loop().create_task(
+                self.finish_locally(running, "failed", f"The environment refused the plan: {why}")
+            )
+
+    async def finish_locally(self, item: QueueItem, status: str, msg: str) -> None:
+        """Publish an outcome for an item that the environment will never report."""
+        now = time.time()
+        started = (
+            item.properties.get("time_start", now) if isinstance(item.properties, dict) else now
+        )
+        result = PlanResult(
+            record_uid=_uid(),
+            item_uid=uid_of(item),
+            env_uid="",  # type: ignore[arg-type]
+            result=HistoryResult(exit_status=status, time_start=started, time_stop=now, msg=msg),  # type: ignore[arg-type]
+        )
+        js = self.svc.nc.jetstream()
+        await js.publish(
+            self.svc.subjects.results, encode(result), headers={"Nats-Msg-Id": result.record_uid}
+        )
+
+    async def on_result(self, msg: Msg) -> None:
+        try:
+            res = _result_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            logger.error("dropping a malformed plan result")
+            await msg.ack()
+            return
+        try:
+            async with self.svc._write_lock:
+                await self._record(res)
+            await msg.ack()
+        except Exception:
+            logger.exception(
+                "recording the result of %s failed; it will be redelivered", res.item_uid
+            )
+            await msg.nak(delay=1.0)
+            return
+        await self.svc.advance()
+
+    async def _record(self, res: PlanResult) -> None:
+        """History first (idempotent by record uid), then the queue change."""
+        m = self.svc.model
+        running = m.running_item
+        if running is None or running.item_uid != res.item_uid:
+            logger.info("result for %s was already recorded", res.item_uid)
+            return
+        record_item = msgspec.to_builtins(running)
+        record_item.pop("properties", None)
+        record = HistoryRecord(record_uid=res.record_uid, item=record_item, result=res.result)
+        js = self.svc.nc.jetstream()
+        await js.publish(
+            self.svc.subjects.history_log, encode(record), headers={"Nats-Msg-Id": res.record_uid}
+        )
+        await self.svc.commit(self._finished_event(running, res.result.exit_status, res.record_uid))
+        await self._after_finish(running, res.result.exit_status)
+
+    def _finished_event(self, item: QueueItem, status: str, record_uid: str) -> ItemFinished:
+        m = self.svc.model
+        immediate = isinstance(item.properties, dict) and item.properties.get("immediate_execution")
+        clean = msgspec.structs.replace(item, properties=msgspec.UNSET)
+        front = back = None
+        if not immediate:
+            ok = status == "completed" or (status == "failed" and m.mode.ignore_failures)
+            if status in ("aborted", "halted", "unknown") or (status == "failed" and not ok):
+                front = msgspec.structs.replace(clean, item_uid=_uid())
+            elif ok and m.mode.loop:
+                back = clean
+        return ItemFinished(
+            uid=uid_of(item),
+            record_uid=record_uid,
+            requeue_front=front,  # type: ignore[arg-type]
+            requeue_back=back,
+            queue_uid=_uid(),
+        )
+
+    async def _after_finish(self, item: QueueItem, status: str) -> None:
+        m = self.svc.model
+        immediate = isinstance(item.properties, dict) and item.properties.get("immediate_execution")
+        if immediate:
+            return
+        keep_going = status == "completed" or (status == "failed" and m.mode.ignore_failures)
+        if not keep_going:
+            await self.set_flags(queue_running=False, stop_pending=False, autostart=False)
+        elif m.flags.stop_pending:
+            await self.set_flags(queue_running=False, stop_pending=False)
+
+    async def advance(self) -> None:
+        """Start the next item if the queue runs and nothing else does (lock held)."""
+        m = self.svc.model
+        if (
+            m.flags.autostart
+            and not m.flags.queue_running
+            and len(m.items)
+            and self.env_idle
+            and not self.op
+        ):
+            await self.set_flags(queue_running=True)
+        while m.flags.queue_running and m.running_item is None and not self.op:
+            if m.flags.stop_pending or not len(m.items):
+                await self.set_flags(queue_running=False, stop_pending=False)
+                return
+            if not self.env_idle:
+                return
+            item = m.items[0]
+            if item.item_type != "instruction":
+                await self.start_item(item, from_queue=True)
+                return
+            await self.svc.commit(ItemsRemoved(uids=[item.item_uid], queue_uid=_uid()))  # type: ignore[list-item]
+            if item.name == "queue_stop":
+                await self.set_flags(queue_running=False, stop_pending=False)
