@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from qserver import cli
-from qserver.cli import (
-    BadParams,
+from qserver.cli.errors import BadParams
+from qserver.cli.output import format_table
+from qserver.cli.runner import with_lock_key
+from qserver.cli.words import (
     batch_items,
-    format_table,
     make_item,
     normalize_legacy_argv,
     parse_batch_move,
@@ -22,7 +23,6 @@ from qserver.cli import (
     parse_manager_stop,
     parse_mode,
     parse_move,
-    with_lock_key,
 )
 from qserver.legacy import LegacyError, legacy_request, parse_legacy_value, pos_or_uid
 

@@ -1,0 +1,122 @@
+"""Commands for locks, the manager and the local stack."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from qserver.cli.errors import NoReply
+from qserver.cli.options import CONTEXT, lock_key_option, required_key, simple
+from qserver.cli.runner import current_settings, run_manager_kill, send
+from qserver.cli.words import parse_manager_stop
+from qserver.legacy import CLI_USER
+
+# ----- locks and the manager -----
+
+
+@click.group(context_settings=CONTEXT)
+def lock() -> None:
+    """Lock the environment and/or the queue with a key (-k KEY)."""
+
+
+def _lock_command(name: str, targets: dict[str, bool], doc: str) -> None:
+    @lock.command(name, context_settings=CONTEXT, help=doc)
+    @lock_key_option
+    @click.argument("note", required=False)
+    def cmd(note: str | None) -> None:
+        send(
+            "lock",
+            {
+                "lock_key": required_key(),
+                **targets,
+                "user": CLI_USER,
+                **({"note": note} if note is not None else {}),
+            },
+        )
+
+
+_lock_command("environment", {"environment": True}, "Lock the environment.")
+_lock_command("queue", {"queue": True}, "Lock the queue.")
+_lock_command("all", {"environment": True, "queue": True}, "Lock the environment and queue.")
+simple(lock, "info", "lock_info", "Print the lock (with -k: also check the key).", locked=True)
+
+
+@click.command(context_settings=CONTEXT)
+@lock_key_option
+def unlock() -> None:
+    """Remove the lock (needs the key it was locked with, -k KEY)."""
+    send("unlock", {"lock_key": required_key()})
+
+
+@click.group(context_settings=CONTEXT)
+def manager() -> None:
+    """Stop the manager, or kill it (test hook)."""
+
+
+@manager.command("stop", context_settings=CONTEXT)
+@click.argument("words", nargs=-1, metavar="[safe on|safe off]")
+def manager_stop(words: tuple[str, ...]) -> None:
+    """Exit the manager; 'safe off' stops it even while a plan runs."""
+    send("manager_stop", parse_manager_stop(words))
+
+
+@manager.command("kill", context_settings=CONTEXT)
+@click.argument("test", type=click.Choice(["test"]))
+def manager_kill(test: str) -> None:
+    """Kill the manager without a reply (tests its restart)."""
+    run_manager_kill()
+
+
+# ----- stack -----
+
+
+@click.group(context_settings=CONTEXT)
+def stack() -> None:
+    """Run the whole queue server on this machine."""
+
+
+@stack.command("up", context_settings=CONTEXT)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where state and logs live [a per-user data directory].",
+)
+@click.option("--nats-port", type=int, default=4222, show_default=True)
+@click.option("--http-port", type=int, default=60610, show_default=True)
+@click.option("--nats-url", help="Use this NATS server instead of starting one.")
+@click.option("--prefix", "stack_prefix", help="Subject prefix [the global --prefix].")
+def stack_up(
+    data_dir: Path | None,
+    nats_port: int,
+    http_port: int,
+    nats_url: str | None,
+    stack_prefix: str | None,
+) -> None:
+    """Start NATS, the services and the gateway; Ctrl-C stops them."""
+    from qserver.client import default_prefix
+    from qserver.stack import run_stack
+
+    prefix = stack_prefix or current_settings().prefix or default_prefix()
+    code = run_stack(
+        data_dir=data_dir,
+        nats_port=nats_port,
+        http_port=http_port,
+        nats_url=nats_url,
+        prefix=prefix,
+    )
+    click.get_current_context().exit(code)
+
+
+@stack.command("info", context_settings=CONTEXT)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
+def stack_info(data_dir: Path | None) -> None:
+    """Print what a running stack reports about itself."""
+    from qserver.stack import StackNotRunning, read_stack_info
+
+    try:
+        info = read_stack_info(data_dir)
+    except StackNotRunning as e:
+        raise NoReply(e.msg) from None
+    click.echo(json.dumps(info, indent=2, default=str))

@@ -1,0 +1,193 @@
+"""Commands for the worker environment: plans and devices, permissions, run engine, history,
+functions, scripts, tasks and the kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qserver.cli.errors import BadParams
+from qserver.cli.options import CONTEXT, lock_key_option, simple
+from qserver.cli.runner import USER, send
+from qserver.cli.words import flags, make_item, parse_history_clear
+from qserver.legacy import CLI_USER_GROUP
+
+# ----- environment, plans and devices, permissions -----
+
+
+@click.group(context_settings=CONTEXT)
+def environment() -> None:
+    """Open, close, destroy or update the worker environment."""
+
+
+simple(environment, "open", "environment_open", "Open the environment.", locked=True)
+simple(environment, "close", "environment_close", "Close the environment.", locked=True)
+simple(environment, "destroy", "environment_destroy", "Kill the environment.", locked=True)
+
+
+@environment.command("update", context_settings=CONTEXT)
+@lock_key_option
+@click.argument("background", type=click.Choice(["background"]), required=False)
+def environment_update(background: str | None) -> None:
+    """Rescan the environment's plans and devices."""
+    send("environment_update", {"run_in_background": True} if background else {})
+
+
+def _lists_command(name: str, suffix: str, params: dict[str, Any], doc: str) -> click.Command:
+    @click.command(name, context_settings=CONTEXT, help=doc)
+    @click.argument("what", type=click.Choice(["plans", "devices"]))
+    def cmd(what: str) -> None:
+        send(f"{what}_{suffix}", params)
+
+    return cmd
+
+
+existing = _lists_command("existing", "existing", {}, "Plans or devices in the environment.")
+allowed = _lists_command(
+    "allowed",
+    "allowed",
+    {"user_group": CLI_USER_GROUP},
+    "Plans or devices the CLI's user group may use.",
+)
+
+
+@click.group(context_settings=CONTEXT)
+def permissions() -> None:
+    """User group permissions."""
+
+
+simple(permissions, "get", "permissions_get", "Print the permissions.")
+
+
+@permissions.command("reload", context_settings=CONTEXT)
+@lock_key_option
+@click.argument("lists", type=click.Choice(["lists"]), required=False)
+def permissions_reload(lists: str | None) -> None:
+    """Reload permissions from disk (with 'lists': also the plan and device lists)."""
+    send("permissions_reload", {"restore_plans_devices": True} if lists else {})
+
+
+@permissions.command("set", context_settings=CONTEXT)
+@lock_key_option
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def permissions_set(path: Path) -> None:
+    """Upload permissions from a YAML file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise BadParams(f"Invalid YAML in {path}: {e}") from None
+    send("permissions_set", {"user_group_permissions": data})
+
+
+# ----- run engine, history, functions, scripts, tasks, kernel -----
+
+
+@click.group("re", context_settings=CONTEXT)
+def re_group() -> None:
+    """Pause, resume, stop, abort or halt the running plan."""
+
+
+@re_group.command("pause", context_settings=CONTEXT)
+@lock_key_option
+@click.argument("option", type=click.Choice(["deferred", "immediate"]), default="deferred")
+def re_pause(option: str) -> None:
+    """Pause the running plan (at the next checkpoint by default)."""
+    send("re_pause", {"option": option})
+
+
+for _verb in ("resume", "stop", "abort", "halt"):
+    simple(re_group, _verb, f"re_{_verb}", f"{_verb.capitalize()} the paused plan.", locked=True)
+simple(re_group, "metadata", "re_metadata", "Print the RunEngine metadata.")
+
+
+@re_group.command("runs", context_settings=CONTEXT)
+@click.argument("option", type=click.Choice(["active", "open", "closed"]), default="active")
+def re_runs(option: str) -> None:
+    """List the runs of the running plan."""
+    send("re_runs", {"option": option})
+
+
+@click.group(context_settings=CONTEXT)
+def history() -> None:
+    """Plan history."""
+
+
+@history.command("get", context_settings=CONTEXT)
+@click.option("--offset", type=click.IntRange(min=0), help="Skip this many items.")
+@click.option("--limit", type=click.IntRange(min=0), help="Return at most this many items.")
+def history_get(offset: int | None, limit: int | None) -> None:
+    """Print the history (all of it unless --limit)."""
+    params = {"offset": offset, "limit": limit}
+    send("history_get", {k: v for k, v in params.items() if v is not None})
+
+
+@history.command("clear", context_settings=CONTEXT)
+@lock_key_option
+@click.argument("words", nargs=-1, metavar="[SIZE|UID]")
+def history_clear(words: tuple[str, ...]) -> None:
+    """Clear the history, keep only the last SIZE items, or drop up to and including UID."""
+    send("history_clear", parse_history_clear(words))
+
+
+@click.group(context_settings=CONTEXT)
+def function() -> None:
+    """Functions in the environment."""
+
+
+@function.command("execute", context_settings=CONTEXT)
+@lock_key_option
+@click.argument("text", metavar="JSON")
+@click.argument("background", type=click.Choice(["background"]), required=False)
+def function_execute(text: str, background: str | None) -> None:
+    """Run a function that the permissions allow."""
+    params = {"item": make_item("function", text), **USER}
+    send("function_execute", {**params, "run_in_background": True} if background else params)
+
+
+@click.group(context_settings=CONTEXT)
+def script() -> None:
+    """Scripts run in the environment."""
+
+
+@script.command("upload", context_settings=CONTEXT)
+@lock_key_option
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("words", nargs=-1, metavar="[background] [update-re] [keep-lists]")
+def script_upload(path: Path, words: tuple[str, ...]) -> None:
+    """Run a Python script in the environment."""
+    opts = flags(words, ("background", "update-re", "keep-lists"))
+    send(
+        "script_upload",
+        {
+            "script": path.read_text(),
+            "run_in_background": "background" in opts,
+            "update_re": "update-re" in opts,
+            "update_lists": "keep-lists" not in opts,
+        },
+    )
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("what", type=click.Choice(["result", "status"]))
+@click.argument("task_uid")
+def task(what: str, task_uid: str) -> None:
+    """Status or result of a background task."""
+    send(f"task_{what}", {"task_uid": task_uid})
+
+
+@click.group(context_settings=CONTEXT)
+def kernel() -> None:
+    """The environment's IPython kernel."""
+
+
+@kernel.command("interrupt", context_settings=CONTEXT)
+@lock_key_option
+@click.argument("words", nargs=-1, metavar="[task] [plan]")
+def kernel_interrupt(words: tuple[str, ...]) -> None:
+    """Send Ctrl-C to the kernel."""
+    opts = flags(words, ("task", "plan"))
+    send("kernel_interrupt", {"interrupt_task": "task" in opts, "interrupt_plan": "plan" in opts})

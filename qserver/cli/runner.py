@@ -1,0 +1,193 @@
+"""Settings, sending requests, the v0.0.1 `-c` runner, monitor, manager kill, exit codes.
+
+The NATS client is imported only when a request is sent, so `import qserver.cli` stays
+fast (a test checks this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from qserver.cli.errors import EXIT_BAD_PARAMS, EXIT_ERROR, EXIT_OK, CliFailure, NoReply
+from qserver.cli.output import monitor_line, show
+from qserver.legacy import (
+    CLI_USER,
+    CLI_USER_GROUP,
+    MONITOR,
+    LegacyError,
+    legacy_request,
+    parse_legacy_value,
+)
+
+if TYPE_CHECKING:
+    from qserver.client import Client
+
+USER = {"user": CLI_USER, "user_group": CLI_USER_GROUP}
+
+# Methods that accept `lock_key`; the key is added only to these, because requests with
+# unknown parameters are refused.
+# fmt: off
+LOCK_KEY_METHODS = frozenset({
+    "environment_open", "environment_close", "environment_destroy", "environment_update",
+    "queue_item_add", "queue_item_add_batch", "queue_item_update", "queue_item_remove",
+    "queue_item_remove_batch", "queue_item_move", "queue_item_move_batch",
+    "queue_item_execute", "queue_clear", "queue_mode_set", "queue_start", "queue_stop",
+    "queue_stop_cancel", "queue_autostart", "history_clear", "re_pause", "re_resume",
+    "re_stop", "re_abort", "re_halt", "permissions_reload", "permissions_set",
+    "function_execute", "script_upload", "kernel_interrupt", "lock", "lock_info", "unlock",
+})
+# fmt: on
+
+
+# ----- settings and requests -----
+
+
+@dataclass
+class Settings:
+    """The global options; `None` means the client's default (env var, then built-in)."""
+
+    address: str | None = None
+    prefix: str | None = None
+    lock_key: str | None = None
+    timeout: float | None = None
+    fmt: str = "json"
+
+
+def current_settings() -> Settings:
+    return click.get_current_context().ensure_object(Settings)
+
+
+def nats_url(address: str | None) -> str | None:
+    """Accept v0.0.1-style `tcp://host:port` addresses as NATS URLs."""
+    if address and address.startswith("tcp://"):
+        return "nats://" + address.removeprefix("tcp://")
+    return address
+
+
+@contextlib.asynccontextmanager
+async def connected(settings: Settings) -> AsyncIterator[Client]:
+    """A connected client; a missing server or service becomes `NoReply` (exit 3)."""
+    from qserver.client import Client, NoAnswer
+
+    options = {"timeout": settings.timeout} if settings.timeout else {}
+    try:
+        client = await Client.connect(nats_url(settings.address), settings.prefix, **options)
+    except NoAnswer as e:
+        raise NoReply(str(e)) from None
+    try:
+        yield client
+    except NoAnswer as e:
+        raise NoReply(str(e)) from None
+    finally:
+        await client.close()
+
+
+async def _request(settings: Settings, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async with connected(settings) as client:
+        return await client.request(method, params)
+
+
+def with_lock_key(method: str, params: dict[str, Any], lock_key: str | None) -> dict[str, Any]:
+    if lock_key is None or method not in LOCK_KEY_METHODS or "lock_key" in params:
+        return params
+    return {**params, "lock_key": lock_key}
+
+
+def send(method: str, params: dict[str, Any] | None = None) -> None:
+    """Send one request, print the reply; a refusal raises `RequestRefused`."""
+    settings = current_settings()
+    params = with_lock_key(method, params or {}, settings.lock_key)
+    show(asyncio.run(_request(settings, method, params)), settings.fmt)
+
+
+def run_legacy(command: str, values: Sequence[str]) -> None:
+    """Run the v0.0.1 form `qserver -c <command> [-p <param>]...`."""
+    if command == MONITOR:
+        run_monitor(once=False)
+        return
+    method, params = legacy_request(command, [parse_legacy_value(v) for v in values])
+    if method == "manager_kill":
+        run_manager_kill()
+    else:
+        send(method, params)
+
+
+# ----- monitor and manager kill -----
+
+
+async def _monitor(settings: Settings, once: bool) -> None:
+    async with connected(settings) as client:
+        status = await client.request("status")
+        click.echo(monitor_line(status))
+        if once:
+            return
+        # Status events also come once a second without a change: print changes only.
+        last = {k: v for k, v in status.items() if k != "time"}
+        async for event in client.status_events():
+            current = {k: v for k, v in event.items() if k != "time"}
+            if current != last:
+                click.echo(monitor_line(event))
+                last = current
+
+
+def run_monitor(once: bool) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_monitor(current_settings(), once))
+
+
+async def _manager_kill(settings: Settings) -> dict[str, Any] | None:
+    from qserver.client import NoAnswer
+
+    async with connected(settings) as client:
+        await client.request("ping")  # nobody there to kill is a communication error
+        try:
+            return await client.request("manager_kill", {}, timeout=1.0)
+        except NoAnswer:
+            return None  # expected: the manager dies without replying
+
+
+def run_manager_kill() -> None:
+    settings = current_settings()
+    reply = asyncio.run(_manager_kill(settings))
+    if reply is None:
+        click.echo("manager_kill was sent (the manager does not reply to it)")
+    else:
+        show(reply, settings.fmt)
+
+
+# ----- the one place where failures become exit codes -----
+
+
+def run_command(command: click.Command, argv: Sequence[str] | None = None) -> int:
+    """Run the CLI `command` on `argv` and return its exit code."""
+    try:
+        rv = command.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="qserver",
+            standalone_mode=False,
+        )
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e))  # a bare group: help, not an error
+        return EXIT_OK
+    except click.ClickException as e:
+        e.show()
+        return EXIT_BAD_PARAMS
+    except click.exceptions.Abort:
+        click.echo("Aborted", err=True)
+        return EXIT_ERROR
+    except LegacyError as e:
+        click.echo(f"Error: {e}", err=True)
+        return EXIT_BAD_PARAMS
+    except CliFailure as e:
+        click.echo(str(e), err=True)
+        return e.exit_code
+    except Exception as e:
+        click.echo(f"Error: {e!r}", err=True)
+        return EXIT_ERROR
+    return rv if isinstance(rv, int) else EXIT_OK
