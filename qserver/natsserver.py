@@ -42,8 +42,13 @@ class NatsServer:
     """One nats-server process with JetStream on `store_dir`, logging to a file."""
 
     def __init__(
-        self, store_dir: Path, *, port: int = 0, host: str = "127.0.0.1",
-        log_file: Path | None = None, death_signal: int | None = None,
+        self,
+        store_dir: Path,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        death_signal: int | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         # Sent by the kernel when the process that started the server dies (Linux).
@@ -61,12 +66,24 @@ class NatsServer:
     def start(self, timeout: float = 10.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            find_binary(), "-js", "-sd", str(self.store_dir / "jetstream"),
-            "-a", self.host, "-p", str(self.port), "-m", str(self.monitor_port),
-            "-l", str(self.log_file),
+            find_binary(),
+            "-js",
+            "-sd",
+            str(self.store_dir / "jetstream"),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.monitor_port),
+            "-l",
+            str(self.log_file),
         ]
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=die_with_parent_hook(self.death_signal),
         )
@@ -158,5 +175,10 @@ def port_from_url(url: str) -> int | None:
 
 
 __all__ = [
-    "NatsServer", "find_binary", "free_port", "port_from_url", "port_in_use", "server_info",
+    "NatsServer",
+    "find_binary",
+    "free_port",
+    "port_from_url",
+    "port_in_use",
+    "server_info",
 ]

@@ -31,7 +31,9 @@ def lookup(name: str, namespace: Mapping[str, Any], allowed: Collection[str]) ->
     return True, obj
 
 
-def resolve_value(value: Any, namespace: Mapping[str, Any], allowed: Collection[str], depth: int = 0) -> Any:
+def resolve_value(
+    value: Any, namespace: Mapping[str, Any], allowed: Collection[str], depth: int = 0
+) -> Any:
     """Replace allowed names anywhere inside lists, tuples and dict values."""
     if depth > MAX_DEPTH:
         raise ValueError("plan arguments are nested too deeply")

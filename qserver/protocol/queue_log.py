@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from qserver.protocol.items import LockInfo, PlanQueueMode, QueueItem
+from qserver.protocol.items import HistoryRecord, LockInfo, PlanQueueMode, QueueItem
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -61,6 +61,14 @@ class LockCleared(Event, frozen=True, kw_only=True, tag="lock_cleared"):
     lock_info_uid: str
 
 
+class Flags(msgspec.Struct, frozen=True, kw_only=True):
+    """Queue execution switches that survive a restart of the queue service."""
+
+    queue_running: bool = False
+    stop_pending: bool = False
+    autostart: bool = False
+
+
 class ItemStarted(Event, frozen=True, kw_only=True, tag="item_started"):
     """The item becomes the running item; taken from the queue unless executed directly."""
 
@@ -78,14 +86,10 @@ class ItemFinished(Event, frozen=True, kw_only=True, tag="item_finished"):
     requeue_front: QueueItem | None = None
     requeue_back: QueueItem | None = None
     queue_uid: str
-
-
-class Flags(msgspec.Struct, frozen=True, kw_only=True):
-    """Queue execution switches that survive a restart of the queue service."""
-
-    queue_running: bool = False
-    stop_pending: bool = False
-    autostart: bool = False
+    flags: Flags | None = None  # new execution flags, changed in the same step
+    # The history record, kept until the next item finishes so that it can be written
+    # again (de-duplicated) if the service died before writing it.
+    record: HistoryRecord | None = None
 
 
 class FlagsSet(Event, frozen=True, kw_only=True, tag="flags_set"):
@@ -127,3 +131,4 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     flags: Flags = Flags()
     permissions: dict[str, Any] | None = None
     permissions_uid: str = ""
+    last_record: HistoryRecord | None = None

@@ -71,14 +71,14 @@ class Subjects:
 
     @property
     def worker_state(self) -> str:
-        return f"{self.prefix}.internal.worker.state"
+        return f"{self.prefix}.internal.worker.events.state"
 
     def env_cmd(self, cmd: str) -> str:
         return f"{self.prefix}.internal.env.{cmd}"
 
     @property
     def env_state(self) -> str:
-        return f"{self.prefix}.internal.env.state"
+        return f"{self.prefix}.internal.env.events.state"
 
     @property
     def results(self) -> str:

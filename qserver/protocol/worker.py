@@ -2,11 +2,11 @@
 
 Subjects (all under `<prefix>.internal.`):
 - `worker.<cmd>` request-reply to the worker service: `open`, `close`, `destroy`, `state`.
-- `worker.state` event: `WorkerState`, published by the worker service on every change
+- `worker.events.state` event: `WorkerState`, published by the worker service on every change
   and once a second.
 - `env.<cmd>` request-reply to the environment process: `run`, `pause`, `resume`, `stop`,
   `abort`, `halt`, `update`, `runs`, `state`, `close`.
-- `env.state` event: `EnvState`, published by the environment process on every change and
+- `env.events.state` event: `EnvState`, published by the environment process on every change and
   once a second.
 - `results`: the JetStream stream `QS_<PREFIX>_RESULTS`, one `PlanResult` per finished
   item, written by the environment process (or by the worker service when the

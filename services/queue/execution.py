@@ -174,6 +174,14 @@ class Executor:
                 await self.svc.catalog.reload_lists()
             self._finish_op()
             self.svc.kick()
+        elif (
+            env.env_state == "idle"
+            and env.running_item_uid is None
+            and (old is None or old.env_state != "idle" or old.running_item_uid is not None)
+        ):
+            # The environment reports idle only after its result was stored, so the next
+            # item can start now (the result may have been recorded before this event).
+            self.svc.kick()
         if old != env:
             await self.svc.publish_status()
 
@@ -335,51 +343,66 @@ class Executor:
         await self.svc.advance()
 
     async def _record(self, res: PlanResult) -> None:
-        """History first (idempotent by record uid), then the queue change."""
+        """The queue change (with the record) first, then the history write.
+
+        The history write is idempotent (de-duplicated by record uid), and the record stays
+        in the queue state, so a result redelivered after a crash between the two steps is
+        written to history again rather than lost.
+        """
         m = self.svc.model
         running = m.running_item
-        if running is None or running.item_uid != res.item_uid:
+        if running is not None and running.item_uid == res.item_uid:
+            record_item = msgspec.to_builtins(running)
+            record_item.pop("properties", None)
+            record = HistoryRecord(record_uid=res.record_uid, item=record_item, result=res.result)
+            await self.svc.commit(self._finished_event(running, record))
+        elif m.last_record is not None and m.last_record.record_uid == res.record_uid:
+            record = m.last_record
+        else:
             logger.info("result for %s was already recorded", res.item_uid)
             return
-        record_item = msgspec.to_builtins(running)
-        record_item.pop("properties", None)
-        record = HistoryRecord(record_uid=res.record_uid, item=record_item, result=res.result)
         js = self.svc.nc.jetstream()
         await js.publish(
-            self.svc.subjects.history_log, encode(record), headers={"Nats-Msg-Id": res.record_uid}
+            self.svc.subjects.history_log,
+            encode(record),
+            headers={"Nats-Msg-Id": record.record_uid},
         )
-        await self.svc.commit(self._finished_event(running, res.result.exit_status, res.record_uid))
-        await self._after_finish(running, res.result.exit_status)
 
-    def _finished_event(self, item: QueueItem, status: str, record_uid: str) -> ItemFinished:
+    def _finished_event(self, item: QueueItem, record: HistoryRecord) -> ItemFinished:
+        """The queue change of a finished item, flags included, as one atomic event.
+
+        As in the reference: a completed item (or a failed one with `ignore_failures`) lets
+        the queue go on and returns to the back in loop mode; stop ends the queue; abort,
+        halt, a failure and an unknown outcome also put a copy back at the front. Items
+        executed directly (`queue_item_execute`) never touch the queue.
+        """
         m = self.svc.model
+        status = record.result.exit_status
         immediate = isinstance(item.properties, dict) and item.properties.get("immediate_execution")
         clean = msgspec.structs.replace(item, properties=msgspec.UNSET)
         front = back = None
+        flags = m.flags
         if not immediate:
-            ok = status == "completed" or (status == "failed" and m.mode.ignore_failures)
-            if status in ("aborted", "halted", "unknown") or (status == "failed" and not ok):
+            go_on = status == "completed" or (status == "failed" and m.mode.ignore_failures)
+            if status in ("aborted", "halted", "unknown") or (status == "failed" and not go_on):
                 front = msgspec.structs.replace(clean, item_uid=_uid())
-            elif ok and m.mode.loop:
+            elif go_on and m.mode.loop:
                 back = clean
+            if not go_on:
+                flags = msgspec.structs.replace(
+                    flags, queue_running=False, stop_pending=False, autostart=False
+                )
+            elif flags.stop_pending:
+                flags = msgspec.structs.replace(flags, queue_running=False, stop_pending=False)
         return ItemFinished(
             uid=uid_of(item),
-            record_uid=record_uid,
-            requeue_front=front,  # type: ignore[arg-type]
+            record_uid=record.record_uid,
+            requeue_front=front,
             requeue_back=back,
             queue_uid=_uid(),
+            flags=flags if flags != m.flags else None,
+            record=record,
         )
-
-    async def _after_finish(self, item: QueueItem, status: str) -> None:
-        m = self.svc.model
-        immediate = isinstance(item.properties, dict) and item.properties.get("immediate_execution")
-        if immediate:
-            return
-        keep_going = status == "completed" or (status == "failed" and m.mode.ignore_failures)
-        if not keep_going:
-            await self.set_flags(queue_running=False, stop_pending=False, autostart=False)
-        elif m.flags.stop_pending:
-            await self.set_flags(queue_running=False, stop_pending=False)
 
     async def advance(self) -> None:
         """Start the next item if the queue runs and nothing else does (lock held)."""

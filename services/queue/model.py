@@ -20,7 +20,7 @@ from msgspec import UNSET, UnsetType
 
 from qserver.errors import BadRequest, Locked, NotFound, QServerError, Refused
 from qserver.protocol import api
-from qserver.protocol.items import LockInfo, PlanQueueMode, QueueItem, uid_of
+from qserver.protocol.items import HistoryRecord, LockInfo, PlanQueueMode, QueueItem, uid_of
 from qserver.protocol.queue_log import (
     AnyEvent,
     Flags,
@@ -89,6 +89,7 @@ class QueueModel:
         self.flags = Flags()
         self.permissions: dict[str, Any] | None = None
         self.permissions_uid = ""
+        self.last_record: HistoryRecord | None = None
 
     # ----- persistence -----
 
@@ -105,6 +106,7 @@ class QueueModel:
         self.flags = snap.flags
         self.permissions = snap.permissions
         self.permissions_uid = snap.permissions_uid
+        self.last_record = snap.last_record
 
     def snapshot(self, seq: int) -> Snapshot:
         return Snapshot(
@@ -119,6 +121,7 @@ class QueueModel:
             flags=self.flags,
             permissions=self.permissions,
             permissions_uid=self.permissions_uid,
+            last_record=self.last_record,
         )
 
     # ----- applying events -----
@@ -164,6 +167,10 @@ class QueueModel:
                     self.items.insert(0, [ev.requeue_front])
                 if ev.requeue_back is not None:
                     self.items.insert(len(self.items), [ev.requeue_back])
+                if ev.flags is not None:
+                    self.flags = ev.flags
+                if ev.record is not None:
+                    self.last_record = ev.record
                 self.plan_queue_uid = ev.queue_uid
             case FlagsSet(flags=flags):
                 self.flags = flags

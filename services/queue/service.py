@@ -111,6 +111,7 @@ class QueueService:
     async def set_permissions(self, permissions: dict[str, Any]) -> None:
         await self.commit(PermissionsSet(permissions=permissions, uid=_uid()))
         self.catalog.set_permissions(self.model.permissions, self.model.permissions_uid)
+        await self.publish_status()  # the allowed lists' uids changed with the catalog
 
     def run_list_uid(self) -> str:
         env = self.executor.env

@@ -1,0 +1,1 @@
+"""The worker service: supervises the environment process, which runs the RunEngine."""

@@ -1,0 +1,77 @@
+"""Entry point: `python -m services.worker --nats-url ... --prefix ... [startup options]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import nats
+from nats.micro import add_service
+
+import qserver
+import sim_profile
+from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
+from qserver.protocol.worker import StartupConfig
+from qserver.service_base import run_loop, setup_logging, shutdown, wait_for_signal
+from services.worker.service import WorkerConfig, WorkerService
+
+logger = logging.getLogger("services.worker")
+
+
+async def main(args: argparse.Namespace) -> int:
+    subjects = Subjects(args.prefix)
+    startup = StartupConfig(
+        startup_dir=args.startup_dir,
+        startup_module=args.startup_module,
+        startup_script=args.startup_script,
+    )
+    if not (args.startup_dir or args.startup_module or args.startup_script):
+        startup = StartupConfig(startup_dir=str(sim_profile.STARTUP_DIR))
+    config = WorkerConfig(
+        nats_url=args.nats_url,
+        default_startup=startup,
+        env_args=("--log-level", args.log_level, "--device-max-depth", str(args.device_max_depth)),
+    )
+    nc = await nats.connect(
+        args.nats_url,
+        name="qserver-worker",
+        no_echo=True,  # `worker.state` carries both requests and our own events
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+    )
+    svc = WorkerService(nc, subjects, config)
+    await svc.start()
+    micro = await add_service(
+        nc, name="qserver-worker", version=qserver.__version__, metadata={"prefix": args.prefix}
+    )
+    await svc.add_endpoints(micro)
+    logger.info("worker service ready on %s (prefix %s)", args.nats_url, args.prefix)
+    await wait_for_signal(svc.stop_requested)
+    await shutdown(svc.stop(), micro.stop(), nc.drain(), timeout=KILL_TIMEOUT_S)
+    logger.info("worker service stopped")
+    return 0
+
+
+KILL_TIMEOUT_S = 6.0
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(prog="python -m services.worker", description=__doc__)
+    p.add_argument(
+        "--nats-url", default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222")
+    )
+    p.add_argument("--prefix", default=os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX))
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--startup-dir", help="default: the simulated beamline (sim_profile)")
+    where.add_argument("--startup-module")
+    where.add_argument("--startup-script")
+    p.add_argument("--device-max-depth", type=int, default=5)
+    p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
+    args = p.parse_args()
+    setup_logging(args.log_level)
+    raise SystemExit(run_loop(main(args)))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,73 @@
+"""The environment process: `python -m services.worker.env --nats-url URL --prefix P
+--env-uid UID (--startup-dir DIR | --startup-module MOD | --startup-script FILE)`.
+
+Exit codes: 0 after `close`, 1 if NATS cannot be reached, 2 if the startup code failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
+from qserver.protocol.worker import StartupConfig
+from qserver.service_base import setup_logging
+from services.worker.env.commands import EnvCommands
+from services.worker.env.console import capture_console
+from services.worker.env.engine import Environment
+from services.worker.env.link import NatsLink
+
+logger = logging.getLogger("services.worker.env")
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    if logging.getLogger().level > logging.DEBUG:
+        # bluesky logs every RunEngine state change at INFO: too much for the console.
+        logging.getLogger("bluesky").setLevel(logging.WARNING)
+    startup = StartupConfig(
+        startup_dir=args.startup_dir,
+        startup_module=args.startup_module,
+        startup_script=args.startup_script,
+    )
+    link = NatsLink(args.nats_url, name=f"qserver-env-{args.env_uid[:8]}")
+    try:
+        link.start()
+    except Exception as e:
+        logger.error("cannot connect to NATS at %s: %r", args.nats_url, e)
+        return 1
+    env = Environment(Subjects(args.prefix), args.env_uid, link, startup, args.device_max_depth)
+    commands = EnvCommands(env)
+    capture_console(commands.sink)
+    link.call(commands.start(), timeout=10.0)
+    code = 2
+    if env.open():
+        logger.info("environment %s is ready (pid %d)", args.env_uid, os.getpid())
+        env.serve()
+        env.closed()
+        code = 0
+    try:
+        link.call(commands.flush(), timeout=5.0)
+    except Exception as e:
+        logger.warning("last events not published: %r", e)
+    link.close()
+    return code
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(prog="python -m services.worker.env", description=__doc__)
+    p.add_argument("--nats-url", required=True)
+    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p.add_argument("--env-uid", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--startup-dir")
+    where.add_argument("--startup-module")
+    where.add_argument("--startup-script")
+    p.add_argument("--device-max-depth", type=int, default=5)
+    p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
+    raise SystemExit(main(p.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,244 @@
+"""The environment's request-reply commands and its event publishers (on the NATS thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from qserver.protocol.worker import CmdReply, RunPlan, RunsReply
+from qserver.service_base import encode
+from services.worker.env.console import ConsoleSink
+from services.worker.env.engine import CONTINUE_STATUS, Environment, Running
+from services.worker.results import ensure_results_stream
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+# Changes within this time go out as one state: a short plan changes the state five times
+# in a few milliseconds, and each message costs its readers (and a 2-core machine) time.
+COALESCE_S = 0.005
+# How long requests wait for a finished item whose result is being stored.
+SETTLE_S = 5.0
+# The values of PauseRequest.option and RunsRequest.option, in the reference's messages.
+PAUSE_OPTIONS = ("deferred", "immediate")
+RUNS_OPTIONS = ("active", "open", "closed")
+Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
+_run_decoder = msgspec.json.Decoder(RunPlan)
+
+
+def _options(data: bytes) -> dict[str, Any]:
+    body = msgspec.json.decode(data.strip() or b"{}")
+    if not isinstance(body, dict):
+        raise ValueError("the request must be a JSON object")
+    return body
+
+
+class EnvCommands:
+    """Answers `env.<cmd>` requests and publishes state and console events."""
+
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+        self.subjects = env.subjects
+        self._console_wake = asyncio.Event()
+        self.sink = ConsoleSink(lambda: env.link.soon(self._console_wake.set))
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def handlers(self) -> dict[str, Handler]:
+        h: dict[str, Handler] = {
+            "run": self.run,
+            "pause": self.pause,
+            "runs": self.runs,
+            "update": self.update,
+            "state": self.state,
+            "close": self.close,
+        }
+        for action in CONTINUE_STATUS:
+            h[action] = functools.partial(self._continue, action)
+        return h
+
+    async def start(self) -> None:
+        nc = self.env.link.nc
+        await ensure_results_stream(self.env.link.js, self.subjects)
+        for cmd, handler in self.handlers().items():
+
+            async def cb(msg: Msg, cmd: str = cmd, handler: Handler = handler) -> None:
+                await self._serve(cmd, handler, msg)
+
+            await nc.subscribe(self.subjects.env_cmd(cmd), cb=cb)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._publish_states()), loop.create_task(self._console())]
+
+    async def _serve(self, cmd: str, handler: Handler, msg: Msg) -> None:
+        if not msg.reply:  # `env.state` also carries the state events
+            return
+        try:
+            reply = await handler(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
+            reply = CmdReply(success=False, msg=f"Invalid request to '{cmd}': {e}")
+        except Exception as e:
+            logger.exception("command %s failed", cmd)
+            reply = CmdReply(success=False, msg=f"Internal error in '{cmd}': {e!r}")
+        await msg.respond(encode(reply))
+
+    async def _settle(self) -> None:
+        """Wait until a finished item's result is stored and the environment is idle again.
+
+        Whoever reads the result from the stream may send the next request before this
+        process has had the ack of the result: for `run` that is not "busy", and `state`
+        and `runs` should not show the finished item as running.
+        """
+        deadline = time.monotonic() + SETTLE_S
+        while self.env.result_pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.0005)
+
+    # ----- commands -----
+
+    async def run(self, data: bytes) -> CmdReply:
+        req = _run_decoder.decode(data)
+        env = self.env
+        await self._settle()
+        uid = req.item.get("item_uid")
+        if not isinstance(uid, str) or not uid:
+            return CmdReply(success=False, msg="The item has no 'item_uid'")
+        re_state = env.re_state()
+        with env.lock:
+            if env.env_state != "idle" or env.running is not None or re_state != "idle":
+                return CmdReply(
+                    success=False,
+                    msg=f"RE Worker is busy: environment state is '{env.env_state}', "
+                    f"RE state is '{re_state}'",
+                )
+            running = Running(item=req.item, user_group=req.user_group, time_start=time.time())
+            env.running = running
+            env.env_state = "executing_plan"
+            env.pause_pending = False
+        # Published before the reply: if this process dies from here on, the worker knows
+        # which item it was running.
+        await env.publish_state()
+        env.start_run(running)
+        return CmdReply()
+
+    async def pause(self, data: bytes) -> CmdReply:
+        option = _options(data).get("option", "deferred")
+        if option not in PAUSE_OPTIONS:
+            return CmdReply(
+                success=False,
+                msg=f"Option {option!r} is not supported. Available options: {PAUSE_OPTIONS}",
+            )
+        env = self.env
+        re_state = env.re_state()
+        with env.lock:
+            if re_state != "running" or env.running is None:
+                return CmdReply(
+                    success=False,
+                    msg=f"Run engine can be paused only in 'running' state. "
+                    f"Current state: '{re_state}'",
+                )
+            env.pause_pending = True
+        env.notify()
+        loop = asyncio.get_running_loop()
+        try:
+            # request_pause waits on the RunEngine's loop: not on this one.
+            await loop.run_in_executor(None, env.RE.request_pause, option == "deferred")
+        except Exception as e:
+            with env.lock:
+                env.pause_pending = False
+            env.notify()
+            return CmdReply(success=False, msg=f"Failed to pause the plan: {e}")
+        return CmdReply()
+
+    async def _continue(self, action: str, data: bytes) -> CmdReply:
+        env = self.env
+        re_state = env.re_state()
+        with env.lock:
+            if env.running is None or re_state != "paused" or env.continue_pending:
+                shown = "executing_plan" if env.continue_pending else re_state
+                return CmdReply(
+                    success=False, msg=f"Run Engine is not paused: current state is '{shown}'"
+                )
+            env.continue_pending = True
+        env.start_continue(action)
+        return CmdReply()
+
+    async def runs(self, data: bytes) -> RunsReply:
+        option = _options(data).get("option", "active")
+        if option not in RUNS_OPTIONS:
+            return RunsReply(
+                success=False,
+                msg=f"Error: Option {option!r} is not supported. Available options: {RUNS_OPTIONS}",
+            )
+        await self._settle()
+        runs = self.env.runs.runs()
+        if option == "open":
+            runs = [r for r in runs if r.is_open]
+        elif option == "closed":
+            runs = [r for r in runs if not r.is_open]
+        return RunsReply(run_list=runs, run_list_uid=self.env.runs.list_uid)
+
+    async def update(self, data: bytes) -> CmdReply:
+        env = self.env
+        if env.RE is None or env.env_state in ("initializing", "failed", "closing", "closed"):
+            return CmdReply(success=False, msg=f"Environment is {env.env_state}")
+        lists = await asyncio.get_running_loop().run_in_executor(None, env.describe)
+        await env.put_lists(lists)
+        env.notify()
+        return CmdReply()
+
+    async def state(self, data: bytes) -> msgspec.Struct:
+        await self._settle()
+        return self.env.snapshot()
+
+    async def close(self, data: bytes) -> CmdReply:
+        env = self.env
+        await self._settle()
+        re_state = env.re_state()
+        with env.lock:
+            if env.env_state != "idle" or env.running is not None or re_state != "idle":
+                return CmdReply(
+                    success=False,
+                    msg=f"Environment is not idle: environment state is '{env.env_state}', "
+                    f"RE state is '{re_state}'",
+                )
+            env.env_state = "closing"
+        env.notify()
+        env.request_close()
+        return CmdReply()
+
+    # ----- events -----
+
+    async def _publish_states(self) -> None:
+        """On every change (coalesced), and at least once a second."""
+        while True:
+            try:
+                await asyncio.wait_for(self.env.changed.wait(), HEARTBEAT_S)
+                await asyncio.sleep(COALESCE_S)
+            except TimeoutError:
+                pass
+            await self.env.publish_state()
+
+    async def _console(self) -> None:
+        while True:
+            await self._console_wake.wait()
+            self._console_wake.clear()
+            await self._send_console()
+
+    async def _send_console(self) -> None:
+        nc, subject = self.env.link.nc, self.subjects.console_event
+        for t, line in self.sink.take():
+            # Never log a failure here: the log line would come back as console output.
+            with contextlib.suppress(Exception):
+                await nc.publish(subject, encode({"time": t, "msg": line}))
+
+    async def flush(self) -> None:
+        """Publish every queued state and console line, then flush the connection."""
+        await self.env.publish_state()
+        await self._send_console()
+        await self.env.link.nc.flush(timeout=2)

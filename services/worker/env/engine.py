@@ -1,0 +1,341 @@
+"""The environment's state and the main-thread loop that runs plans on the RunEngine.
+
+Commands arrive on the NATS thread (see `commands.py`): they check and change the state
+under a lock and queue jobs; the main thread runs the jobs, because the RunEngine must be
+driven from the thread that called it. Every state change is published in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bluesky.utils import RunEngineInterrupted
+
+from qserver.plan_tools.describe import describe_devices, describe_plans
+from qserver.plan_tools.resolve import resolve_args
+from qserver.protocol.items import ExitStatus, HistoryResult
+from qserver.protocol.subjects import Subjects
+from qserver.protocol.worker import EnvStateName, ExistingLists, PlanResult, StartupConfig
+from qserver.service_base import encode
+from services.worker.env.link import NatsLink
+from services.worker.env.runs import RunTracker
+from services.worker.env.startup import StartupError, find_run_engine, load_startup
+from services.worker.messages import EnvStatus
+from services.worker.results import publish_result
+
+logger = logging.getLogger(__name__)
+
+LISTS_OBJECT = "existing"
+# What an action on a paused plan means for the item when it returns normally.
+CONTINUE_STATUS: dict[str, ExitStatus] = {
+    "resume": "completed",
+    "stop": "stopped",
+    "abort": "aborted",
+    "halt": "halted",
+}
+
+Job = Callable[[], None]
+
+
+@dataclass
+class Running:
+    """The item being executed (running or paused)."""
+
+    item: dict[str, Any]
+    user_group: str
+    time_start: float
+
+    @property
+    def uid(self) -> str:
+        return str(self.item["item_uid"])
+
+
+def merge_meta(meta: Any) -> dict[str, Any]:
+    """A dict or a list of dicts; where keys repeat, the earlier dict wins."""
+    metas = meta if isinstance(meta, list) else [meta] if meta else []
+    md: dict[str, Any] = {}
+    for m in reversed(metas):
+        if not isinstance(m, dict):
+            raise TypeError(f"'meta' must be a dict or a list of dicts, not {type(m).__name__}")
+        md.update(m)
+    return md
+
+
+class Environment:
+    """Startup code, RunEngine and state of one environment process."""
+
+    def __init__(
+        self,
+        subjects: Subjects,
+        env_uid: str,
+        link: NatsLink,
+        startup: StartupConfig,
+        device_max_depth: int = 5,
+    ) -> None:
+        self.subjects = subjects
+        self.env_uid = env_uid
+        self.link = link
+        self.startup = startup
+        self.device_max_depth = device_max_depth
+        self.lock = threading.RLock()
+        self.env_state: EnvStateName = "initializing"
+        self.running: Running | None = None
+        self.pause_pending = False
+        self.continue_pending = False
+        # Set while a finished item's result is being stored (the item is still running).
+        self.result_pending = False
+        self.lists: ExistingLists | None = None
+        self.error_msg = ""
+        self.error_traceback = ""
+        self.ns: dict[str, Any] = {}
+        self.RE: Any = None
+        self.runs = RunTracker(self.notify)
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        # Set when the state changed; the publisher on the NATS thread sends a fresh snapshot.
+        self.changed = asyncio.Event()
+
+    # ----- state -----
+
+    def re_state(self) -> str | None:
+        return str(self.RE.state) if self.RE is not None else None
+
+    def snapshot(self) -> EnvStatus:
+        re_state = self.re_state()  # not under our lock: see `_on_re_state`
+        with self.lock:
+            return EnvStatus(
+                env_uid=self.env_uid,
+                pid=os.getpid(),
+                env_state=self.env_state,
+                re_state=re_state,
+                running_item_uid=self.running.uid if self.running else None,
+                pause_pending=self.pause_pending,
+                run_list=self.runs.runs(),
+                run_list_uid=self.runs.list_uid,
+                lists_uid=self.lists.uid if self.lists else "",
+                msg=self.error_msg,
+                traceback=self.error_traceback,
+            )
+
+    def notify(self) -> None:
+        """Have the state published soon (from any thread, never blocking)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the process is exiting
+            self.link.soon(self.changed.set)
+
+    async def publish_state(self) -> None:
+        """Publish the state now (on the NATS thread): for changes whose order matters."""
+        self.changed.clear()
+        try:
+            await self.link.nc.publish(self.subjects.env_state, encode(self.snapshot()))
+        except Exception as e:  # reconnecting: the next change or heartbeat goes out
+            logger.debug("state not published: %r", e)
+
+    def _on_re_state(self, new: Any, old: Any) -> None:
+        # Called on the RunEngine's thread, maybe holding the RunEngine's state lock: it takes
+        # no lock of ours (others take ours, then read the RunEngine's state), never raises.
+        try:
+            if str(new) == "paused":
+                self.pause_pending = False
+            self.notify()
+        except Exception:
+            logger.exception("state change %s -> %s not reported", old, new)
+
+    # ----- opening -----
+
+    def open(self) -> bool:
+        """Run the startup code and store the lists; False (state `failed`) if that fails."""
+        self.notify()
+        try:
+            ns = load_startup(self.startup)
+            run_engine = find_run_engine(ns)
+            self._attach(run_engine)
+            self.ns, self.RE = ns, run_engine
+            self.store_lists()
+        except Exception as e:
+            tb = traceback.format_exc()
+            print(tb, file=sys.stderr, flush=True)
+            with self.lock:
+                self.env_state = "failed"
+                self.error_msg = f"Error in startup code: {type(e).__name__}: {e}"
+                if isinstance(e, StartupError):
+                    self.error_msg = str(e)
+                self.error_traceback = tb
+            self.notify()
+            return False
+        with self.lock:
+            self.env_state = "idle"
+        self.notify()
+        return True
+
+    def _attach(self, run_engine: Any) -> None:
+        previous = run_engine.state_hook
+
+        def hook(new: Any, old: Any) -> None:
+            if previous is not None:
+                try:
+                    previous(new, old)
+                except Exception:
+                    logger.exception("the startup code's RunEngine state hook failed")
+            self._on_re_state(new, old)
+
+        run_engine.state_hook = hook
+        self.runs.subscribe(run_engine)
+
+    def describe(self) -> ExistingLists:
+        return ExistingLists(
+            plans_existing=describe_plans(self.ns),
+            devices_existing=describe_devices(self.ns, self.device_max_depth),
+            uid=str(uuid.uuid4()),
+        )
+
+    def store_lists(self, lists: ExistingLists | None = None) -> None:
+        """Describe the namespace and store the lists in the object store (blocking)."""
+        lists = lists or self.describe()
+        self.link.call(self.put_lists(lists), timeout=30.0)
+
+    async def put_lists(self, lists: ExistingLists) -> None:
+        store = await self.link.js.create_object_store(self.subjects.lists_bucket)
+        await store.put(LISTS_OBJECT, encode(lists))
+        with self.lock:
+            self.lists = lists
+        logger.info(
+            "stored %d plans and %d devices (lists %s)",
+            len(lists.plans_existing),
+            len(lists.devices_existing),
+            lists.uid,
+        )
+
+    # ----- the main thread -----
+
+    def serve(self) -> None:
+        """Run jobs until `close`; must be called on the main thread."""
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:  # a bug here must not end the environment mid-plan
+                logger.exception("job failed")
+
+    def start_run(self, running: Running) -> None:
+        self.jobs.put(lambda: self._run(running))
+
+    def start_continue(self, action: str) -> None:
+        self.jobs.put(lambda: self._continue(action))
+
+    def request_close(self) -> None:
+        self.jobs.put(None)
+
+    def _run(self, cur: Running) -> None:
+        self.runs.reset()
+        try:
+            call = self._prepare(cur)
+        except Exception as e:
+            logger.error("item %s failed before it started: %s", cur.uid, e)
+            self._finish(cur, "failed", f"Plan failed: {e}", traceback.format_exc())
+            return
+        logger.info("item %s: starting plan '%s'", cur.uid, cur.item.get("name"))
+        self._execute(cur, call, "completed")
+
+    def _prepare(self, cur: Running) -> Callable[[], Any]:
+        item = cur.item
+        name = item.get("name")
+        lists = self.lists
+        assert lists is not None
+        if not isinstance(name, str) or name not in lists.plans_existing or name not in self.ns:
+            raise ValueError(f"Plan {name!r} is not in the list of existing plans")
+        args, kwargs = item.get("args") or [], item.get("kwargs") or {}
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise TypeError("'args' must be a list and 'kwargs' a dict")
+        allowed = set(lists.plans_existing) | set(lists.devices_existing)
+        args, kwargs = resolve_args(args, kwargs, self.ns, allowed)
+        md = merge_meta(item.get("meta"))
+        md.update(
+            qserver_item_uid=cur.uid,
+            qserver_user=item.get("user"),
+            qserver_user_group=cur.user_group,
+        )
+        plan = self.ns[name](*args, **kwargs)
+        return lambda: self.RE(plan, **md)
+
+    def _continue(self, action: str) -> None:
+        cur = self.running
+        with self.lock:
+            self.continue_pending = False
+            if cur is not None:
+                self.env_state = "executing_plan"
+        if cur is None:
+            return
+        self.notify()
+        logger.info("item %s: %s", cur.uid, action)
+        self._execute(cur, getattr(self.RE, action), CONTINUE_STATUS[action])
+
+    def _execute(self, cur: Running, call: Callable[[], Any], status: ExitStatus) -> None:
+        try:
+            call()
+        except RunEngineInterrupted:
+            # A pause: the item stays, waiting for resume, stop, abort or halt.
+            with self.lock:
+                self.env_state = "idle"
+                self.pause_pending = False
+            logger.info("item %s: paused", cur.uid)
+            self.notify()
+            return
+        except Exception as e:
+            logger.error("item %s: plan failed: %s", cur.uid, e)
+            self._finish(cur, "failed", f"Plan failed: {e}", traceback.format_exc())
+            return
+        self._finish(cur, status)
+
+    def _finish(self, cur: Running, status: ExitStatus, msg: str = "", tb: str = "") -> None:
+        runs = self.runs.runs()
+        result = PlanResult(
+            record_uid=str(uuid.uuid4()),
+            item_uid=cur.uid,
+            env_uid=self.env_uid,
+            result=HistoryResult(
+                exit_status=status,
+                run_uids=[r.uid for r in runs],
+                scan_ids=[r.scan_id for r in runs if r.scan_id is not None],
+                time_start=cur.time_start,
+                time_stop=time.time(),
+                msg=msg,
+                traceback=tb,
+            ),
+        )
+        with self.lock:
+            self.result_pending = True
+        self.link.call(self._store_result(result))
+        logger.info("item %s: %s", cur.uid, status)
+
+    async def _store_result(self, result: PlanResult) -> None:
+        # The result is stored before the state says idle: a death in between is seen by
+        # the worker as a death mid-plan, and it checks the stream first.
+        await publish_result(self.link.js, self.subjects, result)
+        with self.lock:
+            self.result_pending = False
+            self.running = None
+            self.env_state = "idle"
+            self.pause_pending = False
+            self.continue_pending = False
+        self.runs.reset(notify=False)
+        await self.publish_state()
+
+    # ----- closing -----
+
+    def closed(self) -> None:
+        with self.lock:
+            self.env_state = "closed"
+        self.notify()
