@@ -92,6 +92,8 @@ class WorkerService:
             self._kv = await self.js.create_key_value(
                 bucket=bucket, history=1, storage=jsapi.StorageType.FILE
             )
+        # Say at once that no environment runs here, before a lost one's result is written.
+        await self.publish_state()
         await self.recover()
         await self.nc.subscribe(self.subjects.env_state, cb=self.on_env_state)
         self._heartbeat_task = asyncio.ensure_future(self._heartbeat())

@@ -1,0 +1,133 @@
+"""Failure drills: services and the environment die mid-plan; nothing is lost or run twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+import psutil
+
+from qserver.client import Client, NoAnswer
+from tests.conftest import Services
+from tests.integration.test_execution import add, history, idle, open_env, quick, until
+
+
+async def reconnect(services: Services) -> Client:
+    await services.wait_ready()
+    return await Client.connect(services.nats.url, services.prefix, timeout=10)
+
+
+def env_pid(services: Services) -> int:
+    worker = psutil.Process(services.procs["worker"].pid)
+    (child,) = worker.children()
+    return child.pid
+
+
+async def test_queue_service_killed_during_a_plan_keeps_the_plan_and_its_outcome(
+    services: Services, client: Client
+) -> None:
+    await open_env(client)
+    first = await add(client, quick(num=8, delay=0.25))
+    await add(client, quick(num=1))
+    await client.request("queue_start")
+    await until(client, lambda st: st["re_state"] == "running")
+    services.kill("queue")
+    t = time.perf_counter()
+    services.start("queue")
+    c = await reconnect(services)
+    answered = time.perf_counter() - t
+    st = await c.request("status")
+    assert st["running_item_uid"] == first["item_uid"] and st["re_state"] == "running"
+    st = await until(c, lambda st: idle(st) and st["items_in_history"] == 2, timeout=30)
+    items = await history(c)
+    assert [it["result"]["exit_status"] for it in items] == ["completed", "completed"]
+    assert items[0]["item_uid"] == first["item_uid"]  # recorded once, not re-run
+    assert answered < 5.0
+    await c.close()
+
+
+async def test_queue_service_killed_while_paused_comes_back_paused(
+    services: Services, client: Client
+) -> None:
+    await open_env(client)
+    await add(client, quick(num=6, delay=0.3))
+    await client.request("queue_start")
+    await until(client, lambda st: st["re_state"] == "running")
+    await client.request("re_pause", {"option": "immediate"})
+    await until(client, lambda st: st["manager_state"] == "paused")
+    services.kill("queue")
+    services.start("queue")
+    c = await reconnect(services)
+    st = await until(c, lambda st: st["manager_state"] == "paused")
+    assert st["running_item_uid"]
+    assert (await c.request("re_resume"))["success"]
+    await until(c, lambda st: idle(st) and st["items_in_history"] == 1)
+    assert (await history(c))[0]["result"]["exit_status"] == "completed"
+    await c.close()
+
+
+async def test_manager_kill_makes_the_service_stop_answering_then_it_recovers(
+    services: Services, client: Client
+) -> None:
+    await open_env(client)
+    await add(client, quick(num=4, delay=0.25))
+    await client.request("queue_start")
+    await until(client, lambda st: st["re_state"] == "running")
+    with contextlib.suppress(NoAnswer):
+        r = await client.request("manager_kill", timeout=0.5)
+        raise AssertionError(f"manager_kill answered: {r}")
+    proc = services.procs["queue"]
+    for _ in range(100):
+        if not proc.alive():
+            break
+        await asyncio.sleep(0.02)
+    assert proc.poll() == -signal.SIGKILL
+    services.start("queue")  # what the stack's supervisor does
+    c = await reconnect(services)
+    await until(c, lambda st: idle(st) and st["items_in_history"] == 1, timeout=30)
+    assert (await history(c))[0]["result"]["exit_status"] == "completed"
+    await c.close()
+
+
+async def test_environment_killed_mid_plan_records_a_failure_and_keeps_the_queue(
+    services: Services, client: Client
+) -> None:
+    await open_env(client)
+    running = await add(client, quick(num=20, delay=0.25))
+    waiting = await add(client, quick(num=1))
+    await client.request("queue_start")
+    await until(client, lambda st: st["re_state"] == "running")
+    os.kill(env_pid(services), signal.SIGKILL)
+    st = await until(
+        client, lambda st: not st["worker_environment_exists"] and st["items_in_history"] == 1
+    )
+    assert st["manager_state"] == "idle" and st["worker_environment_state"] == "closed"
+    result = (await history(client))[0]["result"]
+    assert result["exit_status"] == "failed" and "died" in result["msg"], result
+    queue = (await client.request("queue_get"))["items"]
+    assert [it["kwargs"]["num"] for it in queue] == [20, 1]
+    assert (
+        queue[0]["item_uid"] != running["item_uid"] and queue[1]["item_uid"] == waiting["item_uid"]
+    )
+    # The environment can be opened again and the queue runs on.
+    await open_env(client)
+
+
+async def test_worker_service_killed_mid_plan_never_leaves_a_plan_running(
+    services: Services, client: Client
+) -> None:
+    await open_env(client)
+    await add(client, quick(num=20, delay=0.25))
+    await client.request("queue_start")
+    await until(client, lambda st: st["re_state"] == "running")
+    services.kill("worker")
+    services.start("worker")
+    await services.wait_ready()
+    st = await until(client, lambda st: st["items_in_history"] == 1 and idle(st), timeout=30)
+    assert st["running_item_uid"] is None and not st["worker_environment_exists"]
+    result: dict[str, Any] = (await history(client))[0]["result"]
+    assert result["exit_status"] == "failed" and result["msg"]
