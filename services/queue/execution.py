@@ -148,8 +148,10 @@ class Executor:
         changed = state != self.worker
         self.worker = state
         self.worker_seen.set()
-        if state.env is not None and (self.env is None or self.env.env_uid == state.env.env_uid):
-            self.env = state.env
+        # The environment's own events are newer than the worker's copy: take the copy only
+        # for an environment not heard from yet (at start-up, or after a new open).
+        if state.env is not None and (self.env is None or self.env.env_uid != state.env.env_uid):
+            await self._set_env(state.env)
         if not state.env_exists:
             self.env = None
             if self.op in ("closing_environment", "destroying_environment", "creating_environment"):
@@ -166,6 +168,10 @@ class Executor:
             return
         if self.worker.env_uid is not None and env.env_uid != self.worker.env_uid:
             return  # a stale message from a previous environment
+        await self._set_env(env)
+
+    async def _set_env(self, env: EnvState) -> None:
+        """Take a new environment state and act on its transitions."""
         old, self.env = self.env, env
         if old is not None and old.lists_uid != env.lists_uid and env.lists_uid:
             await self.svc.catalog.reload_lists()
@@ -181,6 +187,7 @@ class Executor:
         ):
             # The environment reports idle only after its result was stored, so the next
             # item can start now (the result may have been recorded before this event).
+            logger.debug("environment idle: looking for the next item")
             self.svc.kick()
         if old != env:
             await self.svc.publish_status()
@@ -420,6 +427,7 @@ class Executor:
                 await self.set_flags(queue_running=False, stop_pending=False)
                 return
             if not self.env_idle:
+                logger.debug("queue waits: the environment is not idle (%s)", self.env)
                 return
             item = m.items[0]
             if item.item_type != "instruction":
