@@ -68,16 +68,36 @@ def validate_plan(
         raise BadRequest(f"Plan '{name}' is not in the list of allowed plans.")
     _check_meta(item)
     args, kwargs = _arguments(item)
-    description = plans_allowed[name]
-    signature = _signature(name, description)
+    signature, params, specs = _prepared(name, plans_allowed[name])
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise BadRequest(str(exc)) from None
     names = AllowedNames(plans_allowed, devices_allowed)
-    params = {p["name"]: p for p in description.get("parameters") or []}
     for pname, value in bound.arguments.items():
-        _check_parameter(pname, _values(value, signature.parameters[pname]), params[pname], names)
+        values = _values(value, signature.parameters[pname])
+        _check_parameter(pname, values, params[pname], specs[pname], names)
+
+
+# Signatures and parsed annotations per plan description, which do not change once the
+# allowed lists are built: parsing them on every add cost ~0.1 ms. Keyed by identity; the
+# description is kept in the entry so that its id cannot be reused while cached.
+_PREPARED: dict[int, tuple[Mapping[str, Any], Prepared]] = {}
+_PREPARED_MAX = 4096
+Prepared = tuple[inspect.Signature, dict[str, Mapping[str, Any]], dict[str, "Spec | None"]]
+
+
+def _prepared(name: str, description: Mapping[str, Any]) -> Prepared:
+    entry = _PREPARED.get(id(description))
+    if entry is not None and entry[0] is description:
+        return entry[1]
+    signature = _signature(name, description)
+    params = {p["name"]: p for p in description.get("parameters") or []}
+    specs = {pname: parse_annotation(p.get("annotation")) for pname, p in params.items()}
+    if len(_PREPARED) >= _PREPARED_MAX:
+        _PREPARED.clear()
+    _PREPARED[id(description)] = (description, (signature, params, specs))
+    return signature, params, specs
 
 
 def _check_meta(item: Mapping[str, Any]) -> None:
@@ -127,9 +147,12 @@ def _values(value: Any, param: Parameter) -> Iterator[Any]:
 
 
 def _check_parameter(
-    pname: str, values: Iterator[Any], param: Mapping[str, Any], names: AllowedNames
+    pname: str,
+    values: Iterator[Any],
+    param: Mapping[str, Any],
+    spec: Spec | None,
+    names: AllowedNames,
 ) -> None:
-    spec = parse_annotation(param.get("annotation"))
     for value in values:
         if spec is not None:
             _check_type(pname, value, spec, names)
