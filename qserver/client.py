@@ -121,6 +121,15 @@ class Client:
         finally:
             await sub.unsubscribe()
 
+    async def console_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Yield each console line of the environment as `{time, msg}`, live."""
+        sub = await self.nc.subscribe(self.subjects.console_event)
+        try:
+            async for msg in sub.messages:
+                yield _decoder.decode(msg.data)
+        finally:
+            await sub.unsubscribe()
+
     async def wait_for(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
         """Wait until a status event satisfies `predicate`; the current status counts too."""
 

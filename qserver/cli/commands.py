@@ -7,7 +7,7 @@ import click
 from qserver.cli import commands_admin, commands_env, commands_queue
 from qserver.cli.errors import BadParams
 from qserver.cli.options import CONTEXT, lock_key_option, simple
-from qserver.cli.runner import Settings, run_legacy, run_monitor
+from qserver.cli.runner import Settings, run_console_monitor, run_legacy, run_monitor
 from qserver.cli.words import normalize_legacy_argv
 
 EPILOG = """\b
@@ -87,10 +87,21 @@ simple(cli, "config", "config_get", "Print the manager configuration.")
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--once", is_flag=True, help="Print the current status and exit.")
-def monitor(once: bool) -> None:
-    """Print a line whenever the status changes, until Ctrl-C."""
-    run_monitor(once)
+@click.argument("what", type=click.Choice(["status", "console"]), default="status")
+@click.option(
+    "--once", is_flag=True, help="Print the current status (or one console line) and exit."
+)
+def monitor(what: str, once: bool) -> None:
+    """Watch the server until Ctrl-C: a line per status change, or the console output.
+
+    \b
+    qserver monitor            status changes, as they are pushed
+    qserver monitor console    what the environment prints, live
+    """
+    if what == "console":
+        run_console_monitor(once)
+    else:
+        run_monitor(once)
 
 
 for _command in (

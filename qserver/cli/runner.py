@@ -141,6 +141,19 @@ def run_monitor(once: bool) -> None:
         asyncio.run(_monitor(current_settings(), once))
 
 
+async def _console_monitor(settings: Settings, once: bool) -> None:
+    async with connected(settings) as client:
+        async for line in client.console_events():
+            click.echo(line.get("msg", ""), nl=False)
+            if once:
+                return
+
+
+def run_console_monitor(once: bool) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_console_monitor(current_settings(), once))
+
+
 async def _manager_kill(settings: Settings) -> dict[str, Any] | None:
     from qserver.client import NoAnswer
 

@@ -1,0 +1,117 @@
+"""Environment edge cases: broken startup code, unknown lists, update, and the CLI forms."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from nats.aio.msg import Msg
+
+from qserver.client import Client
+from qserver.natsserver import NatsServer
+from tests.conftest import USER, running_services
+from tests.integration.test_execution import add, idle, open_env, quick, until
+
+
+async def test_startup_code_that_raises_gives_a_failed_open_with_the_traceback(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    broken = tmp_path / "profile"
+    broken.mkdir()
+    (broken / "00-ok.py").write_text("x = 1\n")
+    (broken / "10-bad.py").write_text(
+        "def setup():\n    raise ValueError('no beam today')\nsetup()\n"
+    )
+    extra = {"worker": ["--startup-dir", str(broken)]}
+    async with running_services(nats_server, tmp_path / "logs", extra) as services:
+        client = services.client
+        assert client is not None
+        console: list[str] = []
+
+        async def collect(msg: Msg) -> None:
+            console.append(msg.data.decode())
+
+        sub = await client.nc.subscribe(client.subjects.console_event, cb=collect)
+        r = await client.request("environment_open", timeout=30)
+        assert not r["success"]
+        assert "no beam today" in r["msg"] and "Traceback" in r["msg"] and "10-bad.py" in r["msg"]
+        st = await until(client, idle)
+        assert not st["worker_environment_exists"]
+        await asyncio.sleep(0.2)
+        await sub.unsubscribe()
+        assert any("no beam today" in line for line in console)
+
+
+async def test_without_known_lists_adding_a_plan_says_why(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with running_services(nats_server, tmp_path, {"queue": ["--lists-file", ""]}) as services:
+        client = services.client
+        assert client is not None
+        r = await client.request("queue_item_add", {"item": quick(), **USER})
+        assert not r["success"] and "not known yet" in r["msg"] and "environment open" in r["msg"]
+        # Opening the environment once makes them known, durably.
+        await open_env(client)
+        assert (await client.request("queue_item_add", {"item": quick(), **USER}))["success"]
+
+
+async def test_environment_update_reads_the_namespace_again(client: Client) -> None:
+    r = await client.request("environment_update")
+    assert not r["success"] and "does not exist" in r["msg"]
+    await open_env(client)
+    r = await client.request("environment_update")
+    assert r["success"] and r["task_uid"]
+    assert "count" in (await client.request("plans_existing"))["plans_existing"]
+    await add(client, quick(num=6, delay=0.25))
+    await client.request("queue_start")
+    await until(client, lambda st: st["re_state"] == "running")
+    r = await client.request("environment_update")
+    assert not r["success"] and "not idle" in r["msg"]
+    await until(client, idle)
+
+
+async def run_cli(url: str, prefix: str, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "qserver.cli",
+        "-a",
+        url,
+        "--prefix",
+        prefix,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_the_original_cli_commands_drive_execution(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with running_services(nats_server, tmp_path) as services:
+        client = services.client
+        assert client is not None
+        url, prefix = services.nats.url, services.prefix
+        code, out = await run_cli(url, prefix, "-c", "environment_open")
+        assert code == 0, out
+        await until(client, lambda st: st["worker_environment_exists"] and idle(st))
+        code, out = await run_cli(url, prefix, "-c", "plans_allowed")
+        assert code == 0 and '"count"' in out
+        await add(client, quick(num=8, delay=0.25))
+        assert (await run_cli(url, prefix, "-c", "queue_start"))[0] == 0
+        await until(client, lambda st: st["re_state"] == "running")
+        code, out = await run_cli(url, prefix, "-c", "re_pause", "-p", "immediate")
+        assert code == 0, out
+        await until(client, lambda st: st["manager_state"] == "paused")
+        code, out = await run_cli(url, prefix, "re", "runs")
+        assert code == 0 and '"run_list"' in out
+        assert (await run_cli(url, prefix, "-c", "re_abort"))[0] == 0
+        st = await until(client, lambda st: idle(st) and st["items_in_history"] == 1)
+        assert st["items_in_queue"] == 1
+        code, out = await run_cli(url, prefix, "-c", "environment_close")
+        assert code == 0, out
+        code, out = await run_cli(url, prefix, "-c", "re_resume")
+        assert code == 2 and "not paused" in out
