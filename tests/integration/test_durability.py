@@ -10,7 +10,7 @@ from typing import Any
 
 from qserver.client import Client, NoAnswer
 from qserver.natsserver import NatsServer
-from tests.conftest import tag, USER, Services, plan, running_services
+from tests.conftest import USER, Services, plan, running_services, tag
 
 
 async def burst(client: Client, tag: str, n: int, acked: list[str], tried: list[str]) -> None:

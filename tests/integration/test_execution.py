@@ -237,7 +237,11 @@ async def test_queue_item_execute_runs_now_and_records_history(env: Client) -> N
         ({"name": "count", "args": [["det1"]], "kwargs": {"num": "ten"}}, "primary", "num"),
         ({"name": "count", "args": ["det1"]}, "primary", "detectors"),
         ({"name": "count"}, "primary", "detectors"),
-        ({"name": "mv", "args": ["motor", 1]}, "test_user", "'mv' is not in the list of allowed plans"),
+        (
+            {"name": "mv", "args": ["motor", 1]},
+            "test_user",
+            "'mv' is not in the list of allowed plans",
+        ),
         ({"name": "count", "args": [["det3"]]}, "test_user", "det3"),
         ({"name": "scan", "args": [["det1"], "motor1", -1, 1, 10]}, "test_user", "motor1"),
     ],

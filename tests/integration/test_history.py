@@ -10,7 +10,7 @@ import msgspec
 
 from qserver.client import Client
 from qserver.protocol.items import HistoryRecord, HistoryResult
-from tests.conftest import tag, Services, plan
+from tests.conftest import Services, plan, tag
 
 
 async def write_record(client: Client, name: str, status: str = "completed") -> dict[str, Any]:

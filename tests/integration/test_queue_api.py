@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from qserver.client import Client
-from tests.conftest import tag, USER, plan
+from tests.conftest import USER, plan, tag
 
 
 async def add(client: Client, name: str, **where: Any) -> dict[str, Any]:
@@ -181,7 +181,9 @@ async def test_update_and_replace(client: Client) -> None:
     r = await client.request("queue_item_update", {"item": renamed, **USER, "replace": True})
     assert r["item"]["item_uid"] != a["item_uid"]
     assert await queue_names(client) == ["a2", "b"]
-    r = await client.request("queue_item_update", {"item": {**plan("a3"), "item_uid": a["item_uid"]}, **USER})
+    r = await client.request(
+        "queue_item_update", {"item": {**plan("a3"), "item_uid": a["item_uid"]}, **USER}
+    )
     assert not r["success"] and a["item_uid"] in r["msg"]
 
 
