@@ -25,6 +25,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.client import Client, NoAnswer
 from qserver.errors import QServerError
+from qserver.kafka_broker import KafkaBroker
 from qserver.natsserver import NatsServer, port_in_use, server_info
 from qserver.procs import SERVICES, ServiceProcess, readiness_probe
 from qserver.protocol.subjects import DEFAULT_PREFIX, check_prefix
@@ -35,6 +36,7 @@ POLL_INTERVAL = 0.15
 STOP_TIMEOUT = 5.0
 # More than CRASH_LIMIT exits within CRASH_WINDOW seconds is a crash loop: restarting at once
 # would only spin the CPU and flood the log, so the next start waits CRASH_BACKOFF seconds.
+DEFAULT_KAFKA_TOPIC = "qs.bluesky.runengine.documents"
 CRASH_LIMIT = 5
 CRASH_WINDOW = 10.0
 CRASH_BACKOFF = 2.0
@@ -68,6 +70,9 @@ class StackConfig:
     http_port: int = 60610
     nats_url: str | None = None
     prefix: str = DEFAULT_PREFIX
+    kafka: bool = True
+    kafka_port: int = 0  # 0: a free port
+    kafka_topic: str = DEFAULT_KAFKA_TOPIC
 
     @property
     def logs_dir(self) -> Path:
@@ -130,6 +135,7 @@ class Stack:
         self.cfg = cfg
         self.nats_url = cfg.nats_url or f"nats://{NATS_HOST}:{cfg.nats_port}"
         self.nats: NatsServer | None = None
+        self.kafka: KafkaBroker | None = None
         self.procs: dict[str, ServiceProcess] = {}
         self.exits: dict[str, deque[float]] = {name: deque() for name in SERVICES}
         self.restart_due: dict[str, float] = {}
@@ -145,6 +151,9 @@ class Stack:
             self._start_nats()
         else:
             self._check_nats_url()
+        if self.cfg.kafka and self.cfg.nats_url is None:
+            # With --nats-url this is a deployment: Kafka is configured, not started here.
+            self._start_kafka()
         started = time.monotonic()
         for name in SERVICES:
             self.procs[name] = ServiceProcess(
@@ -152,6 +161,7 @@ class Stack:
                 self.nats_url,
                 self.cfg.prefix,
                 self.cfg.logs_dir / f"{name}.log",
+                env=self._service_env(),
                 death_signal=self._service_death_signal(),
             ).start()
         asyncio.run(self._wait_all_ready(started))
@@ -183,6 +193,35 @@ class Stack:
         )
         self._run_nats()
         say(f"nats-server ready in {time.monotonic() - started:.2f} s")
+
+    def _start_kafka(self) -> None:
+        """The local Kafka-compatible broker (Tansu, memory only) and the document topic."""
+        say("starting the Kafka broker (Tansu, in memory)...")
+        self.kafka = KafkaBroker(
+            port=self.cfg.kafka_port,
+            host=NATS_HOST,
+            log_file=self.cfg.logs_dir / "kafka.log",
+            death_signal=signal.SIGTERM,
+        )
+        self._run_kafka()
+        say(f"Kafka broker ready on {self.kafka.bootstrap}, topic {self.cfg.kafka_topic}")
+
+    def _run_kafka(self) -> None:
+        assert self.kafka is not None
+        try:
+            self.kafka.start()
+            # Auto-created topics get 4 partitions; documents of a run must stay in order.
+            self.kafka.create_topic(self.cfg.kafka_topic, partitions=1)
+        except Exception as e:
+            raise StackError(f"the Kafka broker did not start: {e}") from None
+
+    def _service_env(self) -> dict[str, str]:
+        if self.kafka is None:
+            return {} if self.cfg.kafka else {"QSERVER_KAFKA_BOOTSTRAP": ""}
+        return {
+            "QSERVER_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "QSERVER_KAFKA_TOPIC": self.cfg.kafka_topic,
+        }
 
     def _run_nats(self) -> None:
         assert self.nats is not None
@@ -257,6 +296,9 @@ class Stack:
             "nats_store": str(self.nats.store_dir) if self.nats else None,
             "services": {name: proc.pid for name, proc in self.procs.items()},
             "http_port": self.cfg.http_port,
+            "kafka_bootstrap": self.kafka.bootstrap if self.kafka else None,
+            "kafka_topic": self.cfg.kafka_topic if self.kafka else None,
+            "kafka_pid": self.kafka.proc.pid if self.kafka and self.kafka.proc else None,
             "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
         }
 
@@ -284,6 +326,7 @@ class Stack:
         while self.stop_signal is None:
             time.sleep(POLL_INTERVAL)
             self._check_nats()
+            self._check_kafka()
             for name, proc in self.procs.items():
                 due = self.restart_due.get(name)
                 if due is not None:
@@ -334,6 +377,13 @@ class Stack:
         say("nats-server restarted; the services reconnect by themselves")
         self._write_info()
 
+    def _check_kafka(self) -> None:
+        if self.kafka is None or self.kafka.running():
+            return
+        say("the Kafka broker stopped: restarting it (it keeps no data across restarts)")
+        self._run_kafka()
+        self._write_info()
+
     # ----- stop -----
 
     def shutdown(self) -> None:
@@ -343,6 +393,8 @@ class Stack:
             proc.terminate()
         for proc in procs:
             proc.stop(STOP_TIMEOUT)
+        if self.kafka is not None:
+            self.kafka.stop(signal.SIGKILL)  # memory only: nothing to save
         if self.nats is not None:
             self.nats.stop(timeout=STOP_TIMEOUT)
         self.cfg.info_file.unlink(missing_ok=True)
@@ -357,6 +409,8 @@ def run_stack(
     http_port: int = 60610,
     nats_url: str | None = None,
     prefix: str = DEFAULT_PREFIX,
+    kafka: bool = True,
+    kafka_port: int = 0,
 ) -> int:
     """Run the stack in the foreground until a stop signal or `manager_stop`; the exit code."""
     cfg = StackConfig(
@@ -365,6 +419,8 @@ def run_stack(
         http_port=http_port,
         nats_url=nats_url,
         prefix=prefix,
+        kafka=kafka,
+        kafka_port=kafka_port,
     )
     stack = Stack(cfg)
     previous = {sig: signal.signal(sig, stack.request_stop) for sig in STOP_SIGNALS}
@@ -431,6 +487,10 @@ def main(argv: list[str] | None = None) -> None:
         help="use this NATS server (with JetStream) instead of starting one",
     )
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix of this queue server")
+    p.add_argument("--kafka-port", type=int, default=0, help="port of the local Kafka broker")
+    p.add_argument(
+        "--no-kafka", dest="kafka", action="store_false", help="do not publish documents to Kafka"
+    )
     args = p.parse_args(argv)
     raise SystemExit(run_stack(**vars(args)))
 

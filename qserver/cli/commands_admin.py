@@ -87,12 +87,16 @@ def stack() -> None:
 @click.option("--http-port", type=int, default=60610, show_default=True)
 @click.option("--nats-url", help="Use this NATS server instead of starting one.")
 @click.option("--prefix", "stack_prefix", help="Subject prefix [the global --prefix].")
+@click.option("--kafka-port", type=int, default=0, help="Port of the local Kafka broker [free].")
+@click.option("--no-kafka", is_flag=True, help="Do not run a Kafka broker nor publish documents.")
 def stack_up(
     data_dir: Path | None,
     nats_port: int,
     http_port: int,
     nats_url: str | None,
     stack_prefix: str | None,
+    kafka_port: int,
+    no_kafka: bool,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
     from qserver.client import default_prefix
@@ -105,6 +109,8 @@ def stack_up(
         http_port=http_port,
         nats_url=nats_url,
         prefix=prefix,
+        kafka=not no_kafka,
+        kafka_port=kafka_port,
     )
     click.get_current_context().exit(code)
 

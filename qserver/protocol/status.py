@@ -59,3 +59,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     task_results_uid: str
     lock_info_uid: str
     lock: LockStatus
+    # Ours, not the reference's: documents the environment could not deliver to Kafka yet
+    # (pending) or at all (failed).
+    kafka_pending: int = 0
+    kafka_failed: int = 0

@@ -65,6 +65,9 @@ class EnvState(msgspec.Struct, frozen=True, kw_only=True):
     run_list: list[RunInfo] = msgspec.field(default_factory=list)
     run_list_uid: str = ""
     lists_uid: str = ""  # changes when the existing plans/devices were re-read
+    # Documents to Kafka: queued or in flight, not acknowledged yet / lost (0 when Kafka is off).
+    kafka_pending: int = 0
+    kafka_failed: int = 0
 
 
 class WorkerState(msgspec.Struct, frozen=True, kw_only=True):

@@ -210,7 +210,7 @@ async def test_sigterm_stops_everything_and_a_new_stack_keeps_the_queue(stacks: 
     async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
         uid = await add_item(client)
     children = [p.pid for p in stack.descendants()]
-    assert len(children) == len(SERVICES) + 1  # and nats-server
+    assert len(children) == len(SERVICES) + 2  # and nats-server and the Kafka broker
 
     stack.proc.send_signal(signal.SIGTERM)
     assert await stack.wait_exit(10) == 0, stack.output()
@@ -334,3 +334,28 @@ class FakeProcess:
 def test_read_stack_info_says_when_no_stack_runs(tmp_path: Path) -> None:
     with pytest.raises(StackNotRunning, match="no stack is running"):
         read_stack_info(tmp_path)
+
+
+async def test_the_stack_publishes_run_documents_to_its_kafka_broker(stacks: Stacks) -> None:
+    import msgpack
+    import msgpack_numpy
+
+    from tests.integration.test_kafka import read_topic
+
+    stack = stacks.start()
+    info = await stack.wait_info()
+    assert info["kafka_bootstrap"] and info["kafka_topic"] == "qs.bluesky.runengine.documents"
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
+        assert (await client.request("environment_open"))["success"]
+        item = {"item_type": "plan", "name": "count", "args": [["det1"]], "kwargs": {"num": 2}}
+        await client.request("queue_item_add", {"item": item, "user": "u", "user_group": "primary"})
+        await client.request("queue_start")
+        st = await client.wait_for(
+            lambda st: st["items_in_history"] == 1 and st["manager_state"] == "idle", timeout=30
+        )
+        assert st["kafka_failed"] == 0
+        run_uid = (await client.request("history_get"))["items"][0]["result"]["run_uids"][0]
+    msgs = await asyncio.to_thread(read_topic, info["kafka_bootstrap"], info["kafka_topic"], 5)
+    docs = [msgpack.unpackb(m.value(), object_hook=msgpack_numpy.decode) for m in msgs]
+    assert [name for name, _ in docs] == ["start", "descriptor", "event", "event", "stop"]
+    assert docs[0][1]["uid"] == run_uid and {m.key() for m in msgs} == {run_uid.encode()}

@@ -295,8 +295,12 @@ def test_stack_commands_call_the_stack_module(
             "http_port": 60610,
             "nats_url": None,
             "prefix": "qs.default",
+            "kafka": True,
+            "kafka_port": 0,
         }
     ]
+    assert cli.run(["stack", "up", "--no-kafka", "--kafka-port", "9"]) == 7
+    assert (calls[-1]["kafka"], calls[-1]["kafka_port"]) == (False, 9)
     assert cli.run(["--prefix", "qs.b", "stack", "up", "--data-dir", "/tmp/x"]) == 7
     assert calls[-1]["prefix"] == "qs.b"
     assert str(calls[-1]["data_dir"]) == "/tmp/x"

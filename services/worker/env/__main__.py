@@ -13,6 +13,7 @@ import os
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 from qserver.protocol.worker import StartupConfig
 from qserver.service_base import setup_logging
+from services.worker.env import kafka
 from services.worker.env.commands import EnvCommands
 from services.worker.env.console import capture_console
 from services.worker.env.engine import Environment
@@ -37,7 +38,14 @@ def main(args: argparse.Namespace) -> int:
     except Exception as e:
         logger.error("cannot connect to NATS at %s: %r", args.nats_url, e)
         return 1
-    env = Environment(Subjects(args.prefix), args.env_uid, link, startup, args.device_max_depth)
+    try:
+        publisher = kafka.from_arguments(args)
+    except Exception as e:  # a bad option: say so, run without Kafka
+        logger.error("Kafka publishing is off: %r", e)
+        publisher = None
+    env = Environment(
+        Subjects(args.prefix), args.env_uid, link, startup, args.device_max_depth, publisher
+    )
     commands = EnvCommands(env)
     capture_console(commands.sink)
     link.call(commands.start(), timeout=10.0)
@@ -47,6 +55,8 @@ def main(args: argparse.Namespace) -> int:
         env.serve()
         env.closed()
         code = 0
+    if publisher is not None:
+        publisher.close(timeout=3.0)
     try:
         link.call(commands.flush(), timeout=5.0)
     except Exception as e:
@@ -65,6 +75,7 @@ def cli() -> None:
     where.add_argument("--startup-module")
     where.add_argument("--startup-script")
     p.add_argument("--device-max-depth", type=int, default=5)
+    kafka.add_arguments(p)
     p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
     raise SystemExit(main(p.parse_args()))
 

