@@ -67,6 +67,7 @@ class EnvProcess:
         self.returncode: int | None = None
         self.exited = asyncio.Event()
         self.destroyed = False  # killed on purpose: its end is no error
+        self.respawned = False  # a second start after an unexplained kill while starting
 
     @property
     def pid(self) -> int:

@@ -237,6 +237,8 @@ class WorkerService:
         await asyncio.sleep(0.01)
         last = self.state.env
         opening = last is None or last.env_state in ("initializing", "failed")
+        if self._respawn_if_killed_while_starting(proc, returncode, last):
+            return
         self.proc, self._exited_uid = None, proc.env_uid
         error, tb = self.state.last_error, self.state.last_traceback
         if returncode != 0 and not error and not proc.destroyed:
@@ -254,6 +256,35 @@ class WorkerService:
         if last is not None and last.running_item_uid:
             await self._report_death(proc.env_uid, last, f"The environment process died ({how})")
         await self._clear_record()
+
+    def _respawn_if_killed_while_starting(
+        self, proc: EnvProcess, returncode: int, last: EnvState | None
+    ) -> bool:
+        """Start the environment once more if SIGKILL from outside ended it before it ran.
+
+        Seen rarely under the test suite's load: an environment process killed by SIGKILL a
+        fraction of a second after its start, by no code of ours (every kill we send is for
+        a destroy or a shutdown, which set `destroyed`). The cause is not known yet. An open
+        that the user asked for is retried once, with a warning, rather than failed.
+        """
+        starting = last is None or (
+            last.env_state == "initializing" and last.env_uid == proc.env_uid
+        )
+        if proc.destroyed or returncode != -signal.SIGKILL or not starting or proc.respawned:
+            return False
+        logger.warning(
+            "environment %s was killed by SIGKILL while starting (not by this service): "
+            "starting it once more",
+            proc.env_uid,
+        )
+        argv = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
+        new = EnvProcess.spawn(argv, proc.env_uid, self._on_exit, asyncio.get_running_loop())
+        new.respawned = True
+        self.proc = new
+        proc.exited.set()
+        self.state = msgspec.structs.replace(self.state, env_pid=new.pid)
+        self._spawn(self.publish_state())
+        return True
 
     async def _report_death(self, env_uid: str, last: EnvState, why: str) -> None:
         """Write the `failed` result of the item the dead environment ran, unless it did."""

@@ -10,7 +10,7 @@ from nats.aio.msg import Msg
 
 from qserver.client import Client
 from qserver.natsserver import NatsServer
-from tests.conftest import USER, running_services
+from tests.conftest import USER, Services, running_services
 from tests.integration.test_execution import add, idle, open_env, quick, until
 
 
@@ -115,3 +115,26 @@ async def test_the_original_cli_commands_drive_execution(
         assert code == 0, out
         code, out = await run_cli(url, prefix, "-c", "re_resume")
         assert code == 2 and "not paused" in out
+
+
+async def test_an_environment_killed_from_outside_while_starting_is_started_once_more(
+    services: Services, client: Client
+) -> None:
+    import os
+    import signal
+
+    import psutil
+
+    opening = asyncio.create_task(client.request("environment_open", timeout=30))
+    worker = psutil.Process(services.procs["worker"].pid)
+    async with asyncio.timeout(10):
+        while not worker.children():
+            await asyncio.sleep(0.01)
+    first = worker.children()[0].pid
+    os.kill(first, signal.SIGKILL)
+    r = await opening
+    assert r["success"], r
+    st = await until(client, lambda st: st["worker_environment_exists"] and idle(st))
+    assert st["re_state"] == "idle"
+    assert [p.pid for p in worker.children()] != [first]
+    assert "starting it once more" in (services.log_dir / "worker.log").read_text()
