@@ -45,6 +45,10 @@ class Subjects:
     def console_event(self) -> str:
         return f"{self.prefix}.events.console"
 
+    def docs(self, name: str) -> str:
+        """Run documents, live: `<prefix>.docs.start`, `.descriptor`, `.event`, `.stop`, ..."""
+        return f"{self.prefix}.docs.{name}"
+
     # Internal subjects between services.
     @property
     def queue_log(self) -> str:

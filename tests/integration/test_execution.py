@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -327,3 +328,24 @@ async def test_destroy_during_a_plan_records_a_failure(env: Client, services: Se
     res = (await history(env))[0]["result"]
     assert res["exit_status"] == "failed" and res["msg"]
     assert st["items_in_queue"] == 1  # the item went back to the front of the queue
+
+
+async def test_run_documents_are_published_live_on_nats(env: Client) -> None:
+    docs: list[tuple[str, dict[str, Any]]] = []
+
+    async def collect(msg: Any) -> None:
+        body = json.loads(msg.data)
+        docs.append((msg.subject.rsplit(".", 1)[-1], body))
+
+    sub = await env.nc.subscribe(env.subjects.docs("*"), cb=collect)
+    await add(env, quick(num=2))
+    await env.request("queue_start")
+    await until(env, lambda st: st["items_in_history"] == 1 and idle(st))
+    await asyncio.sleep(0.2)
+    await sub.unsubscribe()
+    assert [name for name, _ in docs] == ["start", "descriptor", "event", "event", "stop"]
+    assert all(body["name"] == name for name, body in docs)
+    start = docs[0][1]["doc"]
+    run_uid = (await history(env))[0]["result"]["run_uids"][0]
+    assert start["uid"] == run_uid and start["qserver_user"] == USER["user"]
+    assert isinstance(docs[2][1]["doc"]["data"]["det1"], float)

@@ -29,6 +29,7 @@ from qserver.protocol.items import ExitStatus, HistoryResult
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import EnvStateName, ExistingLists, PlanResult, StartupConfig
 from qserver.service_base import encode
+from services.worker.env import live_docs
 from services.worker.env.kafka import KafkaPublisher
 from services.worker.env.link import NatsLink
 from services.worker.env.runs import RunTracker
@@ -198,6 +199,8 @@ class Environment:
         self.runs.subscribe(run_engine)
         if self.kafka is not None:
             run_engine.subscribe(self.kafka)
+        if live_docs.enabled():
+            run_engine.subscribe(live_docs.NatsDocuments(self.link, self.subjects))
 
     def describe(self) -> ExistingLists:
         return ExistingLists(

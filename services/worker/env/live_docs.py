@@ -1,0 +1,51 @@
+"""Every document of every run on NATS too, `<prefix>.docs.<name>`, for live plots without Kafka.
+
+A RunEngine callback: it encodes the document as JSON (numpy arrays as lists) on the
+RunEngine's thread and hands the publish to the NATS thread, so it never blocks a plan,
+and it never raises (an exception in a callback on the stop document aborts the run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import msgspec
+
+from qserver.protocol.subjects import Subjects
+from services.worker.env.link import NatsLink
+
+logger = logging.getLogger(__name__)
+
+
+def _enc_hook(obj: Any) -> Any:
+    # numpy arrays and scalars, without importing numpy here.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+def enabled() -> bool:
+    return os.environ.get("QSERVER_NATS_DOCS", "1").lower() not in ("0", "false", "off", "no")
+
+
+class NatsDocuments:
+    """RunEngine callback publishing `{"name": ..., "doc": ...}` per document."""
+
+    def __init__(self, link: NatsLink, subjects: Subjects) -> None:
+        self._link = link
+        self._subjects = subjects
+        self.failed = 0
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        try:
+            data = _encoder.encode({"name": name, "doc": doc})
+            self._link.spawn(self._link.nc.publish(self._subjects.docs(name), data))
+        except Exception as e:
+            self.failed += 1
+            if self.failed == 1 or self.failed % 1000 == 0:
+                logger.warning("documents not published on NATS (%d so far): %r", self.failed, e)
