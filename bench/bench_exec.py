@@ -1,7 +1,8 @@
 """Execution benchmark: the workloads measured on the reference server; prints JSON.
 
 Runs the real embedded stack (`python -m qserver.stack`) with the simulated beamline in a
-temporary data dir; this process is the client. Run: `.venv/bin/python -m bench.bench_exec`.
+temporary data dir; this process is the client. Run: `.venv/bin/python -m bench.bench_exec`
+(documents also go to the stack's Kafka broker) or with `--no-kafka`.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def main() -> None:
                 tmp,
                 "--nats-port",
                 str(free_port()),
+                *(["--no-kafka"] if "--no-kafka" in sys.argv else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -187,6 +189,7 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "execution",
+                "kafka": "--no-kafka" not in sys.argv,
                 **figures,
                 "reference_0.0.25": REFERENCE,
                 "targets": TARGETS,
