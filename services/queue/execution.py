@@ -54,7 +54,6 @@ class Executor:
         self.env: EnvState | None = None
         self.op: str | None = None  # creating_environment, closing_environment, ...
         self._op_done = asyncio.Event()
-        self.worker_seen = asyncio.Event()
         self.open_error = ""
 
     # ----- state -----
@@ -149,7 +148,6 @@ class Executor:
     async def _apply_worker_state(self, state: WorkerState) -> None:
         changed = state != self.worker
         self.worker = state
-        self.worker_seen.set()
         # The environment's own events are newer than the worker's copy: take the copy only
         # for an environment not heard from yet (at start-up, or after a new open).
         if state.env is not None and (self.env is None or self.env.env_uid != state.env.env_uid):

@@ -48,7 +48,8 @@ def _uid() -> str:
     return str(uuid.uuid4())
 
 
-def m_autostart(model: QueueModel) -> bool:
+def autostart_waiting(model: QueueModel) -> bool:
+    """Autostart is on and nothing runs: a queue change may start an item."""
     return model.flags.autostart and model.running_item is None
 
 
@@ -197,7 +198,8 @@ class QueueService:
                 f"The change could not be stored ({e!r}); it may not have been applied"
             ) from e
         self.model.apply(event)
-        if m_autostart(self.model) and isinstance(event, ItemsAdded | ItemsMoved | ItemReplaced):
+        queue_edit = isinstance(event, ItemsAdded | ItemsMoved | ItemReplaced)
+        if queue_edit and autostart_waiting(self.model):
             self.kick()
         if self.log.snapshot_due():
             self.log.start_snapshot(self.model.snapshot(seq))
