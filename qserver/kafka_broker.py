@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 from qserver.natsserver import free_port
-from qserver.procs import die_with_parent_hook
+from qserver.procs import ChildServer, die_with_parent_hook
 
 
 def find_tansu() -> str:
@@ -35,8 +34,12 @@ def find_tansu() -> str:
     return found
 
 
-class KafkaBroker:
-    """One Tansu broker process on a loopback port, logging to a file."""
+class KafkaBroker(ChildServer):
+    """One Tansu broker process on a loopback port, logging to a file.
+
+    Its storage is memory only: nothing survives a restart. On SIGTERM Tansu waits about
+    5 s for its connected clients before it exits; tests that need it gone use SIGKILL.
+    """
 
     def __init__(
         self,
@@ -93,34 +96,6 @@ class KafkaBroker:
             except OSError:
                 time.sleep(0.01)
         raise TimeoutError(f"tansu not ready after {timeout} s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        """Stop the broker (SIGKILL to simulate a crash); its data is lost either way.
-
-        On SIGTERM Tansu waits about 5 s for its connected clients before it exits.
-        """
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def restart(self, sig: int = signal.SIGTERM) -> None:
-        """Stop and start again on the same port, empty (memory-only storage)."""
-        self.stop(sig)
-        self.start()
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def create_topic(self, name: str, partitions: int = 1, timeout: float = 10.0) -> None:
         """Create `name` with `partitions` partitions; an existing topic is left as it is."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from qserver.procs import die_with_parent_hook
+from qserver.procs import ChildServer, die_with_parent_hook
 
 
 def find_binary() -> str:
@@ -38,7 +37,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class NatsServer:
+class NatsServer(ChildServer):
     """One nats-server process with JetStream on `store_dir`, logging to a file."""
 
     def __init__(
@@ -105,31 +104,6 @@ class NatsServer:
                 pass
             time.sleep(0.02)
         raise TimeoutError(f"nats-server not ready after {timeout} s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log_file.read_text().splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        """Stop the server (SIGKILL to simulate a crash); the store dir is kept."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def restart(self, sig: int = signal.SIGTERM) -> None:
-        """Stop and start again on the same port and store."""
-        self.stop(sig)
-        self.start()
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 def port_in_use(host: str, port: int) -> bool:

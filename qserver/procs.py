@@ -58,6 +58,44 @@ def die_with_parent_hook(sig: int | None) -> Callable[[], None] | None:
     return hook
 
 
+class ChildServer:
+    """What a server child process (nats-server, the Kafka broker) has in common.
+
+    Subclasses set `proc` and `log_file` and implement `start()`.
+    """
+
+    proc: subprocess.Popen[bytes] | None
+    log_file: Path
+
+    def start(self, timeout: float = 10.0) -> ChildServer:
+        raise NotImplementedError
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop it (SIGKILL to simulate a crash), SIGKILL if it does not end in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        """Stop and start again on the same port (and store, where there is one)."""
+        self.stop(sig)
+        self.start()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
 class ServiceProcess:
     """One service as a child process, its output appended to a log file."""
 
