@@ -8,7 +8,7 @@ parameter's annotation (parsed, never evaluated), its device-name flags and its 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from qserver.errors import BadRequest
@@ -181,31 +181,27 @@ def _check_names(pname: str, value: Any, param: Mapping[str, Any], names: Allowe
             raise BadRequest(f"Parameter '{pname}': {problem}")
 
 
-def _strings(pname: str, value: Any, depth: int = 0) -> Iterator[str]:
-    """Every str inside lists and dict values (dict keys are never names)."""
+def _leaves(pname: str, value: Any, keep: Callable[[Any], bool], depth: int = 0) -> Iterator[Any]:
+    """Every value inside lists, tuples and dict values (not keys) that `keep` accepts."""
     if depth > MAX_NESTING:
         raise BadRequest(f"Parameter '{pname}' is nested too deeply")
-    if isinstance(value, str):
+    if keep(value):
         yield value
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from _strings(pname, item, depth + 1)
+            yield from _leaves(pname, item, keep, depth + 1)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _strings(pname, item, depth + 1)
+            yield from _leaves(pname, item, keep, depth + 1)
 
 
-def _numbers(pname: str, value: Any, depth: int = 0) -> Iterator[int | float]:
-    if depth > MAX_NESTING:
-        raise BadRequest(f"Parameter '{pname}' is nested too deeply")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        yield value
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _numbers(pname, item, depth + 1)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _numbers(pname, item, depth + 1)
+def _strings(pname: str, value: Any) -> Iterator[str]:
+    """Every str inside the value (dict keys are never names)."""
+    return _leaves(pname, value, lambda v: isinstance(v, str))
+
+
+def _numbers(pname: str, value: Any) -> Iterator[int | float]:
+    return _leaves(pname, value, lambda v: isinstance(v, int | float) and not isinstance(v, bool))
 
 
 def _limit(value: Any) -> int | float | None:
