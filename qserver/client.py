@@ -112,23 +112,22 @@ class Client:
         data = await self.request_raw(method, _encoder.encode(params or {}), timeout)
         return _decoder.decode(data)  # type: ignore[no-any-return]
 
-    async def status_events(self) -> AsyncIterator[dict[str, Any]]:
-        """Yield each status event as it is published (on change and once a second)."""
-        sub = await self.nc.subscribe(self.subjects.status_event)
+    async def events(self, subject: str) -> AsyncIterator[dict[str, Any]]:
+        """Yield each JSON message published on `subject`, decoded, until the caller stops."""
+        sub = await self.nc.subscribe(subject)
         try:
             async for msg in sub.messages:
                 yield _decoder.decode(msg.data)
         finally:
             await sub.unsubscribe()
 
-    async def console_events(self) -> AsyncIterator[dict[str, Any]]:
-        """Yield each console line of the environment as `{time, msg}`, live."""
-        sub = await self.nc.subscribe(self.subjects.console_event)
-        try:
-            async for msg in sub.messages:
-                yield _decoder.decode(msg.data)
-        finally:
-            await sub.unsubscribe()
+    def status_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Each status event as it is published (on change and once a second)."""
+        return self.events(self.subjects.status_event)
+
+    def console_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Each console line of the environment as `{time, msg}`, live."""
+        return self.events(self.subjects.console_event)
 
     async def wait_for(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
         """Wait until a status event satisfies `predicate`; the current status counts too."""

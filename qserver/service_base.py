@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +17,7 @@ from nats.micro.service import Service
 
 from qserver.errors import BadRequest, QServerError
 from qserver.protocol.api import MAX_REQUEST_BYTES, REQUEST_TYPES, Reply, Request
+from qserver.protocol.subjects import DEFAULT_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +88,17 @@ async def wait_for_signal(stop: asyncio.Event) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+def service_arguments(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The options every service takes: NATS URL, subject prefix, log level."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(
+        "--nats-url", default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222")
+    )
+    p.add_argument("--prefix", default=os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX))
+    p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
+    return p
 
 
 def setup_logging(level: str) -> None:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 import nats
 from nats.micro import add_service
 
 import qserver
-from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
-from qserver.service_base import add_methods, run_loop, setup_logging, shutdown, wait_for_signal
+from qserver.protocol.subjects import Subjects
+from qserver.service_base import (
+    add_methods,
+    run_loop,
+    service_arguments,
+    setup_logging,
+    shutdown,
+    wait_for_signal,
+)
 from services.history.service import HistoryService
 
 logger = logging.getLogger("services.history")
@@ -39,12 +45,7 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def cli() -> None:
-    p = argparse.ArgumentParser(prog="python -m services.history", description=__doc__)
-    p.add_argument(
-        "--nats-url", default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222")
-    )
-    p.add_argument("--prefix", default=os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX))
-    p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
+    p = service_arguments("python -m services.history", __doc__)
     args = p.parse_args()
     setup_logging(args.log_level)
     raise SystemExit(run_loop(main(args)))

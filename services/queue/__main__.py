@@ -12,8 +12,15 @@ import nats
 from nats.micro import add_service
 
 import qserver
-from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
-from qserver.service_base import add_methods, run_loop, setup_logging, shutdown, wait_for_signal
+from qserver.protocol.subjects import Subjects
+from qserver.service_base import (
+    add_methods,
+    run_loop,
+    service_arguments,
+    setup_logging,
+    shutdown,
+    wait_for_signal,
+)
 from services.queue.service import QueueService
 
 logger = logging.getLogger("services.queue")
@@ -55,11 +62,7 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def cli() -> None:
-    p = argparse.ArgumentParser(prog="python -m services.queue", description=__doc__)
-    p.add_argument(
-        "--nats-url", default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222")
-    )
-    p.add_argument("--prefix", default=os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX))
+    p = service_arguments("python -m services.queue", __doc__)
     p.add_argument("--snapshot-every", type=int, default=2000)
     p.add_argument(
         "--lists-file",
@@ -75,7 +78,6 @@ def cli() -> None:
         ),
         help="user group permissions (YAML), read at every start",
     )
-    p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
     args = p.parse_args()
     setup_logging(args.log_level)
     raise SystemExit(run_loop(main(args)))

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 import nats
 from nats.micro import add_service
 
 import qserver
 import sim_profile
-from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
+from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
-from qserver.service_base import run_loop, setup_logging, shutdown, wait_for_signal
+from qserver.service_base import (
+    run_loop,
+    service_arguments,
+    setup_logging,
+    shutdown,
+    wait_for_signal,
+)
 from services.worker.service import WorkerConfig, WorkerService
 
 logger = logging.getLogger("services.worker")
@@ -57,17 +62,12 @@ KILL_TIMEOUT_S = 6.0
 
 
 def cli() -> None:
-    p = argparse.ArgumentParser(prog="python -m services.worker", description=__doc__)
-    p.add_argument(
-        "--nats-url", default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222")
-    )
-    p.add_argument("--prefix", default=os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX))
+    p = service_arguments("python -m services.worker", __doc__)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--startup-dir", help="default: the simulated beamline (sim_profile)")
     where.add_argument("--startup-module")
     where.add_argument("--startup-script")
     p.add_argument("--device-max-depth", type=int, default=5)
-    p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
     args = p.parse_args()
     setup_logging(args.log_level)
     raise SystemExit(run_loop(main(args)))
