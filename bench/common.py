@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qserver.client import Client, NoAnswer
 from qserver.natsserver import NatsServer
-from qserver.procs import SERVICES, ServiceProcess
+from qserver.procs import CORE_SERVICES, ServiceProcess
 
 
 def summary(lat_s: list[float]) -> dict[str, float]:
@@ -29,7 +29,7 @@ def summary(lat_s: list[float]) -> dict[str, float]:
 
 
 @contextlib.asynccontextmanager
-async def stack(services: tuple[str, ...] = SERVICES) -> AsyncIterator[tuple[NatsServer, str]]:
+async def stack(services: tuple[str, ...] = CORE_SERVICES) -> AsyncIterator[tuple[NatsServer, str]]:
     """A private nats-server and the named services, torn down afterwards."""
     with tempfile.TemporaryDirectory(prefix="qs-bench-") as tmp:
         nats = NatsServer(Path(tmp) / "nats").start()

@@ -7,19 +7,24 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from qserver.protocol.subjects import Subjects
 
-# Every service that exists, in start order. A later issue adds the gateway.
-SERVICES = ("queue", "history", "worker")
+# The services that talk only NATS, in start order; then every service, the HTTP gateway last.
+CORE_SERVICES = ("queue", "history", "worker")
+SERVICES = (*CORE_SERVICES, "gateway")
+GATEWAY = "gateway"
 
 
 def readiness_probe(name: str, subjects: Subjects) -> tuple[str, bytes]:
     """A request that the service answers only once it is ready: (subject, body).
 
     Being subscribed is not enough: the queue service loads its state from JetStream first.
+    The gateway is probed over HTTP instead (`http_ready`).
     """
     probes = {
         "queue": (subjects.api("status"), b"{}"),
@@ -27,6 +32,17 @@ def readiness_probe(name: str, subjects: Subjects) -> tuple[str, bytes]:
         "worker": (subjects.worker_cmd("state"), b""),
     }
     return probes[name]
+
+
+def http_ready(url: str, timeout: float = 1.0) -> bool:
+    """Whether an HTTP server answers `GET url` (any status: the gateway is up)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 def service_argv(name: str, nats_url: str, prefix: str, *extra: str) -> list[str]:

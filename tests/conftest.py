@@ -15,7 +15,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.client import Client
 from qserver.natsserver import NatsServer
-from qserver.procs import SERVICES, ServiceProcess, readiness_probe
+from qserver.procs import CORE_SERVICES, ServiceProcess, readiness_probe
 
 
 @pytest.fixture(scope="session")
@@ -46,22 +46,25 @@ class Services:
         log_dir: Path,
         prefix: str | None = None,
         extra: dict[str, list[str]] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.nats = nats
         self.extra = extra or {}
+        self.env = env or {}
         self.prefix = prefix or unique_prefix()
         self.log_dir = log_dir
         self.procs: dict[str, ServiceProcess] = {}
         self.client: Client | None = None
 
     def start(self, *names: str) -> None:
-        for name in names or SERVICES:
+        for name in names or CORE_SERVICES:
             proc = ServiceProcess(
                 name,
                 self.nats.url,
                 self.prefix,
                 self.log_dir / f"{name}.log",
                 *self.extra.get(name, []),
+                env=self.env,
             )
             self.procs[name] = proc.start()
 
@@ -104,9 +107,12 @@ class Services:
 
 @contextlib.asynccontextmanager
 async def running_services(
-    nats: NatsServer, log_dir: Path, extra: dict[str, list[str]] | None = None
+    nats: NatsServer,
+    log_dir: Path,
+    extra: dict[str, list[str]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Services]:
-    svc = Services(nats, log_dir, extra=extra)
+    svc = Services(nats, log_dir, extra=extra, env=env)
     svc.start()
     try:
         await svc.wait_ready()

@@ -1,0 +1,45 @@
+"""Bodies that exist only at the HTTP gateway (the rest are the NATS requests of `api.py`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from qserver.protocol.api import Pos
+
+
+class HttpBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of the gateway's own request bodies: unknown fields are errors."""
+
+
+class LegacyPlanAdd(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`POST /queue/plan/add` of the first release: a plan and where to put it."""
+
+    plan: dict[str, Any]
+    pos: Pos | UnsetType = UNSET
+
+
+class LegacyPosition(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`POST /queue/plan/get|remove` of the first release: a position (default: the back)."""
+
+    pos: Pos | UnsetType = UNSET
+
+
+class ConsoleOutput(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`GET /api/console_output`: the last `nlines` lines of console output."""
+
+    nlines: int = msgspec.field(default=200)
+
+
+class ConsoleOutputUpdate(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`GET /api/console_output_update`: messages after `last_msg_uid` ("ALL": every one kept)."""
+
+    last_msg_uid: str = "ALL"
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    """Every 4xx/5xx answer of the gateway: what went wrong, in words."""
+
+    detail: str

@@ -1,0 +1,109 @@
+"""Entry point: `python -m services.gateway --nats-url ... --prefix ... --port 60610`."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+import uvicorn
+
+from qserver.service_base import run_loop, service_arguments, setup_logging
+from services.gateway.app import build_app
+from services.gateway.bridge import Bridge
+from services.gateway.config import AuthOptions, ConfigError, load_authenticator
+
+logger = logging.getLogger("services.gateway")
+DEFAULT_PORT = 60610
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def main(args: argparse.Namespace) -> int:
+    opts = AuthOptions(
+        config_file=args.config,
+        single_user_key_file=args.single_user_key_file,
+        allow_anonymous=args.allow_anonymous,
+        no_auth=args.no_auth,
+    )
+    if args.no_auth and not is_loopback(args.host):
+        logger.error("--no-auth serves anyone who can connect: it needs a loopback --host")
+        return 2
+    try:
+        auth = load_authenticator(opts)
+    except ConfigError as e:
+        logger.error("%s", e)
+        return 2
+    app = build_app(Bridge(args.nats_url, args.prefix, args.timeout), auth)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        ws="websockets-sansio",
+    )
+    logger.info("gateway on http://%s:%d (prefix %s)", args.host, args.port, args.prefix)
+    await uvicorn.Server(config).serve()
+    logger.info("gateway stopped")
+    return 0
+
+
+def cli() -> None:
+    p = service_arguments("python -m services.gateway", __doc__)
+    p.add_argument(
+        "--host",
+        default=os.environ.get("QSERVER_HTTP_HOST", "127.0.0.1"),
+        help="address to listen on (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("QSERVER_HTTP_PORT", DEFAULT_PORT)),
+        help=f"port to listen on (default {DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML file with API keys, roles and anonymous access (or $QSERVER_HTTP_CONFIG)",
+    )
+    p.add_argument(
+        "--single-user-key-file",
+        type=Path,
+        default=None,
+        help="file holding the single-user API key (or $QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY)",
+    )
+    p.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="requests without a key get read-only scopes (read:status unless configured)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no keys at all: every request acts as the single user (loopback hosts only)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=float(os.environ.get("QSERVER_HTTP_TIMEOUT", 10.0)),
+        help="seconds to wait for a service's reply before answering 503 (default 10)",
+    )
+    args = p.parse_args()
+    setup_logging(args.log_level)
+    raise SystemExit(run_loop(main(args)))
+
+
+if __name__ == "__main__":
+    cli()

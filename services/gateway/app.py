@@ -1,0 +1,207 @@
+"""The Litestar application: the route table turned into handlers, plus streams and docs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, WebSocket, get, post, websocket
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+from litestar.response import Stream
+from litestar.static_files import create_static_files_router
+
+from qserver.errors import QServerError
+from qserver.protocol.api import MAX_REQUEST_BYTES
+from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate
+from services.gateway.auth import Authenticator, Principal
+from services.gateway.bodies import decode_body, request_params
+from services.gateway.bridge import Bridge
+from services.gateway.errors import Forbidden, Unauthorized, Unavailable, http_status
+from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
+from services.gateway.routes import ROUTES, Route
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+_encoder = msgspec.json.Encoder()
+# WebSocket close codes: 4001 as bluesky-httpserver for a bad key, 4003 for a missing scope.
+WS_UNAUTHORIZED, WS_FORBIDDEN, WS_UNAVAILABLE = 4001, 4003, 1011
+
+
+def json_response(obj: Any, status: int = 200) -> Response[bytes]:
+    return Response(_encoder.encode(obj), status_code=status, media_type=JSON)
+
+
+def on_error(request: Request[Any, Any, Any], exc: QServerError) -> Response[bytes]:
+    """The one place where the gateway's errors become HTTP answers: `{"detail": ...}`."""
+    return json_response({"detail": exc.msg}, http_status(exc))
+
+
+class Gateway:
+    """What the handlers share: the NATS bridge and the authenticator."""
+
+    def __init__(self, bridge: Bridge, auth: Authenticator) -> None:
+        self.bridge = bridge
+        self.auth = auth
+
+    def principal(self, conn: ASGIConnection[Any, Any, Any, Any], scope: str) -> Principal:
+        principal = self.auth.authenticate(
+            conn.headers.get("authorization"), conn.query_params.get("api_key")
+        )
+        principal.require(scope)
+        return principal
+
+    async def forward(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
+        principal = self.principal(request, route.scope)
+        params = request_params(route, await request.body(), principal)
+        if route.method == "manager_kill":
+            await self.bridge.publish(route.method, params)  # the service never replies
+            return json_response({"success": True, "msg": "manager_kill sent"})
+        reply = await self.bridge.request(route.method, params)
+        return Response(reply, media_type=JSON)
+
+    async def stream_ws(self, socket: WebSocket[Any, Any, Any], kind: str, scope: str) -> None:
+        """Push each NATS event of `kind` to the socket until the client goes away."""
+        await socket.accept()
+        try:
+            self.principal(socket, scope)
+            self.bridge.connected()
+        except Unauthorized as e:
+            await socket.close(WS_UNAUTHORIZED, e.msg[:120])
+            return
+        except Forbidden as e:
+            await socket.close(WS_FORBIDDEN, e.msg[:120])
+            return
+        except Unavailable as e:
+            await socket.close(WS_UNAVAILABLE, e.msg[:120])
+            return
+
+        async def feed() -> None:
+            async for ev in self.bridge.events(kind):
+                msg = ev if kind == "console" else {"time": time.time(), "msg": {"status": ev}}
+                await socket.send_text(_encoder.encode(msg).decode())
+
+        async def until_closed() -> None:
+            while (await socket.receive())["type"] != "websocket.disconnect":
+                pass
+
+        tasks = [asyncio.create_task(feed()), asyncio.create_task(until_closed())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+
+
+def route_handler(gw: Gateway, route: Route) -> BaseRouteHandler:
+    async def handle(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return await gw.forward(route, request)
+
+    decorator = get if route.http == "GET" else post
+    name = f"{route.http.lower()}:{route.path}"
+    return decorator(route.path, status_code=200, name=name)(handle)  # type: ignore[no-any-return]
+
+
+def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
+    """The console routes, answered from this gateway's buffer or its own subscription."""
+    console = gw.bridge.console
+
+    @get("/api/console_output", status_code=200)
+    async def console_output(request: Request[Any, Any, Any]) -> Response[bytes]:
+        gw.principal(request, "read:console")
+        body = decode_body(await request.body(), ConsoleOutput, "/api/console_output")
+        nlines = min(max(body.nlines, 0), 2000)
+        return json_response({"success": True, "msg": "", "text": console.text(nlines)})
+
+    @get("/api/console_output/uid", status_code=200)
+    async def console_output_uid(request: Request[Any, Any, Any]) -> Response[bytes]:
+        gw.principal(request, "read:console")
+        return json_response({"success": True, "msg": "", "console_output_uid": console.uid})
+
+    @get("/api/console_output_update", status_code=200)
+    async def console_output_update(request: Request[Any, Any, Any]) -> Response[bytes]:
+        gw.principal(request, "read:console")
+        where = "/api/console_output_update"
+        body = decode_body(await request.body(), ConsoleOutputUpdate, where)
+        msgs = console.since(body.last_msg_uid)
+        reply = {"success": True, "msg": "", "last_msg_uid": console.last_uid}
+        return json_response({**reply, "console_output_msgs": msgs})
+
+    @get("/api/stream_console_output", status_code=200)
+    async def stream_console_output(request: Request[Any, Any, Any]) -> Stream:
+        gw.principal(request, "read:console")
+        gw.bridge.connected()
+
+        async def lines() -> AsyncIterator[bytes]:
+            async for ev in gw.bridge.events("console"):
+                yield _encoder.encode(ev) + b"\n"
+
+        return Stream(lines(), media_type="text/plain")
+
+    return [console_output, console_output_uid, console_output_update, stream_console_output]
+
+
+def stream_handlers(gw: Gateway) -> list[BaseRouteHandler]:
+    @websocket("/api/status/ws")
+    async def status_ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await gw.stream_ws(socket, "status", "read:monitor")
+
+    @websocket("/api/info/ws")
+    async def info_ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await gw.stream_ws(socket, "status", "read:monitor")
+
+    @websocket("/api/console_output/ws")
+    async def console_ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await gw.stream_ws(socket, "console", "read:console")
+
+    return [status_ws, info_ws, console_ws]
+
+
+def docs_handlers(gw: Gateway) -> list[Any]:
+    schema = _encoder.encode(openapi_document())
+
+    @get("/openapi.json", status_code=200, include_in_schema=False)
+    async def openapi_json() -> Response[bytes]:
+        return Response(schema, media_type=JSON)
+
+    @get("/docs", status_code=200, include_in_schema=False)
+    async def docs() -> Response[str]:
+        return Response(DOCS_PAGE, media_type="text/html")
+
+    @get("/api/config/get", status_code=200)
+    async def config_get(request: Request[Any, Any, Any]) -> Response[bytes]:
+        gw.principal(request, "read:config")
+        return json_response({"success": True, "msg": "", "config": {}})
+
+    assets = create_static_files_router("/docs/assets", directories=[swagger_assets()])
+    return [openapi_json, docs, config_get, assets]
+
+
+def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
+    gw = Gateway(bridge, auth)
+    handlers: list[Any] = [route_handler(gw, r) for r in ROUTES]
+    handlers += console_handlers(gw) + stream_handlers(gw) + docs_handlers(gw)
+
+    async def startup() -> None:
+        await bridge.start()
+
+    async def shutdown() -> None:
+        await bridge.stop()
+
+    return Litestar(
+        route_handlers=handlers,
+        exception_handlers={QServerError: on_error},
+        on_startup=[startup],
+        on_shutdown=[shutdown],
+        openapi_config=None,
+        request_max_body_size=MAX_REQUEST_BYTES,
+    )

@@ -1,0 +1,144 @@
+"""The gateway's side of NATS: one connection, bounded requests, and the console buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+from qserver.client import Client, NoAnswer
+from services.gateway.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+
+CONSOLE_BUFFER = 2000  # messages kept for /api/console_output_update, as bluesky-httpserver
+
+
+@dataclass
+class ConsoleBuffer:
+    """The last console messages this gateway saw, each with a uid to poll from."""
+
+    maxlen: int = CONSOLE_BUFFER
+    msgs: deque[tuple[str, dict[str, Any]]] = field(default_factory=deque)
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def add(self, msg: dict[str, Any]) -> None:
+        self.msgs.append((uuid.uuid4().hex, msg))
+        while len(self.msgs) > self.maxlen:
+            self.msgs.popleft()
+        self.uid = uuid.uuid4().hex
+
+    @property
+    def last_uid(self) -> str:
+        return self.msgs[-1][0] if self.msgs else ""
+
+    def since(self, last_msg_uid: str) -> list[dict[str, Any]]:
+        """Messages after `last_msg_uid`; all of them for "ALL"; none for an unknown uid."""
+        if last_msg_uid == "ALL":
+            return [m for _, m in self.msgs]
+        uids = [u for u, _ in self.msgs]
+        if last_msg_uid not in uids:
+            return []
+        return [m for _, m in list(self.msgs)[uids.index(last_msg_uid) + 1 :]]
+
+    def text(self, nlines: int) -> str:
+        """The last `nlines` lines of output, as one text."""
+        text = "".join(str(m.get("msg", "")) for _, m in self.msgs)
+        lines = text.splitlines(keepends=True)
+        return "".join(lines[-nlines:]) if nlines > 0 else ""
+
+
+class Bridge:
+    """Connects in the background, so that the gateway answers 503 until NATS is there."""
+
+    def __init__(self, url: str, prefix: str, timeout: float) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout
+        self.client: Client | None = None
+        self.console = ConsoleBuffer()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, wait: float = 3.0) -> None:
+        """Start connecting; serve once connected, or after `wait` seconds (503 until then)."""
+        self._task = asyncio.create_task(self._connect())
+        await asyncio.wait({self._task}, timeout=wait)
+
+    async def _connect(self) -> None:
+        async def on_error(e: Exception) -> None:
+            logger.warning("NATS: %s", e or type(e).__name__)
+
+        while True:
+            try:
+                nc: NATS = await nats.connect(
+                    self.url,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.2,
+                    connect_timeout=2,
+                    error_cb=on_error,
+                    name="qserver-gateway",
+                )
+                break
+            except Exception as e:
+                logger.warning("cannot connect to NATS at %s: %s; retrying", self.url, e)
+                await asyncio.sleep(1.0)
+        client = Client(nc, self.prefix, self.timeout)
+        await nc.subscribe(client.subjects.console_event, cb=self._on_console)
+        self.client = client
+        logger.info("gateway connected to NATS at %s (prefix %s)", self.url, self.prefix)
+
+    async def _on_console(self, msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            self.console.add(msgspec.json.decode(msg.data))
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.client.nc.drain(), 2.0)
+
+    def connected(self) -> Client:
+        """The client, if the connection is up; Unavailable (503) otherwise."""
+        c = self.client
+        if c is None or not c.nc.is_connected:
+            raise Unavailable(
+                f"The gateway is not connected to NATS at {self.url}: "
+                "is nats-server running? (retrying in the background)"
+            )
+        return c
+
+    async def request(self, method: str, body: bytes) -> bytes:
+        """The raw JSON reply of `<prefix>.api.<method>`, within the timeout, or Unavailable."""
+        client = self.connected()
+        try:
+            return await client.request_raw(method, body)
+        except NoAnswer as e:
+            raise Unavailable(str(e)) from None
+        except NatsError as e:
+            raise Unavailable(f"NATS request '{method}' failed: {e or type(e).__name__}") from None
+
+    async def publish(self, method: str, body: bytes) -> None:
+        """A request that gets no reply (the manager_kill test hook)."""
+        client = self.connected()
+        await client.nc.publish(client.subjects.api(method), body)
+
+    async def events(self, kind: str) -> AsyncIterator[dict[str, Any]]:
+        """Status or console events, live, from a subscription of this caller's own."""
+        client = self.connected()
+        stream = client.status_events() if kind == "status" else client.console_events()
+        async for ev in stream:
+            yield ev

@@ -1,0 +1,114 @@
+"""The gateway's auth configuration: a YAML file, a key file, the environment, the CLI.
+
+A config file (never in the repository) looks like:
+
+    allow_anonymous_access: false      # true: no key gives `anonymous_scopes`
+    anonymous_scopes: [read:status]    # read scopes only
+    api_keys:
+      - key_sha256: 5e88...            # `sha256sum` of the key; or `key:` in clear
+        user: alice                    # the `user` the gateway sets on her requests
+        roles: [user]                  # admin, expert, advanced, user, observer
+        scopes: [read:console]         # added to the roles' scopes
+        user_group: primary
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.gateway.auth import (
+    DEFAULT_USER_GROUP,
+    READ_SCOPES,
+    ApiKey,
+    Authenticator,
+    Principal,
+    key_digest,
+    scopes_of,
+)
+
+SINGLE_USER_KEY_ENV = "QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY"  # the name bluesky-httpserver uses
+CONFIG_ENV = "QSERVER_HTTP_CONFIG"
+
+
+class ConfigError(ValueError):
+    """The auth configuration cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthOptions:
+    config_file: Path | None = None
+    single_user_key_file: Path | None = None
+    single_user_key: str | None = None
+    allow_anonymous: bool = False
+    no_auth: bool = False
+
+
+def _api_key(entry: Any, n: int) -> ApiKey:
+    if not isinstance(entry, dict) or "user" not in entry:
+        raise ConfigError(f"api_keys[{n}] must be a mapping with at least 'user' and a key")
+    if "key_sha256" in entry:
+        digest = str(entry["key_sha256"]).lower()
+    elif "key" in entry:
+        digest = key_digest(str(entry["key"]))
+    else:
+        raise ConfigError(f"api_keys[{n}] ({entry['user']}) has neither 'key_sha256' nor 'key'")
+    try:
+        scopes = scopes_of(entry.get("roles", []), entry.get("scopes", []))
+    except ValueError as e:
+        raise ConfigError(f"api_keys[{n}] ({entry['user']}): {e}") from None
+    group = str(entry.get("user_group", DEFAULT_USER_GROUP))
+    return ApiKey(digest, Principal(str(entry["user"]), scopes, group))
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read the gateway config {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"the gateway config {path} must be a mapping")
+    return data
+
+
+def _single_user_key(opts: AuthOptions) -> str | None:
+    if opts.single_user_key_file is not None:
+        try:
+            key = opts.single_user_key_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read the single-user key file: {e}") from None
+    else:
+        key = opts.single_user_key or os.environ.get(SINGLE_USER_KEY_ENV, "").strip()
+    if key and not key.isalnum():
+        raise ConfigError("the single-user API key must be alphanumeric")
+    return key or None
+
+
+def load_authenticator(opts: AuthOptions) -> Authenticator:
+    """Build the authenticator from the options; ConfigError if nobody could get in."""
+    if opts.no_auth:
+        return Authenticator(open_access=True)
+    path = opts.config_file or (
+        Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None
+    )
+    data = _read_file(path) if path else {}
+    keys = tuple(_api_key(e, n) for n, e in enumerate(data.get("api_keys") or []))
+    anonymous = None
+    if opts.allow_anonymous or data.get("allow_anonymous_access"):
+        try:
+            anonymous = scopes_of([], data.get("anonymous_scopes", ["read:status"]))
+        except ValueError as e:
+            raise ConfigError(f"anonymous_scopes: {e}") from None
+        if anonymous - READ_SCOPES:
+            raise ConfigError(f"anonymous access is read-only: {sorted(anonymous - READ_SCOPES)}")
+    single = _single_user_key(opts)
+    if not keys and single is None and anonymous is None:
+        raise ConfigError(
+            "no API key is configured: give --config, --single-user-key-file or "
+            f"${SINGLE_USER_KEY_ENV}, or run with --no-auth on a closed machine"
+        )
+    return Authenticator(keys=keys, single_user_key=single, anonymous_scopes=anonymous)
