@@ -9,6 +9,7 @@ import datetime
 import fcntl
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -27,7 +28,7 @@ from qserver.client import Client, NoAnswer
 from qserver.errors import QServerError
 from qserver.kafka_broker import KafkaBroker
 from qserver.natsserver import NatsServer, port_in_use, server_info
-from qserver.procs import SERVICES, ServiceProcess, readiness_probe
+from qserver.procs import GATEWAY, SERVICES, ServiceProcess, http_ready, readiness_probe
 from qserver.protocol.subjects import DEFAULT_PREFIX, check_prefix
 
 NATS_HOST = "127.0.0.1"
@@ -68,6 +69,8 @@ class StackConfig:
     data_dir: Path
     nats_port: int = 4222
     http_port: int = 60610
+    http_host: str = "127.0.0.1"
+    http_auth: bool = True  # False: the gateway takes no keys (loopback only)
     nats_url: str | None = None
     prefix: str = DEFAULT_PREFIX
     kafka: bool = True
@@ -85,6 +88,24 @@ class StackConfig:
     @property
     def lock_file(self) -> Path:
         return self.data_dir / "stack.lock"
+
+    @property
+    def http_key_file(self) -> Path:
+        return self.data_dir / "http_api_key"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http_host}:{self.http_port}"
+
+
+def ensure_http_key(cfg: StackConfig) -> str:
+    """The gateway's single-user key, generated once and kept in the data dir (mode 0600)."""
+    path = cfg.http_key_file
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(24) + "\n")  # alphanumeric, as bluesky-httpserver wants
+    return path.read_text().strip()
 
 
 def say(msg: str) -> None:
@@ -154,6 +175,11 @@ class Stack:
         if self.cfg.kafka and self.cfg.nats_url is None:
             # With --nats-url this is a deployment: Kafka is configured, not started here.
             self._start_kafka()
+        if port_in_use(self.cfg.http_host, self.cfg.http_port):
+            raise StackError(
+                f"HTTP port {self.cfg.http_port} is already in use (another stack or gateway?): "
+                "pick a free one with --http-port"
+            )
         started = time.monotonic()
         for name in SERVICES:
             self.procs[name] = ServiceProcess(
@@ -161,11 +187,21 @@ class Stack:
                 self.nats_url,
                 self.cfg.prefix,
                 self.cfg.logs_dir / f"{name}.log",
+                *(self._gateway_args() if name == GATEWAY else ()),
                 env=self._service_env(),
                 death_signal=self._service_death_signal(),
             ).start()
         asyncio.run(self._wait_all_ready(started))
         self._write_info()
+
+    def _gateway_args(self) -> list[str]:
+        """Single-user mode with the key kept in the data dir, or no keys at all."""
+        if self.cfg.http_auth:
+            ensure_http_key(self.cfg)
+            auth = ["--single-user-key-file", str(self.cfg.http_key_file)]
+        else:
+            auth = ["--no-auth"]
+        return ["--host", self.cfg.http_host, "--port", str(self.cfg.http_port), *auth]
 
     def _service_death_signal(self) -> signal.Signals:
         """What a service gets from the kernel if this process is killed without cleaning up.
@@ -260,6 +296,9 @@ class Stack:
     async def _wait_ready(
         self, client: Client, name: str, proc: ServiceProcess, deadline: float
     ) -> None:
+        if name == GATEWAY:
+            await self._wait_http(proc, deadline)
+            return
         subject, body = readiness_probe(name, client.subjects)
         while True:
             if self.stop_signal is not None:
@@ -281,6 +320,22 @@ class Stack:
                     ) from None
                 await asyncio.sleep(0.05)
 
+    async def _wait_http(self, proc: ServiceProcess, deadline: float) -> None:
+        """The gateway is ready when it answers HTTP (its docs page needs no key)."""
+        url = f"{self.cfg.http_url}/docs"
+        while not await asyncio.to_thread(http_ready, url, 0.5):
+            if self.stop_signal is not None:
+                raise _Stopped
+            code = proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                what = describe_exit(code) if code is not None else "did not answer"
+                raise StackError(
+                    f"the gateway {what} on {self.cfg.http_url} (is port {self.cfg.http_port} "
+                    f"free? pick another with --http-port); the end of {proc.log_file}:\n"
+                    f"{proc.log_tail()}"
+                )
+            await asyncio.sleep(0.05)
+
     # ----- what a client needs to know -----
 
     def info(self) -> dict[str, Any]:
@@ -296,6 +351,8 @@ class Stack:
             "nats_store": str(self.nats.store_dir) if self.nats else None,
             "services": {name: proc.pid for name, proc in self.procs.items()},
             "http_port": self.cfg.http_port,
+            "http_url": self.cfg.http_url,
+            "http_api_key": ensure_http_key(self.cfg) if self.cfg.http_auth else None,
             "kafka_bootstrap": self.kafka.bootstrap if self.kafka else None,
             "kafka_topic": self.cfg.kafka_topic if self.kafka else None,
             "kafka_pid": self.kafka.proc.pid if self.kafka and self.kafka.proc else None,
@@ -305,7 +362,10 @@ class Stack:
     def _write_info(self) -> None:
         # Write then rename, so that a reader never sees half a file.
         tmp = self.cfg.info_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.info(), indent=2) + "\n")
+        tmp.unlink(missing_ok=True)
+        # Readable by this user only: it holds the gateway's API key.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(json.dumps(self.info(), indent=2) + "\n")
         os.replace(tmp, self.cfg.info_file)
 
     def announce(self) -> None:
@@ -316,8 +376,14 @@ class Stack:
             f"  prefix    {self.cfg.prefix}\n"
             f"  data      {self.cfg.data_dir}\n"
             f"  logs      {self.cfg.logs_dir}\n"
+            f"  HTTP      {self.cfg.http_url} ({self._http_auth_note()})\n"
             f"  try       {env}qserver -a {self.nats_url} status"
         )
+
+    def _http_auth_note(self) -> str:
+        if not self.cfg.http_auth:
+            return "no keys: --no-auth"
+        return f"header 'Authorization: ApiKey <key>', key in {self.cfg.http_key_file}"
 
     # ----- supervise -----
 
@@ -411,12 +477,14 @@ def run_stack(
     prefix: str = DEFAULT_PREFIX,
     kafka: bool = True,
     kafka_port: int = 0,
+    http_auth: bool = True,
 ) -> int:
     """Run the stack in the foreground until a stop signal or `manager_stop`; the exit code."""
     cfg = StackConfig(
         data_dir=Path(data_dir) if data_dir else default_data_dir(),
         nats_port=nats_port,
         http_port=http_port,
+        http_auth=http_auth,
         nats_url=nats_url,
         prefix=prefix,
         kafka=kafka,
@@ -481,6 +549,12 @@ def main(argv: list[str] | None = None) -> None:
         "--nats-port", type=int, default=4222, help="port of the nats-server started here"
     )
     p.add_argument("--http-port", type=int, default=60610, help="port of the HTTP gateway")
+    p.add_argument(
+        "--no-auth",
+        dest="http_auth",
+        action="store_false",
+        help="the HTTP gateway takes no API keys (it listens on loopback only)",
+    )
     p.add_argument(
         "--nats-url",
         default=None,

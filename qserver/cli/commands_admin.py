@@ -89,6 +89,11 @@ def stack() -> None:
 @click.option("--prefix", "stack_prefix", help="Subject prefix [the global --prefix].")
 @click.option("--kafka-port", type=int, default=0, help="Port of the local Kafka broker [free].")
 @click.option("--no-kafka", is_flag=True, help="Do not run a Kafka broker nor publish documents.")
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="The HTTP gateway takes no API keys (for a closed machine; loopback only).",
+)
 def stack_up(
     data_dir: Path | None,
     nats_port: int,
@@ -97,6 +102,7 @@ def stack_up(
     stack_prefix: str | None,
     kafka_port: int,
     no_kafka: bool,
+    no_auth: bool,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
     from qserver.client import default_prefix
@@ -111,6 +117,7 @@ def stack_up(
         prefix=prefix,
         kafka=not no_kafka,
         kafka_port=kafka_port,
+        http_auth=not no_auth,
     )
     click.get_current_context().exit(code)
 

@@ -96,6 +96,7 @@ class Stacks:
 
     def start(self, *args: str, own_nats: bool = True) -> StackProcess:
         port_args = ("--nats-port", str(self.nats_port)) if own_nats else ()
+        port_args += ("--http-port", str(free_port()))
         out = self.tmp_path / f"stack-{next(_counter)}.out"
         stack = StackProcess(self.data_dir, out, *port_args, *args)
         self.started.append(stack)
