@@ -1,0 +1,233 @@
+"""Every route of the first release's README, as its `http` examples call them, over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from qserver.natsserver import NatsServer, free_port
+from tests.conftest import Services, running_services
+from tests.integration.gateway_support import gateway_for, running_gateway, wait_status
+
+COUNT = {"name": "count", "args": [["det1", "det2"]]}
+SCAN = {"name": "scan", "args": [["det1", "det2"], "motor", -1, 1, 10]}
+
+
+@pytest.fixture(scope="module")
+async def http(module_services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway without keys (`qserver stack up --no-auth`): the README's requests carry none."""
+    async with (
+        gateway_for(module_services, "--no-auth") as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as client,
+    ):
+        yield client
+
+
+async def ok(http: httpx.AsyncClient, method: str, path: str, **body: Any) -> dict[str, Any]:
+    r = await http.request(method, path, json=body if body else None)
+    assert r.status_code == 200, r.text
+    reply: dict[str, Any] = r.json()
+    assert reply.get("success", True), reply
+    return reply
+
+
+async def queue_names(http: httpx.AsyncClient) -> list[Any]:
+    items = (await ok(http, "GET", "/queue/get"))["items"]
+    return [(it["name"], it["kwargs"].get("num")) for it in items]
+
+
+def numbered(n: int) -> dict[str, Any]:
+    return {**COUNT, "kwargs": {"num": n}}
+
+
+async def test_ping_and_status(http: httpx.AsyncClient) -> None:
+    assert (await ok(http, "GET", "/"))["manager_state"] == "idle"
+    st = await ok(http, "GET", "/status")
+    assert {"manager_state", "items_in_queue", "plan_queue_uid", "re_state"} <= set(st)
+
+
+async def test_plans_and_devices_allowed(http: httpx.AsyncClient) -> None:
+    assert "count" in (await ok(http, "GET", "/plans/allowed"))["plans_allowed"]
+    assert "det1" in (await ok(http, "GET", "/devices/allowed"))["devices_allowed"]
+
+
+async def test_queue_plan_add_get_remove_and_clear_as_in_the_readme(
+    http: httpx.AsyncClient,
+) -> None:
+    await ok(http, "POST", "/queue/clear")
+    r = await ok(http, "POST", "/queue/plan/add", plan=COUNT)
+    assert r["item"]["item_type"] == "plan" and r["item"]["user_group"] == "primary"
+    await ok(http, "POST", "/queue/plan/add", plan=SCAN)
+    await ok(http, "POST", "/queue/plan/add", plan=numbered(1), pos="front")
+    await ok(http, "POST", "/queue/plan/add", plan=numbered(2), pos="back")
+    await ok(http, "POST", "/queue/plan/add", plan=numbered(3), pos=2)
+    await ok(http, "POST", "/queue/plan/add", plan=numbered(4), pos=-1)
+    await ok(http, "POST", "/queue/plan/add", plan=numbered(5), pos=100)
+    assert await queue_names(http) == [
+        ("count", 1),
+        ("count", None),
+        ("count", 3),
+        ("scan", None),
+        ("count", 4),
+        ("count", 2),
+        ("count", 5),
+    ]
+    # `echo '{}' | http POST .../queue/plan/get` reads the back item.
+    r = await http.post("/queue/plan/get", content=b"{}")
+    assert r.json()["item"]["kwargs"] == {"num": 5}
+    assert (await ok(http, "POST", "/queue/plan/get", pos="front"))["item"]["kwargs"] == {"num": 1}
+    assert (await ok(http, "POST", "/queue/plan/get", pos=-2))["item"]["kwargs"] == {"num": 2}
+    r = await http.post("/queue/plan/remove", content=b"{}")
+    assert r.json()["item"]["kwargs"] == {"num": 5}
+    await ok(http, "POST", "/queue/plan/remove", pos="front")
+    await ok(http, "POST", "/queue/plan/remove", pos=-2)
+    assert await queue_names(http) == [("count", None), ("count", 3), ("scan", None), ("count", 2)]
+    # A position that names no item is refused with success false and status 200.
+    r = await http.post("/queue/plan/remove", json={"pos": 10})
+    assert r.status_code == 200 and r.json()["success"] is False
+    await ok(http, "POST", "/queue/clear")
+    assert await queue_names(http) == []
+
+
+def paused(st: dict[str, Any]) -> bool:
+    return bool(st["manager_state"] == "paused")
+
+
+def running(st: dict[str, Any]) -> bool:
+    return bool(st["re_state"] == "running")
+
+
+def idle(st: dict[str, Any]) -> bool:
+    return bool(st["manager_state"] == "idle")
+
+
+async def start_and_pause(http: httpx.AsyncClient, option: str = "immediate") -> None:
+    await ok(http, "POST", "/queue/plan/add", plan={**COUNT, "kwargs": {"num": 50, "delay": 0.1}})
+    await ok(http, "POST", "/queue/start")
+    await wait_status(http, running)
+    await ok(http, "POST", "/re/pause", option=option)
+    await wait_status(http, paused)
+
+
+async def test_environment_queue_and_run_engine_control(http: httpx.AsyncClient) -> None:
+    await ok(http, "POST", "/queue/clear")
+    await ok(http, "POST", "/environment/open")
+    await wait_status(http, lambda st: st["worker_environment_exists"] and idle(st))
+
+    await start_and_pause(http)
+    await ok(http, "POST", "/re/resume")
+    await wait_status(http, running)
+    await ok(http, "POST", "/re/pause", option="deferred")
+    await wait_status(http, paused)
+    await ok(http, "POST", "/re/stop")
+    await wait_status(http, idle)
+    for path in ("/re/abort", "/re/halt", "/re_halt"):
+        await ok(http, "POST", "/queue/clear")
+        await start_and_pause(http)
+        await ok(http, "POST", path)
+        await wait_status(http, idle)
+
+    # stop after the current plan, then change one's mind
+    await ok(http, "POST", "/queue/clear")
+    await ok(http, "POST", "/queue/plan/add", plan={**COUNT, "kwargs": {"num": 5, "delay": 0.1}})
+    await ok(http, "POST", "/queue/start")
+    await ok(http, "POST", "/queue/stop")
+    assert (await wait_status(http, lambda st: st["queue_stop_pending"]))["queue_stop_pending"]
+    await ok(http, "POST", "/queue/stop/cancel")
+    await wait_status(http, lambda st: not st["queue_stop_pending"])
+    await wait_status(http, idle)
+
+    history = (await ok(http, "GET", "/history/get"))["items"]
+    exits = [h["result"]["exit_status"] for h in history]
+    assert exits[:4] == ["stopped", "aborted", "halted", "halted"] and exits[-1] == "completed"
+    await ok(http, "POST", "/history/clear")
+    assert (await ok(http, "GET", "/history/get"))["items"] == []
+
+    await ok(http, "POST", "/environment/close")
+    await wait_status(http, lambda st: not st["worker_environment_exists"] and idle(st))
+    await ok(http, "POST", "/environment/open")
+    await wait_status(http, lambda st: st["worker_environment_exists"] and idle(st))
+    await ok(http, "POST", "/environment/destroy")
+    await wait_status(http, lambda st: not st["worker_environment_exists"] and idle(st))
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "problem"),
+    [
+        ("/queue/plan/add", b'{"plan": ', "malformed JSON"),
+        ("/queue/plan/add", b"[1, 2]", "must be a JSON object"),
+        ("/queue/plan/add", b'{"plan": {"name": "count"}, "where": 1}', "unknown field `where`"),
+        ("/queue/plan/add", b'{"plan": "count"}', "Expected `object`, got `str`"),
+        ("/queue/plan/get", b'{"pos": "middle"}', "`$.pos`"),
+        ("/re/pause", b'{"option": "now"}', "`$.option`"),
+        ("/manager/stop", b'{"option": 1}', "`$.option`"),
+        ("/api/queue/item/add", b'{"item": {"name": "count"}, "posx": 1}', "`posx`"),
+        ("/api/history/get", b'{"limit": "ten"}', "`$.limit`"),
+    ],
+)
+async def test_bad_input_is_a_400_naming_the_problem(
+    http: httpx.AsyncClient, path: str, body: bytes, problem: str
+) -> None:
+    method = "GET" if path == "/api/history/get" else "POST"
+    r = await http.request(method, path, content=body)
+    assert r.status_code == 400, r.text
+    assert problem in r.json()["detail"]
+
+
+async def test_unknown_routes_and_methods_are_4xx_with_a_detail(http: httpx.AsyncClient) -> None:
+    r = await http.get("/queue/nothing")
+    assert r.status_code == 404 and r.json()["detail"]
+    r = await http.get("/queue/plan/add")
+    assert r.status_code == 405 and r.json()["detail"]
+    r = await http.post("/queue/plan/add", content=b"x" * (600 * 1024))
+    assert r.status_code in (400, 413) and r.json()["detail"]
+
+
+async def test_manager_stop_and_kill(nats_server: NatsServer, tmp_path: Path) -> None:
+    async with (
+        running_services(nats_server, tmp_path) as svc,
+        gateway_for(svc, "--no-auth", "--timeout", "1") as gw,
+        httpx.AsyncClient(base_url=gw.url) as http,
+    ):
+        r = await http.post("/manager/stop", json={"option": "bogus"})
+        assert r.status_code == 400
+        await ok(http, "POST", "/test/manager/kill")
+        # Nothing supervises the queue service here: it stays down, and the gateway says so.
+        r = await http.get("/status")
+        assert r.status_code == 503 and "status" in r.json()["detail"]
+
+    async with (
+        running_services(nats_server, tmp_path) as svc,
+        gateway_for(svc, "--no-auth") as gw,
+        httpx.AsyncClient(base_url=gw.url) as http,
+    ):
+        r = await http.post("/manager/stop", content=b"{}")
+        assert r.json() == {"success": True, "msg": ""}
+        assert svc.procs["queue"].proc is not None
+        assert svc.procs["queue"].proc.wait(10) == 0
+
+
+async def test_nats_down_is_a_503_not_a_hang(own_nats: NatsServer, tmp_path: Path) -> None:
+    async with (
+        running_gateway(own_nats.url, "qs.nobody", tmp_path, "--no-auth", "--timeout", "1") as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=5) as http,
+    ):
+        r = await http.get("/status")
+        assert r.status_code == 503 and "No service answers 'status'" in r.json()["detail"]
+        own_nats.stop()
+        r = await http.get("/api/status")
+        assert r.status_code == 503 and "not connected to NATS" in r.json()["detail"]
+
+
+async def test_a_gateway_without_nats_still_answers_503(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    async with (
+        running_gateway(url, "qs.nobody", tmp_path, "--no-auth") as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=5) as http,
+    ):
+        r = await http.post("/queue/start")
+        assert r.status_code == 503 and url in r.json()["detail"]
