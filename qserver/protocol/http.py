@@ -14,10 +14,19 @@ class HttpBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Base of the gateway's own request bodies: unknown fields are errors."""
 
 
+class LegacyPlan(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A plan as the first release's README writes one."""
+
+    name: str
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    meta: dict[str, Any] | list[dict[str, Any]] | UnsetType = UNSET
+
+
 class LegacyPlanAdd(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`POST /queue/plan/add` of the first release: a plan and where to put it."""
 
-    plan: dict[str, Any]
+    plan: LegacyPlan
     pos: Pos | UnsetType = UNSET
 
 

@@ -14,16 +14,20 @@ from services.gateway.routes import Route
 
 _S = TypeVar("_S", bound=msgspec.Struct)
 _encoder = msgspec.json.Encoder()
+JSON_SPACE = b" \t\r\n"  # the only whitespace JSON allows around a value
+
+
+def nonempty(body: bytes) -> bytes:
+    """The body, or `{}` when it is empty (or only JSON whitespace)."""
+    return body.strip(JSON_SPACE) or b"{}"
 
 
 def parse_object(body: bytes, where: str) -> dict[str, Any]:
     """The body as a JSON object; an empty body is `{}`."""
     if len(body) > MAX_REQUEST_BYTES:
         raise BadRequest(f"Request is too large: {len(body)} bytes (limit {MAX_REQUEST_BYTES})")
-    if not body.strip():
-        return {}
     try:
-        value = msgspec.json.decode(body)
+        value = msgspec.json.decode(nonempty(body))
     except msgspec.DecodeError as e:
         raise BadRequest(f"Invalid request to '{where}': malformed JSON ({e})") from None
     except RecursionError:
@@ -39,7 +43,7 @@ def parse_object(body: bytes, where: str) -> dict[str, Any]:
 def decode_body(body: bytes, rtype: type[_S], where: str) -> _S:
     """A body of one of the gateway's own types; an empty body takes the defaults."""
     try:
-        return msgspec.json.decode(body.strip() or b"{}", type=rtype)
+        return msgspec.json.decode(nonempty(body), type=rtype)
     except msgspec.ValidationError as e:
         raise BadRequest(f"Invalid request to '{where}': {e}") from None
     except msgspec.DecodeError as e:
@@ -48,10 +52,13 @@ def decode_body(body: bytes, rtype: type[_S], where: str) -> _S:
 
 def set_identity(route: Route, params: dict[str, Any], principal: Principal) -> None:
     """Replace whatever the client sent as `user`/`user_group` with the principal's."""
-    if route.identity in ("user", "lock"):
-        params["user"] = principal.name
-    if route.identity in ("user", "group"):
-        params["user_group"] = principal.user_group
+    fields = {"user": ("user", "lock"), "user_group": ("user", "group")}
+    for name, kinds in fields.items():
+        if route.identity not in kinds:
+            continue
+        if not isinstance(params.get(name, ""), str):
+            raise BadRequest(f"Invalid request to '{route.path}': `{name}` must be a string")
+        params[name] = principal.name if name == "user" else principal.user_group
 
 
 def request_params(route: Route, body: bytes, principal: Principal) -> bytes:
@@ -60,8 +67,11 @@ def request_params(route: Route, body: bytes, principal: Principal) -> bytes:
         params = parse_object(body, route.path)
         if route.adapt is not None:
             params = route.adapt(params)
+        if route.fixed and params:
+            raise BadRequest(f"'{route.path}' takes no parameters: {', '.join(params)}")
         params.update(route.fixed)
         set_identity(route, params, principal)
         body = _encoder.encode(params)
+    body = nonempty(body)
     decode_request(route.method, body)  # raises BadRequest naming the problem
-    return body.strip() or b"{}"
+    return body

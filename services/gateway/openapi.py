@@ -74,7 +74,7 @@ def _schemas() -> dict[str, Any]:
 
 
 def _operation(
-    summary: str, scope: str, body: type[msgspec.Struct] | None, op_id: str
+    summary: str, scope: str, body: type[msgspec.Struct] | None, op_id: str, schemas: dict[str, Any]
 ) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {
@@ -93,24 +93,26 @@ def _operation(
         "responses": responses,
     }
     if body is not None:
+        # An empty body is `{}`: it may be left out unless the type has required fields.
         op["requestBody"] = {
-            "required": False,
+            "required": bool(schemas[body.__name__].get("required")),
             "content": {"application/json": {"schema": {"$ref": REF.format(name=body.__name__)}}},
         }
     return op
 
 
 def openapi_document() -> dict[str, Any]:
+    schemas = _schemas()
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         op_id = f"{route.http.lower()}{route.path.replace('/', '_') or '_root'}"
         summary = f"`{route.method}`" + (" (first-release route)" if route.adapt else "")
         paths.setdefault(route.path, {})[route.http.lower()] = _operation(
-            summary, route.scope, body_type(route), op_id
+            summary, route.scope, body_type(route), op_id, schemas
         )
     for path, http, scope, body, summary in LOCAL_ROUTES:
         op_id = f"{http}{path.replace('/', '_')}"
-        paths.setdefault(path, {})[http] = _operation(summary, scope, body, op_id)
+        paths.setdefault(path, {})[http] = _operation(summary, scope, body, op_id, schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -122,7 +124,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": _schemas(),
+            "schemas": schemas,
             "securitySchemes": {
                 "ApiKey": {
                     "type": "apiKey",

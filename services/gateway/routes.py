@@ -15,6 +15,7 @@ import msgspec
 from msgspec import UNSET
 
 from qserver.errors import BadRequest
+from qserver.protocol.api import Empty
 from qserver.protocol.http import LegacyPlanAdd, LegacyPosition
 
 # Which identity fields the gateway sets from the caller's key (a client cannot set them).
@@ -31,7 +32,7 @@ class Route:
     scope: str
     identity: Identity = ""
     adapt: Adapt | None = None  # turns an original-README body into today's params
-    body: type[msgspec.Struct] | None = None  # the body's type when it is not the method's
+    body: type[msgspec.Struct] | None = None  # the body's type, when not the method's
     fixed: tuple[tuple[str, Any], ...] = ()  # params the path itself implies
 
 
@@ -47,7 +48,7 @@ def _convert(body: dict[str, Any], rtype: type[_S], what: str) -> _S:
 
 def adapt_plan_add(body: dict[str, Any]) -> dict[str, Any]:
     req = _convert(body, LegacyPlanAdd, "/queue/plan/add")
-    out: dict[str, Any] = {"item": {**req.plan, "item_type": "plan"}}
+    out: dict[str, Any] = {"item": {**msgspec.to_builtins(req.plan), "item_type": "plan"}}
     if req.pos is not UNSET:
         out["pos"] = req.pos
     return out
@@ -96,7 +97,14 @@ def _api() -> list[Route]:
         r("/api/re/halt", "POST", "re_halt", "write:plan:control"),
         r("/api/re/runs", "POST", "re_runs", "read:monitor"),
         *(
-            r(f"/api/re/runs/{o}", "GET", "re_runs", "read:monitor", fixed=(("option", o),))
+            r(
+                f"/api/re/runs/{o}",
+                "GET",
+                "re_runs",
+                "read:monitor",
+                body=Empty,
+                fixed=(("option", o),),
+            )
             for o in ("active", "open", "closed")
         ),
         r("/api/plans/allowed", "GET", "plans_allowed", "read:resources", "group"),
