@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,13 @@ def test_the_single_user_key_comes_from_a_file(tmp_path: Path) -> None:
 def test_no_auth_lets_everyone_in_as_the_single_user() -> None:
     user = load_authenticator(AuthOptions(no_auth=True)).authenticate("ApiKey whatever")
     assert user.name == "UNAUTHENTICATED_SINGLE_USER"
+
+
+def test_the_gateway_loads_no_heavy_package() -> None:
+    code = (
+        "import sys, services.gateway.app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('bluesky', 'ophyd', 'numpy', 'tiled', 'confluent_kafka')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
