@@ -134,6 +134,18 @@ class HistoryClear(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True
     item_uid: str | UnsetType = UNSET
 
 
+class HistoryRuns(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where the runs of a history item are: `item_uid` of an item in the history."""
+
+    item_uid: str
+
+
+class HistoryRunItem(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which queue item made a run, and who submitted it: `run_uid`, full or partial."""
+
+    run_uid: str
+
+
 class EnvironmentUpdate(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
     run_in_background: bool = False
 
@@ -225,6 +237,30 @@ class HistoryGetReply(Reply, kw_only=True):
     total: int
 
 
+class RunLocation(msgspec.Struct, kw_only=True):
+    run_uid: str
+    scan_id: int | None = None
+    saved: bool = False  # complete in the catalog (start to stop)
+    url: str | None = None  # the run in the Tiled catalog; None without a catalog
+
+
+class HistoryRunsReply(Reply, kw_only=True):
+    item_uid: str
+    runs: list[RunLocation]
+    catalog_url: str | None = None
+
+
+class HistoryRunItemReply(Reply, kw_only=True):
+    run_uid: str
+    item_uid: str | None
+    user: str | None
+    user_group: str | None
+    scan_id: int | None = None
+    item: dict[str, Any] | None = None  # the history item, while it is in the history
+    saved: bool = False
+    url: str | None = None
+
+
 class TaskReply(Reply, kw_only=True):
     task_uid: str
 
@@ -281,6 +317,8 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "manager_kill": Empty,
     "history_get": HistoryGet,
     "history_clear": HistoryClear,
+    "history_runs": HistoryRuns,
+    "history_run_item": HistoryRunItem,
     "environment_open": EmptyLocked,
     "environment_close": EmptyLocked,
     "environment_destroy": EmptyLocked,

@@ -45,6 +45,11 @@ class Subjects:
     def console_event(self) -> str:
         return f"{self.prefix}.events.console"
 
+    @property
+    def run_saved_event(self) -> str:
+        """A run is complete in the catalog: `{run_uid, scan_id, item_uid, user, url, ...}`."""
+        return f"{self.prefix}.events.run_saved"
+
     def docs(self, name: str) -> str:
         """Run documents, live: `<prefix>.docs.start`, `.descriptor`, `.event`, `.stop`, ..."""
         return f"{self.prefix}.docs.{name}"

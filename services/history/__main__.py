@@ -1,14 +1,22 @@
-"""Entry point: `python -m services.history --nats-url ... --prefix ...`."""
+"""The history service: plan history, and runs saved from Kafka into a Tiled catalog.
+
+Saving runs needs both Kafka (`--kafka-bootstrap`) and a Tiled server (`--tiled-url`); the
+API key is read from `$QSERVER_TILED_API_KEY` (a flag would show it in `ps`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import os
 
 import nats
 from nats.micro import add_service
 
 import qserver
+from qserver.documents import configured_topic
 from qserver.protocol.subjects import Subjects
 from qserver.service_base import (
     add_methods,
@@ -18,7 +26,9 @@ from qserver.service_base import (
     shutdown,
     wait_for_signal,
 )
+from services.history.archiver import Archiver, KafkaSettings
 from services.history.service import HistoryService
+from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
 
 logger = logging.getLogger("services.history")
 
@@ -28,8 +38,13 @@ async def main(args: argparse.Namespace) -> int:
     nc = await nats.connect(
         args.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, name="qserver-history"
     )
-    svc = HistoryService(nc, nc.jetstream(), subjects)
+    tiled = tiled_settings(args)
+    svc = HistoryService(
+        nc, nc.jetstream(), subjects, catalog=TiledCatalog(tiled) if tiled else None
+    )
     await svc.load()
+    archiver = make_archiver(args, subjects, tiled, svc)
+    archiving = asyncio.create_task(archiver.run()) if archiver else None
     micro = await add_service(
         nc, name="qserver-history", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
@@ -39,13 +54,77 @@ async def main(args: argparse.Namespace) -> int:
     await svc.publish_info()
     logger.info("history service ready on %s (prefix %s)", args.nats_url, args.prefix)
     await wait_for_signal(svc.stop_requested)
+    if archiving is not None and archiver is not None:
+        archiving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await archiving
+        archiver.close()
     await shutdown(micro.stop(), nc.drain())
     logger.info("history service stopped: %d items", len(svc.history.records))
     return 0
 
 
+def tiled_settings(args: argparse.Namespace) -> TiledSettings | None:
+    if not args.tiled_url:
+        return None
+    return TiledSettings(
+        url=args.tiled_url,
+        api_key=os.environ.get("QSERVER_TILED_API_KEY") or None,
+        catalog=args.tiled_catalog,
+    )
+
+
+def make_archiver(
+    args: argparse.Namespace,
+    subjects: Subjects,
+    tiled: TiledSettings | None,
+    svc: HistoryService,
+) -> Archiver | None:
+    bootstrap = (args.kafka_bootstrap or "").strip()
+    if not bootstrap or tiled is None:
+        logger.info(
+            "not saving runs to a catalog: %s",
+            "no Kafka (--kafka-bootstrap)" if not bootstrap else "no Tiled server (--tiled-url)",
+        )
+        return None
+    kafka = KafkaSettings(
+        bootstrap=bootstrap,
+        topic=args.kafka_topic,
+        group=args.kafka_group or f"qserver-history.{subjects.prefix}",
+    )
+    return Archiver(kafka, TiledCatalog(tiled), on_saved=svc.on_run_saved)
+
+
 def cli() -> None:
     p = service_arguments("python -m services.history", __doc__)
+    env = os.environ
+    p.add_argument(
+        "--kafka-bootstrap",
+        default=env.get("QSERVER_KAFKA_BOOTSTRAP", ""),
+        help="Kafka bootstrap servers to read documents from; empty = off "
+        "($QSERVER_KAFKA_BOOTSTRAP)",
+    )
+    p.add_argument(
+        "--kafka-topic",
+        default=configured_topic(env),
+        help="the document topic ($QSERVER_KAFKA_TOPIC, else from $QSERVER_BEAMLINE)",
+    )
+    p.add_argument(
+        "--kafka-group",
+        default=env.get("QSERVER_KAFKA_GROUP", ""),
+        help="consumer group (default qserver-history.<prefix>; $QSERVER_KAFKA_GROUP)",
+    )
+    p.add_argument(
+        "--tiled-url",
+        default=env.get("QSERVER_TILED_URL", ""),
+        help="Tiled server to save runs to, e.g. http://127.0.0.1:8000; empty = off "
+        "($QSERVER_TILED_URL; the API key comes from $QSERVER_TILED_API_KEY)",
+    )
+    p.add_argument(
+        "--tiled-catalog",
+        default=env.get("QSERVER_TILED_CATALOG") or DEFAULT_CATALOG,
+        help=f"the container of runs on that server (default {DEFAULT_CATALOG!r})",
+    )
     args = p.parse_args()
     setup_logging(args.log_level)
     raise SystemExit(run_loop(main(args)))

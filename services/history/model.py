@@ -50,6 +50,21 @@ class History:
         end = None if limit is None else offset + limit
         return [as_history_item(rec) for _, rec in self.records[offset:end]]
 
+    def find_item(self, item_uid: str) -> HistoryRecord:
+        """The latest record of the item `item_uid`."""
+        for _, rec in reversed(self.records):
+            if rec.item.get("item_uid") == item_uid:
+                return rec
+        raise NotFound(f"No item with uid {item_uid!r} is in the history")
+
+    def find_run(self, run_uid: str) -> tuple[str, HistoryRecord] | None:
+        """(full run uid, record) of the item that made the run; `run_uid` may be partial."""
+        for _, rec in reversed(self.records):
+            for uid in rec.result.run_uids:
+                if uid.startswith(run_uid):
+                    return uid, rec
+        return None
+
     def purge_point(self, req: api.HistoryClear) -> tuple[int | None, int | None]:
         """What to purge for a clear request: (keep this many, or purge below this sequence)."""
         if req.size is not UNSET and req.item_uid is not UNSET:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -12,7 +13,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 
-from qserver.errors import Locked, Refused
+from qserver.errors import BadRequest, Locked, NotFound, Refused
 from qserver.jsutil import ensure_stream, read_stream
 from qserver.protocol import api
 from qserver.protocol.api import REQUEST_TYPES
@@ -20,11 +21,14 @@ from qserver.protocol.internal import LockCheck, LockCheckReply
 from qserver.protocol.items import HistoryRecord
 from qserver.protocol.subjects import Subjects
 from qserver.service_base import Handler, encode, failure
-from services.history.model import History
+from services.history.archiver import SavedRun
+from services.history.model import History, as_history_item
+from services.history.tiled_catalog import TiledCatalog
 
 logger = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S = 3600.0
+MIN_PARTIAL_UID = 5
 _record_decoder = msgspec.json.Decoder(HistoryRecord)
 
 
@@ -32,9 +36,17 @@ class HistoryService:
     """Owns plan history: reads the history stream, answers queries, purges on clear."""
 
     def __init__(
-        self, nc: NATS, js: JetStreamContext, subjects: Subjects, *, replicas: int = 1
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        subjects: Subjects,
+        *,
+        replicas: int = 1,
+        catalog: TiledCatalog | None = None,
     ) -> None:
         self.nc = nc
+        self.catalog = catalog  # for the link queries; the archiver has its own connection
+        self._catalog_ready = False
         self.js = js
         self.subjects = subjects
         self.replicas = replicas
@@ -85,7 +97,12 @@ class HistoryService:
             await self.nc.publish(self.subjects.history_changed, encode(self.history.info()))
 
     def handlers(self) -> dict[str, Handler]:
-        return {"history_get": self.on_history_get, "history_clear": self.on_history_clear}
+        return {
+            "history_get": self.on_history_get,
+            "history_clear": self.on_history_clear,
+            "history_runs": self.on_history_runs,
+            "history_run_item": self.on_history_run_item,
+        }
 
     async def on_history_get(self, req: api.HistoryGet) -> api.HistoryGetReply:
         info = self.history.info()
@@ -103,6 +120,80 @@ class HistoryService:
             self.history.purge(keep, below)
         await self.publish_info()
         return api.Reply()
+
+    async def on_history_runs(self, req: api.HistoryRuns) -> api.HistoryRunsReply:
+        rec = self.history.find_item(req.item_uid)
+        scan_ids: list[int | None] = list(rec.result.scan_ids)
+        scan_ids += [None] * (len(rec.result.run_uids) - len(scan_ids))
+        runs = [
+            api.RunLocation(run_uid=uid, scan_id=scan_id)
+            for uid, scan_id in zip(rec.result.run_uids, scan_ids, strict=False)
+        ]
+        if self.catalog is not None:
+            for run in runs:
+                summary = await self._catalog_call(self.catalog.run_summary, run.run_uid)
+                if summary is not None:
+                    run.saved, run.url = summary["saved"], summary["url"]
+        return api.HistoryRunsReply(
+            item_uid=req.item_uid,
+            runs=runs,
+            catalog_url=self.catalog.settings.catalog_url if self.catalog else None,
+        )
+
+    async def on_history_run_item(self, req: api.HistoryRunItem) -> api.HistoryRunItemReply:
+        if len(req.run_uid) < MIN_PARTIAL_UID:
+            raise BadRequest(
+                f"run_uid {req.run_uid!r} is too short: give at least {MIN_PARTIAL_UID} characters"
+            )
+        found = self.history.find_run(req.run_uid)
+        if found is not None:
+            uid, rec = found
+            scan_id = None
+            if uid in rec.result.run_uids and len(rec.result.scan_ids) == len(rec.result.run_uids):
+                scan_id = rec.result.scan_ids[rec.result.run_uids.index(uid)]
+            reply = api.HistoryRunItemReply(
+                run_uid=uid,
+                item_uid=rec.item.get("item_uid"),
+                user=rec.item.get("user"),
+                user_group=rec.item.get("user_group"),
+                scan_id=scan_id,
+                item=as_history_item(rec),
+            )
+        else:
+            start = None
+            if self.catalog is not None:
+                start = await self._catalog_call(self.catalog.start_metadata, req.run_uid)
+            if not start:
+                raise NotFound(f"No run with uid {req.run_uid!r} in the history or the catalog")
+            reply = api.HistoryRunItemReply(
+                run_uid=start["uid"],
+                item_uid=start.get("qserver_item_uid"),
+                user=start.get("qserver_user"),
+                user_group=start.get("qserver_user_group"),
+                scan_id=start.get("scan_id"),
+            )
+        if self.catalog is not None:
+            summary = await self._catalog_call(self.catalog.run_summary, reply.run_uid)
+            if summary is not None:
+                reply.saved, reply.url = summary["saved"], summary["url"]
+        return reply
+
+    async def _catalog_call(self, fn: Any, *args: Any) -> Any:
+        """A blocking catalog query on a thread; None (and a log line) if the catalog is down."""
+        assert self.catalog is not None
+        try:
+            if not self._catalog_ready:
+                await asyncio.to_thread(self.catalog.connect)
+                self._catalog_ready = True
+            return await asyncio.to_thread(fn, *args)
+        except Exception as e:
+            self._catalog_ready = False
+            logger.warning("catalog query failed: %r", e)
+            return None
+
+    async def on_run_saved(self, run: SavedRun) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.publish(self.subjects.run_saved_event, msgspec.json.encode(run))
 
     async def _check_lock(self, lock_key: str | None) -> None:
         try:

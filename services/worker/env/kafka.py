@@ -9,7 +9,8 @@ acknowledged by the broker are `pending`.
 
 Configuration (command line of the environment process, or the environment):
 - `QSERVER_KAFKA_BOOTSTRAP`: bootstrap servers; unset or empty = Kafka off.
-- `QSERVER_KAFKA_TOPIC`: the document topic (default `qs.bluesky.runengine.documents`).
+- `QSERVER_KAFKA_TOPIC`: the document topic (default `<beamline>.bluesky.runengine.documents`
+  with `QSERVER_BEAMLINE`, default `qs`).
 - `QSERVER_KAFKA_PRODUCER_CONFIG`: extra confluent-kafka producer options, a JSON object.
 """
 
@@ -24,30 +25,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
-import msgpack_numpy
+from qserver.documents import DEFAULT_TOPIC, configured_topic, decode, encode
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOPIC = "qs.bluesky.runengine.documents"
 # At most one console line about failures per this many seconds.
 REPORT_EVERY_S = 5.0
 POLL_S = 0.1
+# Documents pending this long with no delivery, while the broker has reported no error for
+# QUIET_S, mean a producer the broker no longer knows (a memory-only broker restarted
+# answers "unknown producer id" for ever): the producer is replaced, its documents failed.
+STALL_S = 5.0
+QUIET_S = 3.0
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "linger.ms": 5,
     "queue.buffering.max.messages": 100_000,
 }
-
-
-def encode(name: str, doc: dict[str, Any]) -> bytes:
-    """The message value: what bluesky-kafka's Publisher sends and its consumers decode."""
-    return msgpack.packb([name, doc], default=msgpack_numpy.encode)  # type: ignore[no-any-return]
-
-
-def decode(value: bytes) -> tuple[str, dict[str, Any]]:
-    name, doc = msgpack.unpackb(value, object_hook=msgpack_numpy.decode)
-    return name, doc
 
 
 class RunKeys:
@@ -95,7 +89,7 @@ class KafkaPublisher:
 
         self.topic = topic
         self._report = report or (lambda line: print(line, flush=True))
-        config = {
+        self._config = {
             **PRODUCER_DEFAULTS,
             **(producer_config or {}),
             "bootstrap.servers": bootstrap,
@@ -105,7 +99,7 @@ class KafkaPublisher:
             # which reports them rate-limited.
             "logger": _rdkafka_logger(),
         }
-        self._producer = Producer(config)
+        self._producer = Producer(self._config)
         self._keys = RunKeys()
         # Each counter is written by one thread: `_produced` and `_dropped` by the
         # RunEngine's, `_delivered` and `_undelivered` by the poller's.
@@ -116,6 +110,10 @@ class KafkaPublisher:
         self._reported_failed = 0
         self._last_report = 0.0
         self._last_error = ""
+        self._last_progress = time.monotonic()
+        self._last_error_at = 0.0
+        self._replaced = 0
+        self._retired: list[Any] = []  # replaced producers, polled until purged
         self._report_lock = threading.Lock()
         self._closing = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
@@ -163,16 +161,53 @@ class KafkaPublisher:
             except Exception:
                 logger.exception("Kafka poll failed")
                 time.sleep(POLL_S)
+            self._drain_retired()
+            self._check_stall()
             self._maybe_report()
+
+    def _drain_retired(self) -> None:
+        """Serve replaced producers until their purged documents are all counted."""
+        for old in list(self._retired):
+            try:
+                old.poll(0)
+                if len(old) == 0:
+                    self._retired.remove(old)
+            except Exception:
+                self._retired.remove(old)
+
+    def _check_stall(self) -> None:
+        now = time.monotonic()
+        if not self.pending:
+            self._last_progress = now
+            return
+        if now - self._last_progress < STALL_S or now - self._last_error_at < QUIET_S:
+            return
+        from confluent_kafka import Producer
+
+        stuck, pending = self._producer, self.pending
+        try:
+            self._producer = Producer(self._config)
+            stuck.purge()
+            self._retired.append(stuck)
+        except Exception:
+            logger.exception("replacing the Kafka producer failed")
+        self._replaced += 1
+        self._last_progress = now
+        self._report(
+            f"Kafka: no delivery for {STALL_S:g} s with the broker up ({pending} pending): "
+            "a new producer takes over; the pending documents are counted as failed"
+        )
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
             self._delivered += 1
+            self._last_progress = time.monotonic()
         else:
             self._undelivered += 1
             self._problem(str(err))
 
     def _on_error(self, err: Any) -> None:
+        self._last_error_at = time.monotonic()
         self._problem(str(err))
 
     # ----- reporting -----
@@ -237,8 +272,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--kafka-topic",
-        default=env.get("QSERVER_KAFKA_TOPIC") or DEFAULT_TOPIC,
-        help="the document topic ($QSERVER_KAFKA_TOPIC)",
+        default=configured_topic(env),
+        help="the document topic ($QSERVER_KAFKA_TOPIC, else from $QSERVER_BEAMLINE)",
     )
     p.add_argument(
         "--kafka-producer-config",

@@ -1,0 +1,366 @@
+"""Runs saved into a Tiled catalog from Kafka by the history service, and linked to history.
+
+Real components: nats-server, the Tansu broker, a Tiled server on an SQLite catalog, the
+queue, history and worker services as processes, bluesky-kafka's RemoteDispatcher and the
+standard Tiled client (`CatalogOfBlueskyRuns`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qserver.client import Client
+from qserver.kafka_broker import KafkaBroker
+from qserver.natsserver import NatsServer
+from qserver.tiled_server import TiledServer
+from tests.conftest import USER, Services, running_services
+
+T = 30.0
+
+
+def new_topic() -> str:
+    return f"t{uuid.uuid4().hex[:10]}.bluesky.runengine.documents"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    b = KafkaBroker(log_file=tmp_path_factory.mktemp("kafka") / "tansu.log").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TiledServer]:
+    server = TiledServer(tmp_path_factory.mktemp("tiled")).start()
+    yield server
+    server.stop()
+
+
+def catalog_env(broker: KafkaBroker, tiled: TiledServer, topic: str) -> dict[str, str]:
+    return {
+        "QSERVER_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "QSERVER_KAFKA_TOPIC": topic,
+        "QSERVER_TILED_URL": tiled.url,
+        "QSERVER_TILED_API_KEY": tiled.api_key,
+    }
+
+
+@contextlib.asynccontextmanager
+async def stack(
+    nats: NatsServer, broker: KafkaBroker, tiled: TiledServer, log_dir: Path
+) -> AsyncIterator[Services]:
+    topic = new_topic()
+    broker.create_topic(topic, partitions=1)
+    async with running_services(nats, log_dir, env=catalog_env(broker, tiled, topic)) as svc:
+        svc.topic = topic  # type: ignore[attr-defined]
+        yield svc
+
+
+@contextlib.contextmanager
+def catalog(tiled: TiledServer) -> Iterator[Any]:
+    """The standard client's view of the catalog; its connections closed afterwards."""
+    from tiled.client import from_uri
+
+    root = from_uri(tiled.url, api_key=tiled.api_key)
+    try:
+        yield root["raw"]
+    finally:
+        root.context.close()
+
+
+class SavedRuns:
+    """`run_saved` events, collected as they come."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.runs: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> SavedRuns:
+        sub = await self.client.nc.subscribe(self.client.subjects.run_saved_event)
+
+        async def collect() -> None:
+            async for msg in sub.messages:
+                self.runs.append(json.loads(msg.data))
+
+        self._task = asyncio.create_task(collect())
+        self._sub = sub
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._sub.unsubscribe()
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def wait(self, uids: list[str], timeout: float = T) -> list[dict[str, Any]]:
+        await until(lambda: set(uids) <= {r["run_uid"] for r in self.runs}, "runs saved", timeout)
+        return [r for r in self.runs if r["run_uid"] in uids]
+
+
+async def until(cond: Callable[[], bool], what: str, timeout: float = T) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def open_env(client: Client) -> None:
+    r = await client.request("environment_open", timeout=30)
+    assert r["success"], r
+    await client.wait_for(
+        lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", timeout=30
+    )
+
+
+async def run_items(client: Client, *items: dict[str, Any]) -> list[dict[str, Any]]:
+    """Add the items, run the queue until idle, return their history items (newest last)."""
+    uids = []
+    for item in items:
+        r = await client.request("queue_item_add", {"item": item, **USER})
+        assert r["success"], r
+        uids.append(r["item"]["item_uid"])
+    r = await client.request("queue_start")
+    assert r["success"], r
+    deadline = time.monotonic() + T
+    while True:
+        hist = (await client.request("history_get"))["items"]
+        by_uid = {h["item_uid"]: h for h in hist}
+        if set(uids) <= set(by_uid):
+            break
+        assert time.monotonic() < deadline, "timed out waiting for the items in the history"
+        await asyncio.sleep(0.1)
+    return [by_uid[u] for u in uids]
+
+
+def plan(name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"item_type": "plan", "name": name, "args": list(args), "kwargs": kwargs}
+
+
+async def test_count_and_scan_reach_kafka_consumers_and_the_catalog_linked_to_history(
+    nats_server: NatsServer, broker: KafkaBroker, tiled: TiledServer, tmp_path: Path
+) -> None:
+    from bluesky_kafka import RemoteDispatcher
+
+    async with stack(nats_server, broker, tiled, tmp_path) as svc:
+        client = svc.client
+        assert client is not None
+        received: list[tuple[str, dict[str, Any]]] = []
+        dispatcher = RemoteDispatcher(
+            topics=[svc.topic],  # type: ignore[attr-defined]
+            bootstrap_servers=broker.bootstrap,
+            group_id=f"test-{uuid.uuid4().hex}",
+            consumer_config={
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 2000,
+                "heartbeat.interval.ms": 500,
+            },
+        )
+        dispatcher.subscribe(lambda name, doc: received.append((name, doc)))
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=dispatcher.start, kwargs={"continue_polling": lambda: not stop.is_set()}
+        )
+        thread.start()
+        try:
+            async with SavedRuns(client) as saved:
+                await open_env(client)
+                count_item, scan_item = await run_items(
+                    client,
+                    plan("count", ["det1", "det2"], num=3),
+                    plan("scan", ["det1"], "motor", -1, 1, 5),
+                )
+                run_uids = [*count_item["result"]["run_uids"], *scan_item["result"]["run_uids"]]
+                assert len(run_uids) == 2
+                events = await saved.wait(run_uids)
+                await until(lambda: sum(n == "stop" for n, _ in received) == 2, "both stops")
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join, T)
+            with contextlib.suppress(Exception):
+                dispatcher._bluesky_consumer._consumer.close()
+
+        # Every document, in order, at the RemoteDispatcher.
+        names = [n for n, _ in received]
+        assert names == [
+            *["start", "descriptor", *["event"] * 3, "stop"],
+            *["start", "descriptor", *["event"] * 5, "stop"],
+        ]
+        assert [d["uid"] for n, d in received if n == "start"] == run_uids
+
+        # The run_saved events name the item and the submitter.
+        by_run = {e["run_uid"]: e for e in events}
+        assert by_run[run_uids[0]]["item_uid"] == count_item["item_uid"]
+        assert by_run[run_uids[1]]["item_uid"] == scan_item["item_uid"]
+        assert {e["user"] for e in events} == {USER["user"]}
+        scan_ids = [count_item["result"]["scan_ids"][0], scan_item["result"]["scan_ids"][0]]
+        assert [by_run[u]["scan_id"] for u in run_uids] == scan_ids
+
+        # The standard client reads both runs by uid, partial uid and scan_id.
+        def read() -> dict[str, Any]:
+            with catalog(tiled) as cat:
+                return read_runs(cat)
+
+        def read_runs(cat: Any) -> dict[str, Any]:
+            count_run, scan_run = cat[run_uids[0]], cat[run_uids[1]]
+            return {
+                "catalog": type(cat).__name__,
+                "types": type(count_run).__name__,
+                "partial": cat[run_uids[0][:8]].metadata["start"]["uid"],
+                "by_scan_id": [cat[s].metadata["start"]["uid"] for s in scan_ids],
+                "count_det1": count_run["primary"].read()["det1"].values.tolist(),
+                "scan_motor": scan_run["primary"].read()["motor"].values.tolist(),
+                "start_md": dict(count_run.metadata["start"]),
+                "stop_md": dict(scan_run.metadata["stop"]),
+                "docs": [n for n, _ in scan_run.documents()],
+            }
+
+        got = await asyncio.to_thread(read)
+        assert got["catalog"] == "CatalogOfBlueskyRuns"
+        assert got["types"].startswith("BlueskyRun")
+        assert got["partial"] == run_uids[0]
+        assert got["by_scan_id"] == run_uids
+        event_det1 = [d["data"]["det1"] for n, d in received[:6] if n == "event"]
+        assert got["count_det1"] == pytest.approx(event_det1)
+        assert got["scan_motor"] == pytest.approx([-1.0, -0.5, 0.0, 0.5, 1.0])
+        assert got["start_md"]["qserver_item_uid"] == count_item["item_uid"]
+        assert got["start_md"]["qserver_user"] == USER["user"]
+        assert got["stop_md"]["exit_status"] == "success"
+        assert got["docs"] == ["start", "descriptor", *["event"] * 5, "stop"]
+
+        # The history service links items to runs and runs to items.
+        r = await client.request("history_runs", {"item_uid": scan_item["item_uid"]})
+        assert r["success"], r
+        assert [(x["run_uid"], x["scan_id"], x["saved"]) for x in r["runs"]] == [
+            (run_uids[1], scan_ids[1], True)
+        ]
+        assert r["runs"][0]["url"].endswith(f"/raw/{run_uids[1]}")
+        r = await client.request("history_run_item", {"run_uid": run_uids[0][:10]})
+        assert r["success"], r
+        assert (r["run_uid"], r["item_uid"], r["user"], r["user_group"], r["saved"]) == (
+            run_uids[0],
+            count_item["item_uid"],
+            USER["user"],
+            USER["user_group"],
+            True,
+        )
+        assert r["item"]["result"]["run_uids"] == [run_uids[0]]
+        r = await client.request("history_run_item", {"run_uid": "abc"})
+        assert not r["success"] and "too short" in r["msg"]
+        r = await client.request("history_run_item", {"run_uid": "ffffffff-0000"})
+        assert not r["success"] and "No run" in r["msg"]
+
+
+async def test_history_service_killed_mid_run_saves_the_run_exactly_once(
+    nats_server: NatsServer, broker: KafkaBroker, tiled: TiledServer, tmp_path: Path
+) -> None:
+    async with stack(nats_server, broker, tiled, tmp_path) as svc:
+        client = svc.client
+        assert client is not None
+        await open_env(client)
+        docs: list[str] = []
+
+        async def on_doc(msg: Any) -> None:
+            docs.append(msg.subject)
+
+        sub = await client.nc.subscribe(client.subjects.docs("*"), cb=on_doc)
+        async with SavedRuns(client) as saved:
+            r = await client.request(
+                "queue_item_add", {"item": plan("long_count", ["det1"], num=20, delay=0.1), **USER}
+            )
+            assert r["success"], r
+            assert (await client.request("queue_start"))["success"]
+            # Kill the history service while the run is half done.
+            await until(lambda: sum(s.endswith(".event") for s in docs) >= 5, "five events")
+            svc.kill("history")
+            svc.start("history")
+            await svc.wait_ready()
+            await client.wait_for(
+                lambda st: st["manager_state"] == "idle" and st["items_in_queue"] == 0, timeout=T
+            )
+            (item,) = (await client.request("history_get"))["items"][-1:]
+            (run_uid,) = item["result"]["run_uids"]
+            await saved.wait([run_uid], timeout=60)
+        await sub.unsubscribe()
+
+        def read() -> tuple[int, int, list[str]]:
+            from tiled.queries import Eq
+
+            with catalog(tiled) as cat:
+                matches = cat.search(Eq("start.uid", run_uid))
+                run = cat[run_uid]
+                rows = len(run["primary"].read()["det1"])
+                return len(matches), rows, [n for n, _ in run.documents()]
+
+        n_runs, n_rows, names = await asyncio.to_thread(read)
+        assert n_runs == 1
+        assert n_rows == 20
+        assert names == ["start", "descriptor", *["event"] * 20, "stop"]
+        print(svc.procs["history"].log_tail(8))
+
+
+async def test_broker_stopped_during_a_plan_loses_nothing_already_saved(
+    nats_server: NatsServer, tiled: TiledServer, tmp_path: Path
+) -> None:
+    broker = KafkaBroker(log_file=tmp_path / "tansu.log").start()
+    try:
+        async with stack(nats_server, broker, tiled, tmp_path) as svc:
+            client = svc.client
+            assert client is not None
+            await open_env(client)
+            async with SavedRuns(client) as saved:
+                (before,) = await run_items(client, plan("count", ["det1"], num=2))
+                (uid_before,) = before["result"]["run_uids"]
+                await saved.wait([uid_before])
+
+                r = await client.request(
+                    "queue_item_add",
+                    {"item": plan("long_count", ["det1"], num=10, delay=0.1), **USER},
+                )
+                assert r["success"], r
+                assert (await client.request("queue_start"))["success"]
+                await client.wait_for(lambda st: st["re_state"] == "running", timeout=T)
+                broker.stop(signal.SIGKILL)
+                st = await client.wait_for(
+                    lambda st: st["manager_state"] == "idle" and st["items_in_queue"] == 0,
+                    timeout=T,
+                )
+                hist = (await client.request("history_get"))["items"]
+                assert hist[-1]["result"]["exit_status"] == "completed"
+                st = await client.wait_for(
+                    lambda st: st["kafka_pending"] > 0 or st["kafka_failed"] > 0, timeout=T
+                )
+                print("undelivered:", st["kafka_pending"], st["kafka_failed"])
+
+                # The broker comes back (empty: it keeps nothing in memory across restarts).
+                # Tansu forgets the producer too: the worker replaces its producer once it
+                # sees no progress with the broker up, counting what was pending as failed.
+                broker.start()
+                broker.create_topic(svc.topic, partitions=1)  # type: ignore[attr-defined]
+                st = await client.wait_for(
+                    lambda st: st["kafka_pending"] == 0 and st["kafka_failed"] > 0, timeout=T
+                )
+                print("failed after the broker came back:", st["kafka_failed"])
+                (after,) = await run_items(client, plan("count", ["det1"], num=2))
+                (uid_after,) = after["result"]["run_uids"]
+                await saved.wait([uid_after], timeout=60)
+
+            def read() -> list[int]:
+                with catalog(tiled) as cat:
+                    return [len(cat[u]["primary"].read()["det1"]) for u in (uid_before, uid_after)]
+
+            assert await asyncio.to_thread(read) == [2, 2]
+    finally:
+        broker.stop(signal.SIGKILL)
