@@ -147,6 +147,12 @@ async def test_environment_queue_and_run_engine_control(http: httpx.AsyncClient)
     await ok(http, "POST", "/history/clear")
     assert (await ok(http, "GET", "/history/get"))["items"] == []
 
+    # What the environment printed, from the gateway's console buffer.
+    assert "starting plan 'count'" in (await ok(http, "GET", "/api/console_output"))["text"]
+    r = await http.request("GET", "/api/console_output_update", json={"last_msg_uid": "ALL"})
+    msgs = r.json()["console_output_msgs"]
+    assert any("completed" in m["msg"] for m in msgs) and r.json()["last_msg_uid"]
+
     await ok(http, "POST", "/environment/close")
     await wait_status(http, lambda st: not st["worker_environment_exists"] and idle(st))
     await ok(http, "POST", "/environment/open")

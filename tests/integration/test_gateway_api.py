@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -90,7 +91,11 @@ def test_a_full_session_with_the_threaded_client(gateway: Gateway) -> None:
         RM.unlock(lock_key="lab-key")
         assert not RM.lock_info()["lock_info"]["environment"]
         assert RM.config_get()["config"] == {}
-        assert RM.console_monitor.text_uid is not None
+        # The console monitor polls /api/console_output_update twice a second.
+        deadline = time.monotonic() + 5
+        while "starting plan 'count'" not in RM.console_monitor.text():
+            assert time.monotonic() < deadline, RM.console_monitor.text()
+            time.sleep(0.1)
 
         RM.environment_close()
         RM.wait_for_idle(timeout=30)
