@@ -25,19 +25,21 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.client import Client, NoAnswer
+from qserver.documents import DEFAULT_TOPIC
 from qserver.errors import QServerError
 from qserver.kafka_broker import KafkaBroker
 from qserver.natsserver import NatsServer, port_in_use, server_info
 from qserver.procs import GATEWAY, SERVICES, ServiceProcess, http_ready, readiness_probe
 from qserver.protocol.subjects import DEFAULT_PREFIX, check_prefix
+from qserver.tiled_server import DEFAULT_CATALOG, TiledServer
 
 NATS_HOST = "127.0.0.1"
 READY_TIMEOUT = 20.0
 POLL_INTERVAL = 0.15
 STOP_TIMEOUT = 5.0
+TILED_READY_TIMEOUT = 60.0
 # More than CRASH_LIMIT exits within CRASH_WINDOW seconds is a crash loop: restarting at once
 # would only spin the CPU and flood the log, so the next start waits CRASH_BACKOFF seconds.
-DEFAULT_KAFKA_TOPIC = "qs.bluesky.runengine.documents"
 CRASH_LIMIT = 5
 CRASH_WINDOW = 10.0
 CRASH_BACKOFF = 2.0
@@ -75,7 +77,9 @@ class StackConfig:
     prefix: str = DEFAULT_PREFIX
     kafka: bool = True
     kafka_port: int = 0  # 0: a free port
-    kafka_topic: str = DEFAULT_KAFKA_TOPIC
+    kafka_topic: str = DEFAULT_TOPIC
+    catalog: bool = True  # serve the run catalog with Tiled (needs Kafka to fill it)
+    tiled_port: int = 0  # 0: a free port
 
     @property
     def logs_dir(self) -> Path:
@@ -157,6 +161,7 @@ class Stack:
         self.nats_url = cfg.nats_url or f"nats://{NATS_HOST}:{cfg.nats_port}"
         self.nats: NatsServer | None = None
         self.kafka: KafkaBroker | None = None
+        self.tiled: TiledServer | None = None
         self.procs: dict[str, ServiceProcess] = {}
         self.exits: dict[str, deque[float]] = {name: deque() for name in SERVICES}
         self.restart_due: dict[str, float] = {}
@@ -175,6 +180,8 @@ class Stack:
         if self.cfg.kafka and self.cfg.nats_url is None:
             # With --nats-url this is a deployment: Kafka is configured, not started here.
             self._start_kafka()
+        if self.kafka is not None and self.cfg.catalog:
+            self._launch_tiled()  # it takes seconds to answer: waited for after the services
         if port_in_use(self.cfg.http_host, self.cfg.http_port):
             raise StackError(
                 f"HTTP port {self.cfg.http_port} is already in use (another stack or gateway?): "
@@ -192,6 +199,8 @@ class Stack:
                 death_signal=self._service_death_signal(),
             ).start()
         asyncio.run(self._wait_all_ready(started))
+        if self.tiled is not None:
+            self._wait_tiled()
         self._write_info()
 
     def _gateway_args(self) -> list[str]:
@@ -251,13 +260,42 @@ class Stack:
         except Exception as e:
             raise StackError(f"the Kafka broker did not start: {e}") from None
 
+    def _launch_tiled(self) -> None:
+        """A Tiled server on the embedded catalog (kept in the data dir across restarts)."""
+        say("starting the Tiled server for the run catalog...")
+        self.tiled = TiledServer(
+            self.cfg.data_dir / "catalog",
+            port=self.cfg.tiled_port,
+            host=NATS_HOST,
+            log_file=self.cfg.logs_dir / "tiled.log",
+            death_signal=signal.SIGTERM,
+        )
+        if port_in_use(NATS_HOST, self.tiled.port):
+            raise StackError(
+                f"Tiled port {self.tiled.port} is already in use: pick another with --tiled-port"
+            )
+        self.tiled.launch()
+
+    def _wait_tiled(self) -> None:
+        assert self.tiled is not None
+        try:
+            self.tiled.wait_ready(TILED_READY_TIMEOUT)
+        except (RuntimeError, TimeoutError) as e:
+            raise StackError(f"the Tiled server did not start: {e}") from None
+        say(f"Tiled server ready on {self.tiled.url} (runs in the '{DEFAULT_CATALOG}' catalog)")
+
     def _service_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
         if self.kafka is None:
-            return {} if self.cfg.kafka else {"QSERVER_KAFKA_BOOTSTRAP": ""}
-        return {
-            "QSERVER_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
-            "QSERVER_KAFKA_TOPIC": self.cfg.kafka_topic,
-        }
+            if not self.cfg.kafka:
+                env["QSERVER_KAFKA_BOOTSTRAP"] = ""
+        else:
+            env["QSERVER_KAFKA_BOOTSTRAP"] = self.kafka.bootstrap
+            env["QSERVER_KAFKA_TOPIC"] = self.cfg.kafka_topic
+        if self.tiled is not None:
+            env["QSERVER_TILED_URL"] = self.tiled.url
+            env["QSERVER_TILED_API_KEY"] = self.tiled.api_key
+        return env
 
     def _run_nats(self) -> None:
         assert self.nats is not None
@@ -356,6 +394,10 @@ class Stack:
             "kafka_bootstrap": self.kafka.bootstrap if self.kafka else None,
             "kafka_topic": self.cfg.kafka_topic if self.kafka else None,
             "kafka_pid": self.kafka.proc.pid if self.kafka and self.kafka.proc else None,
+            "tiled_url": self.tiled.url if self.tiled else None,
+            "tiled_api_key": self.tiled.api_key if self.tiled else None,
+            "tiled_catalog": DEFAULT_CATALOG if self.tiled else None,
+            "tiled_pid": self.tiled.proc.pid if self.tiled and self.tiled.proc else None,
             "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
         }
 
@@ -393,6 +435,7 @@ class Stack:
             time.sleep(POLL_INTERVAL)
             self._check_nats()
             self._check_kafka()
+            self._check_tiled()
             for name, proc in self.procs.items():
                 due = self.restart_due.get(name)
                 if due is not None:
@@ -450,6 +493,13 @@ class Stack:
         self._run_kafka()
         self._write_info()
 
+    def _check_tiled(self) -> None:
+        if self.tiled is None or self.tiled.running():
+            return
+        say("the Tiled server stopped: restarting it (the catalog is kept on disk)")
+        self.tiled.launch()
+        self._write_info()
+
     # ----- stop -----
 
     def shutdown(self) -> None:
@@ -459,6 +509,8 @@ class Stack:
             proc.terminate()
         for proc in procs:
             proc.stop(STOP_TIMEOUT)
+        if self.tiled is not None:
+            self.tiled.stop(timeout=STOP_TIMEOUT)
         if self.kafka is not None:
             self.kafka.stop(signal.SIGKILL)  # memory only: nothing to save
         if self.nats is not None:
@@ -478,6 +530,8 @@ def run_stack(
     kafka: bool = True,
     kafka_port: int = 0,
     http_auth: bool = True,
+    catalog: bool = True,
+    tiled_port: int = 0,
 ) -> int:
     """Run the stack in the foreground until a stop signal or `manager_stop`; the exit code."""
     cfg = StackConfig(
@@ -489,6 +543,8 @@ def run_stack(
         prefix=prefix,
         kafka=kafka,
         kafka_port=kafka_port,
+        catalog=catalog,
+        tiled_port=tiled_port,
     )
     stack = Stack(cfg)
     previous = {sig: signal.signal(sig, stack.request_stop) for sig in STOP_SIGNALS}
@@ -565,6 +621,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--no-kafka", dest="kafka", action="store_false", help="do not publish documents to Kafka"
     )
+    p.add_argument(
+        "--no-catalog",
+        dest="catalog",
+        action="store_false",
+        help="do not serve the run catalog (Tiled) nor save runs to it",
+    )
+    p.add_argument("--tiled-port", type=int, default=0, help="port of the catalog's Tiled server")
     args = p.parse_args(argv)
     raise SystemExit(run_stack(**vars(args)))
 

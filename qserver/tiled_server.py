@@ -23,6 +23,8 @@ import yaml
 from qserver.natsserver import free_port
 from qserver.procs import ChildServer, die_with_parent_hook
 
+DEFAULT_CATALOG = "raw"  # the container of runs, with the CatalogOfBlueskyRuns spec
+
 
 def load_or_make_key(path: Path) -> str:
     """The key stored at `path`, or a new random one written there (readable by the owner)."""
@@ -135,4 +137,4 @@ class TiledServer(ChildServer):
         return self.launch().wait_ready(timeout)
 
 
-__all__ = ["TiledServer", "load_or_make_key"]
+__all__ = ["DEFAULT_CATALOG", "TiledServer", "load_or_make_key"]

@@ -90,6 +90,10 @@ def stack() -> None:
 @click.option("--kafka-port", type=int, default=0, help="Port of the local Kafka broker [free].")
 @click.option("--no-kafka", is_flag=True, help="Do not run a Kafka broker nor publish documents.")
 @click.option(
+    "--no-catalog", is_flag=True, help="Do not serve the run catalog (Tiled) nor save runs to it."
+)
+@click.option("--tiled-port", type=int, default=0, help="Port of the catalog's Tiled server [free]")
+@click.option(
     "--no-auth",
     is_flag=True,
     help="The HTTP gateway takes no API keys (for a closed machine; loopback only).",
@@ -102,6 +106,8 @@ def stack_up(
     stack_prefix: str | None,
     kafka_port: int,
     no_kafka: bool,
+    no_catalog: bool,
+    tiled_port: int,
     no_auth: bool,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
@@ -118,6 +124,8 @@ def stack_up(
         kafka=not no_kafka,
         kafka_port=kafka_port,
         http_auth=not no_auth,
+        catalog=not no_catalog,
+        tiled_port=tiled_port,
     )
     click.get_current_context().exit(code)
 

@@ -33,6 +33,38 @@ POLL_MS = 200
 MAX_RECORDS = 500
 
 
+class OncePer(logging.Filter):
+    """Let each message template through at most once per `seconds`.
+
+    aiokafka logs an error every 100 ms per connection attempt while a broker is down.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        key = str(record.msg)
+        if now - self._last.get(key, -self.seconds) < self.seconds:
+            return False
+        self._last[key] = now
+        return True
+
+
+def quiet_aiokafka(seconds: float = 30.0) -> None:
+    """Rate-limit every aiokafka logger (a logger's filters do not apply to its children)."""
+    import aiokafka  # noqa: F401  (creates its loggers)
+
+    once = OncePer(seconds)
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "aiokafka"]
+    for name in names:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, OncePer) for f in log.filters):
+            log.addFilter(once)
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap: str
@@ -79,6 +111,7 @@ class Archiver:
         self.catalog = catalog
         self.on_saved = on_saved
         self.stats = ArchiverStats()
+        quiet_aiokafka()
         self._ledgers: dict[Any, RunLedger] = {}
         self._committed: dict[Any, int] = {}
         # One thread: Tiled's writer keeps per-run state and is not meant to be shared.

@@ -12,11 +12,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from qserver.tiled_server import DEFAULT_CATALOG
 from services.history.runs import Stored
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CATALOG = "raw"
 # Events are buffered and written in batches of this many (and at the stop document).
 BATCH_SIZE = 100
 

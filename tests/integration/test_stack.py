@@ -94,9 +94,12 @@ class Stacks:
         self.nats_port = free_port()
         self.started: list[StackProcess] = []
 
-    def start(self, *args: str, own_nats: bool = True) -> StackProcess:
+    def start(self, *args: str, own_nats: bool = True, catalog: bool = False) -> StackProcess:
+        """A stack; without `catalog`, no Tiled server (it takes seconds to start)."""
         port_args = ("--nats-port", str(self.nats_port)) if own_nats else ()
         port_args += ("--http-port", str(free_port()))
+        if not catalog:
+            port_args += ("--no-catalog",)
         out = self.tmp_path / f"stack-{next(_counter)}.out"
         stack = StackProcess(self.data_dir, out, *port_args, *args)
         self.started.append(stack)
@@ -337,15 +340,19 @@ def test_read_stack_info_says_when_no_stack_runs(tmp_path: Path) -> None:
         read_stack_info(tmp_path)
 
 
-async def test_the_stack_publishes_run_documents_to_its_kafka_broker(stacks: Stacks) -> None:
+async def test_the_stack_publishes_documents_to_kafka_and_saves_runs_in_its_catalog(
+    stacks: Stacks,
+) -> None:
     import msgpack
     import msgpack_numpy
 
     from tests.integration.test_kafka import read_topic
 
-    stack = stacks.start()
-    info = await stack.wait_info()
+    stack = stacks.start(catalog=True)
+    info = await stack.wait_info(timeout=60)
     assert info["kafka_bootstrap"] and info["kafka_topic"] == "qs.bluesky.runengine.documents"
+    assert info["tiled_url"].startswith("http://127.0.0.1:") and info["tiled_api_key"]
+    assert info["tiled_catalog"] == "raw"
     async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         assert (await client.request("environment_open"))["success"]
         item = {"item_type": "plan", "name": "count", "args": [["det1"]], "kwargs": {"num": 2}}
@@ -355,8 +362,38 @@ async def test_the_stack_publishes_run_documents_to_its_kafka_broker(stacks: Sta
             lambda st: st["items_in_history"] == 1 and st["manager_state"] == "idle", timeout=30
         )
         assert st["kafka_failed"] == 0
-        run_uid = (await client.request("history_get"))["items"][0]["result"]["run_uids"][0]
+        item = (await client.request("history_get"))["items"][0]
+        run_uid = item["result"]["run_uids"][0]
+        deadline = time.monotonic() + 30
+        while True:  # the history service saves the run from Kafka into the catalog
+            r = await client.request("history_runs", {"item_uid": item["item_uid"]})
+            if r["runs"][0]["saved"]:
+                break
+            assert time.monotonic() < deadline, f"run not saved: {r}\n{stack.output()}"
+            await asyncio.sleep(0.2)
+    assert r["runs"][0]["url"].startswith(info["tiled_url"])
     msgs = await asyncio.to_thread(read_topic, info["kafka_bootstrap"], info["kafka_topic"], 5)
     docs = [msgpack.unpackb(m.value(), object_hook=msgpack_numpy.decode) for m in msgs]
     assert [name for name, _ in docs] == ["start", "descriptor", "event", "event", "stop"]
     assert docs[0][1]["uid"] == run_uid and {m.key() for m in msgs} == {run_uid.encode()}
+
+    def read_catalog() -> tuple[str, list[float]]:
+        from tiled.client import from_uri
+
+        root = from_uri(info["tiled_url"], api_key=info["tiled_api_key"])
+        try:
+            run = root[info["tiled_catalog"]][run_uid]
+            return run.metadata["start"]["plan_name"], run["primary"].read()["det1"].values.tolist()
+        finally:
+            root.context.close()
+
+    plan_name, det1 = await asyncio.to_thread(read_catalog)
+    assert plan_name == "count" and len(det1) == 2
+    # Without the key, the catalog is closed.
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{info['tiled_url']}/api/v1/metadata/raw", timeout=5)
+    e.value.close()
+    assert e.value.code == 401
