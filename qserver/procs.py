@@ -36,8 +36,10 @@ def readiness_probe(name: str, subjects: Subjects) -> tuple[str, bytes]:
 
 def http_ready(url: str, timeout: float = 1.0) -> bool:
     """Whether an HTTP server answers `GET url` (any status: the gateway is up)."""
+    # No proxy: the gateway is local, and a proxy from the environment would answer for it.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(url, timeout=timeout):
+        with opener.open(url, timeout=timeout):
             return True
     except urllib.error.HTTPError:
         return True

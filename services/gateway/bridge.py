@@ -134,7 +134,10 @@ class Bridge:
     async def publish(self, method: str, body: bytes) -> None:
         """A request that gets no reply (the manager_kill test hook)."""
         client = self.connected()
-        await client.nc.publish(client.subjects.api(method), body)
+        try:
+            await client.nc.publish(client.subjects.api(method), body)
+        except NatsError as e:
+            raise Unavailable(f"NATS publish '{method}' failed: {e or type(e).__name__}") from None
 
     async def events(self, kind: str) -> AsyncIterator[dict[str, Any]]:
         """Status or console events, live, from a subscription of this caller's own."""
