@@ -11,18 +11,14 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
 
+from bench.common import embedded_stack
 from qserver.client import Client, NoAnswer
-from qserver.natsserver import free_port
 
 USER = {"user": "bench", "user_group": "primary"}
 COUNT = {"item_type": "plan", "name": "count", "args": [["det1"]], "kwargs": {"num": 1}}
@@ -154,37 +150,14 @@ async def recovery(c: Client) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="qs-bench-exec-") as tmp:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "qserver.stack",
-                "--data-dir",
-                tmp,
-                "--nats-port",
-                str(free_port()),
-                *(["--no-kafka"] if "--no-kafka" in sys.argv else []),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    args = ["--no-catalog", *(["--no-kafka"] if "--no-kafka" in sys.argv else [])]
+    with embedded_stack(*args) as info:
         try:
-            stack_json = Path(tmp) / "stack.json"
-            for _ in range(300):
-                if stack_json.exists():
-                    break
-                time.sleep(0.05)
-            info = json.loads(stack_json.read_text())
-            try:
-                import uvloop
+            import uvloop
 
-                figures = uvloop.run(run(info))
-            except ImportError:
-                figures = asyncio.run(run(info))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+            figures = uvloop.run(run(info))
+        except ImportError:
+            figures = asyncio.run(run(info))
     print(
         json.dumps(
             {

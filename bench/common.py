@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 from qserver.client import Client, NoAnswer
-from qserver.natsserver import NatsServer
+from qserver.natsserver import NatsServer, free_port
 from qserver.procs import CORE_SERVICES, ServiceProcess
 
 
@@ -52,3 +58,26 @@ async def stack(services: tuple[str, ...] = CORE_SERVICES) -> AsyncIterator[tupl
             for p in procs:
                 p.stop()
             nats.stop()
+
+
+@contextlib.contextmanager
+def embedded_stack(*args: str, timeout: float = 90.0) -> Iterator[dict[str, Any]]:
+    """`python -m qserver.stack` in a temporary data dir on free ports; yields stack.json."""
+    with tempfile.TemporaryDirectory(prefix="qs-bench-stack-") as tmp:
+        ports = ["--nats-port", str(free_port()), "--http-port", str(free_port())]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qserver.stack", "--data-dir", tmp, *ports, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            stack_json = Path(tmp) / "stack.json"
+            deadline = time.monotonic() + timeout
+            while not stack_json.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the stack did not start (see {tmp}/logs)")
+                time.sleep(0.05)
+            yield json.loads(stack_json.read_text())
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)

@@ -31,6 +31,7 @@ RETRY_S = 1.0
 RETRY_MAX_S = 10.0
 POLL_MS = 200
 MAX_RECORDS = 500
+FETCH_WAIT_MS = 20
 
 
 class OncePer(logging.Filter):
@@ -159,6 +160,9 @@ class Archiver:
             session_timeout_ms=self.kafka.session_timeout_ms,
             heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
             request_timeout_ms=max(3 * self.kafka.session_timeout_ms, 10_000),
+            # How long the broker may hold a fetch when there is no new document: short,
+            # since a run's stop document should reach the catalog at once.
+            fetch_max_wait_ms=FETCH_WAIT_MS,
         )
         await consumer.start()
         logger.info(
