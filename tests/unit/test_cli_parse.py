@@ -297,6 +297,9 @@ def test_stack_commands_call_the_stack_module(
             "prefix": "qs.default",
             "kafka": True,
             "kafka_port": 0,
+            "http_auth": True,
+            "catalog": True,
+            "tiled_port": 0,
         }
     ]
     assert cli.run(["stack", "up", "--no-kafka", "--kafka-port", "9"]) == 7
