@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -97,9 +96,8 @@ class Gateway:
         finally:
             for t in tasks:
                 t.cancel()
-            for t in tasks:
-                with contextlib.suppress(BaseException):
-                    await t
+            # A lost client or a lost NATS connection both end the stream; neither is news.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def route_handler(gw: Gateway, route: Route) -> BaseRouteHandler:
