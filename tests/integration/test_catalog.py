@@ -126,7 +126,7 @@ async def open_env(client: Client) -> None:
 
 
 async def run_items(client: Client, *items: dict[str, Any]) -> list[dict[str, Any]]:
-    """Add the items, run the queue until idle, return their history items (newest last)."""
+    """Add the items, run the queue, return their history items (in the order given)."""
     uids = []
     for item in items:
         r = await client.request("queue_item_add", {"item": item, **USER})
@@ -134,6 +134,11 @@ async def run_items(client: Client, *items: dict[str, Any]) -> list[dict[str, An
         uids.append(r["item"]["item_uid"])
     r = await client.request("queue_start")
     assert r["success"], r
+    return await in_history(client, uids)
+
+
+async def in_history(client: Client, uids: list[str]) -> list[dict[str, Any]]:
+    """The history items of `uids`, once they are all in the history."""
     deadline = time.monotonic() + T
     while True:
         hist = (await client.request("history_get"))["items"]
@@ -281,16 +286,14 @@ async def test_history_service_killed_mid_run_saves_the_run_exactly_once(
                 "queue_item_add", {"item": plan("long_count", ["det1"], num=20, delay=0.1), **USER}
             )
             assert r["success"], r
+            item_uid = r["item"]["item_uid"]
             assert (await client.request("queue_start"))["success"]
             # Kill the history service while the run is half done.
             await until(lambda: sum(s.endswith(".event") for s in docs) >= 5, "five events")
             svc.kill("history")
             svc.start("history")
             await svc.wait_ready()
-            await client.wait_for(
-                lambda st: st["manager_state"] == "idle" and st["items_in_queue"] == 0, timeout=T
-            )
-            (item,) = (await client.request("history_get"))["items"][-1:]
+            (item,) = await in_history(client, [item_uid])
             (run_uid,) = item["result"]["run_uids"]
             await saved.wait([run_uid], timeout=60)
         await sub.unsubscribe()
