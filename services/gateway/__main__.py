@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -17,6 +21,28 @@ from services.gateway.config import AuthOptions, ConfigError, load_authenticator
 
 logger = logging.getLogger("services.gateway")
 DEFAULT_PORT = 60610
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, stopped by SIGINT/SIGTERM like the other services: exit code 0.
+
+    uvicorn's own handling re-raises the signal after shutting down, so a stopped gateway
+    would look killed to its supervisor.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def stop(self) -> None:
+        self.should_exit = True
 
 
 def is_loopback(host: str) -> bool:
@@ -54,7 +80,7 @@ async def main(args: argparse.Namespace) -> int:
         ws="websockets-sansio",
     )
     logger.info("gateway on http://%s:%d (prefix %s)", args.host, args.port, args.prefix)
-    await uvicorn.Server(config).serve()
+    await Server(config).serve()
     logger.info("gateway stopped")
     return 0
 

@@ -237,3 +237,4 @@ async def test_a_gateway_without_nats_still_answers_503(tmp_path: Path) -> None:
     ):
         r = await http.post("/queue/start")
         assert r.status_code == 503 and url in r.json()["detail"]
+        assert gw.proc.stop() == 0  # SIGTERM is a clean stop, as for every service
