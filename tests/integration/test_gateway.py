@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from qserver.natsserver import NatsServer, free_port
 from tests.conftest import Services, running_services
@@ -113,7 +117,17 @@ async def start_and_pause(http: httpx.AsyncClient, option: str = "immediate") ->
     await wait_status(http, paused)
 
 
+async def collect_console(http: httpx.AsyncClient, out: list[dict[str, Any]]) -> None:
+    """Every message of the console WebSocket, appended to `out`."""
+    url = str(http.base_url).replace("http://", "ws://").rstrip("/") + "/api/console_output/ws"
+    async with connect(url) as ws:
+        async for msg in ws:
+            out.append(json.loads(msg))
+
+
 async def test_environment_queue_and_run_engine_control(http: httpx.AsyncClient) -> None:
+    console: list[dict[str, Any]] = []
+    listener = asyncio.create_task(collect_console(http, console))
     await ok(http, "POST", "/queue/clear")
     await ok(http, "POST", "/environment/open")
     await wait_status(http, lambda st: st["worker_environment_exists"] and idle(st))
@@ -152,6 +166,11 @@ async def test_environment_queue_and_run_engine_control(http: httpx.AsyncClient)
     r = await http.request("GET", "/api/console_output_update", json={"last_msg_uid": "ALL"})
     msgs = r.json()["console_output_msgs"]
     assert any("completed" in m["msg"] for m in msgs) and r.json()["last_msg_uid"]
+    # The same lines, live on the WebSocket.
+    listener.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listener
+    assert any("starting plan 'count'" in m["msg"] for m in console)
 
     await ok(http, "POST", "/environment/close")
     await wait_status(http, lambda st: not st["worker_environment_exists"] and idle(st))
