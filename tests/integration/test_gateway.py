@@ -257,3 +257,26 @@ async def test_a_gateway_without_nats_still_answers_503(tmp_path: Path) -> None:
         r = await http.post("/queue/start")
         assert r.status_code == 503 and url in r.json()["detail"]
         assert gw.proc.stop() == 0  # SIGTERM is a clean stop, as for every service
+
+
+async def test_docs_render_from_local_assets(http: httpx.AsyncClient) -> None:
+    page = (await http.get("/docs")).text
+    assert "https://" not in page and "cdn" not in page.lower()
+    for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):
+        r = await http.get(asset)
+        assert r.status_code == 200 and len(r.content) > 10_000
+    schema = (await http.get("/openapi.json")).json()
+    assert schema["openapi"].startswith("3.1")
+    assert {"/queue/plan/add", "/api/queue/item/add", "/api/console_output"} <= set(schema["paths"])
+
+
+async def test_two_gateways_serve_one_queue_server(module_services: Services) -> None:
+    async with (
+        gateway_for(module_services, "--no-auth") as one,
+        gateway_for(module_services, "--no-auth") as two,
+        httpx.AsyncClient(base_url=one.url) as a,
+        httpx.AsyncClient(base_url=two.url) as b,
+    ):
+        uid = (await ok(a, "POST", "/queue/plan/add", plan=COUNT))["item"]["item_uid"]
+        assert uid in [it["item_uid"] for it in (await ok(b, "GET", "/queue/get"))["items"]]
+        await ok(b, "POST", "/queue/clear")
