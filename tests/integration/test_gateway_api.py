@@ -77,6 +77,14 @@ def test_a_full_session_with_the_threaded_client(gateway: Gateway) -> None:
         assert [h["item_uid"] for h in history] == [first["item_uid"], back["item_uid"]]
         assert [h["result"]["exit_status"] for h in history] == ["completed", "completed"]
         assert RM.re_runs(option="active")["run_list"] == []  # nothing runs now
+        RM.item_execute(BPlan("count", ["det1"]))
+        RM.wait_for_idle(timeout=20)
+        assert len(RM.history_get()["items"]) == 3
+        assert RM.environment_update()["success"]
+        RM.wait_for_idle(timeout=20)
+        RM.queue_mode_set(loop=False)
+        RM.queue_autostart(False)
+        RM.permissions_reload()
 
         # Lists, permissions, locks, console.
         assert "count" in RM.plans_allowed()["plans_allowed"]
