@@ -180,8 +180,26 @@ def docs_handlers(gw: Gateway) -> list[Any]:
         gw.principal(request, "read:config")
         return json_response({"success": True, "msg": "", "config": {}})
 
+    @get("/api/auth/whoami", status_code=200)
+    async def whoami(request: Request[Any, Any, Any]) -> Response[bytes]:
+        who = gw.principal(request, "")
+        return json_response(
+            {
+                "type": "user",
+                "identities": [{"id": who.name, "provider": "api_key"}],
+                "user_group": who.user_group,
+                "roles": list(who.roles),
+                "scopes": sorted(who.scopes),
+            }
+        )
+
+    @get("/api/auth/scopes", status_code=200)
+    async def scopes(request: Request[Any, Any, Any]) -> Response[bytes]:
+        who = gw.principal(request, "")
+        return json_response({"roles": list(who.roles), "scopes": sorted(who.scopes)})
+
     assets = create_static_files_router("/docs/assets", directories=[swagger_assets()])
-    return [openapi_json, docs, config_get, assets]
+    return [openapi_json, docs, config_get, whoami, scopes, assets]
 
 
 def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:

@@ -71,9 +71,11 @@ class Principal:
     name: str
     scopes: frozenset[str]
     user_group: str = DEFAULT_USER_GROUP
+    roles: tuple[str, ...] = ()
 
     def require(self, scope: str) -> None:
-        if scope not in self.scopes:
+        """Forbidden unless the principal has `scope` ("" needs only a valid key)."""
+        if scope and scope not in self.scopes:
             raise Forbidden(
                 f"Not enough permissions: the request needs scope '{scope}', "
                 f"which user '{self.name}' does not have"
@@ -119,7 +121,11 @@ class Authenticator:
     anonymous_scopes: frozenset[str] | None = None  # None: anonymous access is off
     open_access: bool = False  # no keys at all (a closed lab machine, loopback only)
     _single_user: Principal = field(
-        default=Principal(SINGLE_USER_NAME, DEFAULT_ROLES["unauthenticated_single_user"])
+        default=Principal(
+            SINGLE_USER_NAME,
+            DEFAULT_ROLES["unauthenticated_single_user"],
+            roles=("unauthenticated_single_user",),
+        )
     )
 
     def authenticate(self, authorization: str | None, api_key: str | None = None) -> Principal:
@@ -129,7 +135,9 @@ class Authenticator:
         key = api_key or _key_from_header(authorization)
         if key is None:
             if self.anonymous_scopes is not None:
-                return Principal(PUBLIC_USER_NAME, self.anonymous_scopes)
+                return Principal(
+                    PUBLIC_USER_NAME, self.anonymous_scopes, roles=("unauthenticated_public",)
+                )
             raise Unauthorized("Not authenticated: send the header 'Authorization: ApiKey <key>'")
         if self.single_user_key is not None and hmac.compare_digest(
             key.encode(), self.single_user_key.encode()

@@ -62,7 +62,8 @@ def _api_key(entry: Any, n: int) -> ApiKey:
     except ValueError as e:
         raise ConfigError(f"api_keys[{n}] ({entry['user']}): {e}") from None
     group = str(entry.get("user_group", DEFAULT_USER_GROUP))
-    return ApiKey(digest, Principal(str(entry["user"]), scopes, group))
+    roles = tuple(str(r) for r in entry.get("roles", []))
+    return ApiKey(digest, Principal(str(entry["user"]), scopes, group, roles))
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -48,6 +48,8 @@ LOCAL_ROUTES: tuple[tuple[str, str, str, type[msgspec.Struct] | None, str], ...]
         "Console output as a stream of JSON lines",
     ),
     ("/api/config/get", "get", "read:config", None, "Configuration ({} outside IPython)"),
+    ("/api/auth/whoami", "get", "", None, "Who the key belongs to: name, roles, scopes"),
+    ("/api/auth/scopes", "get", "", None, "The roles and scopes of the key"),
 )
 
 
@@ -89,7 +91,7 @@ def _operation(
     op: dict[str, Any] = {
         "summary": summary,
         "operationId": op_id,
-        "description": f"Needs scope `{scope}`.",
+        "description": f"Needs scope `{scope}`." if scope else "Needs a valid key.",
         "responses": responses,
     }
     if body is not None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import websockets
 import yaml
+from bluesky_queueserver_api.http.aio import REManagerAPI as AsyncREManagerAPI
 from websockets.asyncio.client import connect
 
 from services.gateway.auth import ALL_SCOPES, key_digest
@@ -50,7 +51,7 @@ async def http(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
 ALL_ROUTES = [(r.http, r.path, r.scope) for r in ROUTES] + [
     (http.upper(), path, scope)
     for path, http, scope, _, _ in LOCAL_ROUTES
-    if path != "/api/stream_console_output"
+    if path != "/api/stream_console_output" and scope
 ]
 
 
@@ -99,6 +100,20 @@ async def test_a_client_cannot_claim_another_identity(http: httpx.AsyncClient) -
     assert r.json()["lock_info"]["user"] == "only-write:lock"
     await http.post("/api/unlock", json={"lock_key": "k"}, headers=key)
     await http.post("/api/queue/clear", headers=auth(ALICE))
+
+
+async def test_whoami_and_scopes_tell_a_key_what_it_may_do(gateway: Gateway) -> None:
+    RM = AsyncREManagerAPI(http_server_uri=gateway.url)
+    RM.set_authorization_key(api_key=ALICE)
+    try:
+        who = await RM.whoami()
+        assert who["identities"][0]["id"] == "alice" and who["roles"] == ["user"]
+        scopes = await RM.api_scopes()
+        assert (
+            "write:queue:edit" in scopes["scopes"] and "write:manager:stop" not in scopes["scopes"]
+        )
+    finally:
+        await RM.close()
 
 
 async def test_roles_give_their_scopes(http: httpx.AsyncClient) -> None:
