@@ -24,6 +24,7 @@ from services.gateway.bridge import Bridge
 from services.gateway.errors import Forbidden, Unauthorized, Unavailable, http_status
 from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
 from services.gateway.routes import ROUTES, Route
+from services.gateway.ui import PAGE as UI_PAGE
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +176,10 @@ def docs_handlers(gw: Gateway) -> list[Any]:
     async def docs() -> Response[str]:
         return Response(DOCS_PAGE, media_type="text/html")
 
+    @get("/ui", status_code=200, include_in_schema=False)
+    async def ui() -> Response[str]:
+        return Response(UI_PAGE, media_type="text/html")
+
     @get("/api/config/get", status_code=200)
     async def config_get(request: Request[Any, Any, Any]) -> Response[bytes]:
         gw.principal(request, "read:config")
@@ -199,7 +204,7 @@ def docs_handlers(gw: Gateway) -> list[Any]:
         return json_response({"roles": list(who.roles), "scopes": sorted(who.scopes)})
 
     assets = create_static_files_router("/docs/assets", directories=[swagger_assets()])
-    return [openapi_json, docs, config_get, whoami, scopes, assets]
+    return [openapi_json, docs, ui, config_get, whoami, scopes, assets]
 
 
 def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:

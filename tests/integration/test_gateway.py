@@ -270,6 +270,13 @@ async def test_docs_render_from_local_assets(http: httpx.AsyncClient) -> None:
     assert {"/queue/plan/add", "/api/queue/item/add", "/api/console_output"} <= set(schema["paths"])
 
 
+async def test_the_web_page_uses_only_the_gateway(http: httpx.AsyncClient) -> None:
+    r = await http.get("/ui")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "/api/status/ws" in r.text and "/api/console_output/ws" in r.text
+    assert "https://" not in r.text and "http://" not in r.text
+
+
 async def test_two_gateways_serve_one_queue_server(module_services: Services) -> None:
     async with (
         gateway_for(module_services, "--no-auth") as one,
