@@ -285,7 +285,9 @@ class Stack:
         say(f"Tiled server ready on {self.tiled.url} (runs in the '{DEFAULT_CATALOG}' catalog)")
 
     def _service_env(self) -> dict[str, str]:
-        env: dict[str, str] = {}
+        # A stable name for the queue service's leader lease: restarted after a crash, it
+        # retakes its own lease at once instead of waiting for it to go stale.
+        env: dict[str, str] = {"QSERVER_INSTANCE": f"{self.cfg.prefix}-queue"}
         if self.kafka is None:
             if not self.cfg.kafka:
                 env["QSERVER_KAFKA_BOOTSTRAP"] = ""

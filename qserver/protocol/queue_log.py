@@ -101,6 +101,17 @@ class PermissionsSet(Event, frozen=True, kw_only=True, tag="permissions_set"):
     uid: str
 
 
+class LeaderChanged(Event, frozen=True, kw_only=True, tag="leader_changed"):
+    """A queue service instance took the lease and leads from here on.
+
+    Written first by every new leader: it moves the log's last sequence, so a stale leader's
+    append (which names the sequence it last saw) is refused from this event on.
+    """
+
+    instance: str
+    lease_revision: int
+
+
 AnyEvent = (
     ItemsAdded
     | ItemsRemoved
@@ -114,6 +125,7 @@ AnyEvent = (
     | ItemFinished
     | FlagsSet
     | PermissionsSet
+    | LeaderChanged
 )
 
 

@@ -115,5 +115,10 @@ class Subjects:
         return f"QS_{self._token}_LISTS"
 
     @property
+    def leader_bucket(self) -> str:
+        """KV bucket holding the queue service's leader lease."""
+        return f"QS_{self._token}_LEADER"
+
+    @property
     def snapshot_bucket(self) -> str:
         return f"QS_{self._token}_SNAPSHOTS"

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
 import nats
@@ -21,10 +22,12 @@ from qserver.service_base import (
     shutdown,
     wait_for_signal,
 )
+from services.queue.leader import Lease, default_instance
 from services.queue.service import QueueService
 
 logger = logging.getLogger("services.queue")
 SIM_PROFILE = Path(__file__).resolve().parents[2] / "sim_profile"
+LEASE_LOST = 3
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -41,28 +44,75 @@ async def main(args: argparse.Namespace) -> int:
         snapshot_every=args.snapshot_every,
         lists_file=Path(args.lists_file) if args.lists_file else None,
         permissions_file=Path(args.permissions_file) if args.permissions_file else None,
+        replicas=args.replicas,
     )
     await svc.load()
+    await svc.executor.watch()
+    lease = Lease(js, subjects, args.instance, replicas=args.replicas)
+    await lease.open()
+    if not await lease.try_acquire():
+        logger.info("standby (instance %s): %s leads", args.instance, lease.holder)
+        if not await lease.acquire(svc.stop_requested):
+            await shutdown(nc.drain())
+            return 0
+        took_over = time.perf_counter()
+        await svc.load()  # the state as the last leader left it
+        logger.warning(
+            "instance %s leads now; state loaded in %.1f ms",
+            args.instance,
+            (time.perf_counter() - took_over) * 1e3,
+        )
+    svc.on_lease_lost = lease_lost
+    await svc.lead(lease)
+    keeper = asyncio.create_task(lease.keep(lease_lost))
     micro = await add_service(
         nc, name="qserver-queue", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
     await add_methods(micro, subjects.api, svc.handlers())
     await nc.subscribe(subjects.history_changed, cb=svc.on_history_changed)
     await nc.subscribe(subjects.lock_check, cb=svc.on_lock_check)
-    await svc.executor.start()
+    await svc.executor.take_charge()
     await svc.publish_status()
     tasks = [asyncio.create_task(svc.heartbeat()), asyncio.create_task(svc.fetch_history_info())]
-    logger.info("queue service ready on %s (prefix %s)", args.nats_url, args.prefix)
+    logger.info(
+        "queue service ready on %s (prefix %s, instance %s, leading)",
+        args.nats_url,
+        args.prefix,
+        args.instance,
+    )
     await wait_for_signal(svc.stop_requested)
-    for t in tasks:
+    for t in [*tasks, keeper]:
         t.cancel()
-    await shutdown(micro.stop(), svc.log.close(), nc.drain())
+    await shutdown(micro.stop(), svc.log.close(), lease.release(), nc.drain())
     logger.info("queue service stopped: %s", svc.summary())
     return 0
 
 
+def lease_lost() -> None:
+    """The lease can no longer be trusted: stop at once, before anything else is written.
+
+    A supervisor (the stack, a container's restart policy) starts the service again, and it
+    comes back as a standby.
+    """
+    logger.error("lost the leader lease: exiting (code %d) so that a standby leads", LEASE_LOST)
+    logging.shutdown()
+    os._exit(LEASE_LOST)
+
+
 def cli() -> None:
     p = service_arguments("python -m services.queue", __doc__)
+    p.add_argument(
+        "--instance",
+        default=os.environ.get("QSERVER_INSTANCE") or default_instance(),
+        help="this instance's name in the leader lease ($QSERVER_INSTANCE; host-pid). Give "
+        "each replica its own, kept across restarts: a restarted instance retakes its lease",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=int(os.environ.get("QSERVER_JS_REPLICAS") or 1),
+        help="JetStream replicas of the queue's streams and buckets ($QSERVER_JS_REPLICAS; 1)",
+    )
     p.add_argument("--snapshot-every", type=int, default=2000)
     p.add_argument(
         "--lists-file",

@@ -96,11 +96,20 @@ class Executor:
     # ----- subscriptions -----
 
     async def start(self) -> None:
+        """Both halves at once: for a queue service that leads from the start."""
+        await self.watch()
+        await self.take_charge()
+
+    async def watch(self) -> None:
+        """Follow the worker's and the environment's state (a standby does this too)."""
         s = self.svc.subjects
-        nc = self.svc.nc
-        await nc.subscribe(s.worker_state, cb=self.on_worker_state)
-        await nc.subscribe(s.env_state, cb=self.on_env_state)
-        js = nc.jetstream()
+        await self.svc.nc.subscribe(s.worker_state, cb=self.on_worker_state)
+        await self.svc.nc.subscribe(s.env_state, cb=self.on_env_state)
+
+    async def take_charge(self) -> None:
+        """As the leader: consume plan results, and settle what the last leader left."""
+        s = self.svc.subjects
+        js = self.svc.nc.jetstream()
         await ensure_stream(js, s.results_stream, [s.results], duplicate_window=3600.0)
         await js.subscribe(
             s.results,

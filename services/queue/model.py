@@ -31,6 +31,7 @@ from qserver.protocol.queue_log import (
     ItemsMoved,
     ItemsRemoved,
     ItemStarted,
+    LeaderChanged,
     LockCleared,
     LockSet,
     ModeSet,
@@ -90,6 +91,7 @@ class QueueModel:
         self.permissions: dict[str, Any] | None = None
         self.permissions_uid = ""
         self.last_record: HistoryRecord | None = None
+        self.leader = ""  # the instance that wrote the last LeaderChanged event
 
     # ----- persistence -----
 
@@ -177,6 +179,8 @@ class QueueModel:
             case PermissionsSet(permissions=permissions, uid=uid):
                 self.permissions = permissions
                 self.permissions_uid = uid
+            case LeaderChanged(instance=instance):
+                self.leader = instance
             case _:
                 raise TypeError(f"unknown queue event {type(ev).__name__}")
 

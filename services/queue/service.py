@@ -10,6 +10,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from qserver.protocol.queue_log import (
     ItemReplaced,
     ItemsAdded,
     ItemsMoved,
+    LeaderChanged,
     PermissionsSet,
 )
 from qserver.protocol.status import LockStatus, Status
@@ -35,6 +37,7 @@ from qserver.service_base import Handler, encode
 from services.queue.catalog import PlanCatalog
 from services.queue.exec_handlers import ExecutionHandlers
 from services.queue.execution import Executor
+from services.queue.leader import Lease
 from services.queue.model import QueueModel
 from services.queue.store import EventLog
 
@@ -70,6 +73,7 @@ class QueueService:
     ) -> None:
         self.nc = nc
         self.subjects = subjects
+        self._emergency_lock_key = emergency_lock_key
         self.model = QueueModel(emergency_lock_key=emergency_lock_key)
         self.catalog = PlanCatalog(
             js, subjects, lists_file=lists_file, permissions_file=permissions_file
@@ -84,11 +88,18 @@ class QueueService:
         self._status: Status | None = None
         self._run_list_uid = _uid()
         self._task_results_uid = _uid()
+        # Only the leader writes, runs items and publishes status (see services/queue/leader.py).
+        self.leading = False
+        self.lease: Lease | None = None
+        self.on_lease_lost: Callable[[], None] = lambda: None
 
     # ----- start-up -----
 
     async def load(self) -> None:
+        """Read the state from the log (no writes: a standby loads too)."""
         t0 = time.perf_counter()
+        self.model = QueueModel(emergency_lock_key=self._emergency_lock_key)
+        self.model.validate = self.catalog.validate
         snap, events = await self.log.open()
         if snap is not None:
             self.model.load(snap)
@@ -96,11 +107,6 @@ class QueueService:
             self.model.apply(ev)
         await self.catalog.load_lists()
         self.catalog.set_permissions(self.model.permissions, self.model.permissions_uid)
-        if self.catalog.permissions_file is not None:
-            # Permissions are re-read from their file at every start, as the reference does.
-            perms = self.catalog.read_permissions_file()
-            if perms != self.model.permissions:
-                await self.set_permissions(perms)
         logger.info(
             "queue loaded: %d items, snapshot at seq %d, %d events replayed in %.1f ms",
             len(self.model.items),
@@ -108,6 +114,22 @@ class QueueService:
             len(events),
             (time.perf_counter() - t0) * 1e3,
         )
+
+    async def lead(self, lease: Lease | None) -> None:
+        """Become the writer: fence off any earlier leader, then settle what a start settles."""
+        self.lease = lease
+        self.leading = True
+        if self._needs_resync:
+            await self.resync()
+        if lease is not None:
+            await self.commit(
+                LeaderChanged(instance=lease.instance, lease_revision=lease.revision)
+            )
+        if self.catalog.permissions_file is not None:
+            # Permissions are re-read from their file at every start, as the reference does.
+            perms = self.catalog.read_permissions_file()
+            if perms != self.model.permissions:
+                await self.set_permissions(perms)
 
     async def set_permissions(self, permissions: dict[str, Any]) -> None:
         await self.commit(PermissionsSet(permissions=permissions, uid=_uid()))
@@ -120,7 +142,8 @@ class QueueService:
 
     def kick(self) -> None:
         """Let the queue runner look at the state again, soon, outside the caller's lock."""
-        asyncio.get_running_loop().create_task(self.advance())
+        if self.leading:
+            asyncio.get_running_loop().create_task(self.advance())
 
     async def advance(self) -> None:
         async with self._write_lock:
@@ -165,6 +188,8 @@ class QueueService:
 
     async def publish_status(self) -> None:
         """Publish the status event; a new `time` and `status_uid` only when something changed."""
+        if not self.leading:
+            return
         st = self.status()
         prev = self._status
         if prev is not None and msgspec.structs.replace(prev, time=st.time) == st:
@@ -186,6 +211,10 @@ class QueueService:
         """Append the event, apply it once acknowledged, then tell subscribers."""
         if event is None:
             return
+        if not self.leading or (self.lease is not None and not self.lease.valid()):
+            if self.leading:
+                self.on_lease_lost()
+            raise Refused("This queue service instance does not lead (it lost its lease)")
         try:
             seq = await self.log.append(event)
         except Conflict:

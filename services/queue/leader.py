@@ -1,0 +1,160 @@
+"""The queue service's leader lease: one instance leads, the others wait as hot standbys.
+
+The lease is a key in a JetStream KV bucket; the leader rewrites it every `RENEW_S`. A
+standby reads it every `POLL_S` and, when its revision has not changed for `stale_after`
+seconds by the standby's own clock (the leader died, hung or lost NATS), replaces it with
+a compare-and-set on that revision: of several standbys, one wins. (JetStream's own
+expiry of KV entries is too coarse here: it lapses ~0.6-0.9 s late.) The leader trusts its
+lease only until `stale_after * SAFETY` after the start of its last successful renewal, by
+its own clock, so it stops writing before a standby can take over; and every new leader
+first appends a `LeaderChanged` event to the queue log, after which a stale leader's append
+is refused by the log's expected-sequence check anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from qserver.protocol.subjects import Subjects
+
+logger = logging.getLogger(__name__)
+
+KEY = "queue"
+STALE_S = 0.45
+RENEW_S = 0.1
+POLL_S = 0.05
+SAFETY = 0.6  # the leader trusts its lease for this share of `stale_after`
+
+
+def default_instance() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Lease:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        instance: str,
+        *,
+        stale_after: float = STALE_S,
+        replicas: int = 1,
+    ) -> None:
+        self._js = js
+        self._bucket = subjects.leader_bucket
+        self.instance = instance
+        self.stale_after = stale_after
+        self._replicas = replicas
+        self._kv: KeyValue | None = None
+        self.revision = 0
+        self._valid_until = 0.0
+        self.holder: str | None = None  # who held it at the last failed attempt
+        self._seen_revision: int | None = None
+        self._seen_at = 0.0
+
+    async def open(self) -> None:
+        try:
+            self._kv = await self._js.key_value(self._bucket)
+        except BucketNotFoundError:
+            self._kv = await self._js.create_key_value(
+                KeyValueConfig(bucket=self._bucket, history=1, replicas=self._replicas)
+            )
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None, "Lease.open() first"
+        return self._kv
+
+    def _value(self) -> bytes:
+        return json.dumps({"instance": self.instance, "pid": os.getpid()}).encode()
+
+    def valid(self) -> bool:
+        return time.monotonic() < self._valid_until
+
+    async def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it, its holder stopped renewing it, or it is ours."""
+        started = time.monotonic()
+        try:
+            self.revision = await self.kv.create(KEY, self._value())
+        except KeyWrongLastSequenceError:
+            try:
+                entry = await self.kv.get(KEY)
+            except KeyNotFoundError:
+                return False  # released just now: the next attempt creates it
+            self.holder = json.loads(entry.value or b"{}").get("instance")
+            if entry.revision is None:
+                return False
+            # Our own instance name means a restart after a crash: the old process is gone
+            # (a supervisor restarts a service only after it exited).
+            if self.holder != self.instance:
+                if entry.revision != self._seen_revision:
+                    self._seen_revision, self._seen_at = entry.revision, started
+                    return False
+                if started - self._seen_at < self.stale_after:
+                    return False
+                logger.warning(
+                    "the leader %s has not renewed its lease for %.2f s: taking over",
+                    self.holder,
+                    started - self._seen_at,
+                )
+            try:
+                self.revision = await self.kv.update(KEY, self._value(), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                return False  # renewed after all, or another standby was faster
+        self._valid_until = started + self.stale_after * SAFETY
+        self.holder = self.instance
+        return True
+
+    async def acquire(self, stopping: asyncio.Event) -> bool:
+        """Wait for the lease; False if `stopping` is set first."""
+        announced = False
+        while not stopping.is_set():
+            try:
+                if await self.try_acquire():
+                    return True
+            except Exception as e:
+                logger.warning("leader lease: %r", e)
+            if not announced:
+                logger.info("standby: %s leads; waiting for its lease to lapse", self.holder)
+                announced = True
+            await asyncio.sleep(POLL_S)
+        return False
+
+    async def renew(self) -> bool:
+        started = time.monotonic()
+        try:
+            self.revision = await self.kv.update(KEY, self._value(), last=self.revision)
+        except Exception as e:
+            logger.warning("renewing the leader lease failed: %r", e)
+            return False
+        self._valid_until = started + self.stale_after * SAFETY
+        return True
+
+    async def keep(self, on_lost: Callable[[], None]) -> None:
+        """Renew until cancelled; call `on_lost` once the lease can no longer be trusted."""
+        while True:
+            await asyncio.sleep(RENEW_S)
+            if await self.renew():
+                continue
+            if not self.valid():
+                on_lost()
+                return
+
+    async def release(self) -> None:
+        """Give the lease up at a clean stop, so that a standby takes over at once."""
+        self._valid_until = 0.0
+        try:
+            await self.kv.delete(KEY, last=self.revision)
+        except Exception as e:
+            logger.debug("releasing the leader lease: %r", e)
