@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from qserver.connect import NatsAuth
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 
 DEFAULT_NATS_URL = "nats://localhost:4222"
@@ -30,6 +32,59 @@ class NoAnswer(ClientError):
     """The request got no reply: the server or the service for the method is not there."""
 
 
+class AccessDenied(ClientError):
+    """NATS refused the credentials, or this user's permissions do not allow the request."""
+
+
+# What nats-py hands to the error callback (lower-cased) when the server refuses a subject.
+_DENIED_RE = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"')
+
+
+class Denials:
+    """Permission errors from the server, matched to the requests that wait on them.
+
+    NATS answers a forbidden publish with an asynchronous `-ERR`, not with a reply: without
+    this, the request would only time out.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Future[str]]] = {}
+
+    async def on_error(self, e: Exception) -> None:
+        m = _DENIED_RE.search(str(e))
+        if m is None:
+            return
+        kind, subject = m.groups()
+        if kind == "subscription" and subject.startswith("_inbox."):
+            # No replies can reach this user at all: every waiting request is lost.
+            waiters = [f for fs in self._waiting.values() for f in fs]
+            reason = f"this NATS user may not subscribe to {subject!r}, so it gets no replies"
+        else:
+            waiters = list(self._waiting.get(subject.lower(), ()))
+            reason = f"this NATS user may not {kind_verb(kind)} {subject!r}"
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(reason)
+
+    @contextlib.contextmanager
+    def watch(self, subject: str) -> Iterator[asyncio.Future[str]]:
+        """A future that gets the reason if the server refuses `subject` meanwhile."""
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        waiters = self._waiting.setdefault(subject.lower(), set())
+        waiters.add(fut)
+        try:
+            yield fut
+        finally:
+            waiters.discard(fut)
+            if not waiters:
+                self._waiting.pop(subject.lower(), None)
+            fut.cancel()
+
+
+def kind_verb(kind: str) -> str:
+    return "publish to" if kind == "publish" else "subscribe to"
+
+
 def default_url() -> str:
     return os.environ.get("QSERVER_NATS_URL", DEFAULT_NATS_URL)
 
@@ -42,11 +97,17 @@ class Client:
     """Talks to a queue server over NATS: `await Client.connect(url)`, then `request(...)`."""
 
     def __init__(
-        self, nc: NATS, prefix: str = DEFAULT_PREFIX, timeout: float = DEFAULT_TIMEOUT
+        self,
+        nc: NATS,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = DEFAULT_TIMEOUT,
+        denials: Denials | None = None,
     ) -> None:
         self.nc = nc
         self.subjects = Subjects(prefix)
         self.timeout = timeout
+        # Set when this client's connection reports permission errors to it (`connect`).
+        self.denials = denials
 
     @classmethod
     async def connect(
@@ -55,29 +116,38 @@ class Client:
         prefix: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = 2.0,
+        auth: NatsAuth | None = None,
     ) -> Client:
+        """Connect with the credentials of `auth` (default: the QSERVER_NATS_* variables)."""
         url = url or default_url()
-
-        async def quiet(e: Exception) -> None:
-            pass  # connection errors are reported once, below, not as tracebacks
-
+        auth = auth or NatsAuth.from_env()
+        # Permission errors go to the requests that wait on them; others are reported once,
+        # below, not as tracebacks.
+        denials = Denials()
+        options: dict[str, Any] = {
+            "connect_timeout": connect_timeout,
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0.05,
+            "allow_reconnect": False,
+            "error_cb": denials.on_error,
+            "name": "qserver-client",
+            **auth.connect_options(),
+        }
+        nc = NATS()
         try:
             # nats-py retries the first connection on its own; bound the whole attempt.
-            nc = await asyncio.wait_for(
-                nats.connect(
-                    url,
-                    connect_timeout=connect_timeout,
-                    max_reconnect_attempts=1,
-                    reconnect_time_wait=0.05,
-                    allow_reconnect=False,
-                    error_cb=quiet,
-                    name="qserver-client",
-                ),
-                connect_timeout + 0.5,
-            )
+            await asyncio.wait_for(nc.connect(url, **options), connect_timeout + 0.5)
         except Exception as e:  # includes the TimeoutError of wait_for
+            with contextlib.suppress(Exception):
+                await nc.close()  # a refused connection would leave its socket open
+            if "authorization violation" in str(e).lower():
+                raise AccessDenied(
+                    f"NATS at {url} refused the connection with {auth.method}: authorization "
+                    "violation (check QSERVER_NATS_USER and QSERVER_NATS_PASSWORD, or the "
+                    "token, nkey or credentials file)"
+                ) from None
             raise NoAnswer(f"Cannot connect to NATS at {url}: {e or type(e).__name__}") from e
-        return cls(nc, prefix or default_prefix(), timeout)
+        return cls(nc, prefix or default_prefix(), timeout, denials)
 
     async def close(self) -> None:
         await self.nc.close()
@@ -90,10 +160,9 @@ class Client:
 
     async def request_raw(self, method: str, body: bytes, timeout: float | None = None) -> bytes:
         """Send one request with a JSON body; return the raw JSON reply."""
+        subject = self.subjects.api(method)
         try:
-            msg = await self.nc.request(
-                self.subjects.api(method), body, timeout=timeout or self.timeout
-            )
+            msg = await self._request_watched(subject, body, timeout or self.timeout)
         except NoRespondersError:
             raise NoAnswer(
                 f"No service answers '{method}' (is the queue server running with prefix "
@@ -104,6 +173,26 @@ class Client:
                 f"No answer to '{method}' within {timeout or self.timeout:g} s"
             ) from None
         return msg.data  # type: ignore[no-any-return]
+
+    async def _request_watched(self, subject: str, body: bytes, timeout: float) -> Any:
+        """`nc.request`, ended at once with AccessDenied if the server refuses the subject."""
+        if self.denials is None:
+            return await self.nc.request(subject, body, timeout=timeout)
+        with self.denials.watch(subject) as denied:
+            req: asyncio.Future[Any] = asyncio.ensure_future(
+                self.nc.request(subject, body, timeout=timeout)
+            )
+            either: set[asyncio.Future[Any]] = {req, denied}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not req.done():
+                req.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await req
+                raise AccessDenied(
+                    f"Permission denied: {denied.result()} (the request '{subject}' was "
+                    "refused by NATS; ask for credentials of a role that may send it)"
+                )
+            return req.result()
 
     async def request(
         self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None

@@ -48,8 +48,11 @@ class NatsServer(ChildServer):
         host: str = "127.0.0.1",
         log_file: Path | None = None,
         death_signal: int | None = None,
+        config_file: Path | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
+        # A nats-server config (accounts, users, TLS); the flags below override what it sets.
+        self.config_file = config_file
         # Sent by the kernel when the process that started the server dies (Linux).
         self.death_signal = death_signal
         self.host = host
@@ -78,6 +81,8 @@ class NatsServer(ChildServer):
             "-l",
             str(self.log_file),
         ]
+        if self.config_file is not None:
+            cmd += ["-c", str(self.config_file)]
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,

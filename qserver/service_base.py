@@ -15,7 +15,9 @@ import msgspec
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service
 
+from qserver import connect
 from qserver.errors import BadRequest, QServerError
+from qserver.jsonlog import LOG_FORMATS, make_formatter
 from qserver.protocol.api import MAX_REQUEST_BYTES, REQUEST_TYPES, Reply, Request
 from qserver.protocol.subjects import DEFAULT_PREFIX
 
@@ -91,30 +93,54 @@ async def wait_for_signal(stop: asyncio.Event) -> None:
 
 
 def service_arguments(prog: str, description: str | None) -> argparse.ArgumentParser:
-    """The options every service takes: NATS URL, subject prefix, log level."""
+    """The options every service takes: NATS URL and credentials, subject prefix, logging."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument(
-        "--nats-url", default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222")
+        "--nats-url",
+        default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222"),
+        help="NATS server(s), comma-separated ($QSERVER_NATS_URL; nats://localhost:4222)",
     )
-    p.add_argument("--prefix", default=os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX))
-    p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
+    connect.add_arguments(p)
+    p.add_argument(
+        "--prefix",
+        default=os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX),
+        help=f"subject prefix of this queue server ($QSERVER_PREFIX; {DEFAULT_PREFIX})",
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR ($QSERVER_LOG_LEVEL; INFO)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("QSERVER_LOG_FORMAT", "text"),
+        help="text, or json: one object per line ($QSERVER_LOG_FORMAT; text)",
+    )
     return p
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(level: str, log_format: str | None = None) -> None:
+    """Configure the root logger once; the format defaults to $QSERVER_LOG_FORMAT, else text."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(make_formatter(log_format or os.environ.get("QSERVER_LOG_FORMAT", "text")))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def run_loop(coro: Any) -> int:
-    """Run a service's main coroutine on uvloop when it is installed."""
+    """Run a service's main coroutine on uvloop when it is installed; exit 2 on bad settings."""
+    run: Callable[[Any], Any]
     try:
         import uvloop
+
+        run = uvloop.run
     except ImportError:
-        return asyncio.run(coro)  # type: ignore[no-any-return]
-    return uvloop.run(coro)  # type: ignore[no-any-return]
+        run = asyncio.run
+    try:
+        return int(run(coro))
+    except connect.NatsConfigError as e:
+        logger.error("bad NATS settings: %s", e)
+        return 2
 
 
 async def shutdown(*steps: Awaitable[Any], timeout: float = 2.0) -> None:

@@ -6,7 +6,7 @@ import click
 
 from qserver.cli import commands_admin, commands_env, commands_queue
 from qserver.cli.errors import BadParams
-from qserver.cli.options import CONTEXT, lock_key_option, simple
+from qserver.cli.options import CONTEXT, lock_key_option, nats_auth_options, simple
 from qserver.cli.runner import Settings, run_console_monitor, run_legacy, run_monitor
 from qserver.cli.words import normalize_legacy_argv
 
@@ -31,6 +31,7 @@ class QServerGroup(click.Group):
 @click.group(cls=QServerGroup, context_settings=CONTEXT, invoke_without_command=True, epilog=EPILOG)
 @click.option("-a", "--address", help="NATS URL [env QSERVER_NATS_URL; nats://localhost:4222].")
 @click.option("--prefix", help="Subject prefix [env QSERVER_PREFIX; qs.default].")
+@nats_auth_options
 @lock_key_option
 @click.option(
     "--timeout",

@@ -8,6 +8,7 @@ import click
 
 from qserver.cli.errors import BadParams
 from qserver.cli.runner import Settings, current_settings, send
+from qserver.connect import ENV_VARS, FLAG_HELP
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 # For commands with free-form words: `-1` is a position, not an unknown option.
@@ -26,6 +27,24 @@ lock_key_option = click.option(
     callback=_store_lock_key,
     help="Lock key for a locked environment or queue.",
 )
+
+
+def _store_nats_auth(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None and param.name is not None:
+        ctx.ensure_object(Settings).nats_auth[param.name] = value
+
+
+def nats_auth_options(f: Any) -> Any:
+    """`--nats-user`, `--nats-creds`, ... and TLS files, as the services take them."""
+    for name, text in reversed(FLAG_HELP.items()):
+        f = click.option(
+            f"--nats-{name.replace('_', '-')}",
+            name,
+            expose_value=False,
+            callback=_store_nats_auth,
+            help=f"{text[0].upper()}{text[1:]} [env {ENV_VARS[name]}].",
+        )(f)
+    return f
 
 
 def simple(group: click.Group, name: str, method: str, doc: str, locked: bool = False) -> None:

@@ -9,12 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from qserver.cli.errors import EXIT_BAD_PARAMS, EXIT_ERROR, EXIT_OK, CliFailure, NoReply
+from qserver.cli.errors import (
+    EXIT_BAD_PARAMS,
+    EXIT_ERROR,
+    EXIT_OK,
+    BadParams,
+    CliFailure,
+    NoReply,
+    RequestRefused,
+)
 from qserver.cli.output import monitor_line, show
 from qserver.legacy import (
     CLI_USER,
@@ -57,6 +65,7 @@ class Settings:
     lock_key: str | None = None
     timeout: float | None = None
     fmt: str = "json"
+    nats_auth: dict[str, str] = field(default_factory=dict)  # --nats-* flags over QSERVER_NATS_*
 
 
 def current_settings() -> Settings:
@@ -72,18 +81,29 @@ def nats_url(address: str | None) -> str | None:
 
 @contextlib.asynccontextmanager
 async def connected(settings: Settings) -> AsyncIterator[Client]:
-    """A connected client; a missing server or service becomes `NoReply` (exit 3)."""
-    from qserver.client import Client, NoAnswer
+    """A connected client; a missing server or service becomes `NoReply` (exit 3), a refusal
+    by NATS (credentials, permissions) `RequestRefused` (exit 2)."""
+    from qserver.client import AccessDenied, Client, NoAnswer
+    from qserver.connect import NatsAuth, NatsConfigError
 
     options = {"timeout": settings.timeout} if settings.timeout else {}
     try:
-        client = await Client.connect(nats_url(settings.address), settings.prefix, **options)
+        auth = NatsAuth.from_env(None, **settings.nats_auth)
+        client = await Client.connect(
+            nats_url(settings.address), settings.prefix, auth=auth, **options
+        )
+    except NatsConfigError as e:
+        raise BadParams(str(e)) from None
     except NoAnswer as e:
         raise NoReply(str(e)) from None
+    except AccessDenied as e:
+        raise RequestRefused(str(e)) from None
     try:
         yield client
     except NoAnswer as e:
         raise NoReply(str(e)) from None
+    except AccessDenied as e:
+        raise RequestRefused(str(e)) from None
     finally:
         await client.close()
 

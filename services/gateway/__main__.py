@@ -14,6 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
+from qserver.connect import connect_options
 from qserver.service_base import run_loop, service_arguments, setup_logging
 from services.gateway.app import build_app
 from services.gateway.bridge import Bridge
@@ -69,12 +70,14 @@ async def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         logger.error("%s", e)
         return 2
-    app = build_app(Bridge(args.nats_url, args.prefix, args.timeout), auth)
+    bridge = Bridge(args.nats_url, args.prefix, args.timeout, connect_options(args))
+    app = build_app(bridge, auth)
     config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level.lower(),
+        log_config=None,  # uvicorn's records go through our handler (text or JSON)
         access_log=False,
         lifespan="on",
         ws="websockets-sansio",
@@ -127,7 +130,7 @@ def cli() -> None:
         help="seconds to wait for a service's reply before answering 503 (default 10)",
     )
     args = p.parse_args()
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     raise SystemExit(run_loop(main(args)))
 
 

@@ -62,8 +62,11 @@ class ConsoleBuffer:
 class Bridge:
     """Connects in the background, so that the gateway answers 503 until NATS is there."""
 
-    def __init__(self, url: str, prefix: str, timeout: float) -> None:
+    def __init__(
+        self, url: str, prefix: str, timeout: float, connect_options: dict[str, Any] | None = None
+    ) -> None:
         self.url = url
+        self.connect_options = connect_options or {}  # credentials and TLS (qserver.connect)
         self.prefix = prefix
         self.timeout = timeout
         self.client: Client | None = None
@@ -88,6 +91,7 @@ class Bridge:
                     connect_timeout=2,
                     error_cb=on_error,
                     name="qserver-gateway",
+                    **self.connect_options,
                 )
                 break
             except Exception as e:

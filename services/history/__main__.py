@@ -16,6 +16,7 @@ import nats
 from nats.micro import add_service
 
 import qserver
+from qserver.connect import connect_options
 from qserver.documents import configured_topic
 from qserver.protocol.subjects import Subjects
 from qserver.service_base import (
@@ -36,7 +37,11 @@ logger = logging.getLogger("services.history")
 async def main(args: argparse.Namespace) -> int:
     subjects = Subjects(args.prefix)
     nc = await nats.connect(
-        args.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, name="qserver-history"
+        args.nats_url,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        name="qserver-history",
+        **connect_options(args),
     )
     tiled = tiled_settings(args)
     svc = HistoryService(
@@ -126,7 +131,7 @@ def cli() -> None:
         help=f"the container of runs on that server (default {DEFAULT_CATALOG!r})",
     )
     args = p.parse_args()
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     raise SystemExit(run_loop(main(args)))
 
 

@@ -13,6 +13,7 @@ import nats
 from nats.micro import add_service
 
 import qserver
+from qserver.connect import connect_options
 from qserver.protocol.subjects import Subjects
 from qserver.service_base import (
     add_methods,
@@ -33,7 +34,11 @@ LEASE_LOST = 3
 async def main(args: argparse.Namespace) -> int:
     subjects = Subjects(args.prefix)
     nc = await nats.connect(
-        args.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, name="qserver-queue"
+        args.nats_url,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        name="qserver-queue",
+        **connect_options(args),
     )
     js = nc.jetstream()
     svc = QueueService(
@@ -56,7 +61,7 @@ async def main(args: argparse.Namespace) -> int:
             await shutdown(nc.drain())
             return 0
         took_over = time.perf_counter()
-        await svc.load()  # the state as the last leader left it
+        await svc.load_state()  # the state as the last leader left it
         logger.warning(
             "instance %s leads now; state loaded in %.1f ms",
             args.instance,
@@ -129,7 +134,7 @@ def cli() -> None:
         help="user group permissions (YAML), read at every start",
     )
     args = p.parse_args()
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     raise SystemExit(run_loop(main(args)))
 
 

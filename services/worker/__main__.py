@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import nats
 from nats.micro import add_service
 
 import qserver
 import sim_profile
+from qserver.connect import NatsAuth, connect_options
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
 from qserver.service_base import (
@@ -38,12 +40,15 @@ async def main(args: argparse.Namespace) -> int:
         default_startup=startup,
         env_args=("--log-level", args.log_level, "--device-max-depth", str(args.device_max_depth)),
     )
+    # The environment process, started by this one, connects with the same settings.
+    os.environ.update(NatsAuth.from_args(args).environ(), QSERVER_LOG_FORMAT=args.log_format)
     nc = await nats.connect(
         args.nats_url,
         name="qserver-worker",
         no_echo=True,  # `worker.state` carries both requests and our own events
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
+        **connect_options(args),
     )
     svc = WorkerService(nc, subjects, config)
     await svc.start()
@@ -69,7 +74,7 @@ def cli() -> None:
     where.add_argument("--startup-script")
     p.add_argument("--device-max-depth", type=int, default=5)
     args = p.parse_args()
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     raise SystemExit(run_loop(main(args)))
 
 

@@ -13,6 +13,8 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from qserver.connect import connect_options
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -64,6 +66,7 @@ class NatsLink:
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
+            **connect_options(),  # the worker's credentials, from the environment
         )
         self._js = self._nc.jetstream()
 

@@ -1,0 +1,146 @@
+"""NATS credentials and TLS: the one place that turns env vars and flags into connect options.
+
+Every service, the environment process, the client and the CLI connect with
+`NatsAuth.from_env(...).connect_options()`. Passwords and tokens come only from the
+environment (a flag would show them in `ps`); file paths may also be given as flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+# Field -> environment variable. Flags are `--nats-<field with dashes>` for FLAG_FIELDS.
+ENV_VARS = {
+    "user": "QSERVER_NATS_USER",
+    "password": "QSERVER_NATS_PASSWORD",
+    "token": "QSERVER_NATS_TOKEN",
+    "creds": "QSERVER_NATS_CREDS",
+    "nkey": "QSERVER_NATS_NKEY",
+    "tls_ca": "QSERVER_NATS_TLS_CA",
+    "tls_cert": "QSERVER_NATS_TLS_CERT",
+    "tls_key": "QSERVER_NATS_TLS_KEY",
+}
+FLAG_HELP = {
+    "user": "NATS user name (password from $QSERVER_NATS_PASSWORD)",
+    "creds": "NATS credentials file (.creds: user JWT and nkey seed)",
+    "nkey": "file holding the NATS nkey seed of this user",
+    "tls_ca": "CA certificate (PEM) to verify the NATS server with",
+    "tls_cert": "client certificate (PEM) for NATS TLS (with --nats-tls-key)",
+    "tls_key": "private key (PEM) of --nats-tls-cert",
+}
+FILE_FIELDS = ("creds", "nkey", "tls_ca", "tls_cert", "tls_key")
+
+
+class NatsConfigError(ValueError):
+    """The NATS credentials or TLS settings are inconsistent; the message names the setting."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NatsAuth:
+    """How to authenticate to NATS and verify it: at most one of user, token, creds, nkey."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    nkey: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: str | None) -> NatsAuth:
+        """The settings in `env` (default: os.environ); non-empty `overrides` (flags) win."""
+        env = os.environ if env is None else env
+        values = {name: env.get(var) or None for name, var in ENV_VARS.items()}
+        values.update({k: v for k, v in overrides.items() if v})
+        return cls(**values)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> NatsAuth:
+        """The environment, overridden by the flags of `add_arguments`."""
+        flags = {name: getattr(args, f"nats_{name}", None) for name in FLAG_HELP}
+        return cls.from_env(env, **flags)
+
+    @property
+    def method(self) -> str:
+        """How this connects, in words, without secrets (for messages)."""
+        if self.user:
+            return f"user '{self.user}'"
+        if self.token:
+            return "a token"
+        if self.creds:
+            return f"credentials file {self.creds}"
+        if self.nkey:
+            return f"nkey seed file {self.nkey}"
+        return "no credentials"
+
+    def check(self) -> None:
+        """Raise NatsConfigError naming the setting if the combination cannot work."""
+        chosen = [ENV_VARS[n] for n in ("user", "token", "creds", "nkey") if getattr(self, n)]
+        if len(chosen) > 1:
+            raise NatsConfigError(f"give only one way to authenticate to NATS, not {chosen}")
+        if self.password and not self.user:
+            raise NatsConfigError(f"{ENV_VARS['password']} is set without {ENV_VARS['user']}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise NatsConfigError(
+                f"{ENV_VARS['tls_cert']} and {ENV_VARS['tls_key']} go together: set both or none"
+            )
+        for name in FILE_FIELDS:
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise NatsConfigError(f"{ENV_VARS[name]}: no such file: {path}")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not (self.tls_ca or self.tls_cert):
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca)
+        if self.tls_cert and self.tls_key:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return ctx
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for `nats.connect` (empty when nothing is configured)."""
+        self.check()
+        opts: dict[str, Any] = {}
+        if self.user:
+            opts["user"] = self.user
+            opts["password"] = self.password or ""
+        if self.token:
+            opts["token"] = self.token
+        if self.creds:
+            opts["user_credentials"] = self.creds
+        if self.nkey:
+            opts["nkeys_seed"] = self.nkey
+        tls = self.tls_context()
+        if tls is not None:
+            opts["tls"] = tls
+        return opts
+
+    def environ(self) -> dict[str, str]:
+        """The same settings as environment variables, for a child process."""
+        return {ENV_VARS[f.name]: v for f in fields(self) if (v := getattr(self, f.name))}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The `--nats-*` credential and TLS flags (each also read from its QSERVER_NATS_* var)."""
+    for name, text in FLAG_HELP.items():
+        p.add_argument(
+            f"--nats-{name.replace('_', '-')}",
+            dest=f"nats_{name}",
+            default=None,
+            metavar="PATH" if name in FILE_FIELDS else "NAME",
+            help=f"{text} (${ENV_VARS[name]})",
+        )
+
+
+def connect_options(args: argparse.Namespace | None = None) -> dict[str, Any]:
+    """`nats.connect` options from the environment and, if given, a service's parsed flags."""
+    auth = NatsAuth.from_args(args) if args is not None else NatsAuth.from_env()
+    return auth.connect_options()

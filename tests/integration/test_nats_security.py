@@ -1,0 +1,226 @@
+"""NATS users and permissions: each service and role connects as itself and gets only its subjects.
+
+The server runs `qserver.nats_permissions.render_accounts` (what deploy/nats/accounts.conf
+holds) with passwords generated here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from qserver.client import AccessDenied, Client
+from qserver.connect import NatsAuth
+from qserver.nats_permissions import render_accounts, roles
+from qserver.natsserver import NatsServer
+from qserver.procs import readiness_probe
+from tests.conftest import USER, Services, plan, unique_prefix
+
+PREFIX = unique_prefix()
+PASSWORDS = {r.name: secrets.token_urlsafe(16) for r in roles(PREFIX)}
+
+
+def role_env(role: str) -> dict[str, str]:
+    return {"QSERVER_NATS_USER": role, "QSERVER_NATS_PASSWORD": PASSWORDS[role]}
+
+
+def auth(role: str, password: str | None = None) -> NatsAuth:
+    return NatsAuth(user=role, password=password or PASSWORDS[role])
+
+
+@pytest.fixture(scope="module")
+def secure_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    d = tmp_path_factory.mktemp("secure-nats")
+    conf = d / "accounts.conf"
+    literal = {role: json.dumps(pw) for role, pw in PASSWORDS.items()}
+    conf.write_text(render_accounts(literal, prefix=PREFIX))
+    server = NatsServer(d, config_file=conf).start()
+    yield server
+    server.stop()
+
+
+class RoleServices(Services):
+    """The core services, each connecting as its own NATS user."""
+
+    def start(self, *names: str) -> None:
+        for name in names or ("queue", "history", "worker"):
+            self.env = role_env(name)
+            super().start(name)
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        """Probe each service as a user that may: the worker's subjects are internal."""
+        deadline = time.monotonic() + timeout
+        for name, proc in self.procs.items():
+            c = await Client.connect(
+                self.nats.url, self.prefix, auth=auth("queue" if name == "worker" else "operator")
+            )
+            subject, body = readiness_probe(name, c.subjects)
+            try:
+                while True:
+                    assert proc.alive(), f"service {name} exited:\n{proc.log_tail()}"
+                    try:
+                        await c.nc.request(subject, body, timeout=1.0)
+                        break
+                    except (NoRespondersError, NatsTimeout):
+                        assert time.monotonic() < deadline, f"{name}:\n{proc.log_tail()}"
+                        await asyncio.sleep(0.05)
+            finally:
+                await c.close()
+
+
+@pytest.fixture(scope="module")
+async def svc(
+    secure_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Services]:
+    # The fixture's own readiness probes and client act as the operator.
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in role_env("operator").items():
+            mp.setenv(k, v)
+        services = RoleServices(secure_nats, tmp_path_factory.mktemp("logs"), prefix=PREFIX)
+        services.start()
+        try:
+            await services.wait_ready()
+            await services.connect()
+            yield services
+        finally:
+            if services.client is not None:
+                await services.client.close()
+            services.stop_all()
+
+
+@pytest.fixture
+async def observer(svc: Services) -> AsyncIterator[Client]:
+    c = await Client.connect(svc.nats.url, PREFIX, timeout=5.0, auth=auth("observer"))
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+async def operator(svc: Services) -> AsyncIterator[Client]:
+    c = await Client.connect(svc.nats.url, PREFIX, timeout=5.0, auth=auth("operator"))
+    yield c
+    await c.close()
+
+
+async def test_observer_reads_status_queue_and_history(observer: Client) -> None:
+    assert (await observer.request("status"))["manager_state"] == "idle"
+    assert (await observer.request("queue_get"))["success"]
+    assert (await observer.request("history_get"))["success"]
+    assert (await observer.request("plans_allowed", {"user_group": "primary"}))["success"]
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [("queue_item_add", {"item": plan("count", ["det1"]), **USER}), ("queue_start", {})],
+)
+async def test_observer_control_request_is_denied_at_once_naming_the_subject(
+    observer: Client, method: str, params: dict[str, object]
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(AccessDenied) as e:
+        await observer.request(method, params)
+    assert time.monotonic() - started < 2.0  # not the 5 s request timeout
+    assert "Permission denied" in str(e.value)
+    assert f"{PREFIX}.api.{method}" in str(e.value)
+    # The connection stays usable after the refusal.
+    assert "manager_state" in await observer.request("status")
+
+
+async def test_operator_changes_the_queue_and_the_observer_sees_it(
+    operator: Client, observer: Client
+) -> None:
+    r = await operator.request("queue_item_add", {"item": plan("count", ["det1"]), **USER})
+    assert r["success"], r
+    uid = r["item"]["item_uid"]
+    items = (await observer.request("queue_get"))["items"]
+    assert uid in [it["item_uid"] for it in items]
+    assert (await operator.request("queue_item_remove", {"uid": uid}))["success"]
+
+
+async def test_observer_receives_status_events(observer: Client) -> None:
+    async def first() -> dict[str, object]:
+        async for ev in observer.status_events():
+            return ev
+        raise AssertionError("no event")
+
+    ev = await asyncio.wait_for(first(), 5.0)
+    assert "manager_state" in ev
+
+
+async def test_wrong_password_is_refused_with_a_clear_error(svc: Services) -> None:
+    with pytest.raises(AccessDenied) as e:
+        await Client.connect(svc.nats.url, PREFIX, auth=auth("operator", "not-the-password"))
+    msg = str(e.value)
+    assert "authorization violation" in msg
+    assert "user 'operator'" in msg
+    assert PASSWORDS["operator"] not in msg
+
+
+async def test_services_run_a_plan_with_their_own_permissions(operator: Client) -> None:
+    """Worker and environment reach JetStream, KV, object store and events as `worker`."""
+    assert (await operator.request("environment_open", timeout=30))["success"]
+    await operator.wait_for(
+        lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", 30
+    )
+    r = await operator.request("queue_item_add", {"item": plan("count", ["det1"]), **USER})
+    assert r["success"], r
+    before = (await operator.request("history_get"))["total"]
+    assert (await operator.request("queue_start"))["success"]
+    await operator.wait_for(lambda st: st["items_in_history"] > before, 30)
+    items = (await operator.request("history_get"))["items"]
+    assert items[-1]["result"]["exit_status"] == "completed", items[-1]
+    assert (await operator.request("environment_close"))["success"]
+    await operator.wait_for(lambda st: not st["worker_environment_exists"], 30)
+
+
+def cli(url: str, env: dict[str, str], *args: str) -> list[str]:
+    return [sys.executable, "-m", "qserver.cli", "-a", url, "--prefix", PREFIX, *args]
+
+
+async def run_cli(url: str, env: dict[str, str], *args: str) -> tuple[int, str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("QSERVER_NATS_")}
+    proc = await asyncio.create_subprocess_exec(
+        *cli(url, env, *args),
+        env={**full_env, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode() + err.decode()
+
+
+async def test_cli_takes_credentials_from_env_and_flags(svc: Services) -> None:
+    url = svc.nats.url
+    pw = {"QSERVER_NATS_PASSWORD": PASSWORDS["observer"]}
+    rc, out = await run_cli(url, {**pw, "QSERVER_NATS_USER": "observer"}, "status")
+    assert rc == 0, out
+    rc, out = await run_cli(url, pw, "--nats-user", "observer", "queue", "start")
+    assert rc == 2, out
+    assert f"may not publish to '{PREFIX}.api.queue_start'" in out
+    rc, out = await run_cli(url, {"QSERVER_NATS_USER": "observer"}, "status")
+    assert rc == 2, out
+    assert "authorization violation" in out
+
+
+def test_the_config_names_no_user_twice() -> None:
+    names = [r.name for r in roles(PREFIX)]
+    assert len(names) == len(set(names)) == len(PASSWORDS)
+
+
+async def test_a_missing_credentials_file_is_a_clear_config_error(tmp_path: Path) -> None:
+    rc, out = await run_cli(
+        "nats://127.0.0.1:1", {"QSERVER_NATS_CREDS": str(tmp_path / "none.creds")}, "status"
+    )
+    assert rc == 1, out
+    assert "QSERVER_NATS_CREDS: no such file" in out

@@ -1,0 +1,111 @@
+"""NATS credentials and TLS settings from the environment and flags; JSON log lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import ssl
+from pathlib import Path
+
+import pytest
+
+from qserver.connect import ENV_VARS, NatsAuth, NatsConfigError, add_arguments
+from qserver.jsonlog import JsonFormatter, make_formatter
+
+
+def test_user_and_password_from_env_become_connect_options() -> None:
+    env = {"QSERVER_NATS_USER": "observer", "QSERVER_NATS_PASSWORD": "pw"}
+    assert NatsAuth.from_env(env).connect_options() == {"user": "observer", "password": "pw"}
+
+
+def test_nothing_configured_adds_no_options() -> None:
+    assert NatsAuth.from_env({}).connect_options() == {}
+
+
+def test_flags_override_the_environment(tmp_path: Path) -> None:
+    creds = tmp_path / "u.creds"
+    creds.write_text("creds")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--nats-creds", str(creds)])
+    auth = NatsAuth.from_args(args, {"QSERVER_NATS_TOKEN": "t", "QSERVER_NATS_CREDS": "/x"})
+    assert auth.creds == str(creds)
+    with pytest.raises(NatsConfigError, match="only one way"):
+        auth.connect_options()  # the token of the environment is still there
+
+
+def test_password_without_user_names_the_variables() -> None:
+    with pytest.raises(NatsConfigError, match="QSERVER_NATS_PASSWORD is set without"):
+        NatsAuth(password="pw").connect_options()
+
+
+def test_missing_files_and_half_a_client_certificate_are_named(tmp_path: Path) -> None:
+    with pytest.raises(NatsConfigError, match="QSERVER_NATS_NKEY: no such file"):
+        NatsAuth(nkey=str(tmp_path / "none.nk")).connect_options()
+    with pytest.raises(NatsConfigError, match="go together"):
+        NatsAuth(tls_cert=str(tmp_path / "c.pem")).connect_options()
+
+
+def test_token_nkey_and_creds_map_to_nats_py_names(tmp_path: Path) -> None:
+    seed = tmp_path / "seed.nk"
+    seed.write_text("SU...")
+    assert NatsAuth(token="t").connect_options() == {"token": "t"}
+    assert NatsAuth(nkey=str(seed)).connect_options() == {"nkeys_seed": str(seed)}
+    assert NatsAuth(creds=str(seed)).connect_options() == {"user_credentials": str(seed)}
+
+
+def test_a_ca_file_gives_a_verifying_tls_context(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text(ssl.DER_cert_to_PEM_cert(b"not a certificate"))
+    with pytest.raises(ssl.SSLError):
+        NatsAuth(tls_ca=str(ca)).connect_options()  # the file is read, not just named
+    ctx = NatsAuth(tls_ca=ssl.get_default_verify_paths().cafile or "").tls_context()
+    assert ctx is None or ctx.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_environ_round_trips_for_child_processes() -> None:
+    auth = NatsAuth(user="worker", password="pw")
+    assert auth.environ() == {"QSERVER_NATS_USER": "worker", "QSERVER_NATS_PASSWORD": "pw"}
+    assert NatsAuth.from_env(auth.environ()) == auth
+    assert set(ENV_VARS.values()) >= set(auth.environ())
+
+
+def test_method_names_the_user_but_never_the_secret() -> None:
+    assert NatsAuth(user="op", password="secret").method == "user 'op'"
+    assert "s3cr3t" not in NatsAuth(token="s3cr3t").method
+
+
+def record(msg: str, *args: object, exc: bool = False) -> logging.LogRecord:
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            import sys
+
+            exc_info = sys.exc_info()
+    rec = logging.LogRecord("services.queue", logging.ERROR, "f.py", 1, msg, args, exc_info)
+    rec.item_uid = "abc"
+    return rec
+
+
+def test_json_log_line_has_time_level_logger_message_and_extras() -> None:
+    line = JsonFormatter().format(record("item %s failed", "x"))
+    out = json.loads(line)
+    assert "\n" not in line
+    assert out["level"] == "ERROR"
+    assert out["logger"] == "services.queue"
+    assert out["message"] == "item x failed"
+    assert out["item_uid"] == "abc"
+    assert out["time"].endswith("+00:00")
+
+
+def test_json_log_line_carries_the_exception_text() -> None:
+    out = json.loads(JsonFormatter().format(record("failed", exc=True)))
+    assert "ValueError: boom" in out["exception"]
+
+
+def test_unknown_log_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown log format"):
+        make_formatter("xml")
