@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from qserver.cli import commands_admin, commands_env, commands_queue
+from qserver.cli import commands_admin, commands_doctor, commands_env, commands_queue
 from qserver.cli.errors import BadParams
 from qserver.cli.options import CONTEXT, lock_key_option, nats_auth_options, simple
 from qserver.cli.runner import Settings, run_console_monitor, run_legacy, run_monitor
@@ -121,5 +121,6 @@ for _command in (
     commands_admin.unlock,
     commands_admin.manager,
     commands_admin.stack,
+    commands_doctor.doctor,
 ):
     cli.add_command(_command)

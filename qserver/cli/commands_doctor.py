@@ -1,0 +1,82 @@
+"""`qserver doctor`: is everything there and talking? Plain words, non-zero exit if not."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qserver.cli.errors import EXIT_ERROR, EXIT_OK
+from qserver.cli.options import CONTEXT
+from qserver.cli.runner import current_settings, nats_url
+
+
+def stack_info(data_dir: Path | None) -> dict[str, Any]:
+    """What a local stack wrote to stack.json, or nothing if none runs."""
+    from qserver.stack import StackNotRunning, read_stack_info
+
+    try:
+        return read_stack_info(data_dir)
+    except StackNotRunning:
+        return {}
+
+
+@click.command(context_settings=CONTEXT)
+@click.option(
+    "--kafka-bootstrap",
+    help="Kafka bootstrap servers [env QSERVER_KAFKA_BOOTSTRAP; the local stack's].",
+)
+@click.option(
+    "--kafka-topic",
+    help="Document topic [env QSERVER_KAFKA_TOPIC, else from QSERVER_BEAMLINE; the stack's].",
+)
+@click.option(
+    "--tiled-url", help="Tiled server of the catalog [env QSERVER_TILED_URL; the stack's]."
+)
+@click.option("--http-url", help="HTTP gateway, e.g. http://host:60610 [the local stack's].")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data dir of a local stack to read addresses from [the default one, if running].",
+)
+def doctor(
+    kafka_bootstrap: str | None,
+    kafka_topic: str | None,
+    tiled_url: str | None,
+    http_url: str | None,
+    data_dir: Path | None,
+) -> None:
+    """Check NATS and JetStream, each service ($SRV.PING), the environment, Kafka and the
+    catalog; print what is wrong in plain words. Exit code 0 if all is well, 4 if not."""
+    from qserver.client import default_prefix, default_url
+    from qserver.connect import NatsAuth
+    from qserver.doctor import DoctorConfig, healthy, report, run_checks
+    from qserver.documents import configured_topic
+
+    settings = current_settings()
+    env = os.environ
+    stack = stack_info(data_dir)
+    bootstrap = (
+        kafka_bootstrap or env.get("QSERVER_KAFKA_BOOTSTRAP") or stack.get("kafka_bootstrap")
+    )
+    topic = kafka_topic or (
+        configured_topic(env)
+        if env.get("QSERVER_KAFKA_TOPIC") or env.get("QSERVER_BEAMLINE") or not stack
+        else stack.get("kafka_topic")
+    )
+    cfg = DoctorConfig(
+        nats_url=nats_url(settings.address) or default_url(),
+        prefix=settings.prefix or default_prefix(),
+        auth=NatsAuth.from_env(None, **settings.nats_auth),
+        kafka_bootstrap=bootstrap,
+        kafka_topic=topic,
+        tiled_url=tiled_url or env.get("QSERVER_TILED_URL") or stack.get("tiled_url"),
+        http_url=http_url or stack.get("http_url"),
+        timeout=settings.timeout or 3.0,
+    )
+    checks = asyncio.run(run_checks(cfg))
+    click.echo(report(checks))
+    click.get_current_context().exit(EXIT_OK if healthy(checks) else EXIT_ERROR)
