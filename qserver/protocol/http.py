@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -18,6 +18,7 @@ class LegacyPlan(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True
     """A plan as the first release's README writes one."""
 
     name: str
+    item_type: Literal["plan"] | UnsetType = UNSET  # implied; accepted for today's clients
     args: list[Any] = msgspec.field(default_factory=list)
     kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
     meta: dict[str, Any] | list[dict[str, Any]] | UnsetType = UNSET

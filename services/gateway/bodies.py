@@ -7,19 +7,30 @@ from typing import Any, TypeVar
 import msgspec
 
 from qserver.errors import BadRequest
-from qserver.protocol.api import MAX_REQUEST_BYTES
-from qserver.service_base import decode_request
+from qserver.protocol.api import MAX_REQUEST_BYTES, REQUEST_TYPES
 from services.gateway.auth import Principal
 from services.gateway.routes import Route
 
 _S = TypeVar("_S", bound=msgspec.Struct)
 _encoder = msgspec.json.Encoder()
-JSON_SPACE = b" \t\r\n"  # the only whitespace JSON allows around a value
+_decoders = {method: msgspec.json.Decoder(rtype) for method, rtype in REQUEST_TYPES.items()}
 
 
 def nonempty(body: bytes) -> bytes:
-    """The body, or `{}` when it is empty (or only JSON whitespace)."""
-    return body.strip(JSON_SPACE) or b"{}"
+    """The body, or `{}` when there is none (whitespace alone is malformed JSON)."""
+    return body or b"{}"
+
+
+def validate(method: str, body: bytes) -> None:
+    """Decode the params with the method's request type; BadRequest names any problem."""
+    try:
+        _decoders[method].decode(body)
+    except msgspec.ValidationError as e:
+        raise BadRequest(f"Invalid request to '{method}': {e}") from None
+    except msgspec.DecodeError as e:
+        raise BadRequest(f"Invalid request to '{method}': malformed JSON ({e})") from None
+    except RecursionError:
+        raise BadRequest(f"Invalid request to '{method}': JSON nesting is too deep") from None
 
 
 def parse_object(body: bytes, where: str) -> dict[str, Any]:
@@ -73,5 +84,5 @@ def request_params(route: Route, body: bytes, principal: Principal) -> bytes:
         set_identity(route, params, principal)
         body = _encoder.encode(params)
     body = nonempty(body)
-    decode_request(route.method, body)  # raises BadRequest naming the problem
+    validate(route.method, body)
     return body

@@ -55,7 +55,7 @@ def adapt_plan_add(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def adapt_position(body: dict[str, Any]) -> dict[str, Any]:
-    req = _convert(body, LegacyPosition, "this route")
+    req = _convert(body, LegacyPosition, "/queue/plan/get|remove")
     return {"pos": "back" if req.pos is UNSET else req.pos}
 
 
