@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from nats.js import JetStreamContext, api
@@ -11,15 +12,32 @@ from nats.js.errors import NotFoundError
 logger = logging.getLogger(__name__)
 
 
+def default_replicas() -> int:
+    """Replicas of every stream and bucket: `$QSERVER_JS_REPLICAS` (3 on a 3-node cluster)."""
+    value = os.environ.get("QSERVER_JS_REPLICAS") or "1"
+    try:
+        replicas = int(value)
+    except ValueError:
+        raise ValueError(f"QSERVER_JS_REPLICAS must be 1 to 5, not {value!r}") from None
+    if not 1 <= replicas <= 5:
+        raise ValueError(f"QSERVER_JS_REPLICAS must be 1 to 5, not {replicas}")
+    return replicas
+
+
 async def ensure_stream(
-    js: JetStreamContext, name: str, subjects: list[str], *, replicas: int = 1, **extra: object
+    js: JetStreamContext,
+    name: str,
+    subjects: list[str],
+    *,
+    replicas: int | None = None,
+    **extra: object,
 ) -> api.StreamInfo:
     """Create a file-backed stream, or update it to this config if it exists."""
     config = api.StreamConfig(
         name=name,
         subjects=subjects,
         storage=api.StorageType.FILE,
-        num_replicas=replicas,
+        num_replicas=replicas or default_replicas(),
         **extra,  # type: ignore[arg-type]
     )
     try:

@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 
 from qserver.errors import BadRequest, Locked, NotFound, Refused
-from qserver.jsutil import ensure_stream, read_stream
+from qserver.jsutil import default_replicas, ensure_stream, read_stream
 from qserver.protocol import api
 from qserver.protocol.api import REQUEST_TYPES
 from qserver.protocol.internal import LockCheck, LockCheckReply
@@ -41,7 +41,7 @@ class HistoryService:
         js: JetStreamContext,
         subjects: Subjects,
         *,
-        replicas: int = 1,
+        replicas: int | None = None,
         catalog: TiledCatalog | None = None,
     ) -> None:
         self.nc = nc
@@ -49,7 +49,7 @@ class HistoryService:
         self._catalog_ready = False
         self.js = js
         self.subjects = subjects
-        self.replicas = replicas
+        self.replicas = replicas or default_replicas()
         self.history = History(subjects.history_stream)
         self.stop_requested = asyncio.Event()
         self._lock = asyncio.Lock()

@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from qserver.errors import BadRequest, Refused
+from qserver.jsutil import default_replicas
 from qserver.protocol.items import QueueItem
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import ExistingLists
@@ -54,7 +55,9 @@ class PlanCatalog:
 
     async def load_lists(self) -> None:
         """The last lists the environment stored; else the profile's lists file, stored."""
-        self._obs = await self._js.create_object_store(self._subjects.lists_bucket)
+        self._obs = await self._js.create_object_store(
+            self._subjects.lists_bucket, replicas=default_replicas()
+        )
         try:
             result = await self._obs.get(LISTS_OBJECT)
             assert result.data is not None

@@ -96,7 +96,12 @@ class QueueService:
     # ----- start-up -----
 
     async def load(self) -> None:
-        """Read the state from the log (no writes: a standby loads too)."""
+        """Read the state and the plan lists (no writes: a standby loads too)."""
+        await self.catalog.load_lists()
+        await self.load_state()
+
+    async def load_state(self) -> None:
+        """The queue state from the snapshot and the log (again at a takeover)."""
         t0 = time.perf_counter()
         self.model = QueueModel(emergency_lock_key=self._emergency_lock_key)
         self.model.validate = self.catalog.validate
@@ -105,7 +110,6 @@ class QueueService:
             self.model.load(snap)
         for _, ev in events:
             self.model.apply(ev)
-        await self.catalog.load_lists()
         self.catalog.set_permissions(self.model.permissions, self.model.permissions_uid)
         logger.info(
             "queue loaded: %d items, snapshot at seq %d, %d events replayed in %.1f ms",

@@ -15,6 +15,7 @@ import time
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, BadRequestError, NotFoundError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
 
 from qserver.errors import Conflict
 from qserver.jsutil import ensure_stream, read_stream
@@ -49,18 +50,24 @@ class EventLog:
         self.last_seq = 0
         self._snapshot_seq = 0
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._obs: ObjectStore | None = None
 
     async def open(self) -> tuple[Snapshot | None, list[tuple[int, AnyEvent]]]:
         """Create the stream and bucket if needed; return the last snapshot and later events."""
         s = self._subjects
-        info = await ensure_stream(
-            self._js,
-            s.queue_stream,
-            [s.queue_log],
-            replicas=self._replicas,
-            max_msg_size=8 * 1024 * 1024,
-        )
-        self._obs = await self._js.create_object_store(s.snapshot_bucket, replicas=self._replicas)
+        if self._obs is None:
+            info = await ensure_stream(
+                self._js,
+                s.queue_stream,
+                [s.queue_log],
+                replicas=self._replicas,
+                max_msg_size=8 * 1024 * 1024,
+            )
+            self._obs = await self._js.create_object_store(
+                s.snapshot_bucket, replicas=self._replicas
+            )
+        else:  # opened before (a standby taking over): only read
+            info = await self._js.stream_info(s.queue_stream)
         snap = await self._load_snapshot()
         start = snap.seq + 1 if snap else 1
         events = [
@@ -84,6 +91,7 @@ class EventLog:
 
     async def _load_snapshot(self) -> Snapshot | None:
         try:
+            assert self._obs is not None
             result = await self._obs.get(SNAPSHOT_NAME)
         except (ObjectNotFoundError, NotFoundError):
             return None
@@ -121,6 +129,7 @@ class EventLog:
     async def save_snapshot(self, snap: Snapshot) -> None:
         t0 = time.perf_counter()
         try:
+            assert self._obs is not None
             await self._obs.put(SNAPSHOT_NAME, msgspec.msgpack.encode(snap))
             # Keep every event after the snapshot; older ones are covered by it.
             await self._js.purge_stream(self._subjects.queue_stream, seq=snap.seq + 1)

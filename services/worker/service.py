@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from qserver.jsutil import default_replicas
 from qserver.protocol.items import HistoryResult
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import (
@@ -90,7 +91,10 @@ class WorkerService:
             self._kv = await self.js.key_value(bucket)
         except BucketNotFoundError:
             self._kv = await self.js.create_key_value(
-                bucket=bucket, history=1, storage=jsapi.StorageType.FILE
+                bucket=bucket,
+                history=1,
+                storage=jsapi.StorageType.FILE,
+                replicas=default_replicas(),
             )
         # Say at once that no environment runs here, before a lost one's result is written.
         await self.publish_state()

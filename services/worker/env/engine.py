@@ -23,6 +23,7 @@ from typing import Any
 
 from bluesky.utils import RunEngineInterrupted
 
+from qserver.jsutil import default_replicas
 from qserver.plan_tools.describe import describe_devices, describe_plans
 from qserver.plan_tools.resolve import resolve_args
 from qserver.protocol.items import ExitStatus, HistoryResult
@@ -215,7 +216,9 @@ class Environment:
         self.link.call(self.put_lists(lists), timeout=30.0)
 
     async def put_lists(self, lists: ExistingLists) -> None:
-        store = await self.link.js.create_object_store(self.subjects.lists_bucket)
+        store = await self.link.js.create_object_store(
+            self.subjects.lists_bucket, replicas=default_replicas()
+        )
         await store.put(LISTS_OBJECT, encode(lists))
         with self.lock:
             self.lists = lists
