@@ -8,6 +8,7 @@ variables (a test fails when it is stale); tests render it with generated passwo
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -153,5 +154,16 @@ def sample_config(prefix: str = DEFAULT_PREFIX) -> str:
     return SAMPLE_HEADER.format(prefix=prefix) + render_accounts(passwords, prefix=prefix)
 
 
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m qserver.nats_permissions",
+        description="Print the NATS accounts config of one queue server (users per role).",
+    )
+    p.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"its subject prefix (default {DEFAULT_PREFIX})"
+    )
+    print(sample_config(p.parse_args(argv).prefix), end="")
+
+
 if __name__ == "__main__":
-    print(sample_config(), end="")
+    main()
