@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import os
 import signal
 import sys
 import threading
@@ -120,3 +121,22 @@ async def test_cli_exit_code_says_whether_all_is_well(services: Services, tmp_pa
     assert rc == 4, out
     assert "FAIL  worker service: not running" in out
     assert out.strip().endswith("1 problem(s): worker service")
+
+
+async def healthcheck(svc: Services, name: str) -> tuple[int, str]:
+    env = {**os.environ, "QSERVER_NATS_URL": svc.nats.url, "QSERVER_PREFIX": svc.prefix}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "qserver.healthcheck", name, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_container_healthcheck_passes_for_a_running_service_only(services: Services) -> None:
+    assert await healthcheck(services, "queue") == (0, "")
+    services.procs["queue"].stop()
+    rc, out = await healthcheck(services, "queue")
+    assert rc == 1
+    assert f"no qserver-queue with prefix '{services.prefix}'" in out
