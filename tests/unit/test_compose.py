@@ -183,3 +183,13 @@ def test_example_env_holds_placeholders_only() -> None:
     assert secrets
     assert all(v.startswith("CHANGE-ME") for v in secrets.values()), secrets
     assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_replicas_share_the_prefix_and_have_names_of_their_own() -> None:
+    for a, b in (("queue-a", "queue-b"), ("gateway-a", "gateway-b")):
+        env_a, env_b = env_of(SERVICES[a]), env_of(SERVICES[b])
+        assert SERVICES[a]["command"] == SERVICES[b]["command"]
+        assert env_a["QSERVER_PREFIX"] == env_b["QSERVER_PREFIX"]
+    assert env_of(SERVICES["queue-a"])["QSERVER_INSTANCE"] == "queue-a"
+    assert env_of(SERVICES["queue-b"])["QSERVER_INSTANCE"] == "queue-b"
+    assert env_of(SERVICES["queue-a"])["QSERVER_JS_REPLICAS"] == str(len(NATS_NODES))
