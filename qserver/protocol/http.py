@@ -14,6 +14,10 @@ class HttpBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Base of the gateway's own request bodies: unknown fields are errors."""
 
 
+class NoParams(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A route without parameters: no body, or `{}`."""
+
+
 class LegacyPlan(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A plan as the first release's README writes one."""
 

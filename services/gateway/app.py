@@ -17,7 +17,7 @@ from litestar.static_files import create_static_files_router
 
 from qserver.errors import QServerError
 from qserver.protocol.api import MAX_REQUEST_BYTES
-from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate
+from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, NoParams
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.bodies import decode_body, request_params
 from services.gateway.bridge import Bridge
@@ -41,6 +41,11 @@ def json_response(obj: Any, status: int = 200) -> Response[bytes]:
 def on_error(request: Request[Any, Any, Any], exc: QServerError) -> Response[bytes]:
     """The one place where the gateway's errors become HTTP answers: `{"detail": ...}`."""
     return json_response({"detail": exc.msg}, http_status(exc))
+
+
+async def no_params(request: Request[Any, Any, Any]) -> None:
+    """Routes without parameters still refuse a malformed or non-empty body."""
+    decode_body(await request.body(), NoParams, request.url.path)
 
 
 class Gateway:
@@ -124,6 +129,7 @@ def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
     @get("/api/console_output/uid", status_code=200)
     async def console_output_uid(request: Request[Any, Any, Any]) -> Response[bytes]:
         gw.principal(request, "read:console")
+        await no_params(request)
         return json_response({"success": True, "msg": "", "console_output_uid": console.uid})
 
     @get("/api/console_output_update", status_code=200)
@@ -138,6 +144,7 @@ def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
     @get("/api/stream_console_output", status_code=200)
     async def stream_console_output(request: Request[Any, Any, Any]) -> Stream:
         gw.principal(request, "read:console")
+        await no_params(request)
         gw.bridge.connected()
 
         async def lines() -> AsyncIterator[bytes]:
@@ -183,11 +190,13 @@ def docs_handlers(gw: Gateway) -> list[Any]:
     @get("/api/config/get", status_code=200)
     async def config_get(request: Request[Any, Any, Any]) -> Response[bytes]:
         gw.principal(request, "read:config")
+        await no_params(request)
         return json_response({"success": True, "msg": "", "config": {}})
 
     @get("/api/auth/whoami", status_code=200)
     async def whoami(request: Request[Any, Any, Any]) -> Response[bytes]:
         who = gw.principal(request, "")
+        await no_params(request)
         return json_response(
             {
                 "type": "user",
@@ -201,6 +210,7 @@ def docs_handlers(gw: Gateway) -> list[Any]:
     @get("/api/auth/scopes", status_code=200)
     async def scopes(request: Request[Any, Any, Any]) -> Response[bytes]:
         who = gw.principal(request, "")
+        await no_params(request)
         return json_response({"roles": list(who.roles), "scopes": sorted(who.scopes)})
 
     assets = create_static_files_router("/docs/assets", directories=[swagger_assets()])

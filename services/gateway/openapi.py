@@ -15,7 +15,7 @@ import msgspec
 
 import qserver
 from qserver.protocol.api import REQUEST_TYPES
-from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, ErrorDetail
+from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, ErrorDetail, NoParams
 from services.gateway.routes import ROUTES, Route
 
 REF = "#/components/schemas/{name}"
@@ -32,7 +32,7 @@ _ERRORS = {
 # Routes the gateway answers itself: (path, http method, scope, body type, summary).
 LOCAL_ROUTES: tuple[tuple[str, str, str, type[msgspec.Struct] | None, str], ...] = (
     ("/api/console_output", "get", "read:console", ConsoleOutput, "The last lines of output"),
-    ("/api/console_output/uid", "get", "read:console", None, "Changes with the output"),
+    ("/api/console_output/uid", "get", "read:console", NoParams, "Changes with the output"),
     (
         "/api/console_output_update",
         "get",
@@ -44,12 +44,12 @@ LOCAL_ROUTES: tuple[tuple[str, str, str, type[msgspec.Struct] | None, str], ...]
         "/api/stream_console_output",
         "get",
         "read:console",
-        None,
+        NoParams,
         "Console output as a stream of JSON lines",
     ),
-    ("/api/config/get", "get", "read:config", None, "Configuration ({} outside IPython)"),
-    ("/api/auth/whoami", "get", "", None, "Who the key belongs to: name, roles, scopes"),
-    ("/api/auth/scopes", "get", "", None, "The roles and scopes of the key"),
+    ("/api/config/get", "get", "read:config", NoParams, "Configuration ({} outside IPython)"),
+    ("/api/auth/whoami", "get", "", NoParams, "Who the key belongs to: name, roles, scopes"),
+    ("/api/auth/scopes", "get", "", NoParams, "The roles and scopes of the key"),
 )
 
 
@@ -58,7 +58,8 @@ def body_type(route: Route) -> type[msgspec.Struct]:
 
 
 def _schemas() -> dict[str, Any]:
-    types = {body_type(r) for r in ROUTES} | {ConsoleOutput, ConsoleOutputUpdate, ErrorDetail}
+    types = {body_type(r) for r in ROUTES} | {body for _, _, _, body, _ in LOCAL_ROUTES if body}
+    types.add(ErrorDetail)
     _, components = msgspec.json.schema_components(
         sorted(types, key=lambda t: t.__name__), ref_template=REF
     )
