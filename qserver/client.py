@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -139,7 +140,15 @@ class Client:
             await asyncio.wait_for(nc.connect(url, **options), connect_timeout + 0.5)
         except Exception as e:  # includes the TimeoutError of wait_for
             with contextlib.suppress(Exception):
-                await nc.close()  # a refused connection would leave its socket open
+                # A refused connection would leave its socket open; after a failed TLS
+                # handshake nats-py's close never returns, hence the bound.
+                await asyncio.wait_for(nc.close(), 0.5)
+            if isinstance(e, ssl.SSLError):
+                raise NoAnswer(
+                    f"Cannot connect to NATS at {url}: TLS failed ({e}); check "
+                    "QSERVER_NATS_TLS_CA (and QSERVER_NATS_TLS_CERT/KEY if the server "
+                    "verifies clients)"
+                ) from None
             if "authorization violation" in str(e).lower():
                 raise AccessDenied(
                     f"NATS at {url} refused the connection with {auth.method}: authorization "
