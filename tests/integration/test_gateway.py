@@ -287,3 +287,24 @@ async def test_two_gateways_serve_one_queue_server(module_services: Services) ->
         uid = (await ok(a, "POST", "/queue/plan/add", plan=COUNT))["item"]["item_uid"]
         assert uid in [it["item_uid"] for it in (await ok(b, "GET", "/queue/get"))["items"]]
         await ok(b, "POST", "/queue/clear")
+
+
+async def test_closed_streams_release_their_subscriptions(
+    own_nats: NatsServer, tmp_path: Path
+) -> None:
+    monitor = f"http://127.0.0.1:{own_nats.monitor_port}/subsz"
+    async with (
+        running_gateway(own_nats.url, "qs.streams", tmp_path, "--no-auth") as gw,
+        httpx.AsyncClient(base_url=gw.url) as http,
+    ):
+        before = (await http.get(monitor)).json()["num_subscriptions"]
+        ws = gw.url.replace("http://", "ws://")
+        for _ in range(5):
+            async with http.stream("GET", "/api/stream_console_output"):
+                pass
+            for path in ("/api/status/ws", "/api/console_output/ws", "/api/info/ws"):
+                async with connect(ws + path):
+                    pass
+        async with asyncio.timeout(5):  # the last ones may still be closing
+            while (await http.get(monitor)).json()["num_subscriptions"] != before:
+                await asyncio.sleep(0.05)
