@@ -22,6 +22,7 @@ from services.gateway.auth import Authenticator, Principal
 from services.gateway.bodies import decode_body, request_params
 from services.gateway.bridge import Bridge
 from services.gateway.errors import Forbidden, Unauthorized, Unavailable, http_status
+from services.gateway.metrics import Metrics, metrics_handler
 from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
 from services.gateway.routes import ROUTES, Route
 from services.gateway.ui import PAGE as UI_PAGE
@@ -221,11 +222,15 @@ def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
     gw = Gateway(bridge, auth)
     handlers: list[Any] = [route_handler(gw, r) for r in ROUTES]
     handlers += console_handlers(gw) + stream_handlers(gw) + docs_handlers(gw)
+    metrics = Metrics()
+    handlers.append(metrics_handler(metrics, lambda r: gw.principal(r, "read:status")))
 
     async def startup() -> None:
         await bridge.start()
+        metrics.start(bridge)
 
     async def shutdown() -> None:
+        await metrics.stop()
         await bridge.stop()
 
     return Litestar(
@@ -233,6 +238,7 @@ def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
         exception_handlers={QServerError: on_error},
         on_startup=[startup],
         on_shutdown=[shutdown],
+        middleware=[metrics.middleware],
         openapi_config=None,
         request_max_body_size=MAX_REQUEST_BYTES,
     )
