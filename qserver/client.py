@@ -211,13 +211,37 @@ class Client:
         return _decoder.decode(data)  # type: ignore[no-any-return]
 
     async def events(self, subject: str) -> AsyncIterator[dict[str, Any]]:
-        """Yield each JSON message published on `subject`, decoded, until the caller stops."""
-        sub = await self.nc.subscribe(subject)
-        try:
-            async for msg in sub.messages:
-                yield _decoder.decode(msg.data)
-        finally:
-            await sub.unsubscribe()
+        """Yield each JSON message published on `subject`, decoded, until the caller stops.
+
+        AccessDenied if NATS refuses this user the subscription (instead of silence).
+        """
+        if self.denials is None:
+            sub = await self.nc.subscribe(subject)
+            try:
+                async for msg in sub.messages:
+                    yield _decoder.decode(msg.data)
+            finally:
+                await sub.unsubscribe()
+            return
+        with self.denials.watch(subject) as denied:
+            sub = await self.nc.subscribe(subject)
+            messages = sub.messages.__aiter__()
+            nxt: asyncio.Future[Any] | None = None
+            try:
+                while True:
+                    nxt = asyncio.ensure_future(anext(messages))
+                    either: set[asyncio.Future[Any]] = {nxt, denied}
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                    if not nxt.done():
+                        raise AccessDenied(
+                            f"Permission denied: {denied.result()} (ask for credentials of a "
+                            "role that may read it)"
+                        )
+                    yield _decoder.decode(nxt.result().data)
+            finally:
+                if nxt is not None and not nxt.done():
+                    nxt.cancel()
+                await sub.unsubscribe()
 
     def status_events(self) -> AsyncIterator[dict[str, Any]]:
         """Each status event as it is published (on change and once a second)."""

@@ -224,3 +224,16 @@ async def test_a_missing_credentials_file_is_a_clear_config_error(tmp_path: Path
     )
     assert rc == 1, out
     assert "QSERVER_NATS_CREDS: no such file" in out
+
+
+async def test_observer_subscribing_to_internal_subjects_is_denied_not_silent(
+    observer: Client,
+) -> None:
+    async def first() -> dict[str, object]:
+        async for ev in observer.events(f"{PREFIX}.internal.>"):
+            return ev
+        raise AssertionError("the subscription ended")
+
+    with pytest.raises(AccessDenied, match="may not subscribe to"):
+        await asyncio.wait_for(first(), 3.0)
+    assert "manager_state" in await observer.request("status")
