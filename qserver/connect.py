@@ -35,6 +35,7 @@ FLAG_HELP = {
     "tls_key": "private key (PEM) of --nats-tls-cert",
 }
 FILE_FIELDS = ("creds", "nkey", "tls_ca", "tls_cert", "tls_key")
+AUTH_METHODS = ("user", "token", "creds", "nkey")
 
 
 class NatsConfigError(ValueError):
@@ -59,7 +60,13 @@ class NatsAuth:
         """The settings in `env` (default: os.environ); non-empty `overrides` (flags) win."""
         env = os.environ if env is None else env
         values = {name: env.get(var) or None for name, var in ENV_VARS.items()}
-        values.update({k: v for k, v in overrides.items() if v})
+        given = {k: v for k, v in overrides.items() if v}
+        if given.keys() & set(AUTH_METHODS):
+            # A way to authenticate given as a flag replaces the environment's.
+            values.update(dict.fromkeys(AUTH_METHODS))
+            if "user" not in given:
+                values["password"] = None
+        values.update(given)
         return cls(**values)
 
     @classmethod
@@ -83,7 +90,7 @@ class NatsAuth:
 
     def check(self) -> None:
         """Raise NatsConfigError naming the setting if the combination cannot work."""
-        chosen = [ENV_VARS[n] for n in ("user", "token", "creds", "nkey") if getattr(self, n)]
+        chosen = [ENV_VARS[n] for n in AUTH_METHODS if getattr(self, n)]
         if len(chosen) > 1:
             raise NatsConfigError(f"give only one way to authenticate to NATS, not {chosen}")
         if self.password and not self.user:

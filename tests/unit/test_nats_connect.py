@@ -29,10 +29,16 @@ def test_flags_override_the_environment(tmp_path: Path) -> None:
     p = argparse.ArgumentParser()
     add_arguments(p)
     args = p.parse_args(["--nats-creds", str(creds)])
-    auth = NatsAuth.from_args(args, {"QSERVER_NATS_TOKEN": "t", "QSERVER_NATS_CREDS": "/x"})
-    assert auth.creds == str(creds)
+    env = {"QSERVER_NATS_USER": "u", "QSERVER_NATS_PASSWORD": "p", "QSERVER_NATS_TLS_CA": "/ca"}
+    auth = NatsAuth.from_args(args, env)
+    # The flag's way to authenticate replaces the environment's; TLS settings stay.
+    assert auth == NatsAuth(creds=str(creds), tls_ca="/ca")
+
+
+def test_two_ways_to_authenticate_are_refused() -> None:
+    env = {"QSERVER_NATS_TOKEN": "t", "QSERVER_NATS_CREDS": "/x"}
     with pytest.raises(NatsConfigError, match="only one way"):
-        auth.connect_options()  # the token of the environment is still there
+        NatsAuth.from_env(env).connect_options()
 
 
 def test_password_without_user_names_the_variables() -> None:
