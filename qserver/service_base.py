@@ -73,15 +73,23 @@ async def serve_method(method: str, handler: Handler, msg: MicroRequest) -> None
 
 
 async def add_methods(
-    service: Service, api_subject: Callable[[str], str], handlers: dict[str, Handler]
+    service: Service,
+    api_subject: Callable[[str], str],
+    handlers: dict[str, Handler],
+    queue_group: str | None = None,
 ) -> None:
-    """One nats.micro endpoint per method, each dispatching to its handler."""
+    """One nats.micro endpoint per method, each dispatching to its handler.
+
+    Instances in one queue group share the requests; in different groups each gets all.
+    """
     for method, handler in handlers.items():
 
         async def cb(msg: MicroRequest, method: str = method, handler: Handler = handler) -> None:
             await serve_method(method, handler, msg)
 
-        await service.add_endpoint(name=method, subject=api_subject(method), handler=cb)
+        await service.add_endpoint(
+            name=method, subject=api_subject(method), handler=cb, queue_group=queue_group
+        )
 
 
 async def wait_for_signal(stop: asyncio.Event) -> None:

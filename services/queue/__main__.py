@@ -73,7 +73,9 @@ async def main(args: argparse.Namespace) -> int:
     micro = await add_service(
         nc, name="qserver-queue", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
-    await add_methods(micro, subjects.api, svc.handlers())
+    # A group of its own: should a hung former leader still hold its subscriptions, both
+    # get every request and the live leader's answer comes first (the stale one refuses).
+    await add_methods(micro, subjects.api, svc.handlers(), queue_group=f"leader-{args.instance}")
     await nc.subscribe(subjects.history_changed, cb=svc.on_history_changed)
     await nc.subscribe(subjects.lock_check, cb=svc.on_lock_check)
     await svc.executor.take_charge()
@@ -88,6 +90,7 @@ async def main(args: argparse.Namespace) -> int:
     await wait_for_signal(svc.stop_requested)
     for t in [*tasks, keeper]:
         t.cancel()
+    svc.executor.stop()
     await shutdown(micro.stop(), svc.log.close(), lease.release(), nc.drain())
     logger.info("queue service stopped: %s", svc.summary())
     return 0

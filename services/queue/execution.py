@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
 from nats.js import api as jsapi
 
 from qserver.errors import QServerError, Refused
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WORKER_TIMEOUT_S = 5.0
+RESULTS_CONSUMER = "queue-results"
 OPEN_WAIT_S = 5.0
 _result_decoder = msgspec.json.Decoder(PlanResult)
 _cmd_reply = msgspec.json.Decoder(CmdReply)
@@ -55,6 +57,7 @@ class Executor:
         self.op: str | None = None  # creating_environment, closing_environment, ...
         self._op_done = asyncio.Event()
         self.open_error = ""
+        self._tasks: list[asyncio.Task[None]] = []
 
     # ----- state -----
 
@@ -111,15 +114,40 @@ class Executor:
         s = self.svc.subjects
         js = self.svc.nc.jetstream()
         await ensure_stream(js, s.results_stream, [s.results], duplicate_window=3600.0)
-        await js.subscribe(
+        # A pull consumer: only an instance that asks gets results, so a hung former leader
+        # (its connection still open) takes none away from the live one.
+        psub = await js.pull_subscribe(
             s.results,
+            durable=RESULTS_CONSUMER,
             stream=s.results_stream,
-            durable="queue-service",
-            manual_ack=True,
-            cb=self.on_result,
             config=jsapi.ConsumerConfig(ack_wait=30.0, max_ack_pending=1),
         )
-        asyncio.get_running_loop().create_task(self.reconcile())
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._pull_results(psub)),
+            loop.create_task(self.reconcile()),
+        ]
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def _pull_results(self, psub: Any) -> None:
+        while True:
+            try:
+                msgs = await psub.fetch(1, timeout=5.0)
+            except TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except ConnectionClosedError:
+                return  # shutting down
+            except Exception as e:  # NATS reconnecting, a stream leader election, ...
+                logger.warning("fetching plan results: %r", e)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self.on_result(msg)
 
     async def reconcile(self) -> None:
         """After a restart: learn the worker's state, then settle a running item it lost."""

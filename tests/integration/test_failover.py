@@ -194,6 +194,32 @@ async def test_leader_killed_during_a_queue_run(cluster: NatsCluster, tmp_path: 
         assert st["items_in_queue"] == 0 and st["items_in_history"] == len(hist)
 
 
+async def test_a_hung_leader_is_replaced_and_never_writes_again(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    async with deployment(cluster, tmp_path) as (d, client):
+        before = await add(client, counts(1, 0))
+        leader = d.procs["queue-a"]
+        assert leader.proc is not None
+        d.held.add("queue-a")
+        leader.proc.send_signal(signal.SIGSTOP)  # hung: alive, holding its connections
+        t0 = time.monotonic()
+        st = await answered(client, "status")
+        print(f"\nhung leader: the standby answered after {time.monotonic() - t0:.3f} s")
+        after = await add(client, counts(1, 0))
+        assert before and after
+        queue_uid = st["plan_queue_uid"]
+
+        leader.proc.send_signal(signal.SIGCONT)  # it wakes up, finds its lease gone, exits
+        code = await asyncio.to_thread(leader.proc.wait, 10)
+        assert code == 3, leader.log_tail()
+        assert "lost the leader lease" in leader.log_tail()
+        queue = [it["item_uid"] for it in (await answered(client, "queue_get"))["items"]]
+        assert queue == [before, after]
+        st = await answered(client, "status")
+        assert st["plan_queue_uid"] != queue_uid  # changed by the add, by the new leader only
+
+
 async def test_a_nats_node_killed_during_edits_and_during_a_run(
     cluster: NatsCluster, tmp_path: Path
 ) -> None:
