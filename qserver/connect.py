@@ -107,9 +107,18 @@ class NatsAuth:
     def tls_context(self) -> ssl.SSLContext | None:
         if not (self.tls_ca or self.tls_cert):
             return None
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca)
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca)
+        except ssl.SSLError as e:
+            raise NatsConfigError(f"{ENV_VARS['tls_ca']}: not a CA certificate ({e})") from None
         if self.tls_cert and self.tls_key:
-            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+            try:
+                ctx.load_cert_chain(self.tls_cert, self.tls_key)
+            except ssl.SSLError as e:
+                raise NatsConfigError(
+                    f"{ENV_VARS['tls_cert']} / {ENV_VARS['tls_key']}: not a certificate and "
+                    f"its key ({e})"
+                ) from None
         return ctx
 
     def connect_options(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from qserver.client import AccessDenied, Client, NoAnswer
-from qserver.connect import NatsAuth
+from qserver.connect import NatsAuth, NatsConfigError
 
 # The nats.micro services (`add_service(name=...)`); the gateway is checked over HTTP.
 MICRO_SERVICES = ("queue", "history", "worker")
@@ -45,7 +45,7 @@ async def run_checks(cfg: DoctorConfig) -> list[Check]:
     checks: list[Check] = []
     try:
         client = await Client.connect(cfg.nats_url, cfg.prefix, timeout=cfg.timeout, auth=cfg.auth)
-    except (NoAnswer, AccessDenied) as e:
+    except (NoAnswer, AccessDenied, NatsConfigError) as e:
         checks.append(Check("NATS", "fail", str(e)))
         checks.append(Check("services", "skip", "not checked: NATS cannot be reached"))
     else:

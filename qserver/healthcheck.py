@@ -14,6 +14,7 @@ import os
 import sys
 
 from qserver.client import AccessDenied, Client, NoAnswer
+from qserver.connect import NatsConfigError
 from qserver.doctor import MICRO_SERVICES, check_http, ping
 
 GATEWAY_PORT = 60610
@@ -23,7 +24,7 @@ async def service_answers(name: str) -> str | None:
     """None if an instance answers, else what is wrong."""
     try:
         client = await Client.connect(timeout=2.0)
-    except (NoAnswer, AccessDenied) as e:
+    except (NoAnswer, AccessDenied, NatsConfigError) as e:
         return str(e)
     try:
         if await ping(client, f"qserver-{name}", wait=1.0):

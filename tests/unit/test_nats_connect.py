@@ -64,7 +64,7 @@ def test_token_nkey_and_creds_map_to_nats_py_names(tmp_path: Path) -> None:
 def test_a_ca_file_gives_a_verifying_tls_context(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text(ssl.DER_cert_to_PEM_cert(b"not a certificate"))
-    with pytest.raises(ssl.SSLError):
+    with pytest.raises(NatsConfigError, match="QSERVER_NATS_TLS_CA: not a CA certificate"):
         NatsAuth(tls_ca=str(ca)).connect_options()  # the file is read, not just named
     ctx = NatsAuth(tls_ca=ssl.get_default_verify_paths().cafile or "").tls_context()
     assert ctx is None or ctx.verify_mode == ssl.CERT_REQUIRED
