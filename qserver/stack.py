@@ -25,6 +25,9 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.client import Client, NoAnswer
+from qserver.config import CONFIG_ENV, ConfigError, config_path
+from qserver.config import add_argument as add_config_argument
+from qserver.config import load_file as load_config_file
 from qserver.documents import DEFAULT_TOPIC
 from qserver.errors import QServerError
 from qserver.kafka_broker import KafkaBroker
@@ -593,10 +596,12 @@ def read_stack_info(data_dir: Path | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_config(config_path(sys.argv[1:] if argv is None else argv, os.environ))
     p = argparse.ArgumentParser(
         prog="python -m qserver.stack",
         description="Run nats-server and every queue-server service on this machine.",
     )
+    add_config_argument(p)
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -631,7 +636,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--tiled-port", type=int, default=0, help="port of the catalog's Tiled server")
     args = p.parse_args(argv)
+    del args.config  # loaded above
     raise SystemExit(run_stack(**vars(args)))
+
+
+def use_config(path: str | None) -> None:
+    """Check the configuration file now, and hand it to every service through the environment."""
+    if not path:
+        return
+    try:
+        load_config_file(path)
+    except ConfigError as e:
+        raise SystemExit(f"configuration error: {e}") from None
+    os.environ[CONFIG_ENV] = str(Path(path).resolve())
 
 
 if __name__ == "__main__":

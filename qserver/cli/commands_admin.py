@@ -94,6 +94,12 @@ def stack() -> None:
 )
 @click.option("--tiled-port", type=int, default=0, help="Port of the catalog's Tiled server [free]")
 @click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="YAML configuration for every service (docs/configuration.md) [$QSERVER_CONFIG].",
+)
+@click.option(
     "--no-auth",
     is_flag=True,
     help="The HTTP gateway takes no API keys (for a closed machine; loopback only).",
@@ -108,11 +114,14 @@ def stack_up(
     no_kafka: bool,
     no_catalog: bool,
     tiled_port: int,
+    config_file: str | None,
     no_auth: bool,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
     from qserver.client import default_prefix
-    from qserver.stack import run_stack
+    from qserver.stack import run_stack, use_config
+
+    use_config(config_file)
 
     prefix = stack_prefix or current_settings().prefix or default_prefix()
     code = run_stack(

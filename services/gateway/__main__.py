@@ -57,7 +57,7 @@ def is_loopback(host: str) -> bool:
 
 async def main(args: argparse.Namespace) -> int:
     opts = AuthOptions(
-        config_file=args.config,
+        config_file=args.http_config,
         single_user_key_file=args.single_user_key_file,
         allow_anonymous=args.allow_anonymous,
         no_auth=args.no_auth,
@@ -102,7 +102,7 @@ def cli() -> None:
         help=f"port to listen on (default {DEFAULT_PORT})",
     )
     p.add_argument(
-        "--config",
+        "--http-config",
         type=Path,
         default=None,
         help="YAML file with API keys, roles and anonymous access (or $QSERVER_HTTP_CONFIG)",

@@ -38,7 +38,7 @@ async def gateway(module_services: Services, tmp_path_factory: pytest.TempPathFa
     keys.append({"key_sha256": key_digest(ALICE), "user": "alice", "roles": ["user"]})
     config = tmp_path_factory.mktemp("gateway") / "gateway.yml"
     config.write_text(yaml.safe_dump({"api_keys": keys}))
-    async with gateway_for(module_services, "--config", str(config)) as gw:
+    async with gateway_for(module_services, "--http-config", str(config)) as gw:
         yield gw
 
 

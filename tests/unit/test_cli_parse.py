@@ -282,6 +282,7 @@ def test_stack_commands_call_the_stack_module(
 
     fake = types.ModuleType("qserver.stack")
     fake.run_stack = run_stack  # type: ignore[attr-defined]
+    fake.use_config = lambda path: None  # type: ignore[attr-defined]
     fake.read_stack_info = lambda data_dir: {"data_dir": data_dir}  # type: ignore[attr-defined]
     fake.StackNotRunning = type("StackNotRunning", (Exception,), {})  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "qserver.stack", fake)

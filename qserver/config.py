@@ -1,0 +1,280 @@
+"""One typed configuration tree for every service: a YAML file, `QSERVER_*` variables, flags.
+
+Precedence, lowest first: the YAML file (`--config FILE` or `$QSERVER_CONFIG`), then the
+environment's `QSERVER_*` variables, then command-line flags. Each key of the tree has one
+environment variable (the table `ENV` below); the file's values are given to a service as
+defaults of those variables, so every service reads its settings one way.
+
+A file with an unknown key or a value of the wrong type is refused, naming the key and what
+was expected; so is a `QSERVER_*` variable whose value does not fit its key.
+
+`python -m qserver.config --schema` prints the JSON schema (committed as
+`docs/config.schema.json`); `python -m qserver.config FILE` checks a file and prints the
+variables it sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "config.schema.json"
+
+
+def _d(text: str) -> Meta:
+    return Meta(description=text)
+
+
+class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class NatsSection(Section):
+    url: Annotated[str | None, _d("NATS server(s), comma-separated")] = None
+    prefix: Annotated[str | None, _d("subject prefix of this queue server")] = None
+    replicas: Annotated[Annotated[int, Meta(ge=1, le=5)] | None, _d("JetStream replicas")] = None
+    user: Annotated[str | None, _d("NATS user")] = None
+    password: Annotated[str | None, _d("NATS password")] = None
+    token: Annotated[str | None, _d("NATS token")] = None
+    creds: Annotated[str | None, _d("NATS credentials file")] = None
+    nkey: Annotated[str | None, _d("NATS nkey seed file")] = None
+    tls_ca: Annotated[str | None, _d("CA certificate file")] = None
+    tls_cert: Annotated[str | None, _d("client certificate file")] = None
+    tls_key: Annotated[str | None, _d("client key file")] = None
+    live_documents: Annotated[bool | None, _d("documents on <prefix>.docs.<name>")] = None
+
+
+class LogSection(Section):
+    level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None, _d("log level")
+    ] = None
+    format: Annotated[Literal["text", "json"] | None, _d("log line format")] = None
+
+
+class KafkaSection(Section):
+    bootstrap: Annotated[str | None, _d("bootstrap servers; empty = off")] = None
+    beamline: Annotated[
+        str | None, _d("names the topic <beamline>.bluesky.runengine.documents")
+    ] = None
+    topic: Annotated[str | None, _d("the document topic (overrides beamline)")] = None
+    group: Annotated[str | None, _d("the history service's consumer group")] = None
+    producer_config: Annotated[
+        dict[str, Any] | None, _d("extra confluent-kafka producer options")
+    ] = None
+
+
+class TiledSection(Section):
+    url: Annotated[str | None, _d("Tiled server the runs are saved to; empty = off")] = None
+    api_key: Annotated[str | None, _d("its API key")] = None
+    catalog: Annotated[str | None, _d("the container of runs")] = None
+
+
+class QueueSection(Section):
+    instance: Annotated[str | None, _d("this instance's name in the leader lease")] = None
+    existing_lists: Annotated[str | None, _d("plans and devices file (JSON)")] = None
+    permissions: Annotated[str | None, _d("user group permissions file (YAML)")] = None
+    emergency_lock_key: Annotated[str | None, _d("unlocks any lock")] = None
+
+
+class HttpSection(Section):
+    host: Annotated[str | None, _d("gateway address")] = None
+    port: Annotated[Annotated[int, Meta(ge=0, le=65535)] | None, _d("gateway port")] = None
+    timeout: Annotated[Annotated[float, Meta(gt=0)] | None, _d("seconds to wait for a service")] = (
+        None
+    )
+    config: Annotated[str | None, _d("API keys, roles, anonymous access (YAML)")] = None
+    single_user_api_key: Annotated[str | None, _d("the single-user key")] = None
+
+
+class Config(Section):
+    """The whole tree; every key is optional (a service's own default applies)."""
+
+    nats: NatsSection = msgspec.field(default_factory=NatsSection)
+    log: LogSection = msgspec.field(default_factory=LogSection)
+    kafka: KafkaSection = msgspec.field(default_factory=KafkaSection)
+    tiled: TiledSection = msgspec.field(default_factory=TiledSection)
+    queue: QueueSection = msgspec.field(default_factory=QueueSection)
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
+
+
+# Each key and its environment variable: the names the services read.
+ENV: dict[tuple[str, str], str] = {
+    ("nats", "url"): "QSERVER_NATS_URL",
+    ("nats", "prefix"): "QSERVER_PREFIX",
+    ("nats", "replicas"): "QSERVER_JS_REPLICAS",
+    ("nats", "user"): "QSERVER_NATS_USER",
+    ("nats", "password"): "QSERVER_NATS_PASSWORD",
+    ("nats", "token"): "QSERVER_NATS_TOKEN",
+    ("nats", "creds"): "QSERVER_NATS_CREDS",
+    ("nats", "nkey"): "QSERVER_NATS_NKEY",
+    ("nats", "tls_ca"): "QSERVER_NATS_TLS_CA",
+    ("nats", "tls_cert"): "QSERVER_NATS_TLS_CERT",
+    ("nats", "tls_key"): "QSERVER_NATS_TLS_KEY",
+    ("nats", "live_documents"): "QSERVER_NATS_DOCS",
+    ("log", "level"): "QSERVER_LOG_LEVEL",
+    ("log", "format"): "QSERVER_LOG_FORMAT",
+    ("kafka", "bootstrap"): "QSERVER_KAFKA_BOOTSTRAP",
+    ("kafka", "beamline"): "QSERVER_BEAMLINE",
+    ("kafka", "topic"): "QSERVER_KAFKA_TOPIC",
+    ("kafka", "group"): "QSERVER_KAFKA_GROUP",
+    ("kafka", "producer_config"): "QSERVER_KAFKA_PRODUCER_CONFIG",
+    ("tiled", "url"): "QSERVER_TILED_URL",
+    ("tiled", "api_key"): "QSERVER_TILED_API_KEY",
+    ("tiled", "catalog"): "QSERVER_TILED_CATALOG",
+    ("queue", "instance"): "QSERVER_INSTANCE",
+    ("queue", "existing_lists"): "QSERVER_EXISTING_LISTS",
+    ("queue", "permissions"): "QSERVER_PERMISSIONS",
+    ("queue", "emergency_lock_key"): "QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER",
+    ("http", "host"): "QSERVER_HTTP_HOST",
+    ("http", "port"): "QSERVER_HTTP_PORT",
+    ("http", "timeout"): "QSERVER_HTTP_TIMEOUT",
+    ("http", "config"): "QSERVER_HTTP_CONFIG",
+    ("http", "single_user_api_key"): "QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY",
+}
+CONFIG_ENV = "QSERVER_CONFIG"
+
+
+class ConfigError(ValueError):
+    """The message names the key (or variable) and what was expected."""
+
+
+def _fail(err: msgspec.ValidationError | msgspec.DecodeError, where: str) -> ConfigError:
+    # msgspec says e.g. "Expected `int`, got `str` - at `$.nats.replicas`".
+    text = str(err).replace("`$.", "`")
+    return ConfigError(f"{where}: {text}")
+
+
+def load_file(path: str | Path) -> Config:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
+    try:
+        return msgspec.yaml.decode(data or b"{}", type=Config)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise _fail(e, f"config file {path}") from None
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _env_value(var: str, text: str) -> Any:
+    if var == "QSERVER_KAFKA_PRODUCER_CONFIG":
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            raise ConfigError(f"{var} must be a JSON object, not {text!r}") from None
+    if var == "QSERVER_NATS_DOCS":
+        return text.lower() not in ("0", "false", "off", "no")
+    return text
+
+
+def from_environ(environ: Mapping[str, str]) -> Config:
+    """The tree as the `QSERVER_*` variables set it, checked against the types."""
+    tree: dict[str, dict[str, Any]] = {}
+    for (section, key), var in ENV.items():
+        if environ.get(var, "") != "":
+            tree.setdefault(section, {})[key] = _env_value(var, environ[var])
+    try:
+        return msgspec.convert(tree, Config, strict=False)
+    except msgspec.ValidationError as e:
+        err = _fail(e, "environment")
+        for (section, key), var in ENV.items():
+            if f"`{section}.{key}`" in str(err):
+                raise ConfigError(f"{err} (from ${var})") from None
+        raise err from None
+
+
+def as_environ(cfg: Config) -> dict[str, str]:
+    """The variables that `cfg` sets."""
+    out = {}
+    for (section, key), var in ENV.items():
+        value = getattr(getattr(cfg, section), key)
+        if value is not None:
+            out[var] = _env_text(value)
+    return out
+
+
+def apply(environ: MutableMapping[str, str], path: str | Path | None) -> Config:
+    """Give the file's values to `environ` where it has none; check both; the merged tree."""
+    if path:
+        for var, value in as_environ(load_file(path)).items():
+            environ.setdefault(var, value)
+    return from_environ(environ)
+
+
+def config_path(argv: list[str], environ: Mapping[str, str]) -> str | None:
+    """`--config FILE` / `--config=FILE` from a command line, else `$QSERVER_CONFIG`."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return environ.get(CONFIG_ENV) or None
+
+
+def bootstrap(argv: list[str] | None = None) -> None:
+    """Load the configuration into this process's environment, before flags are parsed.
+
+    Exits with a message naming the key on a bad file or variable.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        apply(os.environ, config_path(argv, os.environ))
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def add_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=os.environ.get(CONFIG_ENV),
+        help="YAML configuration (docs/configuration.md); the environment and flags override "
+        f"it (${CONFIG_ENV})",
+    )
+
+
+def schema() -> dict[str, Any]:
+    return msgspec.json.schema(Config)  # type: ignore[no-any-return]
+
+
+def schema_text() -> str:
+    return json.dumps(schema(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m qserver.config", description=__doc__)
+    p.add_argument("file", nargs="?", help="a configuration file to check")
+    p.add_argument("--schema", action="store_true", help="print the JSON schema")
+    args = p.parse_args(argv)
+    if args.schema:
+        print(schema_text(), end="")
+        return 0
+    try:
+        cfg = load_file(args.file) if args.file else from_environ(os.environ)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    for var, value in sorted(as_environ(cfg).items()):
+        shown = "****" if any(w in var for w in ("PASSWORD", "TOKEN", "KEY")) else value
+        print(f"{var}={shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
