@@ -48,3 +48,37 @@ def make_formatter(log_format: str) -> logging.Formatter:
     if log_format == "text":
         return logging.Formatter(TEXT_FORMAT)
     raise ValueError(f"unknown log format {log_format!r} (expected one of {LOG_FORMATS})")
+
+
+class QuietNatsErrors(logging.Filter):
+    """nats.py logs each connection error with a traceback, five times a second while it
+    retries (a wrong password, a server away): one line with the error instead, and the
+    same error again only once per `every` seconds, with how many were left out."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        super().__init__()
+        self.every = every
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[1] is None:
+            return True
+        error = record.exc_info[1]
+        text = f"{record.getMessage()}: {error!r}"
+        last, skipped = self._last.get(text, (0.0, 0))
+        if record.created - last < self.every:
+            self._last[text] = (last, skipped + 1)
+            return False
+        self._last[text] = (record.created, 0)
+        record.msg, record.args = text, None
+        if skipped:
+            record.msg += f" ({skipped} more since the last report)"
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_nats_errors() -> None:
+    """Install `QuietNatsErrors` on nats.py's logger (once)."""
+    nats_logger = logging.getLogger("nats.aio.client")
+    if not any(isinstance(f, QuietNatsErrors) for f in nats_logger.filters):
+        nats_logger.addFilter(QuietNatsErrors())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from qserver.connect import ENV_VARS, NatsAuth, NatsConfigError, add_arguments
-from qserver.jsonlog import JsonFormatter, make_formatter
+from qserver.jsonlog import JsonFormatter, QuietNatsErrors, make_formatter
 
 
 def test_user_and_password_from_env_become_connect_options() -> None:
@@ -115,3 +115,31 @@ def test_json_log_line_carries_the_exception_text() -> None:
 def test_unknown_log_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown log format"):
         make_formatter("xml")
+
+
+def nats_error_record(created: float) -> logging.LogRecord:
+    try:
+        raise ConnectionError("nats: 'Authorization Violation'")
+    except ConnectionError:
+        import sys
+
+        exc_info = sys.exc_info()
+    rec = logging.LogRecord(
+        "nats.aio.client", logging.ERROR, "c.py", 1, "nats: encountered error", None, exc_info
+    )
+    rec.created = created
+    return rec
+
+
+def test_repeated_nats_errors_become_one_line_every_half_minute() -> None:
+    f = QuietNatsErrors(every=30)
+    first = nats_error_record(100.0)
+    assert f.filter(first)
+    assert first.exc_info is None
+    assert first.getMessage() == (
+        "nats: encountered error: ConnectionError(\"nats: 'Authorization Violation'\")"
+    )
+    assert not any(f.filter(nats_error_record(100.0 + i)) for i in range(1, 10))
+    later = nats_error_record(131.0)
+    assert f.filter(later)
+    assert later.getMessage().endswith("(9 more since the last report)")
