@@ -15,7 +15,7 @@ import msgspec
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service
 
-from qserver import connect
+from qserver import config, connect
 from qserver.errors import BadRequest, QServerError
 from qserver.jsonlog import LOG_FORMATS, make_formatter, quiet_nats_errors
 from qserver.protocol.api import MAX_REQUEST_BYTES, REQUEST_TYPES, Reply, Request
@@ -101,8 +101,14 @@ async def wait_for_signal(stop: asyncio.Event) -> None:
 
 
 def service_arguments(prog: str, description: str | None) -> argparse.ArgumentParser:
-    """The options every service takes: NATS URL and credentials, subject prefix, logging."""
+    """The options every service takes: NATS URL and credentials, subject prefix, logging.
+
+    The configuration file (`--config`, `$QSERVER_CONFIG`) is loaded first, into the
+    environment, so that the defaults below see it; flags still win.
+    """
+    config.bootstrap()
     p = argparse.ArgumentParser(prog=prog, description=description)
+    config.add_argument(p)
     p.add_argument(
         "--nats-url",
         default=os.environ.get("QSERVER_NATS_URL", "nats://localhost:4222"),
