@@ -6,7 +6,9 @@ No Docker engine runs here, so the file is read, not started.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import yaml
 from qserver.client import DEFAULT_NATS_URL
 from qserver.doctor import MICRO_SERVICES
 from qserver.nats_permissions import env_reference, roles
-from qserver.natsserver import port_from_url
+from qserver.natsserver import find_binary, port_from_url
 from services.gateway.__main__ import DEFAULT_PORT as GATEWAY_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,3 +195,24 @@ def test_replicas_share_the_prefix_and_have_names_of_their_own() -> None:
     assert env_of(SERVICES["queue-a"])["QSERVER_INSTANCE"] == "queue-a"
     assert env_of(SERVICES["queue-b"])["QSERVER_INSTANCE"] == "queue-b"
     assert env_of(SERVICES["queue-a"])["QSERVER_JS_REPLICAS"] == str(len(NATS_NODES))
+
+
+def test_tiled_config_is_valid_for_tiled_and_holds_no_key() -> None:
+    from tiled.config import parse_configs
+
+    config = parse_configs(ROOT / "deploy" / "tiled" / "config.yml")
+    assert config.authentication.single_user_api_key is None  # from the environment only
+    assert "TILED_SINGLE_USER_API_KEY" in env_of(SERVICES["tiled"])
+
+
+def test_nats_config_is_valid_for_nats_server_with_each_node_command() -> None:
+    env = {**os.environ, **{env_reference(r.name).lstrip("$"): "x" for r in roles()}}
+    for node in NATS_NODES:
+        cmd = SERVICES[node]["command"]
+        cmd = [str(ROOT / "deploy" / "nats" / "nats.conf") if a.startswith("/etc/nats/") else a
+               for a in cmd]  # fmt: skip
+        done = subprocess.run(
+            [find_binary(), *cmd, "-t"], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "is valid" in done.stdout + done.stderr
