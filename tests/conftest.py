@@ -176,3 +176,19 @@ def tag(item: dict[str, Any]) -> str:
 
 
 USER = {"user": "tester", "user_group": "primary"}
+
+# Figures that tests measure (failover recovery times, ...), printed after the run.
+FIGURES: list[str] = []
+
+
+def report(line: str) -> None:
+    """Print `line` now (with -s) and in the summary at the end of the run (always)."""
+    print(line)
+    FIGURES.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("measured")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

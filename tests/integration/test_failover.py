@@ -21,7 +21,7 @@ import pytest
 from qserver.client import Client, NoAnswer
 from qserver.natscluster import NatsCluster
 from qserver.procs import ServiceProcess, readiness_probe
-from tests.conftest import USER
+from tests.conftest import USER, report
 
 T = 60.0
 REPLICAS = {"QSERVER_JS_REPLICAS": "3"}
@@ -184,7 +184,9 @@ async def test_leader_killed_during_a_queue_run(cluster: NatsCluster, tmp_path: 
         t0 = time.monotonic()
         st = await answered(client, "status")
         recovered = time.monotonic() - t0
-        print(f"\nleader killed during a run: the standby answered after {recovered:.3f} s")
+        report(
+            f"failover, leader SIGKILLed during a run: the standby answered after {recovered:.3f} s"
+        )
         assert st["running_item_uid"] == running  # the plan goes on, undisturbed
         assert "leads now" in d.procs["queue-b"].log_tail(50), d.logs()
 
@@ -205,7 +207,8 @@ async def test_a_hung_leader_is_replaced_and_never_writes_again(
         leader.proc.send_signal(signal.SIGSTOP)  # hung: alive, holding its connections
         t0 = time.monotonic()
         st = await answered(client, "status")
-        print(f"\nhung leader: the standby answered after {time.monotonic() - t0:.3f} s")
+        took = time.monotonic() - t0
+        report(f"failover, leader hung (SIGSTOP): the standby answered after {took:.3f} s")
         after = await add(client, counts(1, 0))
         assert before and after
         queue_uid = st["plan_queue_uid"]
@@ -227,6 +230,8 @@ async def test_a_nats_node_killed_during_edits_and_during_a_run(
         # A burst of edits; the leader's node dies in the middle of it.
         acked: list[str] = []
         node = cluster.nodes[0]  # queue-a, the leader, is connected here
+        t0 = 0.0
+        first_ack_after = None
         for i in range(60):
             if i == 20:
                 node.stop(signal.SIGKILL)
@@ -234,9 +239,15 @@ async def test_a_nats_node_killed_during_edits_and_during_a_run(
             uid = await add(client, counts(1, 0))
             if uid:
                 acked.append(uid)
+                if t0 and first_ack_after is None:
+                    first_ack_after = time.monotonic() - t0
         queue = (await answered(client, "queue_get"))["items"]
         in_queue = [it["item_uid"] for it in queue]
-        print(f"\nnode killed during 60 adds: {len(acked)} acknowledged, {len(in_queue)} queued")
+        report(
+            f"failover, NATS node SIGKILLed during 60 adds: {len(acked)} acknowledged, "
+            f"{len(in_queue)} queued; first acknowledged add after the kill: "
+            f"{first_ack_after if first_ack_after is None else round(first_ack_after, 3)} s"
+        )
         assert set(acked) <= set(in_queue), "an acknowledged add was lost"
         assert len(in_queue) == len(set(in_queue))
 
@@ -244,10 +255,8 @@ async def test_a_nats_node_killed_during_edits_and_during_a_run(
         assert (await answered(client, "queue_start"))["success"]
         await asyncio.sleep(0.5)
         node.start()
-        print(
-            f"node back after {time.monotonic() - t0:.2f} s; healthy in "
-            f"{cluster.wait_healthy():.2f} s"
-        )
+        healthy = cluster.wait_healthy()
+        report(f"failover, NATS node back during a run: cluster healthy again in {healthy:.2f} s")
         hist = await wait_all_ran(client, in_queue)
         assert_each_ran_once(hist, in_queue)
         assert (await answered(client, "status"))["items_in_queue"] == 0
@@ -277,9 +286,9 @@ async def test_the_whole_cluster_restarts_and_the_state_survives(
             assert time.monotonic() - t0 < T, st
             await asyncio.sleep(0.1)
             st = await answered(client, "status")
-        print(
-            f"\nwhole cluster restarted: queue answering with its state after "
-            f"{time.monotonic() - t0:.2f} s"
+        report(
+            "failover, whole cluster SIGKILLed and restarted: the queue answers with its state "
+            f"after {time.monotonic() - t0:.2f} s"
         )
         queue = [it["item_uid"] for it in (await answered(client, "queue_get"))["items"]]
         assert queue == kept
