@@ -133,6 +133,20 @@ def history_clear(words: tuple[str, ...]) -> None:
     send("history_clear", parse_history_clear(words))
 
 
+@history.command("runs", context_settings=CONTEXT)
+@click.argument("item_uid")
+def history_runs(item_uid: str) -> None:
+    """Where the runs of a history item are: uids, scan ids, saved in the catalog, URLs."""
+    send("history_runs", {"item_uid": item_uid})
+
+
+@history.command("run", context_settings=CONTEXT)
+@click.argument("run_uid")
+def history_run_item(run_uid: str) -> None:
+    """Which queue item made a run (full uid, or its first 5+ characters), and who sent it."""
+    send("history_run_item", {"run_uid": run_uid})
+
+
 @click.group(context_settings=CONTEXT)
 def function() -> None:
     """Functions in the environment."""

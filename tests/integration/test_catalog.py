@@ -150,6 +150,13 @@ async def in_history(client: Client, uids: list[str]) -> list[dict[str, Any]]:
     return [by_uid[u] for u in uids]
 
 
+async def cli(svc: Services, *args: str) -> dict[str, Any]:
+    """`qserver --format json ...` as a user runs it; its printed reply."""
+    from tests.integration.test_cli import ok
+
+    return await ok(svc, *args)
+
+
 def plan(name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return {"item_type": "plan", "name": name, "args": list(args), "kwargs": kwargs}
 
@@ -262,6 +269,11 @@ async def test_count_and_scan_reach_kafka_consumers_and_the_catalog_linked_to_hi
             True,
         )
         assert r["item"]["result"]["run_uids"] == [run_uids[0]]
+        # The same from the command line.
+        out = await cli(svc, "history", "runs", scan_item["item_uid"])
+        assert out["runs"][0]["run_uid"] == run_uids[1] and out["runs"][0]["saved"]
+        out = await cli(svc, "history", "run", run_uids[0][:8])
+        assert out["item_uid"] == count_item["item_uid"]
         r = await client.request("history_run_item", {"run_uid": "abc"})
         assert not r["success"] and "too short" in r["msg"]
         r = await client.request("history_run_item", {"run_uid": "ffffffff-0000"})
