@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from qserver.connect import NatsAuth
+from qserver.connect import NatsAuth, servers
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 
 DEFAULT_NATS_URL = "nats://localhost:4222"
@@ -137,7 +137,7 @@ class Client:
         nc = NATS()
         try:
             # nats-py retries the first connection on its own; bound the whole attempt.
-            await asyncio.wait_for(nc.connect(url, **options), connect_timeout + 0.5)
+            await asyncio.wait_for(nc.connect(servers(url), **options), connect_timeout + 0.5)
         except Exception as e:  # includes the TimeoutError of wait_for
             with contextlib.suppress(Exception):
                 # A refused connection would leave its socket open; after a failed TLS

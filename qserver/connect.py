@@ -38,6 +38,11 @@ FILE_FIELDS = ("creds", "nkey", "tls_ca", "tls_cert", "tls_key")
 AUTH_METHODS = ("user", "token", "creds", "nkey")
 
 
+def servers(url: str) -> list[str]:
+    """`nats://a:4222,nats://b:4222` as the list nats.py wants (it refuses the string)."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 class NatsConfigError(ValueError):
     """The NATS credentials or TLS settings are inconsistent; the message names the setting."""
 

@@ -8,6 +8,7 @@ restarted on the same ports and store.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -28,8 +29,10 @@ class ClusterNode(ChildServer):
         *,
         cluster_name: str,
         death_signal: int | None = None,
+        include: Path | None = None,
     ) -> None:
         self.name = name
+        self.include = include  # more server config, e.g. accounts and users
         self.directory = Path(directory)
         self.cluster_name = cluster_name
         self.port = free_port()
@@ -55,12 +58,15 @@ class ClusterNode(ChildServer):
             f"max_file_store: 1GB }}\n"
             f"cluster {{ name: {self.cluster_name}, listen: {HOST}:{self.cluster_port}, "
             f"routes: [{routes}] }}\n"
-        )
+        ) + (f"include {json.dumps(self.include.name)}\n" if self.include else "")
 
     def start(self, timeout: float = 10.0) -> ClusterNode:
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = self.directory / "nats.conf"
         conf.write_text(self.config())
+        if self.include is not None:
+            # nats-server resolves an include relative to the including file, even "/...".
+            shutil.copyfile(self.include, self.directory / self.include.name)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 [find_binary(), "-c", str(conf)],
@@ -98,7 +104,13 @@ class NatsCluster:
     """`size` nodes (n1, n2, ...) routed to each other, JetStream on each."""
 
     def __init__(
-        self, directory: Path, size: int = 3, *, name: str = "qs", death_signal: int | None = None
+        self,
+        directory: Path,
+        size: int = 3,
+        *,
+        name: str = "qs",
+        death_signal: int | None = None,
+        include: Path | None = None,
     ) -> None:
         self.nodes = [
             ClusterNode(
@@ -106,6 +118,7 @@ class NatsCluster:
                 Path(directory) / f"n{i + 1}",
                 cluster_name=name,
                 death_signal=death_signal,
+                include=include,
             )
             for i in range(size)
         ]

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from qserver.client import Client, NoAnswer
+from qserver.connect import servers
 from services.gateway.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class Bridge:
         while True:
             try:
                 nc: NATS = await nats.connect(
-                    self.url,
+                    servers(self.url),
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.2,
                     connect_timeout=2,

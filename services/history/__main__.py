@@ -16,7 +16,7 @@ import nats
 from nats.micro import add_service
 
 import qserver
-from qserver.connect import connect_options
+from qserver.connect import connect_options, servers
 from qserver.documents import configured_topic
 from qserver.protocol.subjects import Subjects
 from qserver.service_base import (
@@ -37,7 +37,7 @@ logger = logging.getLogger("services.history")
 async def main(args: argparse.Namespace) -> int:
     subjects = Subjects(args.prefix)
     nc = await nats.connect(
-        args.nats_url,
+        servers(args.nats_url),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
         name="qserver-history",

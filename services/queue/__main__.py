@@ -13,7 +13,7 @@ import nats
 from nats.micro import add_service
 
 import qserver
-from qserver.connect import connect_options
+from qserver.connect import connect_options, servers
 from qserver.protocol.subjects import Subjects
 from qserver.service_base import (
     add_methods,
@@ -34,7 +34,7 @@ LEASE_LOST = 3
 async def main(args: argparse.Namespace) -> int:
     subjects = Subjects(args.prefix)
     nc = await nats.connect(
-        args.nats_url,
+        servers(args.nats_url),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
         name="qserver-queue",

@@ -11,7 +11,7 @@ from nats.micro import add_service
 
 import qserver
 import sim_profile
-from qserver.connect import NatsAuth, connect_options
+from qserver.connect import NatsAuth, connect_options, servers
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
 from qserver.service_base import (
@@ -43,7 +43,7 @@ async def main(args: argparse.Namespace) -> int:
     # The environment process, started by this one, connects with the same settings.
     os.environ.update(NatsAuth.from_args(args).environ(), QSERVER_LOG_FORMAT=args.log_format)
     nc = await nats.connect(
-        args.nats_url,
+        servers(args.nats_url),
         name="qserver-worker",
         no_echo=True,  # `worker.state` carries both requests and our own events
         max_reconnect_attempts=-1,

@@ -7,31 +7,23 @@ holds) with passwords generated here.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.client import AccessDenied, Client
 from qserver.connect import NatsAuth
-from qserver.nats_permissions import render_accounts, roles
+from qserver.nats_permissions import roles
 from qserver.natsserver import NatsServer
-from qserver.procs import readiness_probe
 from tests.conftest import USER, Services, plan, unique_prefix
+from tests.integration.nats_roles_support import RoleServices, new_passwords, write_accounts
 
 PREFIX = unique_prefix()
-PASSWORDS = {r.name: secrets.token_urlsafe(16) for r in roles(PREFIX)}
-
-
-def role_env(role: str) -> dict[str, str]:
-    return {"QSERVER_NATS_USER": role, "QSERVER_NATS_PASSWORD": PASSWORDS[role]}
+PASSWORDS = new_passwords(PREFIX)
 
 
 def auth(role: str, password: str | None = None) -> NatsAuth:
@@ -41,61 +33,27 @@ def auth(role: str, password: str | None = None) -> NatsAuth:
 @pytest.fixture(scope="module")
 def secure_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     d = tmp_path_factory.mktemp("secure-nats")
-    conf = d / "accounts.conf"
-    literal = {role: json.dumps(pw) for role, pw in PASSWORDS.items()}
-    conf.write_text(render_accounts(literal, prefix=PREFIX))
+    conf = write_accounts(d / "accounts.conf", PREFIX, PASSWORDS)
     server = NatsServer(d, config_file=conf).start()
     yield server
     server.stop()
-
-
-class RoleServices(Services):
-    """The core services, each connecting as its own NATS user."""
-
-    def start(self, *names: str) -> None:
-        for name in names or ("queue", "history", "worker"):
-            self.env = role_env(name)
-            super().start(name)
-
-    async def wait_ready(self, timeout: float = 15.0) -> None:
-        """Probe each service as a user that may: the worker's subjects are internal."""
-        deadline = time.monotonic() + timeout
-        for name, proc in self.procs.items():
-            c = await Client.connect(
-                self.nats.url, self.prefix, auth=auth("queue" if name == "worker" else "operator")
-            )
-            subject, body = readiness_probe(name, c.subjects)
-            try:
-                while True:
-                    assert proc.alive(), f"service {name} exited:\n{proc.log_tail()}"
-                    try:
-                        await c.nc.request(subject, body, timeout=1.0)
-                        break
-                    except (NoRespondersError, NatsTimeout):
-                        assert time.monotonic() < deadline, f"{name}:\n{proc.log_tail()}"
-                        await asyncio.sleep(0.05)
-            finally:
-                await c.close()
 
 
 @pytest.fixture(scope="module")
 async def svc(
     secure_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Services]:
-    # The fixture's own readiness probes and client act as the operator.
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in role_env("operator").items():
-            mp.setenv(k, v)
-        services = RoleServices(secure_nats, tmp_path_factory.mktemp("logs"), prefix=PREFIX)
-        services.start()
-        try:
-            await services.wait_ready()
-            await services.connect()
-            yield services
-        finally:
-            if services.client is not None:
-                await services.client.close()
-            services.stop_all()
+    services = RoleServices(secure_nats, tmp_path_factory.mktemp("logs"), prefix=PREFIX)
+    services.passwords = PASSWORDS
+    services.start()
+    try:
+        await services.wait_ready()
+        services.client = await services.connect_as("operator")
+        yield services
+    finally:
+        if services.client is not None:
+            await services.client.close()
+        services.stop_all()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qserver.connect import ENV_VARS, NatsAuth, NatsConfigError, add_arguments
+from qserver.connect import ENV_VARS, NatsAuth, NatsConfigError, add_arguments, servers
 from qserver.jsonlog import JsonFormatter, QuietNatsErrors, make_formatter
 
 
@@ -143,3 +143,8 @@ def test_repeated_nats_errors_become_one_line_every_half_minute() -> None:
     later = nats_error_record(131.0)
     assert f.filter(later)
     assert later.getMessage().endswith("(9 more since the last report)")
+
+
+def test_comma_separated_urls_become_a_server_list() -> None:
+    assert servers("nats://a:4222, nats://b:4222,") == ["nats://a:4222", "nats://b:4222"]
+    assert servers("nats://localhost:4222") == ["nats://localhost:4222"]

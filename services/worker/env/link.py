@@ -13,7 +13,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from qserver.connect import connect_options
+from qserver.connect import connect_options, servers
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class NatsLink:
 
     async def _connect(self, timeout: float) -> None:
         self._nc = await nats.connect(
-            self.url,
+            servers(self.url),
             name=self.name,
             no_echo=True,  # `env.state` carries both requests and our own events
             connect_timeout=min(timeout, 2.0),
