@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from qserver.client import AccessDenied, Client
@@ -20,6 +21,7 @@ from qserver.connect import NatsAuth
 from qserver.nats_permissions import roles
 from qserver.natsserver import NatsServer
 from tests.conftest import USER, Services, plan, unique_prefix
+from tests.integration.gateway_support import gateway_for
 from tests.integration.nats_roles_support import RoleServices, new_passwords, write_accounts
 
 PREFIX = unique_prefix()
@@ -195,3 +197,19 @@ async def test_observer_subscribing_to_internal_subjects_is_denied_not_silent(
     with pytest.raises(AccessDenied, match="may not subscribe to"):
         await asyncio.wait_for(first(), 3.0)
     assert "manager_state" in await observer.request("status")
+
+
+async def test_gateway_serves_http_as_the_gateway_user(svc: RoleServices) -> None:
+    env = svc.role_env("gateway")
+    async with (
+        gateway_for(svc, "--no-auth", env=env) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as http,
+    ):
+        status = await http.get("/api/status")
+        assert status.status_code == 200, gw.log()
+        r = await http.post("/api/queue/item/add", json={"item": plan("count", ["det1"])})
+        assert r.json()["success"], r.text
+        uid = r.json()["item"]["item_uid"]
+        r = await http.post("/api/queue/item/remove", json={"uid": uid})
+        assert r.json()["success"], r.text
+        assert "permissions violation" not in gw.log().lower()
