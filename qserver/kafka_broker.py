@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from qserver.natsserver import free_port
-from qserver.procs import ChildServer, die_with_parent_hook
+from qserver.procs import ChildServer
 
 
 def find_tansu() -> str:
@@ -71,16 +71,7 @@ class KafkaBroker(ChildServer):
             "--storage-engine",
             "memory://tansu/",
         ]
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent_hook(self.death_signal),
-            )
+        self._spawn(cmd)
         self._wait_ready(timeout)
         return self
 

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from qserver.natsserver import find_binary, free_port
-from qserver.procs import ChildServer, die_with_parent_hook
+from qserver.procs import ChildServer
 
 HOST = "127.0.0.1"
 
@@ -67,15 +67,7 @@ class ClusterNode(ChildServer):
         if self.include is not None:
             # nats-server resolves an include relative to the including file, even "/...".
             shutil.copyfile(self.include, self.directory / self.include.name)
-        with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen(
-                [find_binary(), "-c", str(conf)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent_hook(self.death_signal),
-            )
+        self._spawn([find_binary(), "-c", str(conf)])
         self._wait_listening(timeout)
         return self
 

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from qserver.procs import ChildServer, die_with_parent_hook
+from qserver.procs import ChildServer
 
 
 def find_binary() -> str:
@@ -83,14 +83,7 @@ class NatsServer(ChildServer):
         ]
         if self.config_file is not None:
             cmd += ["-c", str(self.config_file)]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent_hook(self.death_signal),
-        )
+        self._spawn(cmd, log_output=False)  # nats-server writes its log file itself (-l)
         self._wait_ready(timeout)
         return self
 

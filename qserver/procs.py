@@ -84,9 +84,24 @@ class ChildServer:
 
     proc: subprocess.Popen[bytes] | None
     log_file: Path
+    death_signal: int | None = None
 
     def start(self, timeout: float = 10.0) -> ChildServer:
         raise NotImplementedError
+
+    def _spawn(self, cmd: list[str], *, log_output: bool = True) -> None:
+        """Start `cmd` in a session of its own, its output appended to the log file (unless the
+        program writes the log itself), dying with this process when `death_signal` is set."""
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file if log_output else os.devnull, "ab") as out:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent_hook(self.death_signal),
+            )
 
     def log_tail(self, n: int = 20) -> str:
         try:

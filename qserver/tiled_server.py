@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from qserver.natsserver import free_port
-from qserver.procs import ChildServer, die_with_parent_hook
+from qserver.procs import ChildServer
 
 DEFAULT_CATALOG = "raw"  # the container of runs, with the CatalogOfBlueskyRuns spec
 
@@ -103,16 +103,7 @@ class TiledServer(ChildServer):
         tiled = Path(sys.executable).with_name("tiled")
         cmd = [str(tiled), "serve", "config", str(config), "--host", self.host]
         cmd += ["--port", str(self.port)]
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent_hook(self.death_signal),
-            )
+        self._spawn(cmd)
         return self
 
     def answers(self) -> bool:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,6 +24,7 @@ from qserver.kafka_broker import KafkaBroker
 from qserver.natsserver import NatsServer
 from qserver.tiled_server import TiledServer
 from tests.conftest import USER, Services, running_services
+from tests.integration.test_kafka import remote_dispatcher
 
 T = 30.0
 
@@ -164,45 +164,24 @@ def plan(name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
 async def test_count_and_scan_reach_kafka_consumers_and_the_catalog_linked_to_history(
     nats_server: NatsServer, broker: KafkaBroker, tiled: TiledServer, tmp_path: Path
 ) -> None:
-    from bluesky_kafka import RemoteDispatcher
-
     async with stack(nats_server, broker, tiled, tmp_path) as svc:
         client = svc.client
         assert client is not None
-        received: list[tuple[str, dict[str, Any]]] = []
-        dispatcher = RemoteDispatcher(
-            topics=[svc.topic],  # type: ignore[attr-defined]
-            bootstrap_servers=broker.bootstrap,
-            group_id=f"test-{uuid.uuid4().hex}",
-            consumer_config={
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": 2000,
-                "heartbeat.interval.ms": 500,
-            },
-        )
-        dispatcher.subscribe(lambda name, doc: received.append((name, doc)))
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=dispatcher.start, kwargs={"continue_polling": lambda: not stop.is_set()}
-        )
-        thread.start()
-        try:
-            async with SavedRuns(client) as saved:
-                await open_env(client)
-                count_item, scan_item = await run_items(
-                    client,
-                    plan("count", ["det1", "det2"], num=3),
-                    plan("scan", ["det1"], "motor", -1, 1, 5),
-                )
-                run_uids = [*count_item["result"]["run_uids"], *scan_item["result"]["run_uids"]]
-                assert len(run_uids) == 2
-                events = await saved.wait(run_uids)
-                await until(lambda: sum(n == "stop" for n, _ in received) == 2, "both stops")
-        finally:
-            stop.set()
-            await asyncio.to_thread(thread.join, T)
-            with contextlib.suppress(Exception):
-                dispatcher._bluesky_consumer._consumer.close()
+        topic: str = svc.topic  # type: ignore[attr-defined]
+        async with (
+            remote_dispatcher(broker.bootstrap, topic) as received,
+            SavedRuns(client) as saved,
+        ):
+            await open_env(client)
+            count_item, scan_item = await run_items(
+                client,
+                plan("count", ["det1", "det2"], num=3),
+                plan("scan", ["det1"], "motor", -1, 1, 5),
+            )
+            run_uids = [*count_item["result"]["run_uids"], *scan_item["result"]["run_uids"]]
+            assert len(run_uids) == 2
+            events = await saved.wait(run_uids)
+            await until(lambda: sum(n == "stop" for n, _ in received) == 2, "both stops")
 
         # Every document, in order, at the RemoteDispatcher.
         names = [n for n, _ in received]

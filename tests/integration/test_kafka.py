@@ -70,6 +70,40 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     b.stop()
 
 
+@contextlib.asynccontextmanager
+async def remote_dispatcher(
+    bootstrap: str, topic: str
+) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+    """bluesky-kafka's RemoteDispatcher on a thread; yields the (name, doc) pairs it gets."""
+    from bluesky_kafka import RemoteDispatcher
+
+    received: list[tuple[str, dict[str, Any]]] = []
+    dispatcher = RemoteDispatcher(
+        topics=[topic],
+        bootstrap_servers=bootstrap,
+        group_id=f"test-{uuid.uuid4().hex}",
+        consumer_config={
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 2000,
+            "heartbeat.interval.ms": 500,
+        },
+    )
+    dispatcher.subscribe(lambda name, doc: received.append((name, doc)))
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=dispatcher.start, kwargs={"continue_polling": lambda: not stop.is_set()}
+    )
+    thread.start()
+    try:
+        yield received
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, T)
+        with contextlib.suppress(Exception):
+            dispatcher._bluesky_consumer._consumer.close()
+        assert not thread.is_alive()
+
+
 async def until(cond: Callable[[], bool], what: str, timeout: float = T) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -102,54 +136,32 @@ def read_topic(bootstrap: str, topic: str, count: int, timeout: float = T) -> li
 async def test_every_document_reaches_remote_dispatcher_in_order(
     nats_server: NatsServer, broker: KafkaBroker, tmp_path: Path
 ) -> None:
-    from bluesky_kafka import RemoteDispatcher
-
     topic = new_topic()
     broker.create_topic(topic, partitions=1)
-    received: list[tuple[str, dict[str, Any]]] = []
-    dispatcher = RemoteDispatcher(
-        topics=[topic],
-        bootstrap_servers=broker.bootstrap,
-        group_id=f"test-{uuid.uuid4().hex}",
-        consumer_config={
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 2000,
-            "heartbeat.interval.ms": 500,
-        },
-    )
-    dispatcher.subscribe(lambda name, doc: received.append((name, doc)))
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=dispatcher.start, kwargs={"continue_polling": lambda: not stop.is_set()}
-    )
-    thread.start()
-    try:
-        async with kafka_worker(nats_server, tmp_path / "worker.log", broker.bootstrap, topic) as w:
-            results = w.results()
-            await w.run("count", ["det1", "det2"], num=3)
-            count_res = await anext(results)
-            await w.run("scan", ["det1"], "motor", -1, 1, 5)
-            scan_res = await anext(results)
-            assert count_res.result.exit_status == scan_res.result.exit_status == "completed"
-            run_uids = [*count_res.result.run_uids, *scan_res.result.run_uids]
-            assert len(run_uids) == 2
-            await until(
-                lambda: sum(1 for name, _ in received if name == "stop") == 2,
-                "both stop documents at the RemoteDispatcher",
-            )
-            await until(
-                lambda: w.env is not None and w.env.kafka_pending == 0 and w.env.kafka_failed == 0,
-                "nothing pending in the state",
-                timeout=5.0,
-            )
-            assert (await w.worker_cmd("close")) == {"success": True, "msg": ""}
-            await w.until(lambda: not w.worker.env_exists, "environment closed")
-    finally:
-        stop.set()
-        thread.join(T)
-        with contextlib.suppress(Exception):
-            dispatcher._bluesky_consumer._consumer.close()
-    assert not thread.is_alive()
+    log = tmp_path / "worker.log"
+    async with (
+        remote_dispatcher(broker.bootstrap, topic) as received,
+        kafka_worker(nats_server, log, broker.bootstrap, topic) as w,
+    ):
+        results = w.results()
+        await w.run("count", ["det1", "det2"], num=3)
+        count_res = await anext(results)
+        await w.run("scan", ["det1"], "motor", -1, 1, 5)
+        scan_res = await anext(results)
+        assert count_res.result.exit_status == scan_res.result.exit_status == "completed"
+        run_uids = [*count_res.result.run_uids, *scan_res.result.run_uids]
+        assert len(run_uids) == 2
+        await until(
+            lambda: sum(1 for name, _ in received if name == "stop") == 2,
+            "both stop documents at the RemoteDispatcher",
+        )
+        await until(
+            lambda: w.env is not None and w.env.kafka_pending == 0 and w.env.kafka_failed == 0,
+            "nothing pending in the state",
+            timeout=5.0,
+        )
+        assert (await w.worker_cmd("close")) == {"success": True, "msg": ""}
+        await w.until(lambda: not w.worker.env_exists, "environment closed")
 
     names = [name for name, _ in received]
     runs = [d["uid"] for n, d in received if n == "start"]
