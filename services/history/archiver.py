@@ -113,6 +113,8 @@ class Archiver:
         self.on_saved = on_saved
         self.stats = ArchiverStats()
         quiet_aiokafka()
+        # Tiled's client logs every HTTP request at INFO: a run is a dozen lines.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._ledgers: dict[Any, RunLedger] = {}
         self._committed: dict[Any, int] = {}
         # One thread: Tiled's writer keeps per-run state and is not meant to be shared.

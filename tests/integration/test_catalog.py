@@ -358,3 +358,40 @@ async def test_broker_stopped_during_a_plan_loses_nothing_already_saved(
             assert await asyncio.to_thread(read) == [2, 2]
     finally:
         broker.stop(signal.SIGKILL)
+
+
+async def test_catalog_down_during_a_run_the_run_is_saved_when_it_returns(
+    nats_server: NatsServer, broker: KafkaBroker, tmp_path: Path
+) -> None:
+    tiled = TiledServer(tmp_path / "tiled").start()
+    try:
+        async with stack(nats_server, broker, tiled, tmp_path) as svc:
+            client = svc.client
+            assert client is not None
+            await open_env(client)
+            async with SavedRuns(client) as saved:
+                (first,) = await run_items(client, plan("count", ["det1"], num=2))
+                await saved.wait(first["result"]["run_uids"])
+
+                tiled.stop(signal.SIGKILL)
+                (second,) = await run_items(client, plan("count", ["det1"], num=3))
+                (run_uid,) = second["result"]["run_uids"]
+                await asyncio.sleep(1.0)
+                assert run_uid not in {r["run_uid"] for r in saved.runs}
+
+                # The writer waits (Tiled's client retries; past that the archiver starts over
+                # from the committed offset, which is not past the run): nothing is lost.
+                tiled.start()
+                await saved.wait([run_uid], timeout=60)
+
+            def read() -> list[int]:
+                from tiled.queries import Eq
+
+                with catalog(tiled) as cat:
+                    uids = [first["result"]["run_uids"][0], run_uid]
+                    assert [len(cat.search(Eq("start.uid", u))) for u in uids] == [1, 1]
+                    return [len(cat[u]["primary"].read()["det1"]) for u in uids]
+
+            assert await asyncio.to_thread(read) == [2, 3]
+    finally:
+        tiled.stop()
