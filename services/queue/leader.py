@@ -14,6 +14,7 @@ is refused by the log's expected-sequence check anyway.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import os
@@ -35,6 +36,12 @@ STALE_S = 0.45
 RENEW_S = 0.1
 POLL_S = 0.05
 SAFETY = 0.6  # the leader trusts its lease for this share of `stale_after`
+
+
+class Renewal(enum.Enum):
+    RENEWED = "renewed"
+    LOST = "lost"  # another instance holds the lease now
+    UNKNOWN = "unknown"  # NATS did not answer: nothing is known, nothing may be written
 
 
 def default_instance() -> str:
@@ -131,23 +138,37 @@ class Lease:
             await asyncio.sleep(POLL_S)
         return False
 
-    async def renew(self) -> bool:
+    async def renew(self) -> Renewal:
+        """Rewrite the lease if it is still ours (compare-and-set on our last revision)."""
         started = time.monotonic()
         try:
             self.revision = await self.kv.update(KEY, self._value(), last=self.revision)
+        except KeyWrongLastSequenceError:
+            logger.error("the leader lease was taken over by another instance")
+            return Renewal.LOST
         except Exception as e:
-            logger.warning("renewing the leader lease failed: %r", e)
-            return False
+            if self.valid():
+                logger.debug("renewing the leader lease failed: %r", e)
+            else:
+                logger.warning("renewing the leader lease failed: %r", e)
+            return Renewal.UNKNOWN
         self._valid_until = started + self.stale_after * SAFETY
-        return True
+        return Renewal.RENEWED
+
+    async def confirm(self) -> Renewal:
+        """Before a write: still ours by the clock, or renewed now."""
+        return Renewal.RENEWED if self.valid() else await self.renew()
 
     async def keep(self, on_lost: Callable[[], None]) -> None:
-        """Renew until cancelled; call `on_lost` once the lease can no longer be trusted."""
+        """Renew until cancelled; call `on_lost` once another instance holds the lease.
+
+        While NATS does not answer the lease is not trusted (`valid()` turns false, so
+        nothing is written) but kept trying: a standby can only take over through NATS,
+        and the first renewal after NATS answers again tells which case it is.
+        """
         while True:
             await asyncio.sleep(RENEW_S)
-            if await self.renew():
-                continue
-            if not self.valid():
+            if await self.renew() is Renewal.LOST:
                 on_lost()
                 return
 

@@ -37,7 +37,7 @@ from qserver.service_base import Handler, encode
 from services.queue.catalog import PlanCatalog
 from services.queue.exec_handlers import ExecutionHandlers
 from services.queue.execution import Executor
-from services.queue.leader import Lease
+from services.queue.leader import Lease, Renewal
 from services.queue.model import QueueModel
 from services.queue.store import EventLog
 
@@ -215,10 +215,18 @@ class QueueService:
         """Append the event, apply it once acknowledged, then tell subscribers."""
         if event is None:
             return
-        if not self.leading or (self.lease is not None and not self.lease.valid()):
-            if self.leading:
+        if not self.leading:
+            raise Refused("This queue service instance does not lead (it is a standby)")
+        if self.lease is not None:
+            renewal = await self.lease.confirm()
+            if renewal is Renewal.LOST:
                 self.on_lease_lost()
-            raise Refused("This queue service instance does not lead (it lost its lease)")
+                raise Refused("This queue service instance lost its lease to another")
+            if renewal is Renewal.UNKNOWN:
+                raise Refused(
+                    "The queue service cannot confirm its leadership (NATS does not answer); "
+                    "nothing was changed: try again"
+                )
         try:
             seq = await self.log.append(event)
         except Conflict:

@@ -140,13 +140,23 @@ def counts(n: int, delay: float) -> dict[str, Any]:
     }
 
 
-async def add(client: Client, item: dict[str, Any]) -> str | None:
-    """The new item's uid if the add was acknowledged, else None."""
-    try:
-        r = await client.request("queue_item_add", {"item": item, **USER}, timeout=2.0)
-    except NoAnswer:
-        return None
-    return r["item"]["item_uid"] if r.get("success") else None
+async def add(client: Client, item: dict[str, Any], patience: float = 10.0) -> str | None:
+    """The new item's uid if the add was acknowledged, else None.
+
+    A refusal changed nothing, so it is tried again (as a user would) for `patience` s; a
+    request without an answer is not (it may have been applied).
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            r = await client.request("queue_item_add", {"item": item, **USER}, timeout=2.0)
+        except NoAnswer:
+            return None
+        if r.get("success"):
+            return r["item"]["item_uid"]  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.1)
 
 
 async def history_items(client: Client) -> list[dict[str, Any]]:
