@@ -216,3 +216,24 @@ def test_nats_config_is_valid_for_nats_server_with_each_node_command() -> None:
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "is valid" in done.stdout + done.stderr
+
+
+def test_dockerfile_copies_what_pip_install_needs() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    copied = {
+        part.rstrip("/").removeprefix("./")
+        for line in text.splitlines()
+        if line.startswith("COPY ")
+        for part in line.split()[1:-1]
+    }
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = re.search(r'include = \[([^]]*)\]', pyproject)
+    assert packages is not None
+    for pattern in re.findall(r'"([^"]+)"', packages.group(1)):
+        assert pattern.rstrip("*") in copied, pattern
+    assert {"pyproject.toml", "README.md"} <= copied  # the readme is part of the metadata
+    assert "pip install ." in text
+    for name, svc in SERVICES.items():
+        if svc.get("build"):
+            assert svc["build"] == ".", name
