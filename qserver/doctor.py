@@ -50,7 +50,7 @@ async def run_checks(cfg: DoctorConfig) -> list[Check]:
         checks.append(Check("services", "skip", "not checked: NATS cannot be reached"))
     else:
         try:
-            checks.append(Check("NATS", "ok", f"connected to {cfg.nats_url} as {cfg.auth.method}"))
+            checks.append(check_connection(client, cfg))
             checks.append(await check_jetstream(client))
             for name in MICRO_SERVICES:
                 checks.append(await check_service(client, name))
@@ -61,6 +61,18 @@ async def run_checks(cfg: DoctorConfig) -> list[Check]:
     checks.append(await asyncio.to_thread(check_http, "catalog (Tiled)", cfg.tiled_url, "/healthz"))
     checks.append(await asyncio.to_thread(check_http, "HTTP gateway", cfg.http_url, "/docs"))
     return checks
+
+
+def check_connection(client: Client, cfg: DoctorConfig) -> Check:
+    nc = client.nc
+    known = len(nc.servers)  # given and discovered: the cluster's nodes
+    cluster = f"{known} servers known" if known > 1 else "a single server"
+    return Check(
+        "NATS",
+        "ok",
+        f"connected to {nc.connected_url.netloc if nc.connected_url else cfg.nats_url} as "
+        f"{cfg.auth.method}, nats-server {nc.connected_server_version}, {cluster}",
+    )
 
 
 async def check_jetstream(client: Client) -> Check:

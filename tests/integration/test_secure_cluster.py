@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from qserver.client import AccessDenied, Client
+from qserver.doctor import DoctorConfig, run_checks
 from qserver.natscluster import NatsCluster
 from tests.conftest import USER, plan, unique_prefix
 from tests.integration.nats_roles_support import RoleServices, new_passwords, write_accounts
@@ -98,3 +99,13 @@ def test_the_cluster_nodes_read_the_accounts_file(cluster: NatsCluster) -> None:
         assert 'include "accounts.conf"' in node.config()
         copied = node.directory / "accounts.conf"
         assert copied.read_text().count("user:") == len(PASSWORDS)
+
+
+async def test_doctor_as_observer_sees_the_cluster_and_every_service(svc: RoleServices) -> None:
+    cfg = DoctorConfig(nats_url=svc.nats.url, prefix=PREFIX, auth=svc.auth("observer"))
+    checks = {c.name: c for c in await run_checks(cfg)}
+    assert checks["NATS"].status == "ok"
+    assert "3 servers known" in checks["NATS"].detail
+    for name in ("JetStream", "queue service", "history service", "worker service"):
+        assert checks[name].status == "ok", checks[name]
+    assert checks["worker environment"].status == "ok"
