@@ -239,6 +239,9 @@ def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
         on_startup=[startup],
         on_shutdown=[shutdown],
         middleware=[metrics.middleware],
+        # The service's own logging (text or JSON lines); Litestar's would replace it, and it
+        # logs exceptions only in debug mode anyway.
+        logging_config=None,
         openapi_config=None,
         request_max_body_size=MAX_REQUEST_BYTES,
     )

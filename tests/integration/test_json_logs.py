@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
+
 from qserver.natsserver import NatsServer
-from tests.conftest import running_services
+from tests.conftest import Services, running_services
+from tests.integration.gateway_support import gateway_for
 
 
 async def test_services_write_one_json_object_per_line(
@@ -26,3 +29,15 @@ async def test_services_write_one_json_object_per_line(
         ready = [r for r in records if "ready on" in r["message"]]
         assert ready and ready[0]["logger"] == f"services.{name}", records
         assert ready[0]["level"] == "INFO"
+
+
+async def test_gateway_logs_json_too(services: Services) -> None:
+    async with (
+        gateway_for(services, "--no-auth", env={"QSERVER_LOG_FORMAT": "json"}) as gw,
+        httpx.AsyncClient(base_url=gw.url) as http,
+    ):
+        assert (await http.get("/api/status")).status_code == 200
+    lines = gw.proc.log_file.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert any(r["logger"] == "services.gateway" for r in records), records
+    assert {"time", "level", "logger", "message"} <= set(records[-1])
