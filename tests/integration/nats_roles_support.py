@@ -33,12 +33,16 @@ class RoleServices(Services):
     """The core services, each connecting as its own NATS user."""
 
     passwords: dict[str, str]
+    user_suffix = ""  # user names are `<role><suffix>`
 
     def role_env(self, role: str) -> dict[str, str]:
-        return {"QSERVER_NATS_USER": role, "QSERVER_NATS_PASSWORD": self.passwords[role]}
+        return {
+            "QSERVER_NATS_USER": role + self.user_suffix,
+            "QSERVER_NATS_PASSWORD": self.passwords[role],
+        }
 
     def auth(self, role: str) -> NatsAuth:
-        return NatsAuth(user=role, password=self.passwords[role])
+        return NatsAuth(user=role + self.user_suffix, password=self.passwords[role])
 
     def start(self, *names: str) -> None:
         common = dict(self.env)

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
+import subprocess
+import tempfile
 from pathlib import Path
 
-from qserver.nats_permissions import READ_ONLY_METHODS, roles, sample_config
+import pytest
+
+from qserver.nats_permissions import (
+    READ_ONLY_METHODS,
+    beamline_pair,
+    roles,
+    sample_config,
+    several_config,
+)
+from qserver.natsserver import find_binary
 from qserver.protocol.api import REQUEST_TYPES
 
 SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "accounts.conf"
@@ -41,3 +55,27 @@ def test_only_services_see_internal_subjects() -> None:
     for role in roles("qs.tst"):
         internal = "qs.tst.internal.>" in role.subscribe
         assert internal == (role.name in {"queue", "history", "worker"}), role.name
+
+
+def test_several_beamlines_get_an_account_each_with_unique_user_names() -> None:
+    text = several_config([("QS", "qs.default"), ("TST", "qs.tst")])
+    users = re.findall(r'user: "([^"]+)"', text)
+    assert len(users) == len(set(users)) == 2 * len(roles())
+    assert "queue-tst" in users and "$NATS_TST_QUEUE_PASSWORD" in text
+    assert text.count("accounts {") == 1  # nats-server takes one block
+    env = {**os.environ, **{v: "x" for v in re.findall(r"\$(NATS_\w+)", text)}}
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
+        f.write(text)
+        f.flush()
+        done = subprocess.run(
+            [find_binary(), "-c", f.name, "-t"], env=env, capture_output=True, text=True
+        )
+    assert done.returncode == 0, done.stderr
+
+
+def test_beamline_option_names_what_is_wrong() -> None:
+    assert beamline_pair("tst=qs.tst") == ("TST", "qs.tst")
+    with pytest.raises(argparse.ArgumentTypeError, match="ACCOUNT=PREFIX"):
+        beamline_pair("qs.tst")
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid subject prefix"):
+        beamline_pair("TST=qs tst")
