@@ -1,4 +1,4 @@
-"""TLS with client certificates and an nkey user: the client and a service connect with them.
+"""TLS with client certificates, nkey and token users: the client and a service connect.
 
 Certificates and the nkey are made here, for loopback only.
 """
@@ -174,3 +174,18 @@ async def test_a_service_connects_with_tls_and_nkey_from_its_environment(
         await c.close()
     finally:
         svc.stop_all()
+
+
+async def test_token_authentication(tmp_path: Path) -> None:
+    token = os.urandom(16).hex()
+    conf = tmp_path / "token.conf"
+    conf.write_text(f'authorization {{ token: "{token}" }}\n')
+    server = NatsServer(tmp_path, config_file=conf).start()
+    try:
+        c = await Client.connect(server.url, auth=NatsAuth.from_env({"QSERVER_NATS_TOKEN": token}))
+        assert c.nc.is_connected
+        await c.close()
+        with pytest.raises(AccessDenied, match="with a token"):
+            await Client.connect(server.url, auth=NatsAuth(token="not-" + token))
+    finally:
+        server.stop()
