@@ -424,8 +424,20 @@ class Stack:
             f"  data      {self.cfg.data_dir}\n"
             f"  logs      {self.cfg.logs_dir}\n"
             f"  HTTP      {self.cfg.http_url} ({self._http_auth_note()})\n"
+            f"{self._data_lines()}"
             f"  try       {env}qserver -a {self.nats_url} status"
         )
+
+    def _data_lines(self) -> str:
+        lines = ""
+        if self.kafka is not None:
+            lines += f"  Kafka     {self.kafka.bootstrap}, topic {self.cfg.kafka_topic}\n"
+        if self.tiled is not None:
+            lines += (
+                f"  catalog   {self.tiled.url}, catalog '{DEFAULT_CATALOG}' "
+                "(key in stack.json: tiled_api_key)\n"
+            )
+        return lines
 
     def _http_auth_note(self) -> str:
         if not self.cfg.http_auth:
