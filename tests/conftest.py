@@ -14,6 +14,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.client import Client
+from qserver.kafka_broker import KafkaBroker
 from qserver.natsserver import NatsServer
 from qserver.procs import CORE_SERVICES, ServiceProcess, readiness_probe
 
@@ -23,6 +24,19 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server = NatsServer(tmp_path_factory.mktemp("nats")).start()
     yield server
     server.stop()
+
+
+def new_topic() -> str:
+    """A document topic of one test's own."""
+    return f"t{uuid.uuid4().hex[:10]}.bluesky.runengine.documents"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A Tansu broker (memory only) shared by a module's tests; each test uses its own topic."""
+    b = KafkaBroker(log_file=tmp_path_factory.mktemp("kafka") / "tansu.log").start()
+    yield b
+    b.stop()
 
 
 @pytest.fixture

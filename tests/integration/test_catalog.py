@@ -12,7 +12,6 @@ import contextlib
 import json
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,21 +22,10 @@ from qserver.client import Client
 from qserver.kafka_broker import KafkaBroker
 from qserver.natsserver import NatsServer
 from qserver.tiled_server import TiledServer
-from tests.conftest import USER, Services, running_services
+from tests.conftest import USER, Services, new_topic, running_services
 from tests.integration.test_kafka import remote_dispatcher
 
 T = 30.0
-
-
-def new_topic() -> str:
-    return f"t{uuid.uuid4().hex[:10]}.bluesky.runengine.documents"
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    b = KafkaBroker(log_file=tmp_path_factory.mktemp("kafka") / "tansu.log").start()
-    yield b
-    b.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from qserver.kafka_broker import KafkaBroker
 from qserver.natsserver import NatsServer
 from services.worker.env.kafka import decode
+from tests.conftest import new_topic
 from tests.integration.test_worker import Worker
 
 T = 15.0  # the bound of every wait
@@ -57,17 +58,6 @@ async def kafka_worker(
         yield w
     finally:
         await w.stop()
-
-
-def new_topic() -> str:
-    return f"t{uuid.uuid4().hex[:10]}.bluesky.runengine.documents"
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    b = KafkaBroker(log_file=tmp_path_factory.mktemp("kafka") / "tansu.log").start()
-    yield b
-    b.stop()
 
 
 @contextlib.asynccontextmanager
