@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgpack
-import msgpack_numpy
 
 DEFAULT_BEAMLINE = "qs"
 
@@ -32,11 +31,15 @@ def configured_topic(env: Mapping[str, str] = os.environ) -> str:
 
 
 def encode(name: str, doc: dict[str, Any]) -> bytes:
+    import msgpack_numpy  # imports numpy: only where documents are handled
+
     return msgpack.packb([name, doc], default=msgpack_numpy.encode)  # type: ignore[no-any-return]
 
 
 def decode(value: bytes) -> tuple[str, dict[str, Any]]:
     """(name, doc) of a message value; ValueError if it is not a document."""
+    import msgpack_numpy
+
     try:
         name, doc = msgpack.unpackb(value, object_hook=msgpack_numpy.decode)
     except Exception as e:

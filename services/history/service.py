@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -21,9 +21,11 @@ from qserver.protocol.internal import LockCheck, LockCheckReply
 from qserver.protocol.items import HistoryRecord
 from qserver.protocol.subjects import Subjects
 from qserver.service_base import Handler, encode, failure
-from services.history.archiver import SavedRun
 from services.history.model import History, as_history_item
-from services.history.tiled_catalog import TiledCatalog
+
+if TYPE_CHECKING:
+    from services.history.archiver import SavedRun
+    from services.history.tiled_catalog import TiledCatalog
 
 logger = logging.getLogger(__name__)
 
