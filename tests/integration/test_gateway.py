@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -308,3 +309,33 @@ async def test_closed_streams_release_their_subscriptions(
         async with asyncio.timeout(5):  # the last ones may still be closing
             while (await http.get(monitor)).json()["num_subscriptions"] != before:
                 await asyncio.sleep(0.05)
+
+
+async def test_status_comes_from_the_pushed_event_and_expires_with_it(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with (
+        running_services(nats_server, tmp_path) as svc,
+        gateway_for(svc, "--no-auth", "--timeout", "1") as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=5) as http,
+    ):
+        await asyncio.sleep(1.2)  # a heartbeat event has reached the gateway
+        before = (await http.get("/api/status")).json()
+        # A change shows in the very next status: its event comes before the reply.
+        r = await http.post("/api/queue/item/add", json={"item": {**COUNT, "item_type": "plan"}})
+        assert r.json()["success"], r.text
+        after = (await http.get("/api/status")).json()
+        assert after["items_in_queue"] == before["items_in_queue"] + 1
+        assert after["plan_queue_uid"] != before["plan_queue_uid"]
+
+        # The queue service hangs: its last event is served while fresh, then 503.
+        queue = svc.procs["queue"].proc
+        assert queue is not None
+        queue.send_signal(signal.SIGSTOP)
+        try:
+            assert (await http.get("/api/status")).status_code == 200
+            await asyncio.sleep(1.6)
+            r = await http.get("/api/status")
+            assert r.status_code == 503, r.text
+        finally:
+            queue.send_signal(signal.SIGCONT)
