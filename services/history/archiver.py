@@ -89,18 +89,6 @@ class SavedRun:
     already_saved: bool = False
 
 
-@dataclass
-class ArchiverStats:
-    documents: int = 0
-    runs_saved: int = 0
-    skipped: int = 0
-    orphans: int = 0
-    undecodable: int = 0
-    restarts: int = 0
-    last_error: str = ""
-    connected: bool = False
-
-
 class Archiver:
     def __init__(
         self,
@@ -111,7 +99,7 @@ class Archiver:
         self.kafka = kafka
         self.catalog = catalog
         self.on_saved = on_saved
-        self.stats = ArchiverStats()
+        self._last_error = ""  # logged once, not at every retry
         quiet_aiokafka()
         # Tiled's client logs every HTTP request at INFO: a run is a dozen lines.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -119,7 +107,6 @@ class Archiver:
         self._committed: dict[Any, int] = {}
         # One thread: Tiled's writer keeps per-run state and is not meant to be shared.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tiled-writer")
-        self._started: dict[str, dict[str, Any]] = {}  # run uid -> start doc, while open
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -130,21 +117,17 @@ class Archiver:
         while True:
             try:
                 await self._call(self.catalog.connect)
-                self.stats.connected = True
                 await self._consume()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self.stats.connected = False
-                self.stats.restarts += 1
                 message = f"{type(e).__name__}: {e}"
-                if message != self.stats.last_error:
+                if message != self._last_error:
                     logger.warning("saving runs paused (%s); retrying", message)
-                self.stats.last_error = message
+                self._last_error = message
                 self.catalog.forget()
                 self._ledgers.clear()
                 self._committed.clear()
-                self._started.clear()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
             else:
@@ -174,7 +157,7 @@ class Archiver:
             self.kafka.group,
             self.catalog.settings.catalog_url,
         )
-        self.stats.last_error = ""
+        self._last_error = ""
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_RECORDS)
@@ -212,38 +195,27 @@ class Archiver:
         try:
             name, doc = decode(msg.value)
         except ValueError as e:
-            self.stats.undecodable += 1
             ledger.next_offset = msg.offset + 1
             logger.warning("offset %d: skipping a message that is %s", msg.offset, e)
             return None
-        self.stats.documents += 1
         if name == "start":
             uid = doc["uid"]
             stored = self.catalog.stored(uid)
-            action = ledger.start(uid, msg.offset, stored)
-            self._started[uid] = doc
-            if action is Action.WRITE:
+            if ledger.start(uid, msg.offset, stored, doc) is Action.WRITE:
                 self.catalog.start(uid, doc, stored)
-            else:
-                self.stats.skipped += 1
             return None
         run_uid = (msg.key or b"").decode() or doc.get("run_start", "")
         action = ledger.document(run_uid, name, doc, msg.offset)
         if action is Action.ORPHAN:
-            self.stats.orphans += 1
             if name == "stop":
                 logger.warning("offset %d: stop document of an unknown run %s", msg.offset, run_uid)
             return None
         if action is Action.WRITE:
             self.catalog.write(run_uid, name, doc)
-        else:
-            self.stats.skipped += 1
         if name != "stop":
             return None
-        run = ledger.finish(run_uid)
-        start = self._started.pop(run_uid, {})
-        if run is not None and not run.already_saved:
-            self.stats.runs_saved += 1
+        run = ledger.finish(run_uid)  # open, or the document would be an orphan
+        start = run.start
         return SavedRun(
             run_uid=run_uid,
             scan_id=start.get("scan_id"),
@@ -252,7 +224,7 @@ class Archiver:
             stop_time=doc.get("time"),
             saved_at=time.time(),
             url=f"{self.catalog.settings.catalog_url}/{run_uid}",
-            already_saved=bool(run is not None and run.already_saved),
+            already_saved=run.already_saved,
         )
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ class OpenRun:
     uid: str
     first_offset: int
     already_saved: bool
+    start: dict[str, Any] = field(default_factory=dict)  # the start document
     seen: set[str] = field(default_factory=set)
 
 
@@ -49,12 +50,14 @@ class RunLedger:
         self.open: dict[str, OpenRun] = {}
         self.next_offset: int | None = None  # one past the last document handled
 
-    def start(self, uid: str, offset: int, stored: Stored) -> Action:
+    def start(
+        self, uid: str, offset: int, stored: Stored, doc: dict[str, Any] | None = None
+    ) -> Action:
         """A start document: write it, unless the catalog already has the whole run."""
         self.next_offset = offset + 1
         if uid in self.open:  # the same start again (redelivered while the run is open)
             return Action.SKIP
-        run = OpenRun(uid, offset, already_saved=stored is Stored.COMPLETE)
+        run = OpenRun(uid, offset, already_saved=stored is Stored.COMPLETE, start=doc or {})
         run.seen.add(uid)
         self.open[uid] = run
         return Action.SKIP if run.already_saved else Action.WRITE
@@ -74,9 +77,9 @@ class RunLedger:
             run.seen.add(uid)
         return Action.WRITE
 
-    def finish(self, run_uid: str) -> OpenRun | None:
+    def finish(self, run_uid: str) -> OpenRun:
         """The run's stop document is stored (or was already): the run is closed."""
-        return self.open.pop(run_uid, None)
+        return self.open.pop(run_uid)
 
     def commit_point(self) -> int | None:
         """The offset to commit: the next document to read after a restart."""
