@@ -7,6 +7,7 @@ sends and its RemoteDispatcher reads); key = the run's start uid; topic
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,25 @@ def configured_topic(env: Mapping[str, str] = os.environ) -> str:
     """`$QSERVER_KAFKA_TOPIC`, else the topic of `$QSERVER_BEAMLINE`, else the default."""
     return env.get("QSERVER_KAFKA_TOPIC") or topic_for(
         env.get("QSERVER_BEAMLINE") or DEFAULT_BEAMLINE
+    )
+
+
+def add_kafka_arguments(p: argparse.ArgumentParser, role: str) -> None:
+    """`--kafka-bootstrap` and `--kafka-topic`, defaulting to the environment.
+
+    `role` says what this program does with documents, for the help text.
+    """
+    env = os.environ
+    p.add_argument(
+        "--kafka-bootstrap",
+        default=env.get("QSERVER_KAFKA_BOOTSTRAP", ""),
+        help=f"Kafka bootstrap servers to {role} documents; empty = off "
+        "($QSERVER_KAFKA_BOOTSTRAP)",
+    )
+    p.add_argument(
+        "--kafka-topic",
+        default=configured_topic(env),
+        help="the document topic ($QSERVER_KAFKA_TOPIC, else from $QSERVER_BEAMLINE)",
     )
 
 

@@ -17,7 +17,7 @@ from nats.micro import add_service
 
 import qserver
 from qserver.connect import connect_options, servers
-from qserver.documents import configured_topic
+from qserver.documents import add_kafka_arguments
 from qserver.protocol.subjects import Subjects
 from qserver.service_base import (
     add_methods,
@@ -103,17 +103,7 @@ def make_archiver(
 def cli() -> None:
     p = service_arguments("python -m services.history", __doc__)
     env = os.environ
-    p.add_argument(
-        "--kafka-bootstrap",
-        default=env.get("QSERVER_KAFKA_BOOTSTRAP", ""),
-        help="Kafka bootstrap servers to read documents from; empty = off "
-        "($QSERVER_KAFKA_BOOTSTRAP)",
-    )
-    p.add_argument(
-        "--kafka-topic",
-        default=configured_topic(env),
-        help="the document topic ($QSERVER_KAFKA_TOPIC, else from $QSERVER_BEAMLINE)",
-    )
+    add_kafka_arguments(p, "read")
     p.add_argument(
         "--kafka-group",
         default=env.get("QSERVER_KAFKA_GROUP", ""),

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from qserver.documents import DEFAULT_TOPIC, configured_topic, decode, encode
+from qserver.documents import DEFAULT_TOPIC, add_kafka_arguments, decode, encode
 
 logger = logging.getLogger(__name__)
 
@@ -264,20 +264,10 @@ def _rdkafka_logger() -> logging.Logger:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The Kafka options of the environment process, defaulting to the environment."""
-    env = os.environ
-    p.add_argument(
-        "--kafka-bootstrap",
-        default=env.get("QSERVER_KAFKA_BOOTSTRAP", ""),
-        help="Kafka bootstrap servers for documents; empty = off ($QSERVER_KAFKA_BOOTSTRAP)",
-    )
-    p.add_argument(
-        "--kafka-topic",
-        default=configured_topic(env),
-        help="the document topic ($QSERVER_KAFKA_TOPIC, else from $QSERVER_BEAMLINE)",
-    )
+    add_kafka_arguments(p, "publish")
     p.add_argument(
         "--kafka-producer-config",
-        default=env.get("QSERVER_KAFKA_PRODUCER_CONFIG", ""),
+        default=os.environ.get("QSERVER_KAFKA_PRODUCER_CONFIG", ""),
         help="extra producer options, a JSON object ($QSERVER_KAFKA_PRODUCER_CONFIG)",
     )
 
