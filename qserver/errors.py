@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class QServerError(Exception):
     """Base of every error the services report to clients."""
@@ -41,3 +46,18 @@ class Conflict(QServerError):
     """Another writer changed the state first (stale leader)."""
 
     code = "conflict"
+
+
+def decoded(decode: Callable[[bytes], T], body: bytes, where: str) -> T:
+    """`decode(body)`; a body that is not JSON, too deep or of the wrong shape is a
+    BadRequest that names `where` and the problem."""
+    import msgspec
+
+    try:
+        return decode(body)
+    except msgspec.ValidationError as e:
+        raise BadRequest(f"Invalid request to '{where}': {e}") from None
+    except msgspec.DecodeError as e:
+        raise BadRequest(f"Invalid request to '{where}': malformed JSON ({e})") from None
+    except RecursionError:
+        raise BadRequest(f"Invalid request to '{where}': JSON nesting is too deep") from None

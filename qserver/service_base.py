@@ -16,7 +16,7 @@ from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service
 
 from qserver import config, connect
-from qserver.errors import BadRequest, QServerError
+from qserver.errors import BadRequest, QServerError, decoded
 from qserver.jsonlog import LOG_FORMATS, make_formatter, quiet_nats_errors
 from qserver.protocol.api import MAX_REQUEST_BYTES, REQUEST_TYPES, Reply, Request
 from qserver.protocol.subjects import DEFAULT_PREFIX
@@ -43,15 +43,7 @@ def decode_request(method: str, data: bytes) -> Request:
         raise BadRequest(
             f"Request is too large: {len(data)} bytes (the limit is {MAX_REQUEST_BYTES} bytes)"
         )
-    body = data.strip() or b"{}"
-    try:
-        return _decoders[method].decode(body)  # type: ignore[no-any-return]
-    except msgspec.ValidationError as e:
-        raise BadRequest(f"Invalid request to '{method}': {e}") from None
-    except msgspec.DecodeError as e:
-        raise BadRequest(f"Invalid request to '{method}': malformed JSON ({e})") from None
-    except RecursionError:
-        raise BadRequest(f"Invalid request to '{method}': JSON nesting is too deep") from None
+    return decoded(_decoders[method].decode, data.strip() or b"{}", method)  # type: ignore[no-any-return]
 
 
 async def serve_method(method: str, handler: Handler, msg: MicroRequest) -> None:

@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from qserver.errors import BadRequest
+from qserver.errors import BadRequest, decoded
 from qserver.protocol.api import MAX_REQUEST_BYTES, REQUEST_TYPES
 from services.gateway.auth import Principal
 from services.gateway.routes import Route
@@ -23,26 +23,14 @@ def nonempty(body: bytes) -> bytes:
 
 def validate(method: str, body: bytes) -> None:
     """Decode the params with the method's request type; BadRequest names any problem."""
-    try:
-        _decoders[method].decode(body)
-    except msgspec.ValidationError as e:
-        raise BadRequest(f"Invalid request to '{method}': {e}") from None
-    except msgspec.DecodeError as e:
-        raise BadRequest(f"Invalid request to '{method}': malformed JSON ({e})") from None
-    except RecursionError:
-        raise BadRequest(f"Invalid request to '{method}': JSON nesting is too deep") from None
+    decoded(_decoders[method].decode, body, method)
 
 
 def parse_object(body: bytes, where: str) -> dict[str, Any]:
     """The body as a JSON object; an empty body is `{}`."""
     if len(body) > MAX_REQUEST_BYTES:
         raise BadRequest(f"Request is too large: {len(body)} bytes (limit {MAX_REQUEST_BYTES})")
-    try:
-        value = msgspec.json.decode(nonempty(body))
-    except msgspec.DecodeError as e:
-        raise BadRequest(f"Invalid request to '{where}': malformed JSON ({e})") from None
-    except RecursionError:
-        raise BadRequest(f"Invalid request to '{where}': JSON nesting is too deep") from None
+    value = decoded(msgspec.json.decode, nonempty(body), where)
     if not isinstance(value, dict):
         raise BadRequest(
             f"Invalid request to '{where}': the body must be a JSON object, "
@@ -53,12 +41,7 @@ def parse_object(body: bytes, where: str) -> dict[str, Any]:
 
 def decode_body(body: bytes, rtype: type[_S], where: str) -> _S:
     """A body of one of the gateway's own types; an empty body takes the defaults."""
-    try:
-        return msgspec.json.decode(nonempty(body), type=rtype)
-    except msgspec.ValidationError as e:
-        raise BadRequest(f"Invalid request to '{where}': {e}") from None
-    except msgspec.DecodeError as e:
-        raise BadRequest(f"Invalid request to '{where}': malformed JSON ({e})") from None
+    return decoded(lambda b: msgspec.json.decode(b, type=rtype), nonempty(body), where)
 
 
 def set_identity(route: Route, params: dict[str, Any], principal: Principal) -> None:
