@@ -98,11 +98,6 @@ class Executor:
 
     # ----- subscriptions -----
 
-    async def start(self) -> None:
-        """Both halves at once: for a queue service that leads from the start."""
-        await self.watch()
-        await self.take_charge()
-
     async def watch(self) -> None:
         """Follow the worker's and the environment's state (a standby does this too)."""
         s = self.svc.subjects
