@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,6 +69,8 @@ class EnvProcess:
         self.exited = asyncio.Event()
         self.destroyed = False  # killed on purpose: its end is no error
         self.respawned = False  # a second start after an unexplained kill while starting
+        self.started_at = time.monotonic()
+        self.ran_item = False  # it has run (or started) an item
 
     @property
     def pid(self) -> int:

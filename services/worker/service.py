@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 ENV_REQUEST_TIMEOUT_S = 5.0
 KILL_WAIT_S = 5.0
+# An environment SIGKILLed from outside within this long of its start, before it ran an
+# item, is started once more (see `_respawn_if_killed_early`).
+RESPAWN_WINDOW_S = 5.0
 Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
 
 _status_decoder = msgspec.json.Decoder(EnvStatus)
@@ -212,6 +215,8 @@ class WorkerService:
                 await self.publish_state()
             return
         old = self.state.env
+        if st.running_item_uid:
+            self.proc.ran_item = True
         if st.running_item_uid != (old.running_item_uid if old else None):
             self.item_since = time.time() if st.running_item_uid else None
         changes: dict[str, object] = {"env": st}
@@ -241,7 +246,7 @@ class WorkerService:
         await asyncio.sleep(0.01)
         last = self.state.env
         opening = last is None or last.env_state in ("initializing", "failed")
-        if self._respawn_if_killed_while_starting(proc, returncode, last):
+        if self._respawn_if_killed_early(proc, returncode):
             return
         self.proc, self._exited_uid = None, proc.env_uid
         error, tb = self.state.last_error, self.state.last_traceback
@@ -261,23 +266,20 @@ class WorkerService:
             await self._report_death(proc.env_uid, last, f"The environment process died ({how})")
         await self._clear_record()
 
-    def _respawn_if_killed_while_starting(
-        self, proc: EnvProcess, returncode: int, last: EnvState | None
-    ) -> bool:
+    def _respawn_if_killed_early(self, proc: EnvProcess, returncode: int) -> bool:
         """Start the environment once more if SIGKILL from outside ended it before it ran.
 
-        Seen rarely under the test suite's load: an environment process killed by SIGKILL a
-        fraction of a second after its start, by no code of ours (every kill we send is for
-        a destroy or a shutdown, which set `destroyed`). The cause is not known yet. An open
-        that the user asked for is retried once, with a warning, rather than failed.
+        Seen rarely under the test suite's load: an environment process killed by SIGKILL
+        0.25-1.3 s after its start, before it ran anything, by no code of ours (every kill we
+        send is for a destroy or a shutdown, which set `destroyed`). The cause is not known
+        yet. An open that the user asked for is retried once, with a warning, rather than
+        failed; a later kill, or one after an item ran, ends the environment as it should.
         """
-        starting = last is None or (
-            last.env_state == "initializing" and last.env_uid == proc.env_uid
-        )
-        if proc.destroyed or returncode != -signal.SIGKILL or not starting or proc.respawned:
+        fresh = not proc.ran_item and time.monotonic() - proc.started_at < RESPAWN_WINDOW_S
+        if proc.destroyed or returncode != -signal.SIGKILL or not fresh or proc.respawned:
             return False
         logger.warning(
-            "environment %s was killed by SIGKILL while starting (not by this service): "
+            "environment %s was killed by SIGKILL before it ran anything (not by this service): "
             "starting it once more",
             proc.env_uid,
         )
