@@ -1,6 +1,6 @@
 """Execution benchmark: the workloads measured on the reference server; prints JSON.
 
-Runs the real embedded stack (`python -m qserver.stack`) with the simulated beamline in a
+Runs the real embedded stack (`python -m services.stack.embedded`) with the simulated beamline in a
 temporary data dir; this process is the client. Run: `.venv/bin/python -m bench.bench_exec`
 (documents also go to the stack's Kafka broker) or with `--no-kafka`.
 """

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from bench.common import stack
-from qserver.natsserver import free_port
-from qserver.procs import ServiceProcess
+from services.runtime.procs import ServiceProcess
+from services.stack.natsserver import free_port
 
 KEY = "BenchKey1"
 ITEM = {"item_type": "plan", "name": "count", "args": [["det1", "det2"]], "kwargs": {"num": 1}}

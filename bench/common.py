@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from qserver.client import Client, NoAnswer
-from qserver.natsserver import NatsServer, free_port
-from qserver.procs import CORE_SERVICES, ServiceProcess
+from services.runtime.procs import CORE_SERVICES, ServiceProcess
+from services.stack.natsserver import NatsServer, free_port
 
 
 def summary(lat_s: list[float]) -> dict[str, float]:
@@ -62,11 +62,11 @@ async def stack(services: tuple[str, ...] = CORE_SERVICES) -> AsyncIterator[tupl
 
 @contextlib.contextmanager
 def embedded_stack(*args: str, timeout: float = 90.0) -> Iterator[dict[str, Any]]:
-    """`python -m qserver.stack` in a temporary data dir on free ports; yields stack.json."""
+    """The embedded stack in a temporary data dir on free ports; yields its stack.json."""
     with tempfile.TemporaryDirectory(prefix="qs-bench-stack-") as tmp:
         ports = ["--nats-port", str(free_port()), "--http-port", str(free_port())]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "qserver.stack", "--data-dir", tmp, *ports, *args],
+            [sys.executable, "-m", "services.stack.embedded", "--data-dir", tmp, *ports, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

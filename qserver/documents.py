@@ -40,8 +40,7 @@ def add_kafka_arguments(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument(
         "--kafka-bootstrap",
         default=env.get("QSERVER_KAFKA_BOOTSTRAP", ""),
-        help=f"Kafka bootstrap servers to {role} documents; empty = off "
-        "($QSERVER_KAFKA_BOOTSTRAP)",
+        help=f"Kafka bootstrap servers to {role} documents; empty = off ($QSERVER_KAFKA_BOOTSTRAP)",
     )
     p.add_argument(
         "--kafka-topic",

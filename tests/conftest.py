@@ -14,9 +14,9 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.client import Client
-from qserver.kafka_broker import KafkaBroker
-from qserver.natsserver import NatsServer
-from qserver.procs import CORE_SERVICES, ServiceProcess, readiness_probe
+from services.runtime.procs import CORE_SERVICES, ServiceProcess, readiness_probe
+from services.stack.kafka_broker import KafkaBroker
+from services.stack.natsserver import NatsServer
 
 
 @pytest.fixture(scope="session")

@@ -119,7 +119,7 @@ def stack_up(
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
     from qserver.client import default_prefix
-    from qserver.stack import run_stack, use_config
+    from services.stack.embedded import run_stack, use_config
 
     use_config(config_file)
 
@@ -143,7 +143,7 @@ def stack_up(
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
 def stack_info(data_dir: Path | None) -> None:
     """Print what a running stack reports about itself."""
-    from qserver.stack import StackNotRunning, read_stack_info
+    from services.stack.embedded import StackNotRunning, read_stack_info
 
     try:
         info = read_stack_info(data_dir)

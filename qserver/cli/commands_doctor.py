@@ -16,7 +16,7 @@ from qserver.cli.runner import current_settings, nats_url
 
 def stack_info(data_dir: Path | None) -> dict[str, Any]:
     """What a local stack wrote to stack.json, or nothing if none runs."""
-    from qserver.stack import StackNotRunning, read_stack_info
+    from services.stack.embedded import StackNotRunning, read_stack_info
 
     try:
         return read_stack_info(data_dir)

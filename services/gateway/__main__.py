@@ -15,10 +15,10 @@ from pathlib import Path
 import uvicorn
 
 from qserver.connect import connect_options
-from qserver.service_base import run_loop, service_arguments, setup_logging
 from services.gateway.app import build_app
 from services.gateway.bridge import Bridge
 from services.gateway.config import AuthOptions, ConfigError, load_authenticator
+from services.runtime.service_base import run_loop, service_arguments, setup_logging
 
 logger = logging.getLogger("services.gateway")
 DEFAULT_PORT = 60610

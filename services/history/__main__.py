@@ -19,7 +19,10 @@ import qserver
 from qserver.connect import connect_options, servers
 from qserver.documents import add_kafka_arguments
 from qserver.protocol.subjects import Subjects
-from qserver.service_base import (
+from services.history.archiver import Archiver, KafkaSettings
+from services.history.service import HistoryService
+from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
+from services.runtime.service_base import (
     add_methods,
     run_loop,
     service_arguments,
@@ -27,9 +30,6 @@ from qserver.service_base import (
     shutdown,
     wait_for_signal,
 )
-from services.history.archiver import Archiver, KafkaSettings
-from services.history.service import HistoryService
-from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
 
 logger = logging.getLogger("services.history")
 

@@ -20,8 +20,8 @@ from qserver.protocol.api import REQUEST_TYPES
 from qserver.protocol.internal import LockCheck, LockCheckReply
 from qserver.protocol.items import HistoryRecord
 from qserver.protocol.subjects import Subjects
-from qserver.service_base import Handler, encode, failure
 from services.history.model import History, as_history_item
+from services.runtime.service_base import Handler, encode, failure
 
 if TYPE_CHECKING:
     from services.history.archiver import SavedRun

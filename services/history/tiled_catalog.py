@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from qserver.tiled_server import DEFAULT_CATALOG
 from services.history.runs import Stored
+from services.stack.tiled_server import DEFAULT_CATALOG
 
 logger = logging.getLogger(__name__)
 

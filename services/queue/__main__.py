@@ -15,7 +15,9 @@ from nats.micro import add_service
 import qserver
 from qserver.connect import connect_options, servers
 from qserver.protocol.subjects import Subjects
-from qserver.service_base import (
+from services.queue.leader import Lease, default_instance
+from services.queue.service import QueueService
+from services.runtime.service_base import (
     add_methods,
     run_loop,
     service_arguments,
@@ -23,8 +25,6 @@ from qserver.service_base import (
     shutdown,
     wait_for_signal,
 )
-from services.queue.leader import Lease, default_instance
-from services.queue.service import QueueService
 
 logger = logging.getLogger("services.queue")
 SIM_PROFILE = Path(__file__).resolve().parents[2] / "sim_profile"

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import functools
 import uuid
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from qserver.errors import Refused
 from qserver.protocol import api
 from qserver.protocol.worker import PauseRequest, RunsReply, RunsRequest
-from qserver.service_base import Handler
+from services.queue.core import QueueCore
+from services.queue.execution import Executor
 from services.queue.model import new_uid, normalize_item
-
-if TYPE_CHECKING:
-    from services.queue.service import QueueService
+from services.runtime.service_base import Handler
 
 _runs_decoder = msgspec.json.Decoder(RunsReply)
 
 
 class ExecutionHandlers:
-    def __init__(self, svc: QueueService) -> None:
+    def __init__(self, svc: QueueCore, executor: Executor) -> None:
         self.svc = svc
-        self.ex = svc.executor
+        self.ex = executor
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -87,7 +85,7 @@ class ExecutionHandlers:
         self._env_lock(req.lock_key)
         if not self.ex.env_exists:
             raise Refused("RE Worker environment does not exist.")
-        async with self.svc._write_lock:
+        async with self.svc.write_lock:
             if self.ex.manager_state() != "idle":
                 raise Refused("RE Manager is busy.")
             await self.ex.set_flags(queue_running=True, stop_pending=False)
@@ -101,19 +99,19 @@ class ExecutionHandlers:
             raise Refused(
                 f"Failed to stop the queue: the queue is not running. Manager state: {state}"
             )
-        async with self.svc._write_lock:
+        async with self.svc.write_lock:
             await self.ex.set_flags(stop_pending=True)
         return api.Reply()
 
     async def on_queue_stop_cancel(self, req: api.EmptyLocked) -> api.Reply:
         self._env_lock(req.lock_key)
-        async with self.svc._write_lock:
+        async with self.svc.write_lock:
             await self.ex.set_flags(stop_pending=False)
         return api.Reply()
 
     async def on_queue_autostart(self, req: api.QueueAutostart) -> api.Reply:
         self._env_lock(req.lock_key)
-        async with self.svc._write_lock:
+        async with self.svc.write_lock:
             await self.ex.set_flags(autostart=req.enable)
             if req.enable:
                 await self.ex.advance()
@@ -126,7 +124,7 @@ class ExecutionHandlers:
         item = normalize_item(req.item, req.user, req.user_group)
         self.svc.catalog.validate(item)
         item = msgspec.structs.replace(item, item_uid=new_uid())
-        async with self.svc._write_lock:
+        async with self.svc.write_lock:
             state = self.ex.manager_state()
             if state != "idle":
                 raise Refused(f"RE Manager is busy: the manager state is '{state}'")
@@ -201,14 +199,14 @@ class ExecutionHandlers:
 
     async def on_permissions_set(self, req: api.PermissionsSetRequest) -> api.Reply:
         perms = self.svc.catalog.check_permissions(req.user_group_permissions)
-        async with self.svc._write_lock:
+        async with self.svc.write_lock:
             self.svc.model.check_lock("queue", req.lock_key)
             await self.svc.set_permissions(perms)
         return api.Reply()
 
     async def on_permissions_reload(self, req: api.PermissionsReload) -> api.Reply:
         cat = self.svc.catalog
-        async with self.svc._write_lock:
+        async with self.svc.write_lock:
             self.svc.model.check_lock("queue", req.lock_key)
             if req.restore_plans_devices and cat.lists_file is not None:
                 cat.set_existing(cat.read_lists_file(cat.lists_file))

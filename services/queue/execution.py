@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -31,10 +31,8 @@ from qserver.protocol.worker import (
     RunPlan,
     WorkerState,
 )
-from qserver.service_base import encode
-
-if TYPE_CHECKING:
-    from services.queue.service import QueueService
+from services.queue.core import QueueCore
+from services.runtime.service_base import encode
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +48,7 @@ def _uid() -> str:
 
 
 class Executor:
-    def __init__(self, svc: QueueService) -> None:
+    def __init__(self, svc: QueueCore) -> None:
         self.svc = svc
         self.worker = WorkerState()
         self.env: EnvState | None = None
@@ -155,7 +153,7 @@ class Executor:
             logger.warning("the worker service did not answer at start-up")
             return
         await asyncio.sleep(0.5)  # results published while we were away arrive first
-        async with self.svc._write_lock:
+        async with self.svc.write_lock:
             running = self.svc.model.running_item
             if running is None or self.op:
                 return
@@ -370,7 +368,7 @@ class Executor:
             await msg.ack()
             return
         try:
-            async with self.svc._write_lock:
+            async with self.svc.write_lock:
                 await self._record(res)
             await msg.ack()
         except Exception:

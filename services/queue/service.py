@@ -33,13 +33,13 @@ from qserver.protocol.queue_log import (
 )
 from qserver.protocol.status import LockStatus, Status
 from qserver.protocol.subjects import Subjects
-from qserver.service_base import Handler, encode
 from services.queue.catalog import PlanCatalog
 from services.queue.exec_handlers import ExecutionHandlers
 from services.queue.execution import Executor
 from services.queue.leader import Lease, Renewal
 from services.queue.model import QueueModel
 from services.queue.store import EventLog
+from services.runtime.service_base import Handler, encode
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class QueueService:
         self.log = EventLog(js, subjects, replicas=replicas, snapshot_every=snapshot_every)
         self.stop_requested = asyncio.Event()
         self.history = HistoryInfo(items_in_history=0, plan_history_uid=_uid())
-        self._write_lock = asyncio.Lock()
+        self.write_lock = asyncio.Lock()
         self._needs_resync = False
         self._status: Status | None = None
         self._run_list_uid = _uid()
@@ -126,9 +126,7 @@ class QueueService:
         if self._needs_resync:
             await self.resync()
         if lease is not None:
-            await self.commit(
-                LeaderChanged(instance=lease.instance, lease_revision=lease.revision)
-            )
+            await self.commit(LeaderChanged(instance=lease.instance, lease_revision=lease.revision))
         if self.catalog.permissions_file is not None:
             # Permissions are re-read from their file at every start, as the reference does.
             perms = self.catalog.read_permissions_file()
@@ -150,7 +148,7 @@ class QueueService:
             asyncio.get_running_loop().create_task(self.advance())
 
     async def advance(self) -> None:
-        async with self._write_lock:
+        async with self.write_lock:
             try:
                 await self.executor.advance()
             except Exception:
@@ -256,7 +254,7 @@ class QueueService:
     # ----- handlers -----
 
     def handlers(self) -> dict[str, Handler]:
-        return ExecutionHandlers(self).handlers() | {
+        return ExecutionHandlers(self, self.executor).handlers() | {
             "ping": self.on_status,
             "status": self.on_status,
             "queue_get": self.on_queue_get,
@@ -292,14 +290,14 @@ class QueueService:
         return api.ItemGetReply(item=self.model.items[self.model.locate(req.pos, req.uid)])
 
     async def on_item_add(self, req: api.QueueItemAdd) -> api.ItemReply:
-        async with self._write_lock:
+        async with self.write_lock:
             await self._locked_edit(req.lock_key)
             ev = self.model.plan_add(req)
             await self.commit(ev)
             return api.ItemReply(item=ev.items[0], qsize=len(self.model.items))
 
     async def on_item_add_batch(self, req: api.QueueItemAddBatch) -> api.BatchReply:
-        async with self._write_lock:
+        async with self.write_lock:
             await self._locked_edit(req.lock_key)
             ev, results = self.model.plan_add_batch(req)
             if ev is None:
@@ -315,48 +313,48 @@ class QueueService:
             return api.BatchReply(items=ev.items, qsize=len(self.model.items), results=results)
 
     async def on_item_remove(self, req: api.QueueItemRemove) -> api.ItemReply:
-        async with self._write_lock:
+        async with self.write_lock:
             await self._locked_edit(req.lock_key)
             ev, item = self.model.plan_remove(req)
             await self.commit(ev)
             return api.ItemReply(item=item, qsize=len(self.model.items))
 
     async def on_item_remove_batch(self, req: api.QueueItemRemoveBatch) -> api.BatchReply:
-        async with self._write_lock:
+        async with self.write_lock:
             await self._locked_edit(req.lock_key)
             ev, items = self.model.plan_remove_batch(req)
             await self.commit(ev)
             return api.BatchReply(items=items, qsize=len(self.model.items))
 
     async def on_item_move(self, req: api.QueueItemMove) -> api.ItemReply:
-        async with self._write_lock:
+        async with self.write_lock:
             await self._locked_edit(req.lock_key)
             ev, item = self.model.plan_move(req)
             await self.commit(ev)
             return api.ItemReply(item=item, qsize=len(self.model.items))
 
     async def on_item_move_batch(self, req: api.QueueItemMoveBatch) -> api.BatchReply:
-        async with self._write_lock:
+        async with self.write_lock:
             await self._locked_edit(req.lock_key)
             ev, items = self.model.plan_move_batch(req)
             await self.commit(ev)
             return api.BatchReply(items=items, qsize=len(self.model.items))
 
     async def on_item_update(self, req: api.QueueItemUpdate) -> api.ItemReply:
-        async with self._write_lock:
+        async with self.write_lock:
             await self._locked_edit(req.lock_key)
             ev = self.model.plan_update(req)
             await self.commit(ev)
             return api.ItemReply(item=ev.item, qsize=len(self.model.items))
 
     async def on_queue_clear(self, req: api.EmptyLocked) -> api.Reply:
-        async with self._write_lock:
+        async with self.write_lock:
             await self._locked_edit(req.lock_key)
             await self.commit(self.model.plan_clear())
             return api.Reply()
 
     async def on_mode_set(self, req: api.QueueModeSet) -> api.Reply:
-        async with self._write_lock:
+        async with self.write_lock:
             await self._locked_edit(req.lock_key)
             ev = self.model.plan_mode(req)
             if ev.mode != self.model.mode:
@@ -364,7 +362,7 @@ class QueueService:
             return api.Reply()
 
     async def on_lock(self, req: api.LockRequest) -> api.LockReply:
-        async with self._write_lock:
+        async with self.write_lock:
             await self._locked_edit(None, target=None)
             await self.commit(self.model.plan_lock(req))
             return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
@@ -374,7 +372,7 @@ class QueueService:
         return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
 
     async def on_unlock(self, req: api.UnlockRequest) -> api.LockReply:
-        async with self._write_lock:
+        async with self.write_lock:
             await self._locked_edit(None, target=None)
             await self.commit(self.model.plan_unlock(req))
             return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)

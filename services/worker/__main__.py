@@ -14,7 +14,7 @@ import sim_profile
 from qserver.connect import NatsAuth, connect_options, servers
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
-from qserver.service_base import (
+from services.runtime.service_base import (
     run_loop,
     service_arguments,
     setup_logging,

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from qserver.procs import die_with_parent_hook
 from qserver.protocol.worker import StartupConfig
+from services.runtime.procs import die_with_parent_hook
 
 
 def env_argv(

@@ -13,7 +13,7 @@ from nats.js.errors import NotFoundError
 from qserver.jsutil import ensure_stream
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import PlanResult
-from qserver.service_base import encode
+from services.runtime.service_base import encode
 
 logger = logging.getLogger(__name__)
 

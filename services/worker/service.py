@@ -40,7 +40,7 @@ from qserver.protocol.worker import (
     StartupConfig,
     WorkerState,
 )
-from qserver.service_base import encode
+from services.runtime.service_base import encode
 from services.worker.messages import RECORD_KEY, EnvRecord, EnvStatus, worker_bucket
 from services.worker.process import EnvProcess, describe_exit, env_argv, is_env_process
 from services.worker.results import ensure_results_stream, last_result, publish_result

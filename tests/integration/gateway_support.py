@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from qserver.natsserver import free_port
-from qserver.procs import ServiceProcess
+from services.runtime.procs import ServiceProcess
+from services.stack.natsserver import free_port
 from tests.conftest import Services
 
 Status = dict[str, Any]

@@ -13,8 +13,8 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.client import Client
 from qserver.connect import NatsAuth
-from qserver.nats_permissions import render_accounts, roles
-from qserver.procs import readiness_probe
+from services.runtime.procs import readiness_probe
+from services.stack.nats_permissions import render_accounts, roles
 from tests.conftest import Services
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from qserver.client import AccessDenied, Client
 from qserver.connect import NatsAuth
-from qserver.nats_permissions import Beamline, render_beamlines
-from qserver.natsserver import NatsServer
+from services.stack.nats_permissions import Beamline, render_beamlines
+from services.stack.natsserver import NatsServer
 from tests.conftest import USER, plan, unique_prefix
 from tests.integration.nats_roles_support import RoleServices, new_passwords
 

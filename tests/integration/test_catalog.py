@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from qserver.client import Client
-from qserver.kafka_broker import KafkaBroker
-from qserver.natsserver import NatsServer
-from qserver.tiled_server import TiledServer
+from services.stack.kafka_broker import KafkaBroker
+from services.stack.natsserver import NatsServer
+from services.stack.tiled_server import TiledServer
 from tests.conftest import USER, Services, new_topic, running_services
 from tests.integration.test_kafka import remote_dispatcher
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from qserver.client import Client, NoAnswer
-from qserver.natsserver import NatsServer
+from services.stack.natsserver import NatsServer
 from tests.conftest import unique_prefix
 
 

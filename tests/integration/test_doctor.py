@@ -15,8 +15,8 @@ import pytest
 
 from qserver.connect import NatsAuth
 from qserver.doctor import Check, DoctorConfig, run_checks
-from qserver.kafka_broker import KafkaBroker
-from qserver.natsserver import free_port
+from services.stack.kafka_broker import KafkaBroker
+from services.stack.natsserver import free_port
 from tests.conftest import Services
 
 TOPIC = "doctor.bluesky.runengine.documents"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qserver.client import Client, NoAnswer
-from qserver.natsserver import NatsServer
+from services.stack.natsserver import NatsServer
 from tests.conftest import USER, Services, plan, running_services, tag
 
 

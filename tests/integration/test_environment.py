@@ -9,7 +9,7 @@ from pathlib import Path
 from nats.aio.msg import Msg
 
 from qserver.client import Client
-from qserver.natsserver import NatsServer
+from services.stack.natsserver import NatsServer
 from tests.conftest import USER, Services, running_services
 from tests.integration.test_execution import add, idle, open_env, quick, until
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from qserver.client import Client, NoAnswer
-from qserver.natscluster import NatsCluster
-from qserver.procs import ServiceProcess, readiness_probe
+from services.runtime.procs import ServiceProcess, readiness_probe
+from services.stack.natscluster import NatsCluster
 from tests.conftest import USER, report
 
 T = 60.0

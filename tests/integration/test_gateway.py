@@ -14,7 +14,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from qserver.natsserver import NatsServer, free_port
+from services.stack.natsserver import NatsServer, free_port
 from tests.conftest import Services, running_services
 from tests.integration.gateway_support import gateway_for, running_gateway, wait_status
 

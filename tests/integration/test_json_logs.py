@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from qserver.natsserver import NatsServer
+from services.stack.natsserver import NatsServer
 from tests.conftest import Services, running_services
 from tests.integration.gateway_support import gateway_for
 

@@ -10,7 +10,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from qserver.client import Client
-from qserver.natsserver import NatsServer
+from services.stack.natsserver import NatsServer
 from tests.conftest import USER, Services, plan, running_services
 
 

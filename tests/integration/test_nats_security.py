@@ -1,6 +1,6 @@
 """NATS users and permissions: each service and role connects as itself and gets only its subjects.
 
-The server runs `qserver.nats_permissions.render_accounts` (what deploy/nats/accounts.conf
+The server runs `services.stack.nats_permissions.render_accounts` (what deploy/nats/accounts.conf
 holds) with passwords generated here.
 """
 
@@ -18,8 +18,8 @@ import pytest
 
 from qserver.client import AccessDenied, Client
 from qserver.connect import NatsAuth
-from qserver.nats_permissions import roles
-from qserver.natsserver import NatsServer
+from services.stack.nats_permissions import roles
+from services.stack.natsserver import NatsServer
 from tests.conftest import USER, Services, plan, unique_prefix
 from tests.integration.gateway_support import gateway_for
 from tests.integration.nats_roles_support import RoleServices, new_passwords, write_accounts

@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from qserver.client import AccessDenied, Client, NoAnswer
 from qserver.connect import NatsAuth
-from qserver.natsserver import NatsServer
+from services.stack.natsserver import NatsServer
 from tests.conftest import Services
 
 

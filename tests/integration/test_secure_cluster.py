@@ -10,7 +10,7 @@ import pytest
 
 from qserver.client import AccessDenied, Client
 from qserver.doctor import DoctorConfig, run_checks
-from qserver.natscluster import NatsCluster
+from services.stack.natscluster import NatsCluster
 from tests.conftest import USER, plan, unique_prefix
 from tests.integration.nats_roles_support import RoleServices, new_passwords, write_accounts
 

@@ -20,9 +20,8 @@ import psutil
 import pytest
 
 from qserver.client import Client, NoAnswer
-from qserver.natsserver import NatsServer, free_port
-from qserver.procs import SERVICES
-from qserver.stack import (
+from services.runtime.procs import SERVICES
+from services.stack.embedded import (
     CRASH_BACKOFF,
     CRASH_LIMIT,
     Stack,
@@ -30,18 +29,19 @@ from qserver.stack import (
     StackNotRunning,
     read_stack_info,
 )
+from services.stack.natsserver import NatsServer, free_port
 from tests.conftest import USER, plan, unique_prefix
 
 _counter = itertools.count()
 
 
 class StackProcess:
-    """`python -m qserver.stack` as a child of the test, its output in a file."""
+    """`python -m services.stack.embedded` as a child of the test, its output in a file."""
 
     def __init__(self, data_dir: Path, out_file: Path, *args: str) -> None:
         self.data_dir = data_dir
         self.out_file = out_file
-        argv = [sys.executable, "-m", "qserver.stack", "--data-dir", str(data_dir), *args]
+        argv = [sys.executable, "-m", "services.stack.embedded", "--data-dir", str(data_dir), *args]
         with open(out_file, "wb") as out:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
 

@@ -21,7 +21,6 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from qserver.natsserver import NatsServer
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import (
     CmdReply,
@@ -35,6 +34,7 @@ from qserver.protocol.worker import (
     StartupConfig,
     WorkerState,
 )
+from services.stack.natsserver import NatsServer
 from services.worker.messages import EnvStatus
 from tests.conftest import unique_prefix
 

@@ -280,12 +280,12 @@ def test_stack_commands_call_the_stack_module(
         calls.append(kwargs)
         return 7
 
-    fake = types.ModuleType("qserver.stack")
+    fake = types.ModuleType("services.stack.embedded")
     fake.run_stack = run_stack  # type: ignore[attr-defined]
     fake.use_config = lambda path: None  # type: ignore[attr-defined]
     fake.read_stack_info = lambda data_dir: {"data_dir": data_dir}  # type: ignore[attr-defined]
     fake.StackNotRunning = type("StackNotRunning", (Exception,), {})  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "qserver.stack", fake)
+    monkeypatch.setitem(sys.modules, "services.stack.embedded", fake)
     monkeypatch.delenv("QSERVER_PREFIX", raising=False)
 
     assert cli.run(["stack", "up", "--nats-port", "5000"]) == 7

@@ -18,9 +18,9 @@ import yaml
 
 from qserver.client import DEFAULT_NATS_URL
 from qserver.doctor import MICRO_SERVICES
-from qserver.nats_permissions import env_reference, roles
-from qserver.natsserver import find_binary, port_from_url
 from services.gateway.__main__ import DEFAULT_PORT as GATEWAY_PORT
+from services.stack.nats_permissions import env_reference, roles
+from services.stack.natsserver import find_binary, port_from_url
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -228,7 +228,7 @@ def test_dockerfile_copies_what_pip_install_needs() -> None:
         for part in line.split()[1:-1]
     }
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.search(r'include = \[([^]]*)\]', pyproject)
+    packages = re.search(r"include = \[([^]]*)\]", pyproject)
     assert packages is not None
     for pattern in re.findall(r'"([^"]+)"', packages.group(1)):
         assert pattern.rstrip("*") in copied, pattern

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from qserver.nats_permissions import (
+from qserver.protocol.api import REQUEST_TYPES
+from services.stack.nats_permissions import (
     READ_ONLY_METHODS,
     beamline_pair,
     roles,
     sample_config,
     several_config,
 )
-from qserver.natsserver import find_binary
-from qserver.protocol.api import REQUEST_TYPES
+from services.stack.natsserver import find_binary
 
 SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "accounts.conf"
 CONTROL = ("queue_item_add", "queue_start", "environment_open", "re_pause", "queue_clear")
@@ -27,7 +27,7 @@ CONTROL = ("queue_item_add", "queue_start", "environment_open", "re_pause", "que
 
 def test_committed_sample_is_current() -> None:
     assert SAMPLE.read_text() == sample_config(), (
-        "deploy/nats/accounts.conf is stale: python -m qserver.nats_permissions > "
+        "deploy/nats/accounts.conf is stale: python -m services.stack.nats_permissions > "
         "deploy/nats/accounts.conf"
     )
 

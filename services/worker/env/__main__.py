@@ -12,7 +12,7 @@ import os
 
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 from qserver.protocol.worker import StartupConfig
-from qserver.service_base import setup_logging
+from services.runtime.service_base import setup_logging
 from services.worker.env import kafka
 from services.worker.env.commands import EnvCommands
 from services.worker.env.console import capture_console

@@ -14,7 +14,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from qserver.protocol.worker import CmdReply, RunPlan, RunsReply
-from qserver.service_base import encode
+from services.runtime.service_base import encode
 from services.worker.env.console import ConsoleSink
 from services.worker.env.engine import CONTINUE_STATUS, Environment, Running
 from services.worker.results import ensure_results_stream

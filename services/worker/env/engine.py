@@ -29,7 +29,7 @@ from qserver.plan_tools.resolve import resolve_args
 from qserver.protocol.items import ExitStatus, HistoryResult
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import EnvStateName, ExistingLists, PlanResult, StartupConfig
-from qserver.service_base import encode
+from services.runtime.service_base import encode
 from services.worker.env import live_docs
 from services.worker.env.kafka import KafkaPublisher
 from services.worker.env.link import NatsLink

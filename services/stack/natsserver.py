@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from qserver.procs import ChildServer
+from services.runtime.procs import ChildServer
 
 
 def find_binary() -> str:

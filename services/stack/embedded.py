@@ -30,11 +30,11 @@ from qserver.config import add_argument as add_config_argument
 from qserver.config import load_file as load_config_file
 from qserver.documents import DEFAULT_TOPIC
 from qserver.errors import QServerError
-from qserver.kafka_broker import KafkaBroker
-from qserver.natsserver import NatsServer, port_in_use, server_info
-from qserver.procs import GATEWAY, SERVICES, ServiceProcess, http_ready, readiness_probe
 from qserver.protocol.subjects import DEFAULT_PREFIX, check_prefix
-from qserver.tiled_server import DEFAULT_CATALOG, TiledServer
+from services.runtime.procs import GATEWAY, SERVICES, ServiceProcess, http_ready, readiness_probe
+from services.stack.kafka_broker import KafkaBroker
+from services.stack.natsserver import NatsServer, port_in_use, server_info
+from services.stack.tiled_server import DEFAULT_CATALOG, TiledServer
 
 NATS_HOST = "127.0.0.1"
 READY_TIMEOUT = 20.0
@@ -610,7 +610,7 @@ def read_stack_info(data_dir: Path | None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     use_config(config_path(sys.argv[1:] if argv is None else argv, os.environ))
     p = argparse.ArgumentParser(
-        prog="python -m qserver.stack",
+        prog="python -m services.stack.embedded",
         description="Run nats-server and every queue-server service on this machine.",
     )
     add_config_argument(p)

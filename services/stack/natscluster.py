@@ -15,8 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from qserver.natsserver import find_binary, free_port
-from qserver.procs import ChildServer
+from services.runtime.procs import ChildServer
+from services.stack.natsserver import find_binary, free_port
 
 HOST = "127.0.0.1"
 

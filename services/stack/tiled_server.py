@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from qserver.natsserver import free_port
-from qserver.procs import ChildServer
+from services.runtime.procs import ChildServer
+from services.stack.natsserver import free_port
 
 DEFAULT_CATALOG = "raw"  # the container of runs, with the CatalogOfBlueskyRuns spec
 

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from qserver.natsserver import free_port
-from qserver.procs import ChildServer
+from services.runtime.procs import ChildServer
+from services.stack.natsserver import free_port
 
 
 def find_tansu() -> str:

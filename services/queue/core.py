@@ -1,0 +1,39 @@
+"""What the queue's parts (execution, its handlers) may use of the service that owns them.
+
+The service passes itself down as this narrow interface, so that its parts never import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from nats.aio.client import Client as NATS
+
+from qserver.protocol.queue_log import AnyEvent
+from qserver.protocol.subjects import Subjects
+from services.queue.catalog import PlanCatalog
+from services.queue.model import QueueModel
+
+
+class QueueCore(Protocol):
+    nc: NATS
+    subjects: Subjects
+    model: QueueModel
+    catalog: PlanCatalog
+    write_lock: asyncio.Lock  # held by every change of the queue state
+
+    def kick(self) -> None:
+        """Ask for the next step of execution soon (without waiting for it)."""
+
+    async def advance(self) -> None:
+        """Take the next step of execution now."""
+
+    async def publish_status(self) -> None: ...
+
+    async def commit(self, event: AnyEvent | None) -> None:
+        """Append `event` to the log and apply it, or refuse it whole."""
+
+    async def set_permissions(self, permissions: dict[str, Any]) -> None: ...
+
+    def run_list_uid(self) -> str: ...
