@@ -115,6 +115,11 @@ class Subjects:
         return f"QS_{self._token}_LISTS"
 
     @property
+    def re_md_bucket(self) -> str:
+        """KV bucket holding the RunEngine's persistent metadata (`RE.md`, scan_id included)."""
+        return f"QS_{self._token}_RE_MD"
+
+    @property
     def leader_bucket(self) -> str:
         """KV bucket holding the queue service's leader lease."""
         return f"QS_{self._token}_LEADER"
