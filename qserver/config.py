@@ -84,6 +84,13 @@ class QueueSection(Section):
     emergency_lock_key: Annotated[str | None, _d("unlocks any lock")] = None
 
 
+class WorkerSection(Section):
+    orphan_timeout: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        _d("seconds an idle environment with no worker service waits, then closes itself"),
+    ] = None
+
+
 class HttpSection(Section):
     host: Annotated[str | None, _d("gateway address")] = None
     port: Annotated[Annotated[int, Meta(ge=0, le=65535)] | None, _d("gateway port")] = None
@@ -102,6 +109,7 @@ class Config(Section):
     kafka: KafkaSection = msgspec.field(default_factory=KafkaSection)
     tiled: TiledSection = msgspec.field(default_factory=TiledSection)
     queue: QueueSection = msgspec.field(default_factory=QueueSection)
+    worker: WorkerSection = msgspec.field(default_factory=WorkerSection)
     http: HttpSection = msgspec.field(default_factory=HttpSection)
 
 
@@ -133,6 +141,7 @@ ENV: dict[tuple[str, str], str] = {
     ("queue", "existing_lists"): "QSERVER_EXISTING_LISTS",
     ("queue", "permissions"): "QSERVER_PERMISSIONS",
     ("queue", "emergency_lock_key"): "QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER",
+    ("worker", "orphan_timeout"): "QSERVER_ENV_ORPHAN_TIMEOUT",
     ("http", "host"): "QSERVER_HTTP_HOST",
     ("http", "port"): "QSERVER_HTTP_PORT",
     ("http", "timeout"): "QSERVER_HTTP_TIMEOUT",

@@ -8,8 +8,10 @@ the old one is dead or has not been heard for `OWNER_STALE_S`: of two workers, o
 Left without a supervisor it goes on: it finishes its plan and stores the outcome in the
 results stream as always (the queue service reads it from there). Once it is idle it waits
 `orphan_timeout` seconds for a worker to adopt it, then closes itself and removes the
-worker's record of it. Without a supervisor *and* without NATS it cannot report anything,
-so after `DISCONNECTED_S` it stops at once, as it did when it died with its worker.
+worker's record of it. Without a supervisor *and* without NATS (the whole stack was
+killed) it can neither be adopted nor report anything, so it stops within `DISCONNECTED_S`,
+as it did when it died with its worker: it does not wait for a stack that may come back
+with another Kafka broker, where its documents would never arrive.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 OWNER_STALE_S = 3.0  # a supervisor not heard for this long may be replaced
 CHECK_S = 0.25
-DISCONNECTED_S = 5.0
+DISCONNECTED_S = 1.0
 # Exit code of an environment that gave up a plan it could not report (see `abandon`).
 ABANDONED = 3
 
@@ -182,7 +184,8 @@ class Supervision:
         self._closing = True
         logger.warning("closing the environment: %s", why)
         self.env.notify()
-        await self._forget_record()
+        if self.env.link.nc.is_connected:  # else a worker started later finds it gone
+            await self._forget_record()
         self.env.request_close()
 
     async def _forget_record(self) -> None:
