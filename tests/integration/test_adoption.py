@@ -205,3 +205,33 @@ async def test_one_worker_adopts_and_a_frozen_one_gives_way(
         await w1.stop()
         if env_pid and _alive(env_pid):
             os.kill(env_pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+async def test_environment_without_worker_nor_nats_stops_and_its_item_is_failed_later(
+    own_nats: NatsServer, tmp_path: Path
+) -> None:
+    """The whole stack killed: an environment that can neither be adopted nor report stops
+    (within about a second); the worker started with the stack again fails its item."""
+    async with running_worker(own_nats, tmp_path / "worker1.log") as w:
+        await w.open()
+        env_pid = w.worker.env_pid
+        assert env_pid is not None
+        uid = await w.run("long_count", ["det1"], num=300, delay=0.1)
+        await w.running(uid)
+        await w.until(lambda: w.worker.env is not None and w.worker.env.run_list != [], "runs")
+        _kill(w)
+        own_nats.stop(signal.SIGKILL)
+        took = await _wait_dead(env_pid, 30)
+        report(f"environment without worker and NATS stopped after {took:.2f} s")
+        own_nats.start()
+        w2 = Worker(own_nats, tmp_path / "worker2.log", w.subjects.prefix)
+        w2.start()
+        try:
+            await w2.connect()
+            res = await anext(w2.results())
+            assert (res.item_uid, res.result.exit_status) == (uid, "failed")
+            assert "lost with the worker service" in res.result.msg
+            assert not w2.worker.env_exists
+        finally:
+            await w2.stop()

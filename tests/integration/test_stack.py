@@ -187,6 +187,32 @@ async def test_stack_serves_and_restarts_a_killed_service(stacks: Stacks) -> Non
     assert "queue service was killed by SIGKILL: restarted (restart 1" in stack.output()
 
 
+async def test_stack_restarts_a_killed_worker_and_the_running_plan_goes_on(
+    stacks: Stacks,
+) -> None:
+    stack = stacks.start("--no-kafka")
+    info = await stack.wait_info()
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+        assert (await client.request("environment_open", timeout=30))["success"]
+        await client.wait_for(
+            lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", 30
+        )
+        long = plan("count", ["det1"], num=30, delay=0.2)
+        for item in (long, plan("count", ["det1"])):
+            assert (await client.request("queue_item_add", {"item": item, **USER}))["success"]
+        assert (await client.request("queue_start"))["success"]
+        await client.wait_for(lambda st: st["re_state"] == "running", 30)
+        os.kill(info["services"]["worker"], signal.SIGKILL)
+        st = await client.wait_for(
+            lambda st: st["items_in_history"] == 2 and st["manager_state"] == "idle", 90
+        )
+        assert st["worker_environment_exists"]
+        items = (await client.request("history_get"))["items"]
+        assert [it["result"]["exit_status"] for it in items] == ["completed", "completed"]
+    assert "worker service was killed by SIGKILL: restarted" in stack.output()
+    assert "adopted environment" in (stacks.data_dir / "logs" / "worker.log").read_text()
+
+
 async def test_stack_restarts_a_killed_nats_server_on_the_same_store(stacks: Stacks) -> None:
     stack = stacks.start()
     info = await stack.wait_info()
@@ -293,8 +319,13 @@ async def test_a_busy_nats_port_fails_fast_and_names_the_port(stacks: Stacks) ->
 
 async def test_killing_the_stack_takes_its_children_along(stacks: Stacks) -> None:
     stack = stacks.start()
-    await stack.wait_info()
+    info = await stack.wait_info()
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+        # The environment too: it outlives a crashed worker, not a lost NATS with it (ADR 12).
+        assert (await client.request("environment_open", timeout=30))["success"]
+        await client.wait_for(lambda st: st["worker_environment_exists"], timeout=30)
     children = [p.pid for p in stack.descendants()]
+    assert len(children) > len(SERVICES) + 1  # nats-server, the services, the environment
     stack.proc.kill()
     stack.proc.wait()
     async with asyncio.timeout(10):
