@@ -16,11 +16,14 @@ from dataclasses import dataclass
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 
 from qserver.protocol.subjects import Subjects
+from qserver.protocol.worker import EnvState
 from services.runtime.service_base import encode
 from services.worker.messages import AttachReply, AttachRequest, EnvRecord, EnvStatus
 from services.worker.pids import is_env_process, on_this_host
+from services.worker.results import report_death
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +85,25 @@ async def find_env(
         if reply.success and reply.state is not None:
             return Attached(state=reply.state, previous=reply.previous)
         return Busy(reply.msg or f"environment {rec.env_uid} refused this worker")
+
+
+async def fail_lost_item(js: JetStreamContext, subjects: Subjects, rec: EnvRecord) -> None:
+    """Write the `failed` result of the item that a lost environment ran, if it ran one."""
+    if not rec.running_item_uid:
+        return
+    last = EnvState(
+        env_uid=rec.env_uid,
+        pid=rec.pid,
+        env_state="executing_plan",
+        re_state=rec.re_state,
+        running_item_uid=rec.running_item_uid,
+        run_list=rec.run_list,
+    )
+    await report_death(
+        js,
+        subjects,
+        rec.env_uid,
+        last,
+        "The environment process was lost with the worker service",
+        rec.time_start or None,
+    )

@@ -9,6 +9,7 @@ it to adopt the environment, or to settle the item of one that is gone.
 from __future__ import annotations
 
 import logging
+import socket
 
 import msgspec
 from nats.js import JetStreamContext
@@ -18,12 +19,27 @@ from nats.js.kv import KeyValue
 
 from qserver.jsutil import default_replicas
 from qserver.protocol.subjects import Subjects
+from qserver.protocol.worker import EnvState
 from services.runtime.service_base import encode
 from services.worker.messages import RECORD_KEY, EnvRecord, worker_bucket
 
 logger = logging.getLogger(__name__)
 
 _decoder = msgspec.json.Decoder(EnvRecord)
+
+
+def record_of(st: EnvState, worker: str, item_since: float | None) -> EnvRecord:
+    """The record of an environment in state `st`, supervised by `worker` on this host."""
+    return EnvRecord(
+        env_uid=st.env_uid,
+        pid=st.pid,
+        host=socket.gethostname(),
+        running_item_uid=st.running_item_uid,
+        re_state=st.re_state,
+        run_list=st.run_list,
+        time_start=item_since or 0.0,
+        worker=worker,
+    )
 
 
 class EnvRecords:

@@ -37,11 +37,11 @@ from qserver.protocol.worker import (
     WorkerState,
 )
 from services.runtime.service_base import encode
-from services.worker.adopt import Attached, Busy, find_env
+from services.worker.adopt import Attached, Busy, fail_lost_item, find_env
 from services.worker.messages import EnvRecord, EnvStatus
 from services.worker.pids import new_instance
 from services.worker.process import AdoptedEnv, EnvProcess, describe_exit, env_argv, kill_env
-from services.worker.record import EnvRecords
+from services.worker.record import EnvRecords, record_of
 from services.worker.results import ensure_results_stream, report_death
 
 logger = logging.getLogger(__name__)
@@ -349,17 +349,7 @@ class WorkerService:
         return True
 
     async def _save_record(self, st: EnvState) -> None:
-        record = EnvRecord(
-            env_uid=st.env_uid,
-            pid=st.pid,
-            host=socket.gethostname(),
-            running_item_uid=st.running_item_uid,
-            re_state=st.re_state,
-            run_list=st.run_list,
-            time_start=self.item_since or 0.0,
-            worker=self.instance,
-        )
-        await self.records.save(record)
+        await self.records.save(record_of(st, self.instance, self.item_since))
 
     # ----- after a restart -----
 
@@ -422,21 +412,5 @@ class WorkerService:
         self._exited_uid = rec.env_uid
         self.state = self._worker_state(ended_env_uid=rec.env_uid)
         await self.publish_state()
-        if rec.running_item_uid:
-            last = EnvState(
-                env_uid=rec.env_uid,
-                pid=rec.pid,
-                env_state="executing_plan",
-                re_state=rec.re_state,
-                running_item_uid=rec.running_item_uid,
-                run_list=rec.run_list,
-            )
-            await report_death(
-                self.js,
-                self.subjects,
-                rec.env_uid,
-                last,
-                "The environment process was lost with the worker service",
-                rec.time_start or None,
-            )
+        await fail_lost_item(self.js, self.subjects, rec)
         await self.records.clear()

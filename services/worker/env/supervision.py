@@ -119,6 +119,9 @@ class Supervision:
         """Let `worker` supervise this environment, unless a living supervisor does."""
         owner = self.env.owner
         now = time.monotonic()
+        if self.env.env_state in ("closing", "closed"):
+            # It ends by itself in order: the worker waits and then finds it gone.
+            return AttachReply(success=False, msg="The environment is closing", owner=owner)
         taken = self._owner_lives() is not False and now - self._heard < OWNER_STALE_S
         if probe or (worker != owner and taken):
             return AttachReply(
