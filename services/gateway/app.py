@@ -12,12 +12,12 @@ import msgspec
 from litestar import Litestar, Request, Response, WebSocket, get, post, websocket
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
-from litestar.response import Stream
-from litestar.static_files import create_static_files_router
+from litestar.response import File, Stream
 
-from qserver.errors import QServerError
+from qserver.errors import NotFound, QServerError
 from qserver.protocol.api import MAX_REQUEST_BYTES
 from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, NoParams
+from services.gateway.accesslog import log_refusals
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.bodies import decode_body, request_params
 from services.gateway.bridge import Bridge
@@ -42,6 +42,13 @@ def json_response(obj: Any, status: int = 200) -> Response[bytes]:
 def on_error(request: Request[Any, Any, Any], exc: QServerError) -> Response[bytes]:
     """The one place where the gateway's errors become HTTP answers: `{"detail": ...}`."""
     return json_response({"detail": exc.msg}, http_status(exc))
+
+
+def on_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """A bug: logged with its traceback (Litestar logs none without debug mode), then 500."""
+    logger.error("%s %r failed", request.method, request.url.path, exc_info=exc)
+    detail = f"Internal error in the gateway ({type(exc).__name__}); see its log"
+    return json_response({"detail": detail}, 500)
 
 
 async def no_params(request: Request[Any, Any, Any]) -> None:
@@ -214,8 +221,16 @@ def docs_handlers(gw: Gateway) -> list[Any]:
         await no_params(request)
         return json_response({"roles": list(who.roles), "scopes": sorted(who.scopes)})
 
-    assets = create_static_files_router("/docs/assets", directories=[swagger_assets()])
-    return [openapi_json, docs, ui, config_get, whoami, scopes, assets]
+    # A fixed set of files, looked up by name: no path from the client reaches the disk.
+    files = {p.name: p for p in swagger_assets().iterdir() if p.is_file()}
+
+    @get("/docs/assets/{name:str}", status_code=200, include_in_schema=False)
+    async def asset(name: str) -> File:
+        if name not in files:
+            raise NotFound(f"No such file in the docs' assets: {name[:100]!r}")
+        return File(files[name])
+
+    return [openapi_json, docs, ui, config_get, whoami, scopes, asset]
 
 
 def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
@@ -235,10 +250,10 @@ def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
 
     return Litestar(
         route_handlers=handlers,
-        exception_handlers={QServerError: on_error},
+        exception_handlers={QServerError: on_error, 500: on_internal_error},
         on_startup=[startup],
         on_shutdown=[shutdown],
-        middleware=[metrics.middleware],
+        middleware=[metrics.middleware, log_refusals],
         # The service's own logging (text or JSON lines); Litestar's would replace it, and it
         # logs exceptions only in debug mode anyway.
         logging_config=None,
