@@ -30,6 +30,7 @@ class ConnectionLimits:
     stalled_write_s: float = 30.0  # the client does not take the next part of an answer
     max_head_bytes: int = 64 * 1024  # request line and headers
     ws_ping_s: float = 20.0  # WebSocket ping period; no pong within as long closes it
+    ws_max_message_bytes: int = 64 * 1024  # the gateway's sockets push; clients say little
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
@@ -182,4 +183,5 @@ def uvicorn_options(limits: ConnectionLimits) -> dict[str, Any]:
         "timeout_keep_alive": max(1, round(limits.idle_s)),
         "ws_ping_interval": limits.ws_ping_s,
         "ws_ping_timeout": limits.ws_ping_s,
+        "ws_max_size": limits.ws_max_message_bytes,
     }
