@@ -94,7 +94,8 @@ class HttpSection(Section):
         Annotated[float, Meta(gt=0)] | None, _d("seconds a connection may idle between requests")
     ] = None
     request_timeout: Annotated[
-        Annotated[float, Meta(gt=0)] | None, _d("seconds a client has to send a whole request")
+        Annotated[float, Meta(gt=0)] | None,
+        _d("seconds a client has to send a request or take an answer"),
     ] = None
     ws_ping_interval: Annotated[
         Annotated[float, Meta(gt=0)] | None, _d("seconds between WebSocket pings (and pong wait)")

@@ -74,7 +74,10 @@ async def main(args: argparse.Namespace) -> int:
     bridge = Bridge(args.nats_url, args.prefix, args.timeout, connect_options(args))
     app = build_app(bridge, auth)
     limits = ConnectionLimits(
-        idle_s=args.idle_timeout, request_s=args.request_timeout, ws_ping_s=args.ws_ping_interval
+        idle_s=args.idle_timeout,
+        request_s=args.request_timeout,
+        stalled_write_s=args.request_timeout,
+        ws_ping_s=args.ws_ping_interval,
     )
     config = uvicorn.Config(
         app,
@@ -144,7 +147,8 @@ def cli() -> None:
         "--request-timeout",
         type=float,
         default=float(os.environ.get("QSERVER_HTTP_REQUEST_TIMEOUT", 10.0)),
-        help="seconds a client has to send a whole request, from its first byte (default 10)",
+        help="seconds a client has to send a whole request, from its first byte, and to take "
+        "the next part of an answer (default 10)",
     )
     p.add_argument(
         "--ws-ping-interval",

@@ -56,6 +56,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self._deadline = self.loop.call_later(seconds, self._expire, why)
 
+    def _arm_request(self) -> None:
+        self._arm(self.limits.request_s, f"request not received within {self.limits.request_s:g} s")
+
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
@@ -70,7 +73,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         logger.info("closing the connection from %s: %s", self._peer(), why)
-        if self._phase == "head":
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if self._phase == "head" and not answering:
             self._refuse(408, "The request did not arrive in time")
         else:  # the app waits for the rest of the body: it sees the client disconnect
             self.transport.abort()
@@ -125,11 +129,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._phase, self._head_bytes = "head", 0
-        self._arm(self.limits.request_s, f"request not received within {self.limits.request_s:g} s")
+        self._arm_request()
 
     def on_headers_complete(self) -> None:
         self._phase = "body"
         super().on_headers_complete()
+        if self.pipeline:
+            # Queued behind an answer in progress, with reading paused: the wait is the
+            # server's, not the client's. Its deadline starts again when its turn comes.
+            self._disarm()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -139,9 +147,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)
         super().on_response_complete()
-        if self._phase == "busy" and not pipelined and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self._phase == "busy" and not pipelined:
             self._phase = "idle"
             self._arm(self.limits.idle_s, "idle")
+        elif self._phase == "body" and pipelined:  # its turn came before its body did
+            self._arm_request()
 
     # ----- a client that does not read its answer -----
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -254,3 +256,33 @@ async def test_a_websocket_that_answers_no_ping_is_closed_and_one_that_does_stay
         # The one that answers its pings is still open and fed.
         async with asyncio.timeout(10):
             assert "status" in (await live.recv())
+
+
+async def test_a_client_that_stops_reading_a_stream_is_dropped(
+    gw: Gateway, module_services: Services
+) -> None:
+    host, port = address(gw)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /api/stream_console_output HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.5)  # the stream subscribed
+    client = module_services.client
+    assert client is not None
+    line = {"time": 0.0, "msg": "x" * 60_000 + "\n"}
+    # Far more than the kernel's buffers hold, while this client reads nothing.
+    started = time.monotonic()
+    async with asyncio.timeout(60):
+        while "took nothing of its answer" not in gw.proc.log_file.read_text(errors="replace"):
+            for _ in range(20):
+                await client.nc.publish(client.subjects.console_event, json.dumps(line).encode())
+            await client.nc.flush()
+            await asyncio.sleep(0.05)
+    took = time.monotonic() - started
+    report(f"a stream nobody reads (--request-timeout {REQUEST_S:g}): dropped {took:.2f} s in")
+    assert took < REQUEST_S + 10 + SLACK  # filling the buffers, then the bound
+    await closed_after(reader, 30)  # what the buffers held, then the end
+    writer.close()
