@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request, Response, WebSocket, get, post, websocket
 from litestar.connection import ASGIConnection
+from litestar.exceptions import InternalServerException
 from litestar.handlers import BaseRouteHandler
 from litestar.response import File, Stream
 
@@ -21,7 +22,13 @@ from services.gateway.accesslog import log_refusals
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.bodies import decode_body, request_params
 from services.gateway.bridge import Bridge
-from services.gateway.errors import Forbidden, Unauthorized, Unavailable, http_status
+from services.gateway.errors import (
+    ClientGone,
+    Forbidden,
+    Unauthorized,
+    Unavailable,
+    http_status,
+)
 from services.gateway.metrics import Metrics, metrics_handler
 from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
 from services.gateway.routes import ROUTES, Route
@@ -51,9 +58,17 @@ def on_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
     return json_response({"detail": detail}, 500)
 
 
+async def body_of(request: Request[Any, Any, Any]) -> bytes:
+    """The request's body; ClientGone (not a 500) if the client leaves before sending it all."""
+    try:
+        return await request.body()
+    except InternalServerException:  # Litestar's way of saying "http.disconnect"
+        raise ClientGone("The client went away before its request was complete") from None
+
+
 async def no_params(request: Request[Any, Any, Any]) -> None:
     """Routes without parameters still refuse a malformed or non-empty body."""
-    decode_body(await request.body(), NoParams, request.url.path)
+    decode_body(await body_of(request), NoParams, request.url.path)
 
 
 class Gateway:
@@ -72,7 +87,7 @@ class Gateway:
 
     async def forward(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
         principal = self.principal(request, route.scope)
-        params = request_params(route, await request.body(), principal)
+        params = request_params(route, await body_of(request), principal)
         if route.method == "manager_kill":
             await self.bridge.publish(route.method, params)  # the service never replies
             return json_response({"success": True, "msg": "manager_kill sent"})
@@ -130,7 +145,7 @@ def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
     @get("/api/console_output", status_code=200)
     async def console_output(request: Request[Any, Any, Any]) -> Response[bytes]:
         gw.principal(request, "read:console")
-        body = decode_body(await request.body(), ConsoleOutput, "/api/console_output")
+        body = decode_body(await body_of(request), ConsoleOutput, "/api/console_output")
         nlines = min(max(body.nlines, 0), 2000)
         return json_response({"success": True, "msg": "", "text": console.text(nlines)})
 
@@ -144,7 +159,7 @@ def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
     async def console_output_update(request: Request[Any, Any, Any]) -> Response[bytes]:
         gw.principal(request, "read:console")
         where = "/api/console_output_update"
-        body = decode_body(await request.body(), ConsoleOutputUpdate, where)
+        body = decode_body(await body_of(request), ConsoleOutputUpdate, where)
         msgs = console.since(body.last_msg_uid)
         reply = {"success": True, "msg": "", "last_msg_uid": console.last_uid}
         return json_response({**reply, "console_output_msgs": msgs})
