@@ -201,10 +201,10 @@ class Client:
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 0.25)
             except NatsTimeout:
-                service = service_of(method) or "queue server's"
+                service = service_of(method)
+                why = f": the {service} service got it but did not answer (hung, overloaded?)"
                 raise NoAnswer(
-                    f"No answer to '{method}' within {timeout:g} s: the {service} service "
-                    "is there but does not answer (hung or overloaded?)"
+                    f"No answer to '{method}' within {timeout:g} s{why if service else ''}"
                 ) from None
 
     async def _request_watched(self, subject: str, body: bytes, timeout: float) -> Any:
