@@ -42,7 +42,9 @@ class EmptyLocked(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True)
 
 
 class QueueItemAdd(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    item: SubmittedItem
+    # Optional in the type so that a request without it gets the reference's reply
+    # (`success: false`, "request contains no item info"), over NATS and HTTP alike.
+    item: SubmittedItem | UnsetType = UNSET
     user: str
     user_group: str
     pos: Pos | UnsetType = UNSET
@@ -232,9 +234,10 @@ class ModeReply(Reply, kw_only=True):
 
 
 class HistoryGetReply(Reply, kw_only=True):
+    # The reference's keys only; the length of the whole history is `items_in_history`
+    # in the status.
     items: list[dict[str, Any]]
     plan_history_uid: str
-    total: int
 
 
 class RunLocation(msgspec.Struct, kw_only=True):

@@ -106,11 +106,9 @@ class HistoryService:
         }
 
     async def on_history_get(self, req: api.HistoryGet) -> api.HistoryGetReply:
-        info = self.history.info()
         return api.HistoryGetReply(
             items=self.history.page(req.offset, req.limit),
-            plan_history_uid=info.plan_history_uid,
-            total=info.items_in_history,
+            plan_history_uid=self.history.info().plan_history_uid,
         )
 
     async def on_history_clear(self, req: api.HistoryClear) -> api.Reply:

@@ -71,9 +71,15 @@ class ExecutionHandlers:
 
     async def on_environment_update(self, req: api.EnvironmentUpdate) -> api.TaskReply:
         self._env_lock(req.lock_key)
+        # The reference's texts for a task that cannot start (its clients match them).
+        if not self.ex.env_exists:
+            raise Refused("RE Worker environment is not open")
         state = self.ex.manager_state()
         if state != "idle":
-            raise Refused(f"Manager state is not idle. Current state: {state}")
+            raise Refused(
+                "Failed to start the task: RE Manager must be in idle state. "
+                f"Current state: '{state}'"
+            )
         await self.ex.env_request("update")
         await self.svc.catalog.reload_lists()
         await self.svc.publish_status()

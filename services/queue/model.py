@@ -44,6 +44,7 @@ from services.queue.positions import existing_index, insert_index, only_one
 
 QUEUE_ITEM_TYPES = ("plan", "instruction")
 INSTRUCTIONS = ("queue_stop",)
+NO_ITEM = "Failed to add an item: Incorrect request format: request contains no item info"
 
 
 def new_uid() -> str:
@@ -218,12 +219,22 @@ class QueueModel:
         locked = self.lock.environment if target == "environment" else self.lock.queue
         if not locked or self._key_matches(lock_key):
             return
-        who = f" by {self.lock.user!r}" if self.lock.user else ""
-        note = f" (note: {self.lock.note})" if self.lock.note else ""
-        raise Locked(
-            f"Request was rejected: the {target} is locked{who}{note}. "
-            "Pass the lock key to use it, or unlock it."
+        raise Locked(self.invalid_key_msg())
+
+    def lock_text(self) -> str:
+        """The lock as the reference's messages describe it (never the key)."""
+        info = self.lock
+        return (
+            f"RE Manager is locked by {info.user} at {info.time_str}\n"
+            f"Environment is locked: {info.environment}\n"
+            f"Queue is locked:       {info.queue}\n"
+            f"Emergency lock key:    {'set' if self._emergency_hash else 'not set'}\n"
+            f"Note: {info.note or '---'}"
         )
+
+    def invalid_key_msg(self) -> str:
+        """The reference's text for a missing or wrong key (clients match its start)."""
+        return f"Invalid lock key: \n{self.lock_text()}"
 
     def _key_matches(self, lock_key: str | None) -> bool:
         if not lock_key:
@@ -234,16 +245,18 @@ class QueueModel:
         return bool(self._emergency_hash) and hmac.compare_digest(h, self._emergency_hash)
 
     def plan_lock(self, req: api.LockRequest) -> LockSet:
+        # The reference's checks, texts and order: key, then a lock held with another
+        # key, then what to lock.
         if not req.lock_key:
-            raise BadRequest("lock_key must be a non-empty string")
-        if not (req.environment or req.queue):
-            raise BadRequest("Nothing to lock: set 'environment' and/or 'queue' to true")
+            raise BadRequest(f"Lock key must be a non-empty string: lock_key = {req.lock_key!r}")
         if (self.lock.environment or self.lock.queue) and not hmac.compare_digest(
             hash_key(req.lock_key), self.lock_key_hash
         ):
-            raise Refused(
-                f"The queue server is already locked by {self.lock.user!r}; "
-                "unlock it with its key first"
+            raise Refused(f"RE Manager was locked with a different key: \n{self.lock_text()}")
+        if not (req.environment or req.queue):
+            raise BadRequest(
+                "Invalid option: environment and/or queue must be selected: "
+                f"environment={req.environment} queue={req.queue}"
             )
         now = time.time()
         info = LockInfo(
@@ -260,21 +273,21 @@ class QueueModel:
         """For `lock_info`: a given key must be the one the lock was set with."""
         locked = self.lock.environment or self.lock.queue
         if lock_key is not None and locked and not self._key_matches(lock_key):
-            raise Refused("Invalid lock key: it does not match the key the lock was set with")
+            raise Refused(self.invalid_key_msg())
 
     def plan_unlock(self, req: api.UnlockRequest) -> LockCleared | None:
         """None when nothing is locked: unlocking then succeeds, as in the reference."""
         if not (self.lock.environment or self.lock.queue):
             return None
         if not self._key_matches(req.lock_key):
-            raise Refused(
-                "Invalid lock key: it matches neither the lock's key nor the emergency key"
-            )
+            raise Refused(self.invalid_key_msg())
         return LockCleared(lock_info_uid=new_uid())
 
     # ----- queue edits -----
 
     def plan_add(self, req: api.QueueItemAdd) -> ItemsAdded:
+        if isinstance(req.item, UnsetType):
+            raise BadRequest(NO_ITEM)
         item = normalize_item(req.item, req.user, req.user_group)
         self.validate(item)
         index = self._insertion(req.pos, req.before_uid, req.after_uid)
@@ -314,7 +327,7 @@ class QueueModel:
         uids = list(dict.fromkeys(req.uids))
         missing = [uid for uid in uids if uid not in self.items]
         if missing and not req.ignore_missing:
-            raise NotFound(f"Items are not in the queue: {', '.join(missing)}")
+            raise NotFound(missing_msg(missing))
         found = [self.items[self.items.position(uid)] for uid in uids if uid in self.items]
         if not found:
             return None, []
@@ -348,7 +361,7 @@ class QueueModel:
             return None, []
         missing = [uid for uid in req.uids if uid not in self.items]
         if missing:
-            raise NotFound(f"Items are not in the queue: {', '.join(missing)}")
+            raise NotFound(missing_msg(missing))
         which = only_one(pos_dest=req.pos_dest, before_uid=req.before_uid, after_uid=req.after_uid)
         if which is None:
             raise BadRequest("Destination is missing: give pos_dest, before_uid or after_uid")
@@ -398,6 +411,11 @@ class QueueModel:
                 )
             fields[key] = value
         return ModeSet(mode=PlanQueueMode(**fields))
+
+
+def missing_msg(uids: list[str]) -> str:
+    """The reference's text for batch uids that are not in the queue."""
+    return f"The queue does not contain items with the following UIDs: {uids}"
 
 
 def _check_unique(uids: list[str]) -> None:

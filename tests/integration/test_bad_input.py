@@ -101,7 +101,11 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("queue_mode_set", json.dumps({"mode": {"loop": "yes"}}).encode(), "must be true or false"),
     ("queue_mode_set", json.dumps({"mode": "fast"}).encode(), "$.mode"),
     ("lock", json.dumps({"lock_key": "", "queue": True, "user": "u"}).encode(), "non-empty"),
-    ("lock", json.dumps({"lock_key": "k", "user": "u"}).encode(), "Nothing to lock"),
+    (
+        "lock",
+        json.dumps({"lock_key": "k", "user": "u"}).encode(),
+        "environment and/or queue must be selected",
+    ),
     ("unlock", json.dumps({}).encode(), "missing required field `lock_key`"),
     ("manager_stop", json.dumps({"option": "maybe"}).encode(), "$.option"),
     ("history_get", json.dumps({"limit": -1}).encode(), "limit must be"),

@@ -60,7 +60,7 @@ async def test_without_known_lists_adding_a_plan_says_why(
 
 async def test_environment_update_reads_the_namespace_again(client: Client) -> None:
     r = await client.request("environment_update")
-    assert not r["success"] and "does not exist" in r["msg"]
+    assert r == {"success": False, "msg": "RE Worker environment is not open"}
     await open_env(client)
     r = await client.request("environment_update")
     assert r["success"] and r["task_uid"]
@@ -69,7 +69,11 @@ async def test_environment_update_reads_the_namespace_again(client: Client) -> N
     await client.request("queue_start")
     await until(client, lambda st: st["re_state"] == "running")
     r = await client.request("environment_update")
-    assert not r["success"] and "not idle" in r["msg"]
+    # The reference's text, which its clients match.
+    assert not r["success"] and r["msg"] == (
+        "Failed to start the task: RE Manager must be in idle state. "
+        "Current state: 'executing_queue'"
+    )
     await until(client, idle)
 
 

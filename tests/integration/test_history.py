@@ -58,7 +58,9 @@ async def test_history_get_returns_items_with_results_in_order(client: Client) -
     }
     assert r["plan_history_uid"] == st["plan_history_uid"]
     page = await client.request("history_get", {"offset": 1, "limit": 1})
-    assert [tag(it) for it in page["items"]] == ["b"] and page["total"] == 3
+    assert [tag(it) for it in page["items"]] == ["b"]
+    # The reference's keys and no others (its clients compare replies with cached copies).
+    assert set(page) == {"success", "msg", "items", "plan_history_uid"}
 
 
 async def test_a_repeated_record_is_stored_once(client: Client) -> None:

@@ -181,16 +181,58 @@ def test_lock_refuses_without_key_and_accepts_emergency_key() -> None:
     m = QueueModel(emergency_lock_key="sos")
     lock = msgspec.convert({"lock_key": "k", "queue": True, "user": "me"}, api.LockRequest)
     apply(m, m.plan_lock(lock))
-    with pytest.raises(Locked, match="queue is locked by 'me'"):
+    with pytest.raises(Locked) as refused:
         m.check_lock("queue", None)
+    # The reference's text, which its clients match.
+    assert refused.value.msg == (
+        f"Invalid lock key: \nRE Manager is locked by me at {m.lock.time_str}\n"
+        "Environment is locked: False\n"
+        "Queue is locked:       True\n"
+        "Emergency lock key:    set\n"
+        "Note: ---"
+    )
     m.check_lock("queue", "k")
     m.check_lock("environment", None)  # only the queue is locked
-    with pytest.raises(Refused, match="already locked"):
+    with pytest.raises(Refused, match="^RE Manager was locked with a different key: \n"):
         m.plan_lock(msgspec.structs.replace(lock, lock_key="other"))
-    with pytest.raises(Refused, match="Invalid lock key"):
+    with pytest.raises(Refused, match="^Invalid lock key: \nRE Manager is locked by me"):
         m.plan_unlock(api.UnlockRequest(lock_key="wrong"))
+    with pytest.raises(Refused, match="^Invalid lock key: "):
+        m.check_lock_key("wrong")
     apply(m, m.plan_unlock(api.UnlockRequest(lock_key="sos")))
     m.check_lock("queue", None)
+
+
+def test_lock_refusals_use_the_reference_texts() -> None:
+    m = QueueModel()
+    neither = msgspec.convert({"lock_key": "k", "user": "me"}, api.LockRequest)
+    with pytest.raises(BadRequest) as info:
+        m.plan_lock(neither)
+    assert info.value.msg == (
+        "Invalid option: environment and/or queue must be selected: "
+        "environment=False queue=False"
+    )
+    with pytest.raises(BadRequest, match="^Lock key must be a non-empty string: lock_key = ''$"):
+        m.plan_lock(msgspec.structs.replace(neither, lock_key="", queue=True))
+
+
+def test_a_missing_item_and_missing_batch_uids_use_the_reference_texts(
+    model: QueueModel,
+) -> None:
+    no_item = msgspec.convert({"user": "u", "user_group": "primary"}, api.QueueItemAdd)
+    with pytest.raises(BadRequest) as info:
+        model.plan_add(no_item)
+    assert info.value.msg == (
+        "Failed to add an item: Incorrect request format: request contains no item info"
+    )
+    missing = "The queue does not contain items with the following UIDs: ['x', 'y']"
+    remove = api.QueueItemRemoveBatch(uids=["x", "y"], ignore_missing=False)
+    with pytest.raises(NotFound) as info:
+        model.plan_remove_batch(remove)
+    assert info.value.msg == missing
+    with pytest.raises(NotFound) as info:
+        model.plan_move_batch(api.QueueItemMoveBatch(uids=["x", "y"], pos_dest="front"))
+    assert info.value.msg == missing
 
 
 def test_snapshot_then_load_restores_everything(model: QueueModel) -> None:
