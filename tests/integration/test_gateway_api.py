@@ -149,3 +149,36 @@ async def test_a_refused_request_raises_request_failed(gateway: Gateway) -> None
     finally:
         await RM.close()
     await asyncio.sleep(0)
+
+
+def test_refusals_carry_the_reference_texts_its_client_matches(gateway: Gateway) -> None:
+    """The reference client's own tests match these texts (bluesky-queueserver-api 0.0.13)."""
+    RM = REManagerAPI(http_server_uri=gateway.url, request_fail_exceptions=False)
+    RM.set_authorization_key(api_key=KEY)
+    try:
+        # No item: a refusal with status 200, not an HTTP error.
+        r = RM.send_request(method="queue_item_add", params={"user": "someone"})
+        assert r == {
+            "success": False,
+            "msg": "Failed to add an item: Incorrect request format: request contains no item info",
+        }
+        r = RM.item_remove_batch(uids=["some-uid"], ignore_missing=False)
+        assert r["msg"] == (
+            "The queue does not contain items with the following UIDs: ['some-uid']"
+        )
+        assert "environment and/or queue must be selected" in RM.lock(lock_key="k")["msg"]
+        assert RM.lock(lock_key="k", queue=True)["success"]
+        try:
+            for refused in (
+                RM.lock_info(lock_key="wrong"),
+                RM.unlock(lock_key="wrong"),
+                RM.queue_clear(),
+            ):
+                assert refused["msg"].startswith(
+                    f"Invalid lock key: \nRE Manager is locked by {SINGLE_USER} at "
+                ), refused
+        finally:
+            assert RM.unlock(lock_key="k")["success"]
+        assert set(RM.history_get()) == {"success", "msg", "items", "plan_history_uid"}
+    finally:
+        RM.close()

@@ -273,3 +273,12 @@ async def test_remove_batch_with_a_repeated_uid_removes_the_item_once(client: Cl
     r = await client.request("queue_item_remove_batch", {"uids": [a["item_uid"], a["item_uid"]]})
     assert r["success"] and [tag(it) for it in r["items"]] == ["a"]
     assert await queue_names(client) == ["b"]
+
+
+async def test_add_without_an_item_is_refused_with_the_reference_text(client: Client) -> None:
+    r = await client.request("queue_item_add", USER)
+    assert r == {
+        "success": False,
+        "msg": "Failed to add an item: Incorrect request format: request contains no item info",
+    }
+    assert await queue_names(client) == []

@@ -193,11 +193,11 @@ def test_lock_refuses_without_key_and_accepts_emergency_key() -> None:
     )
     m.check_lock("queue", "k")
     m.check_lock("environment", None)  # only the queue is locked
-    with pytest.raises(Refused, match="^RE Manager was locked with a different key: \n"):
+    with pytest.raises(Refused, match=r"^RE Manager was locked with a different key: \n"):
         m.plan_lock(msgspec.structs.replace(lock, lock_key="other"))
-    with pytest.raises(Refused, match="^Invalid lock key: \nRE Manager is locked by me"):
+    with pytest.raises(Refused, match=r"^Invalid lock key: \nRE Manager is locked by me"):
         m.plan_unlock(api.UnlockRequest(lock_key="wrong"))
-    with pytest.raises(Refused, match="^Invalid lock key: "):
+    with pytest.raises(Refused, match=r"^Invalid lock key: "):
         m.check_lock_key("wrong")
     apply(m, m.plan_unlock(api.UnlockRequest(lock_key="sos")))
     m.check_lock("queue", None)
@@ -209,10 +209,9 @@ def test_lock_refusals_use_the_reference_texts() -> None:
     with pytest.raises(BadRequest) as info:
         m.plan_lock(neither)
     assert info.value.msg == (
-        "Invalid option: environment and/or queue must be selected: "
-        "environment=False queue=False"
+        "Invalid option: environment and/or queue must be selected: environment=False queue=False"
     )
-    with pytest.raises(BadRequest, match="^Lock key must be a non-empty string: lock_key = ''$"):
+    with pytest.raises(BadRequest, match=r"^Lock key must be a non-empty string: lock_key = ''$"):
         m.plan_lock(msgspec.structs.replace(neither, lock_key="", queue=True))
 
 
