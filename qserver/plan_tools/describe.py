@@ -13,8 +13,10 @@ from __future__ import annotations
 import collections
 import collections.abc
 import enum
+import functools
 import inspect
 import logging
+import operator
 import re
 import textwrap
 import types
@@ -158,10 +160,61 @@ def _parse_params(lines: list[str]) -> Iterator[tuple[str, str]]:
     yield from flush()
 
 
+_PROTOCOLS = (bp.Readable, bp.Movable, bp.Flyable, bp.NamedMovable)
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _names_a_device(annotation: Any) -> bool:
+    return any(m in _PROTOCOLS for m in _members(annotation))
+
+
+def _values_as_numbers(annotation: Any) -> Any:
+    """`Any` -> `float`, also inside lists, sequences and unions."""
+    if annotation is typing.Any:
+        return float
+    members = _members(annotation)
+    if len(members) > 1:
+        return functools.reduce(operator.or_, map(_values_as_numbers, members))
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (list, collections.abc.Sequence, collections.abc.Iterable) and len(args) == 1:
+        return origin[_values_as_numbers(args[0])]
+    return annotation
+
+
+def grouped_annotation(annotation: Any) -> Any:
+    """What a `*args: tuple[Movable | Any, list[Any]]` takes, for the flat form it is called in.
+
+    bluesky annotates `list_scan`'s `*args` with one (motor, positions) group; over the queue
+    the values come flat, in groups of the tuple's length (ADR 15). In such a group the
+    device slot takes a device (a name, never any value) and the others the values the device
+    is set to: `Any` there becomes a number. Other annotations are returned unchanged.
+    """
+    if typing.get_origin(annotation) is not tuple:
+        return annotation
+    slots = typing.get_args(annotation)
+    if not slots or Ellipsis in slots or not any(map(_names_a_device, slots)):
+        return annotation
+    tightened = [
+        functools.reduce(operator.or_, [m for m in _members(s) if m is not typing.Any])
+        if _names_a_device(s)
+        else _values_as_numbers(s)
+        for s in slots
+    ]
+    return tuple.__class_getitem__(tuple(tightened))  # tuple[...] of runtime values
+
+
 def describe_parameter(p: inspect.Parameter, doc: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if p.annotation is not inspect.Parameter.empty:
-        text = _format_annotation(p.annotation)
+        annotation = p.annotation
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            annotation = grouped_annotation(annotation)
+        text = _format_annotation(annotation)
         if _readable_back(text):
             out["annotation"] = {"type": text}
             if any(v in text for v in _PLACEHOLDERS.values()):

@@ -13,6 +13,7 @@ from typing import Any
 
 from qserver.errors import BadRequest
 from qserver.plan_tools.annotations import (
+    Fixed,
     Spec,
     check,
     describe,
@@ -75,8 +76,11 @@ def validate_plan(
         raise BadRequest(str(exc)) from None
     names = AllowedNames(plans_allowed, devices_allowed)
     for pname, value in bound.arguments.items():
-        values = _values(value, signature.parameters[pname])
-        _check_parameter(pname, values, params[pname], specs[pname], names)
+        param, spec = signature.parameters[pname], specs[pname]
+        if param.kind is Parameter.VAR_POSITIONAL and isinstance(spec, Fixed):
+            _check_groups(pname, value, params[pname], spec, names)
+            continue
+        _check_parameter(pname, _values(value, param), params[pname], spec, names)
 
 
 # Signatures and parsed annotations per plan description, which do not change once the
@@ -158,6 +162,32 @@ def _check_parameter(
             _check_type(pname, value, spec, names)
         _check_names(pname, value, param, names)
         _check_range(pname, value, param)
+
+
+def _check_groups(
+    pname: str, values: tuple[Any, ...], param: Mapping[str, Any], spec: Fixed, names: AllowedNames
+) -> None:
+    """`*args: tuple[A, B]` means flat values in groups (`motor, [1, 2], motor2, [3, 4]`).
+
+    That is how bluesky's `list_scan` is called while its annotation names one group; a
+    tuple per value would never reach the plan in the form it expects (ADR 15).
+    """
+    size = len(spec.items)
+    if len(values) % size:
+        raise BadRequest(
+            f"Parameter '{pname}' takes its values in groups of {size} ({spec.label}), "
+            f"got {len(values)} value{'' if len(values) == 1 else 's'}: "
+            "the last group is incomplete"
+        )
+    for start in range(0, len(values), size):
+        group = list(values[start : start + size])
+        problem = check(group, spec, names)
+        if problem is not None:
+            where = f"group {start // size + 1} of {spec.label} ({shown(group)})"
+            detail = problem.detail or f"must be {spec.label}"
+            raise BadRequest(f"Parameter '{pname}': {where}: {detail}")
+        _check_names(pname, group, param, names)
+        _check_range(pname, group, param)
 
 
 def _check_type(pname: str, value: Any, spec: Spec, names: AllowedNames) -> None:

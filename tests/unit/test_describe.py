@@ -79,6 +79,49 @@ def test_device_protocols_become_placeholders(plans: dict[str, Any]) -> None:
     assert "convert_device_names" not in marked["num"]
 
 
+def test_a_var_positional_group_is_described_as_the_flat_form_takes_it(
+    plans: dict[str, Any],
+) -> None:
+    """bluesky 1.15: `list_scan(detectors, *args: tuple[Movable | Any, list[Any]], ...)`."""
+    args = params(plans["list_scan"])["args"]
+    assert args["annotation"] == {"type": "tuple[__MOVABLE__, list[float]]"}
+    assert args["convert_device_names"] is True
+    # Not groups: each value of `*args` is checked alone, as bluesky wrote it.
+    assert params(plans["list_grid_scan"])["args"]["annotation"] == {
+        "type": "__MOVABLE__ | typing.Any"
+    }
+
+
+def test_any_var_positional_group_with_a_device_is_tightened_alike() -> None:
+    src = (
+        "from typing import Any\n"
+        "from collections.abc import Sequence\n"
+        "from bluesky.protocols import Movable, Readable\n"
+        "def triples(*args: tuple[Movable | Any, Any, Sequence[Any] | None]):\n"
+        "    yield None\n"
+        "def plain(*args: tuple[int, str]):\n"
+        "    yield None\n"
+        "def variadic(*args: tuple[Movable, ...]):\n"
+        "    yield None\n"
+        "def single(x: tuple[Movable | Any, list[Any]]):\n"
+        "    yield None\n"
+    )
+    ns: dict[str, Any] = {}
+    exec(src, ns)
+    described = describe_plans(ns)
+
+    def annotation(name: str, param: str = "args") -> str:
+        return params(described[name])[param]["annotation"]["type"]  # type: ignore[no-any-return]
+
+    assert annotation("triples") == (
+        "tuple[__MOVABLE__, float, collections.abc.Sequence[float] | None]"
+    )
+    assert annotation("plain") == "tuple[int, str]"
+    assert annotation("variadic") == "tuple[__MOVABLE__, ...]"
+    # Only `*args` is read in groups; a parameter that takes one tuple keeps its annotation.
+    assert annotation("single", "x") == "tuple[__MOVABLE__ | typing.Any, list[typing.Any]]"
+
+
 def test_plan_stubs_and_profile_plans_are_plans(plans: dict[str, Any]) -> None:
     expected = {
         "count", "scan", "rel_scan", "list_scan", "rel_list_scan", "grid_scan", "rel_grid_scan",

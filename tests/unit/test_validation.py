@@ -234,6 +234,121 @@ def test_scan_rejects_a_forbidden_device_name_in_args() -> None:
     )
 
 
+# `list_scan` as describe.py reports it (bluesky 1.15 annotates `*args` with one group).
+LIST_SCAN = {
+    "name": "list_scan",
+    "parameters": [
+        {
+            "annotation": {"type": "collections.abc.Sequence[__READABLE__]"},
+            "convert_device_names": True,
+            "kind": {"name": "POSITIONAL_OR_KEYWORD", "value": 1},
+            "name": "detectors",
+        },
+        {
+            "annotation": {"type": "tuple[__MOVABLE__, list[float]]"},
+            "convert_device_names": True,
+            "kind": {"name": "VAR_POSITIONAL", "value": 2},
+            "name": "args",
+        },
+        {"default": "None", "kind": {"name": "KEYWORD_ONLY", "value": 3}, "name": "md"},
+    ],
+}
+
+
+def list_scan(*args: Any, annotation: str | None = None) -> None:
+    """Validate `list_scan(*args)` as the primary group; `annotation` replaces that of `*args`."""
+    desc: dict[str, Any] = LIST_SCAN
+    if annotation is not None:
+        params = [dict(p) for p in LIST_SCAN["parameters"]]  # type: ignore[attr-defined]
+        params[1]["annotation"] = {"type": annotation}
+        if "__" not in annotation:  # no device in it: describe.py would not set the flag
+            del params[1]["convert_device_names"]
+        desc = {**LIST_SCAN, "parameters": params}
+    devices = LISTS["primary"][1]
+    validate_plan({"name": "list_scan", "args": list(args)}, {"list_scan": desc}, devices)
+
+
+def list_scan_refusal(*args: Any, annotation: str | None = None) -> str:
+    with pytest.raises(BadRequest) as info:
+        list_scan(*args, annotation=annotation)
+    return info.value.msg
+
+
+def test_list_scan_takes_motor_and_positions_pairs_in_the_flat_form() -> None:
+    list_scan(["det1"], "motor", [1, 2])
+    list_scan(["det1", "det2"], "motor", [1, 2.5, 3], "sim_bundle_A.mtrs.x", [0, 0, 1])
+    list_scan(["det1"])  # no pairs at all: bluesky's own error, at run time
+
+
+@pytest.mark.parametrize(
+    ("args", "msg"),
+    [
+        (
+            ["motor"],
+            "Parameter 'args' takes its values in groups of 2 (tuple[__MOVABLE__, list[float]]), "
+            "got 1 value: the last group is incomplete",
+        ),
+        (
+            ["motor", [1, 2], "motor1"],
+            "Parameter 'args' takes its values in groups of 2 (tuple[__MOVABLE__, list[float]]), "
+            "got 3 values: the last group is incomplete",
+        ),
+        (
+            [[1, 2], "motor"],
+            "Parameter 'args': group 1 of tuple[__MOVABLE__, list[float]] "
+            "(list [[1, 2], 'motor']): item 0 must be __MOVABLE__, got list [1, 2]",
+        ),
+        (
+            ["motor", [1, 2], "nomotor", [3]],
+            "Parameter 'args': group 2 of tuple[__MOVABLE__, list[float]] "
+            "(list ['nomotor', [3]]): 'nomotor' is not an allowed device",
+        ),
+        (
+            ["det1", [1, 2]],
+            "Parameter 'args': group 1 of tuple[__MOVABLE__, list[float]] "
+            "(list ['det1', [1, 2]]): 'det1' is not a movable device",
+        ),
+        (
+            ["motor", [1, "a"]],
+            "Parameter 'args': group 1 of tuple[__MOVABLE__, list[float]] "
+            "(list ['motor', [1, 'a']]): item 1: item 1 must be float, got str 'a'",
+        ),
+        (
+            ["motor", 5],
+            "Parameter 'args': group 1 of tuple[__MOVABLE__, list[float]] "
+            "(list ['motor', 5]): item 1 must be list[float], got int 5",
+        ),
+        (
+            [["motor", [1, 2]]],  # one tuple per group is not how the plan is called
+            "Parameter 'args' takes its values in groups of 2 (tuple[__MOVABLE__, list[float]]), "
+            "got 1 value: the last group is incomplete",
+        ),
+    ],
+)
+def test_list_scan_refuses_a_bad_pair_naming_it(args: list[Any], msg: str) -> None:
+    assert list_scan_refusal(["det1"], *args) == msg
+
+
+def test_lists_made_by_the_reference_are_read_in_groups_too() -> None:
+    """Its annotation lets any value be the motor; names must still be allowed devices."""
+    loose = "tuple[__MOVABLE__ | typing.Any, list[typing.Any]]"
+    list_scan(["det1"], "motor", [1, 2], "motor1", [3, 4], annotation=loose)
+    assert list_scan_refusal(["det1"], "nomotor", [1], annotation=loose) == (
+        "Parameter 'args': 'nomotor' is not an allowed device"
+    )
+    assert "groups of 2" in list_scan_refusal(["det1"], "motor", annotation=loose)
+
+
+def test_any_var_positional_annotated_with_a_tuple_is_read_in_groups() -> None:
+    list_scan(["det1"], 1, "a", 2, "b", annotation="tuple[int, str]")
+    assert list_scan_refusal(["det1"], 1, 2, annotation="tuple[int, str]") == (
+        "Parameter 'args': group 1 of tuple[int, str] (list [1, 2]): item 1 must be str, got int 2"
+    )
+    assert "groups of 3" in list_scan_refusal(["det1"], 1, annotation="tuple[int, int, int]")
+    # A variadic tuple is not a group: each value is such a tuple.
+    list_scan(["det1"], [1, 2], [3], annotation="tuple[int, ...]")
+
+
 def test_var_keyword_values_are_checked_one_by_one() -> None:
     plan("countdown", 5, extra_a=1, extra_b=2)
     assert refused("countdown", 5, extra_a="x") == "Parameter 'extras' must be int, got str 'x'"
