@@ -29,6 +29,7 @@ from ophyd.sim import (  # noqa: F401
     motor_no_hints1,
     motor_no_hints2,
     motor_no_pos,
+    new_trivial_flyer,
     noisy_det,
     pseudo1x3,
     pseudo3x3,

@@ -1,15 +1,15 @@
 # Built-in bluesky plans, a few plan stubs usable as plans, and plans for tests and demos.
-import time as ttime
 from collections.abc import Sequence
 from typing import Any
 
 import bluesky.plan_stubs as bps
-from bluesky.plan_stubs import mv, mvr, sleep  # noqa: F401
+from bluesky.plan_stubs import mv, mvr, null, sleep  # noqa: F401
 from bluesky.plans import (  # noqa: F401
     adaptive_scan,
     count,
     fly,
     grid_scan,
+    inner_product_scan,
     list_grid_scan,
     list_scan,
     log_scan,
@@ -22,11 +22,15 @@ from bluesky.plans import (  # noqa: F401
     rel_scan,
     rel_spiral,
     rel_spiral_fermat,
+    rel_spiral_square,
+    relative_inner_product_scan,
     scan,
     scan_nd,
     spiral,
     spiral_fermat,
+    spiral_square,
     tune_centroid,
+    tweak,
     x2x_scan,
 )
 from bluesky.protocols import Readable
@@ -86,9 +90,3 @@ def marked_up_count(
     """
     md = {"plan_name": "marked_up_count", **(md or {})}
     return (yield from count(detectors, num=num, delay=delay, md=md))
-
-
-def function_sleep(time: float) -> dict[str, Any]:
-    """Sleep for `time` seconds (a function, for function permissions)."""
-    ttime.sleep(time)
-    return {"success": True, "time": time}

@@ -244,11 +244,15 @@ def describe_plan(name: str, obj: Any) -> dict[str, Any]:
 
 
 def describe_plans(namespace: Mapping[str, Any]) -> dict[str, Any]:
-    """Every plan in the namespace, by name (names starting with `_` are skipped)."""
+    """Every plan in the namespace, by name.
+
+    Names starting with `_` are listed too, as the reference lists them: permissions keep
+    them out of the allowed lists (the `root` group's `:^_` rule).
+    """
     plans: dict[str, Any] = {}
     for name in sorted(namespace):
         obj = namespace[name]
-        if name.startswith("_") or not is_plan(obj):
+        if name.startswith("__") or not is_plan(obj):
             continue
         try:
             plans[name] = describe_plan(name, obj)
@@ -304,11 +308,12 @@ def describe_device(obj: Any, max_depth: int = DEFAULT_MAX_DEPTH, depth: int = 1
 def describe_devices(
     namespace: Mapping[str, Any], max_depth: int = DEFAULT_MAX_DEPTH
 ) -> dict[str, Any]:
-    """Every device in the namespace with its components down to `max_depth` levels."""
+    """Every device in the namespace with its components down to `max_depth` levels
+    (`_` names too, as for plans)."""
     devices: dict[str, Any] = {}
     for name in sorted(namespace):
         obj = namespace[name]
-        if name.startswith("_") or not is_device(obj):
+        if name.startswith("__") or not is_device(obj):
             continue
         try:
             devices[name] = describe_device(obj, max_depth)

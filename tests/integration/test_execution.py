@@ -101,6 +101,52 @@ async def test_the_original_readme_plans_run_and_land_in_history(env: Client) ->
     assert (await env.request("queue_get"))["items"] == []
 
 
+async def test_list_scan_runs_from_the_queue_in_the_flat_form(env: Client) -> None:
+    """bluesky 1.15 annotates `*args` with one (motor, positions) pair; users call it flat."""
+    plans = (await env.request("plans_allowed", {"user_group": "primary"}))["plans_allowed"]
+    args = {p["name"]: p for p in plans["list_scan"]["parameters"]}["args"]
+    assert args["annotation"] == {"type": "tuple[__MOVABLE__, list[float]]"}
+    bad: dict[str, Any] = {"item_type": "plan", "name": "list_scan"}
+    bad["args"] = [["det1"], "motor", [1, 2], "nomotor", [3, 4]]
+    r = await env.request("queue_item_add", {"item": bad, **USER})
+    assert r == {
+        "success": False,
+        "msg": "Plan validation failed: Parameter 'args': group 2 of "
+        "tuple[__MOVABLE__, list[float]] "
+        "(list ['nomotor', [3, 4]]): 'nomotor' is not an allowed device",
+    }
+    bad["args"] = [["det1"], "motor", [1, 2], "motor1"]
+    r = await env.request("queue_item_add", {"item": bad, **USER})
+    assert not r["success"] and "the last group is incomplete" in r["msg"], r
+    flat = [["det1"], "motor", [1, 2, 3], "motor1", [0, 0.5, 1]]
+    await add(env, {"item_type": "plan", "name": "list_scan", "args": flat})
+    assert (await env.request("queue_start"))["success"]
+    await until(env, lambda st: st["items_in_history"] == 1 and idle(st), timeout=40)
+    [item] = await history(env)
+    assert item["args"] == flat
+    assert item["result"]["exit_status"] == "completed", item["result"]
+    assert len(item["result"]["run_uids"]) == 1
+
+
+async def test_the_reference_profile_plans_run_from_the_queue(env: Client) -> None:
+    """Plans of the reference's simulated profile: nested runs, moves, bundle parts."""
+    items = [
+        {"name": "sim_multirun_plan_nested", "args": [2], "kwargs": {"delay": 0}},
+        {"name": "move_then_count", "args": [["motor1", "motor2"], ["det1"], [0.5, -0.5]]},
+        {"name": "count_bundle_test", "args": [["sim_bundle_A.dets.det_A", "sim_bundle_B"]]},
+        {"name": "null"},
+    ]
+    for item in items:
+        await add(env, {"item_type": "plan", **item})
+    assert (await env.request("queue_start"))["success"]
+    await until(env, lambda st: st["items_in_history"] == len(items) and idle(st), timeout=60)
+    done = await history(env)
+    assert [it["name"] for it in done] == [it["name"] for it in items]
+    for it in done:
+        assert it["result"]["exit_status"] == "completed", it["result"]
+    assert [len(it["result"]["run_uids"]) for it in done] == [2, 1, 1, 0]
+
+
 async def test_queue_start_needs_an_environment_and_empty_queue_is_a_no_op(client: Client) -> None:
     r = await client.request("queue_start")
     assert not r["success"] and "environment does not exist" in r["msg"].lower()

@@ -193,9 +193,11 @@ def test_max_depth_limits_components(ns: dict[str, Any]) -> None:
     assert "components" in deep and all("components" not in c for c in deep["components"].values())
 
 
-def test_private_names_and_non_devices_are_skipped(ns: dict[str, Any]) -> None:
-    assert describe_devices({"_hidden": ns["det1"], "n": 5, "cls": type(ns["det1"])}) == {}
-    assert describe_plans({"_p": ns["count"]}) == {}
+def test_private_names_are_listed_and_non_devices_skipped(ns: dict[str, Any]) -> None:
+    """As the reference does: the `root` group's `:^_` rules keep `_` names out of use."""
+    devices = describe_devices({"_hidden": ns["det1"], "n": 5, "cls": type(ns["det1"])})
+    assert list(devices) == ["_hidden"]
+    assert list(describe_plans({"_p": ns["count"], "__p": ns["count"]})) == ["_p"]
     assert is_device(ns["det1"]) and not is_device(ns["count"])
 
 
