@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,7 +58,8 @@ class EnvProcess:
 
     The child gets SIGKILL from the kernel when the thread that started it ends (Linux
     PR_SET_PDEATHSIG), so a killed worker service never leaves an unsupervised RunEngine.
-    The worker must therefore start it from its main (event loop) thread.
+    The worker must therefore start it from its main (event loop) thread
+    (`die_with_parent_hook` refuses any other).
     """
 
     def __init__(self, env_uid: str, popen: subprocess.Popen[bytes]) -> None:
@@ -67,10 +67,9 @@ class EnvProcess:
         self.popen = popen
         self.returncode: int | None = None
         self.exited = asyncio.Event()
-        self.destroyed = False  # killed on purpose: its end is no error
-        self.respawned = False  # a second start after an unexplained kill while starting
-        self.started_at = time.monotonic()
-        self.ran_item = False  # it has run (or started) an item
+        # Why this service killed it ("destroy", "stop"): its end is no error. None: it
+        # ended by itself, or something else killed it.
+        self.killed_for: str | None = None
 
     @property
     def pid(self) -> int:
@@ -104,8 +103,8 @@ class EnvProcess:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is exiting
             loop.call_soon_threadsafe(on_exit, self, rc)
 
-    def kill(self) -> None:
-        self.destroyed = True
+    def kill(self, why: str) -> None:
+        self.killed_for = why
         # send_signal does nothing once the process has been reaped (no recycled pid).
         with contextlib.suppress(ProcessLookupError):
             self.popen.send_signal(signal.SIGKILL)

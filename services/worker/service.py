@@ -50,9 +50,6 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 ENV_REQUEST_TIMEOUT_S = 5.0
 KILL_WAIT_S = 5.0
-# An environment SIGKILLed from outside within this long of its start, before it ran an
-# item, is started once more (see `_respawn_if_killed_early`).
-RESPAWN_WINDOW_S = 5.0
 Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
 
 _status_decoder = msgspec.json.Decoder(EnvStatus)
@@ -131,7 +128,8 @@ class WorkerService:
             self._heartbeat_task.cancel()
         proc = self.proc
         if proc is not None:
-            proc.kill()
+            logger.info("stopping: killing environment %s (pid %d)", proc.env_uid, proc.pid)
+            proc.kill("stop")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.exited.wait(), KILL_WAIT_S)
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -182,7 +180,7 @@ class WorkerService:
         if proc is None:
             return CmdReply(success=False, msg="RE environment does not exist")
         logger.warning("destroying environment %s (pid %d)", proc.env_uid, proc.pid)
-        proc.kill()
+        proc.kill("destroy")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.exited.wait(), KILL_WAIT_S)
         return CmdReply()
@@ -215,8 +213,6 @@ class WorkerService:
                 await self.publish_state()
             return
         old = self.state.env
-        if st.running_item_uid:
-            self.proc.ran_item = True
         if st.running_item_uid != (old.running_item_uid if old else None):
             self.item_since = time.time() if st.running_item_uid else None
         changes: dict[str, object] = {"env": st}
@@ -246,18 +242,22 @@ class WorkerService:
         await asyncio.sleep(0.01)
         last = self.state.env
         opening = last is None or last.env_state in ("initializing", "failed")
-        if self._respawn_if_killed_early(proc, returncode):
-            return
         self.proc, self._exited_uid = None, proc.env_uid
         error, tb = self.state.last_error, self.state.last_traceback
-        if returncode != 0 and not error and not proc.destroyed:
+        if returncode != 0 and not error and not proc.killed_for:
             when = "while opening" if opening else "unexpectedly"
             error = f"The environment process exited {when} ({how})"
+        # The log names who killed it: our own kills (a destroy, this service stopping),
+        # logged without their reason, were once taken for unexplained SIGKILLs (ADR 14).
+        who = f", by this service: {proc.killed_for}" if proc.killed_for else ""
+        if returncode < 0 and not proc.killed_for:
+            who = ", not by this service"
         logger.log(
-            logging.INFO if returncode == 0 else logging.WARNING,
-            "environment %s ended (%s)",
+            logging.INFO if returncode == 0 or proc.killed_for else logging.WARNING,
+            "environment %s ended (%s%s)",
             proc.env_uid,
             how,
+            who,
         )
         self.state = WorkerState(env_exists=False, last_error=error, last_traceback=tb)
         proc.exited.set()
@@ -265,32 +265,6 @@ class WorkerService:
         if last is not None and last.running_item_uid:
             await self._report_death(proc.env_uid, last, f"The environment process died ({how})")
         await self._clear_record()
-
-    def _respawn_if_killed_early(self, proc: EnvProcess, returncode: int) -> bool:
-        """Start the environment once more if SIGKILL from outside ended it before it ran.
-
-        Seen rarely under the test suite's load: an environment process killed by SIGKILL
-        0.25-1.3 s after its start, before it ran anything, by no code of ours (every kill we
-        send is for a destroy or a shutdown, which set `destroyed`). The cause is not known
-        yet. An open that the user asked for is retried once, with a warning, rather than
-        failed; a later kill, or one after an item ran, ends the environment as it should.
-        """
-        fresh = not proc.ran_item and time.monotonic() - proc.started_at < RESPAWN_WINDOW_S
-        if proc.destroyed or returncode != -signal.SIGKILL or not fresh or proc.respawned:
-            return False
-        logger.warning(
-            "environment %s was killed by SIGKILL before it ran anything (not by this service): "
-            "starting it once more",
-            proc.env_uid,
-        )
-        argv = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
-        new = EnvProcess.spawn(argv, proc.env_uid, self._on_exit, asyncio.get_running_loop())
-        new.respawned = True
-        self.proc = new
-        proc.exited.set()
-        self.state = msgspec.structs.replace(self.state, env_pid=new.pid)
-        self._spawn(self.publish_state())
-        return True
 
     async def _report_death(self, env_uid: str, last: EnvState, why: str) -> None:
         """Write the `failed` result of the item the dead environment ran, unless it did."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -333,7 +334,11 @@ async def test_close_ends_the_environment(nats_server: NatsServer, tmp_path: Pat
 async def test_dead_environment_fails_its_running_item(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    """Destroy, and a SIGKILL from outside, each fail the running item at once."""
+    """Destroy, and a SIGKILL from outside, each fail the running item at once.
+
+    The log names who killed each environment, the stop of the worker included: its own
+    kills, unnamed, were once read as an unexplained SIGKILL (ADR 14).
+    """
     async with running_worker(nats_server, tmp_path / "worker.log") as w:
         results = w.results()
         for how in ("destroy", "sigkill"):
@@ -355,6 +360,14 @@ async def test_dead_environment_fails_its_running_item(
             )
             assert len(res.result.run_uids) == 1
         assert (await w.worker_cmd("destroy"))["msg"] == "RE environment does not exist"
+        await w.open()
+        await w.stop()
+        ended = re.findall(r"environment \S+ ended \((.*)\)", w.log.read_text())
+        assert ended == [
+            "killed by signal 9, by this service: destroy",
+            "killed by signal 9, not by this service",
+            "killed by signal 9, by this service: stop",
+        ]
 
 
 async def test_failing_startup_code_reports_its_traceback(
