@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -102,7 +103,8 @@ def stack() -> None:
 @click.option(
     "--no-auth",
     is_flag=True,
-    help="The HTTP gateway takes no API keys (for a closed machine; loopback only).",
+    help="The HTTP gateway takes no API keys (for a closed machine; loopback only). NATS "
+    "still refuses anonymous clients: its keys are in the data dir, readable by you only.",
 )
 def stack_up(
     data_dir: Path | None,
@@ -118,12 +120,18 @@ def stack_up(
     no_auth: bool,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
-    from qserver.client import default_prefix
+    from qserver.protocol.subjects import DEFAULT_PREFIX
     from services.stack.embedded import run_stack, use_config
 
     use_config(config_file)
 
-    prefix = stack_prefix or current_settings().prefix or default_prefix()
+    # Not `default_prefix()`: that is the prefix of a stack already running.
+    prefix = (
+        stack_prefix
+        or current_settings().prefix
+        or os.environ.get("QSERVER_PREFIX")
+        or DEFAULT_PREFIX
+    )
     code = run_stack(
         data_dir=data_dir,
         nats_port=nats_port,

@@ -5,8 +5,10 @@ there. A service may publish to state subjects (the queue to its log and to the 
 commands, the worker to the results stream), so a client that sends `$SRV.PING` or an API
 request with the reply subject `<prefix>.internal.results` would make the service write its
 answer into that stream. Every message a service connection receives therefore loses a reply
-subject that is not an inbox, unless the message itself came to one of the connection's
-inboxes (JetStream deliveries, whose replies are `$JS.ACK.` / `$JS.FC.` subjects). See ADR 11.
+subject that is not an inbox, unless the message came through a subscription to one of the
+connection's own inboxes: JetStream deliveries (which keep their stream subject, with a
+`$JS.ACK.` or `$JS.FC.` reply) arrive there, and only services may publish to inboxes.
+See ADR 11.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ logger = logging.getLogger(__name__)
 INBOXES = "_INBOX."
 
 
-def reply_allowed(subject: str, reply: str) -> bool:
-    """Whether a service may answer a message on `subject` at `reply`."""
-    return not reply or reply.startswith(INBOXES) or subject.startswith(INBOXES)
+def reply_allowed(subscription: str, reply: str) -> bool:
+    """Whether a service may answer at `reply` a message that came through `subscription`."""
+    return not reply or reply.startswith(INBOXES) or subscription.startswith(INBOXES)
 
 
 @dataclass
@@ -32,7 +34,8 @@ class InboxReplyMsg(Msg):
     """A received message whose reply subject, if not allowed, is dropped (and logged)."""
 
     def __post_init__(self) -> None:
-        if not reply_allowed(self.subject, self.reply):
+        sub = self._client._subs.get(self._sid) if self._sid is not None else None
+        if not reply_allowed(sub.subject if sub is not None else "", self.reply):
             logger.warning(
                 "not answering a message on %s: its reply subject %r is not an inbox",
                 self.subject,
