@@ -49,15 +49,16 @@ class Denials:
     this, the request would only time out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inbox_prefix: str = "_INBOX") -> None:
         self._waiting: dict[str, set[asyncio.Future[str]]] = {}
+        self._own_inboxes = inbox_prefix.lower() + "."
 
     async def on_error(self, e: Exception) -> None:
         m = _DENIED_RE.search(str(e))
         if m is None:
             return
         kind, subject = m.groups()
-        if kind == "subscription" and subject.startswith("_inbox."):
+        if kind == "subscription" and subject.startswith(self._own_inboxes):
             # No replies can reach this user at all: every waiting request is lost.
             waiters = [f for fs in self._waiting.values() for f in fs]
             reason = f"this NATS user may not subscribe to {subject!r}, so it gets no replies"
@@ -146,7 +147,7 @@ class Client:
         auth = stack_credentials(url, auth or NatsAuth.from_env())
         # Permission errors go to the requests that wait on them; others are reported once,
         # below, not as tracebacks.
-        denials = Denials()
+        denials = Denials(auth.inbox)
         options: dict[str, Any] = {
             "connect_timeout": connect_timeout,
             "max_reconnect_attempts": 1,
