@@ -82,7 +82,7 @@ def stack() -> None:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where state and logs live [a per-user data directory].",
+    help="Where state, NATS keys and logs live [$QSERVER_DATA_DIR, else a per-user directory].",
 )
 @click.option("--nats-port", type=int, default=4222, show_default=True)
 @click.option("--http-port", type=int, default=60610, show_default=True)
