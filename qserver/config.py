@@ -91,6 +91,16 @@ class HttpSection(Section):
     timeout: Annotated[Annotated[float, Meta(gt=0)] | None, _d("seconds to wait for a service")] = (
         None
     )
+    idle_timeout: Annotated[
+        Annotated[float, Meta(gt=0)] | None, _d("seconds a connection may idle between requests")
+    ] = None
+    request_timeout: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        _d("seconds a client has to send a request or take an answer"),
+    ] = None
+    ws_ping_interval: Annotated[
+        Annotated[float, Meta(gt=0)] | None, _d("seconds between WebSocket pings (and pong wait)")
+    ] = None
     config: Annotated[str | None, _d("API keys, roles, anonymous access (YAML)")] = None
     single_user_api_key: Annotated[str | None, _d("the single-user key")] = None
 
@@ -138,6 +148,9 @@ ENV: dict[tuple[str, str], str] = {
     ("http", "host"): "QSERVER_HTTP_HOST",
     ("http", "port"): "QSERVER_HTTP_PORT",
     ("http", "timeout"): "QSERVER_HTTP_TIMEOUT",
+    ("http", "idle_timeout"): "QSERVER_HTTP_IDLE_TIMEOUT",
+    ("http", "request_timeout"): "QSERVER_HTTP_REQUEST_TIMEOUT",
+    ("http", "ws_ping_interval"): "QSERVER_HTTP_WS_PING_INTERVAL",
     ("http", "config"): "QSERVER_HTTP_CONFIG",
     ("http", "single_user_api_key"): "QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY",
 }

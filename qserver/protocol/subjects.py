@@ -34,6 +34,8 @@ class Subjects:
 
     @property
     def api_wildcard(self) -> str:
+        # For permissions and watching only: a service subscribed to it would stand in for
+        # every method, and NATS could no longer say at once that a service is down (ADR 13).
         return f"{self.prefix}.api.>"
 
     # Events, for subscribers.

@@ -87,10 +87,10 @@ def roles(prefix: str = DEFAULT_PREFIX, user_suffix: str = "") -> list[Role]:
             user=user,
         )
 
-    # Services reply to requests: publishing to every inbox. (`allow_responses` would be
-    # tighter, but the history service, which also sees every request on `api.>`, got no
-    # replies out.) They reply only to inboxes (services.runtime.replies), so a reply
-    # subject cannot aim their permissions at a state subject.
+    # Services reply to requests: publishing to every inbox, and only there
+    # (services.runtime.replies), so that a reply subject cannot aim their rights at a state
+    # subject. `allow_responses` would not do: it lets a service publish once to whatever
+    # reply subject a request names.
     service_pub = ("$SRV.PING.>", ALL_INBOXES)
     return [
         role(

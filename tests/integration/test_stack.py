@@ -174,7 +174,7 @@ async def test_stack_serves_and_restarts_a_killed_service(stacks: Stacks) -> Non
     assert set(info["services"]) == set(SERVICES)
     assert info["pid"] == stack.pid
     assert read_stack_info(stacks.data_dir) == info
-    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         assert (await client.request("status"))["manager_state"] == "idle"
         assert (await client.request("history_get", {"limit": 0}))["success"]
         uid = await add_item(client)
@@ -193,7 +193,7 @@ async def test_stack_serves_and_restarts_a_killed_service(stacks: Stacks) -> Non
 async def test_stack_restarts_a_killed_nats_server_on_the_same_store(stacks: Stacks) -> None:
     stack = stacks.start()
     info = await stack.wait_info()
-    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         uid = await add_item(client)
     old_pid = info["nats_pid"]
     os.kill(old_pid, signal.SIGKILL)
@@ -203,7 +203,7 @@ async def test_stack_restarts_a_killed_nats_server_on_the_same_store(stacks: Sta
     async with asyncio.timeout(10):
         while True:  # the restarted server may not listen yet when the pid changes
             with contextlib.suppress(NoAnswer):
-                client = await Client.connect(info["nats_url"], info["prefix"], timeout=5.0)
+                client = await Client.connect(info["nats_url"], info["prefix"], timeout=30.0)
                 break
             await asyncio.sleep(0.05)
     async with client:
@@ -214,7 +214,7 @@ async def test_stack_restarts_a_killed_nats_server_on_the_same_store(stacks: Sta
 async def test_sigterm_stops_everything_and_a_new_stack_keeps_the_queue(stacks: Stacks) -> None:
     stack = stacks.start()
     info = await stack.wait_info()
-    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         uid = await add_item(client)
     children = [p.pid for p in stack.descendants()]
     assert len(children) == len(SERVICES) + 2  # and nats-server and the Kafka broker
@@ -229,7 +229,7 @@ async def test_sigterm_stops_everything_and_a_new_stack_keeps_the_queue(stacks: 
 
     again = stacks.start()
     info = await again.wait_info()
-    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         assert await queue_uids(client) == [uid]
     again.proc.send_signal(signal.SIGINT)
     assert await again.wait_exit(10) == 0, again.output()
@@ -250,7 +250,7 @@ async def test_manager_stop_stops_the_whole_stack(stacks: Stacks) -> None:
     stack = stacks.start()
     info = await stack.wait_info()
     children = [p.pid for p in stack.descendants()]
-    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         assert (await client.request("manager_stop"))["success"]
     assert await stack.wait_exit(10) == 0, stack.output()
     assert all_gone(children)
