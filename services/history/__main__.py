@@ -22,6 +22,7 @@ from qserver.protocol.subjects import Subjects
 from services.history.archiver import Archiver, KafkaSettings
 from services.history.service import HistoryService
 from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
+from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     add_methods,
     run_loop,
@@ -43,6 +44,7 @@ async def main(args: argparse.Namespace) -> int:
         name="qserver-history",
         **connect_options(args),
     )
+    reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
     tiled = tiled_settings(args)
     svc = HistoryService(
         nc, nc.jetstream(), subjects, catalog=TiledCatalog(tiled) if tiled else None

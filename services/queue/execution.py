@@ -376,7 +376,12 @@ class Executor:
             )
 
     async def finish_locally(self, item: QueueItem, status: str, msg: str) -> None:
-        """Publish an outcome for an item that the environment will never report."""
+        """Record an outcome for an item that the environment will never report.
+
+        Recorded here rather than sent through the results stream, which only the worker side
+        may write (ADR 11); the queue's log makes it durable, and `_record` ignores it if the
+        item stopped running meanwhile (its real result came first).
+        """
         now = time.time()
         started = (
             item.properties.get("time_start", now) if isinstance(item.properties, dict) else now
@@ -387,10 +392,15 @@ class Executor:
             env_uid="",  # type: ignore[arg-type]
             result=HistoryResult(exit_status=status, time_start=started, time_stop=now, msg=msg),  # type: ignore[arg-type]
         )
-        js = self.svc.nc.jetstream()
-        await js.publish(
-            self.svc.subjects.results, encode(result), headers={"Nats-Msg-Id": result.record_uid}
-        )
+        while True:
+            try:
+                async with self.svc.write_lock:
+                    await self._record(result)
+                break
+            except Exception:
+                logger.exception("recording the outcome of %s failed; retrying", result.item_uid)
+                await asyncio.sleep(1.0)
+        await self.svc.advance()
 
     async def on_result(self, msg: Msg) -> None:
         try:

@@ -14,6 +14,7 @@ import sim_profile
 from qserver.connect import NatsAuth, connect_options, servers
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
+from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     run_loop,
     service_arguments,
@@ -58,6 +59,7 @@ async def main(args: argparse.Namespace) -> int:
         reconnect_time_wait=0.2,
         **connect_options(args),
     )
+    reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
     svc = WorkerService(nc, subjects, config)
     await svc.start()
     micro = await add_service(

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from qserver.client import Client, NoAnswer
+from qserver.localstack import DATA_DIR_ENV
 from services.runtime.procs import SERVICES
 from services.stack.embedded import (
     CRASH_BACKOFF,
@@ -112,8 +113,10 @@ class Stacks:
 
 
 @pytest.fixture
-def stacks(tmp_path: Path) -> Iterator[Stacks]:
+def stacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stacks]:
     s = Stacks(tmp_path)
+    # As a user points clients at a stack: they read its address and NATS key from there.
+    monkeypatch.setenv(DATA_DIR_ENV, str(s.data_dir))
     yield s
     s.cleanup()
 
