@@ -16,10 +16,16 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.connect import NatsAuth, servers
+from qserver.localstack import is_stack_nats, running_stack, stack_credentials
+from qserver.protocol.api import service_of, unknown_method_reply
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 
 DEFAULT_NATS_URL = "nats://localhost:4222"
 DEFAULT_TIMEOUT = 10.0
+# NATS says at once when nothing is subscribed to a method (the request was delivered to
+# no one, so sending it again is safe): the request is sent again for this long, which
+# rides through a leader failover (~0.6 s) and a quick restart (ADR 13).
+UNAVAILABLE_WAIT = 1.5
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -48,15 +54,16 @@ class Denials:
     this, the request would only time out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inbox_prefix: str = "_INBOX") -> None:
         self._waiting: dict[str, set[asyncio.Future[str]]] = {}
+        self._own_inboxes = inbox_prefix.lower() + "."
 
     async def on_error(self, e: Exception) -> None:
         m = _DENIED_RE.search(str(e))
         if m is None:
             return
         kind, subject = m.groups()
-        if kind == "subscription" and subject.startswith("_inbox."):
+        if kind == "subscription" and subject.startswith(self._own_inboxes):
             # No replies can reach this user at all: every waiting request is lost.
             waiters = [f for fs in self._waiting.values() for f in fs]
             reason = f"this NATS user may not subscribe to {subject!r}, so it gets no replies"
@@ -87,11 +94,28 @@ def kind_verb(kind: str) -> str:
 
 
 def default_url() -> str:
-    return os.environ.get("QSERVER_NATS_URL", DEFAULT_NATS_URL)
+    """$QSERVER_NATS_URL, else the NATS of the stack running on this machine, else localhost."""
+    return os.environ.get("QSERVER_NATS_URL") or _stack_setting("nats_url", DEFAULT_NATS_URL)
 
 
-def default_prefix() -> str:
-    return os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX)
+def default_prefix(url: str | None = None) -> str:
+    """$QSERVER_PREFIX, else the prefix of the stack running on this machine (if `url`, when
+    given, is its NATS), else qs.default."""
+    if given := os.environ.get("QSERVER_PREFIX"):
+        return given
+    stack = running_stack()
+    if stack is None or (url is not None and not is_stack_nats(url, stack)):
+        return DEFAULT_PREFIX
+    return _setting(stack, "prefix", DEFAULT_PREFIX)
+
+
+def _stack_setting(key: str, default: str) -> str:
+    return _setting(running_stack() or {}, key, default)
+
+
+def _setting(stack: dict[str, Any], key: str, default: str) -> str:
+    value = stack.get(key)
+    return value if isinstance(value, str) and value else default
 
 
 class Client:
@@ -103,10 +127,14 @@ class Client:
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT,
         denials: Denials | None = None,
+        unavailable_wait: float = UNAVAILABLE_WAIT,
+        auth: NatsAuth | None = None,
     ) -> None:
         self.nc = nc
+        self.auth = auth or NatsAuth()  # how it connected (for messages)
         self.subjects = Subjects(prefix)
         self.timeout = timeout
+        self.unavailable_wait = unavailable_wait
         # Set when this client's connection reports permission errors to it (`connect`).
         self.denials = denials
 
@@ -119,12 +147,14 @@ class Client:
         connect_timeout: float = 2.0,
         auth: NatsAuth | None = None,
     ) -> Client:
-        """Connect with the credentials of `auth` (default: the QSERVER_NATS_* variables)."""
+        """Connect with the credentials of `auth` (default: the QSERVER_NATS_* variables);
+        without any, to a local stack's NATS with the stack's client key (`qserver.localstack`).
+        """
         url = url or default_url()
-        auth = auth or NatsAuth.from_env()
+        auth = stack_credentials(url, auth or NatsAuth.from_env())
         # Permission errors go to the requests that wait on them; others are reported once,
         # below, not as tracebacks.
-        denials = Denials()
+        denials = Denials(auth.inbox)
         options: dict[str, Any] = {
             "connect_timeout": connect_timeout,
             "max_reconnect_attempts": 1,
@@ -156,7 +186,7 @@ class Client:
                     "token, nkey or credentials file)"
                 ) from None
             raise NoAnswer(f"Cannot connect to NATS at {url}: {e or type(e).__name__}") from e
-        return cls(nc, prefix or default_prefix(), timeout, denials)
+        return cls(nc, prefix or default_prefix(url), timeout, denials, auth=auth)
 
     async def close(self) -> None:
         await self.nc.close()
@@ -168,20 +198,37 @@ class Client:
         await self.close()
 
     async def request_raw(self, method: str, body: bytes, timeout: float | None = None) -> bytes:
-        """Send one request with a JSON body; return the raw JSON reply."""
+        """Send one request with a JSON body; return the raw JSON reply.
+
+        A method no service subscribes to is answered here: `Unknown method` if the protocol
+        does not know it, NoAnswer ("the queue service is not running") if it does.
+        """
         subject = self.subjects.api(method)
-        try:
-            msg = await self._request_watched(subject, body, timeout or self.timeout)
-        except NoRespondersError:
-            raise NoAnswer(
-                f"No service answers '{method}' (is the queue server running with prefix "
-                f"'{self.subjects.prefix}'?)"
-            ) from None
-        except NatsTimeout:
-            raise NoAnswer(
-                f"No answer to '{method}' within {timeout or self.timeout:g} s"
-            ) from None
-        return msg.data  # type: ignore[no-any-return]
+        timeout = timeout or self.timeout
+        loop = asyncio.get_running_loop()
+        started, pause = loop.time(), 0.05
+        while True:
+            waited = loop.time() - started
+            try:
+                msg = await self._request_watched(subject, body, max(timeout - waited, 0.01))
+                return msg.data  # type: ignore[no-any-return]
+            except NoRespondersError:
+                service = service_of(method)
+                if service is None:
+                    return unknown_method_reply(method)
+                if waited + pause > min(self.unavailable_wait, timeout):
+                    raise NoAnswer(
+                        f"The {service} service is not running: no service answers "
+                        f"'{method}' with prefix '{self.subjects.prefix}'"
+                    ) from None
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 0.25)
+            except NatsTimeout:
+                service = service_of(method)
+                why = f": the {service} service got it but did not answer (hung, overloaded?)"
+                raise NoAnswer(
+                    f"No answer to '{method}' within {timeout:g} s{why if service else ''}"
+                ) from None
 
     async def _request_watched(self, subject: str, body: bytes, timeout: float) -> Any:
         """`nc.request`, ended at once with AccessDenied if the server refuses the subject."""
