@@ -27,7 +27,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     c.stop()
 
 
-async def jetstream_ready(services: RoleServices, timeout: float = 20.0) -> None:
+async def jetstream_ready(services: RoleServices, timeout: float = 60.0) -> None:
     """The cluster's JetStream has a meta leader: streams can be created (a service that
     starts before exits, as it should, and a container's restart policy starts it again)."""
     c = await services.connect_as("queue")

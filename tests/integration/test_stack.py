@@ -53,7 +53,7 @@ class StackProcess:
     def output(self) -> str:
         return self.out_file.read_text(errors="replace")
 
-    async def wait_info(self, timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_info(self, timeout: float = 60.0) -> dict[str, Any]:
         """stack.json, once the stack has written it (that is: once every service answers)."""
         info_file = self.data_dir / "stack.json"
         async with asyncio.timeout(timeout):
@@ -122,7 +122,7 @@ def stacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stacks]:
 
 
 async def answer(
-    client: Client, method: str, params: dict[str, Any] | None = None, timeout: float = 15.0
+    client: Client, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0
 ) -> dict[str, Any]:
     """The reply to `method`, retried while its service is (re)starting."""
     async with asyncio.timeout(timeout):

@@ -39,7 +39,7 @@ from services.stack.natsserver import NatsServer
 from services.worker.messages import EnvStatus
 from tests.conftest import unique_prefix
 
-T = 10.0  # the bound of every wait
+T = 30.0  # the bound of every wait (generous: the suite runs on busy machines)
 
 
 class Worker:
