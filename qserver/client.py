@@ -7,7 +7,7 @@ import contextlib
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -16,10 +16,14 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.connect import NatsAuth, servers
+from qserver.protocol.reply_parts import PART_HEADER, PARTS_HEADER, SIZE_HEADER, TOKEN_HEADER
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 
 DEFAULT_NATS_URL = "nats://localhost:4222"
 DEFAULT_TIMEOUT = 10.0
+# Part requests of one large reply in flight at once: enough to hide the round trips,
+# few enough that the client never holds more than a few messages it has not read.
+PARTS_IN_FLIGHT = 4
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -31,6 +35,14 @@ class ClientError(Exception):
 
 class NoAnswer(ClientError):
     """The request got no reply: the server or the service for the method is not there."""
+
+
+class EmptyReply(NoAnswer):
+    """The service answered with no body: it failed before it could reply."""
+
+
+class IncompleteReply(NoAnswer):
+    """A large reply could not be fetched whole (a part was refused, lost or malformed)."""
 
 
 class AccessDenied(ClientError):
@@ -80,6 +92,45 @@ class Denials:
             if not waiters:
                 self._waiting.pop(subject.lower(), None)
             fut.cancel()
+
+
+async def fetch_parts(
+    method: str, announced: dict[str, str], ask: Callable[[dict[str, str]], Awaitable[Any]]
+) -> bytes:
+    """The whole of an announced large reply, its parts asked for with `ask(headers)`."""
+    try:
+        token, size, parts = (
+            announced[TOKEN_HEADER],
+            int(announced[SIZE_HEADER]),
+            int(announced[PARTS_HEADER]),
+        )
+    except (KeyError, ValueError):
+        raise IncompleteReply(f"The reply to '{method}' announced its parts wrongly") from None
+
+    async def one(index: int) -> bytes:
+        msg = await ask({TOKEN_HEADER: token, PART_HEADER: str(index)})
+        if (msg.headers or {}).get(PART_HEADER) != str(index):
+            try:
+                why = str(_decoder.decode(msg.data).get("msg", ""))
+            except (msgspec.DecodeError, AttributeError):
+                why = f"unexpected reply {msg.data[:100]!r}"
+            raise IncompleteReply(f"Part {index} of the reply to '{method}' failed: {why}")
+        return msg.data  # type: ignore[no-any-return]
+
+    got: list[bytes] = []
+    for start in range(0, parts, PARTS_IN_FLIGHT):
+        batch = range(start, min(start + PARTS_IN_FLIGHT, parts))
+        results = await asyncio.gather(*(one(i) for i in batch), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+            got.append(r)
+    data = b"".join(got)
+    if len(data) != size:
+        raise IncompleteReply(
+            f"The reply to '{method}' came to {len(data):,} bytes instead of {size:,}"
+        )
+    return data
 
 
 def kind_verb(kind: str) -> str:
@@ -168,28 +219,54 @@ class Client:
         await self.close()
 
     async def request_raw(self, method: str, body: bytes, timeout: float | None = None) -> bytes:
-        """Send one request with a JSON body; return the raw JSON reply."""
+        """Send one request with a JSON body; return the raw JSON reply, however large.
+
+        A reply larger than one NATS message arrives announced and is fetched in parts
+        (ADR 8); a lost part is IncompleteReply, an empty reply EmptyReply (both NoAnswer).
+        """
         subject = self.subjects.api(method)
+        wait = timeout or self.timeout
+        msg = await self._ask(method, subject, body, wait)
+        headers = msg.headers or {}
+        if TOKEN_HEADER in headers:
+            return await fetch_parts(
+                method, headers, lambda h: self._ask(method, subject, b"", wait, h)
+            )
+        if not msg.data:
+            # nats.micro answers a handler that raised with headers and no body.
+            why = headers.get("Nats-Service-Error") or "no reason given"
+            raise EmptyReply(f"The service answered '{method}' with an empty reply ({why})")
+        return msg.data  # type: ignore[no-any-return]
+
+    async def _ask(
+        self,
+        method: str,
+        subject: str,
+        body: bytes,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """One request and its one reply message, with NATS errors as the client's own."""
         try:
-            msg = await self._request_watched(subject, body, timeout or self.timeout)
+            return await self._request_watched(subject, body, timeout, headers)
         except NoRespondersError:
             raise NoAnswer(
                 f"No service answers '{method}' (is the queue server running with prefix "
                 f"'{self.subjects.prefix}'?)"
             ) from None
         except NatsTimeout:
-            raise NoAnswer(
-                f"No answer to '{method}' within {timeout or self.timeout:g} s"
-            ) from None
-        return msg.data  # type: ignore[no-any-return]
+            what = f"part {headers[PART_HEADER]} of the reply to" if headers else "answer to"
+            raise NoAnswer(f"No {what} '{method}' within {timeout:g} s") from None
 
-    async def _request_watched(self, subject: str, body: bytes, timeout: float) -> Any:
+    async def _request_watched(
+        self, subject: str, body: bytes, timeout: float, headers: dict[str, str] | None = None
+    ) -> Any:
         """`nc.request`, ended at once with AccessDenied if the server refuses the subject."""
         if self.denials is None:
-            return await self.nc.request(subject, body, timeout=timeout)
+            return await self.nc.request(subject, body, timeout=timeout, headers=headers)
         with self.denials.watch(subject) as denied:
             req: asyncio.Future[Any] = asyncio.ensure_future(
-                self.nc.request(subject, body, timeout=timeout)
+                self.nc.request(subject, body, timeout=timeout, headers=headers)
             )
             either: set[asyncio.Future[Any]] = {req, denied}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)

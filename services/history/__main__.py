@@ -53,7 +53,7 @@ async def main(args: argparse.Namespace) -> int:
     micro = await add_service(
         nc, name="qserver-history", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
-    await add_methods(micro, subjects.api, svc.handlers())
+    await add_methods(micro, subjects.api, svc.handlers(), nc=nc)
     await nc.subscribe(subjects.history_info, cb=svc.on_history_info)
     await nc.subscribe(subjects.api_wildcard, cb=svc.on_any_api)
     await svc.publish_info()

@@ -1,0 +1,295 @@
+"""Large failure reports and large replies (ADR 8), against the real services.
+
+A failure report of megabytes is cut where it is made and kept whole in the object store,
+so the queue goes on; replies larger than one NATS message (`queue_get` of 50,000 items,
+`history_get` of 5,000 records with 100 KB tracebacks) come back whole over NATS (the
+CLI, `SyncClient`) and over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from qserver import result_texts
+from qserver.client import Client, SyncClient
+from qserver.protocol.items import HistoryRecord, HistoryResult, QueueItem
+from qserver.protocol.reply_parts import PARTS_HEADER, TOKEN_HEADER
+from tests.conftest import USER, Services, report
+from tests.integration.gateway_support import gateway_for
+
+ITEM = {"item_type": "plan", "name": "count", "args": [["det1", "det2"]], "kwargs": {"num": 10}}
+QUEUE_ITEMS = 50_000
+HISTORY_RECORDS = 5_000
+TRACEBACK_CHARS = 100_000
+BIG_REPORT = 2_000_000  # characters of the failing plan's message: > 1 MiB
+
+
+async def qs_cli(svc: Services, *args: str, timeout: float = 60) -> Any:
+    """`qserver <args>` as a subprocess; its JSON output, decoded."""
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "qserver.cli", "-a", svc.nats.url, "--prefix", svc.prefix),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode == 0, (proc.returncode, err.decode()[-2000:])
+    return json.loads(out)
+
+
+def sync_request(svc: Services, method: str, params: dict[str, Any] | None = None) -> Any:
+    c = SyncClient(svc.nats.url, svc.prefix, timeout=30)
+    try:
+        return c.request(method, params)
+    finally:
+        c.close()
+
+
+async def over_http(svc: Services, path: str) -> Any:
+    async with gateway_for(svc, "--no-auth", "--timeout", "30") as gw, httpx.AsyncClient() as http:
+        r = await http.get(f"{gw.url}{path}", timeout=60)
+        assert r.status_code == 200, r.text[:500]
+        assert r.content, "an empty body"
+        return r.json()
+
+
+# ----- a failure report over 1 MiB -----
+
+
+async def test_a_failure_report_over_1_mib_does_not_jam_the_queue(client: Client) -> None:
+    r = await client.request("environment_open", timeout=30)
+    assert r["success"], r
+    await client.wait_for(lambda st: st["worker_environment_exists"], timeout=30)
+    big = {"item_type": "plan", "name": "sim_fail_large", "kwargs": {"size": BIG_REPORT}}
+    r = await client.request("queue_item_add_batch", {"items": [big, ITEM], **USER})
+    assert r["success"], r
+    failed_uid, next_uid = (it["item_uid"] for it in r["items"])
+    r = await client.request("queue_mode_set", {"mode": {"ignore_failures": True}})
+    assert r["success"], r
+    assert (await client.request("queue_start"))["success"]
+    # The failure is recorded and the next item runs: the queue is not jammed.
+    st = await client.wait_for(
+        lambda st: st["items_in_history"] == 2 and st["manager_state"] == "idle", timeout=60
+    )
+    assert st["items_in_queue"] == 0
+    items = (await client.request("history_get"))["items"]
+    assert [(it["item_uid"], it["result"]["exit_status"]) for it in items] == [
+        (failed_uid, "failed"),
+        (next_uid, "completed"),
+    ]
+    cut = items[0]["result"]
+    assert cut["truncated"]["msg"] > BIG_REPORT
+    assert cut["truncated"]["traceback"] > BIG_REPORT
+    assert (
+        f"characters cut here; the whole text: `qserver history result {failed_uid}`"
+        in (cut["traceback"])
+    )
+    assert cut["traceback"].rstrip().endswith("x" * 100)  # the tail, with the exception
+    assert len(msgspec.json.encode(items[0])) < 20_000
+    assert "truncated" not in items[1]["result"]
+    # The whole text, over NATS (the reply takes several messages) and over HTTP.
+    whole = await client.request("history_result_get", {"item_uid": failed_uid})
+    assert whole["success"] and whole["whole"], whole["msg"]
+    tb, msg = whole["result"]["traceback"], whole["result"]["msg"]
+    assert (len(msg), len(tb)) == (cut["truncated"]["msg"], cut["truncated"]["traceback"])
+    assert tb.startswith("Traceback") and tb.rstrip().endswith("x" * (BIG_REPORT - 21))
+    assert msg.startswith("Plan failed: large failure report")
+    # What history holds is exactly what the shared cutting makes of the whole report.
+    stored, _ = result_texts.bound(msgspec.convert(whole["result"], HistoryResult), failed_uid)
+    assert (stored.msg, stored.traceback) == (cut["msg"], cut["traceback"])
+    assert (await client.request("history_result_get", {"item_uid": next_uid}))["whole"]
+
+
+async def test_an_uncut_oversize_result_is_cut_by_the_queue_service(
+    client: Client,
+) -> None:
+    """A result from a worker that does not cut (an older one) still cannot jam the queue."""
+    long = {"item_type": "plan", "name": "sleep", "args": [60]}
+    r = await client.request("environment_open", timeout=30)
+    assert r["success"], r
+    await client.wait_for(lambda st: st["worker_environment_exists"], timeout=30)
+    r = await client.request("queue_item_execute", {"item": long, **USER})
+    assert r["success"], r
+    uid = r["item"]["item_uid"]
+    await client.wait_for(lambda st: st["running_item_uid"] == uid, timeout=30)
+    # The result of the running item as an older worker would publish it: texts of 1 MB,
+    # in one message just below 1 MiB.
+    record_uid = str(uuid.uuid4())
+    text = "y" * 500_000
+    forged = {
+        "record_uid": record_uid,
+        "item_uid": uid,
+        "env_uid": "older-worker",
+        "result": {"exit_status": "failed", "msg": text, "traceback": text},
+    }
+    js = client.nc.jetstream()
+    await js.publish(
+        client.subjects.results,
+        msgspec.json.encode(forged),
+        headers={"Nats-Msg-Id": record_uid},
+    )
+    await client.wait_for(lambda st: st["items_in_history"] == 1, timeout=30)
+    (item,) = (await client.request("history_get"))["items"]
+    assert item["item_uid"] == uid
+    assert item["result"]["truncated"] == {"msg": 500_000, "traceback": 500_000}
+    whole = await client.request("history_result_get", {"item_uid": uid})
+    assert whole["result"]["msg"] == text and whole["result"]["traceback"] == text
+    assert (await client.request("environment_destroy"))["success"]
+
+
+# ----- queue_get of 50,000 items -----
+
+
+async def fill_queue(client: Client, n: int, batch: int = 500) -> None:
+    for start in range(0, n, batch):
+        items = [ITEM] * min(batch, n - start)
+        r = await client.request("queue_item_add_batch", {"items": items, **USER}, timeout=60)
+        assert r["success"], r["msg"]
+
+
+@pytest.mark.timeout(240)
+async def test_queue_get_of_50000_items_is_whole_over_nats_cli_and_http(
+    client: Client, services: Services
+) -> None:
+    t0 = time.perf_counter()
+    await fill_queue(client, QUEUE_ITEMS)
+    filled = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    raw = await client.request_raw("queue_get", b"{}", timeout=30)
+    fetched = time.perf_counter() - t0
+    report(
+        f"queue_get of {QUEUE_ITEMS:,} items: {len(raw):,} bytes in {fetched * 1e3:.0f} ms "
+        f"(queue filled in {filled:.1f} s)"
+    )
+    assert len(raw) > 5 * 2**20  # several NATS messages
+    reply = msgspec.json.decode(raw)
+    assert reply["success"]
+    uids = [it["item_uid"] for it in reply["items"]]
+    assert len(uids) == len(set(uids)) == QUEUE_ITEMS
+    assert all(it["name"] == "count" and it["kwargs"] == {"num": 10} for it in reply["items"])
+    st = await client.request("status")
+    assert reply["plan_queue_uid"] == st["plan_queue_uid"]
+
+    by_cli = await qs_cli(services, "queue", "get")
+    by_sync = await asyncio.to_thread(sync_request, services, "queue_get")
+    by_http = await over_http(services, "/api/queue/get")
+    for other in (by_cli, by_sync, by_http):
+        assert other == reply
+
+
+async def test_a_client_that_does_not_fetch_parts_gets_a_clear_message(
+    client: Client,
+) -> None:
+    await fill_queue(client, 8_000)  # about 1.4 MB
+    small = await client.nc.request(client.subjects.api("status"), b"", timeout=10)
+    assert small.headers is None  # small replies are one message, as before
+    assert msgspec.json.decode(small.data)["items_in_queue"] == 8_000
+    big = await client.nc.request(client.subjects.api("queue_get"), b"", timeout=10)
+    assert big.headers is not None and int(big.headers[PARTS_HEADER]) >= 2
+    reply = msgspec.json.decode(big.data)
+    assert reply["success"] is False
+    assert "more than one NATS message holds" in reply["msg"]
+    assert TOKEN_HEADER in reply["msg"]
+
+
+# ----- history_get of 5,000 records with 100 KB tracebacks -----
+
+
+def failed_record(n: int) -> tuple[HistoryRecord, HistoryResult]:
+    """A history record as the services store it for a plan that failed with a 100 KB
+    traceback: the result cut by the shared `result_texts.bound`, the item without its
+    properties. Returns the record and the whole result."""
+    item_uid = str(uuid.uuid4())
+    item = QueueItem(
+        item_type="plan",
+        name="sim_fail",
+        kwargs={"msg": f"failure {n}"},
+        item_uid=item_uid,
+        user=USER["user"],
+        user_group=USER["user_group"],
+    )
+    head = "Traceback (most recent call last):\n"
+    frame = f'  File "/beamline/plans.py", line {n}, in sim_fail\n    raise RuntimeError(msg)\n'
+    tail = f"RuntimeError: failure {n}\n"
+    frames = (TRACEBACK_CHARS - len(head) - len(tail)) // len(frame)
+    tb = head + frame * frames + tail
+    tb = head + " " * (TRACEBACK_CHARS - len(tb)) + tb[len(head) :]  # exactly 100,000
+    whole = HistoryResult(
+        exit_status="failed",
+        time_start=1.7e9 + n,
+        time_stop=1.7e9 + n + 1,
+        msg=f"Plan failed: failure {n}",
+        traceback=tb,
+    )
+    result, _ = result_texts.bound(whole, item_uid)
+    record_item = msgspec.to_builtins(item)
+    record_item.pop("properties", None)
+    return HistoryRecord(record_uid=str(uuid.uuid4()), item=record_item, result=result), whole
+
+
+async def seed_history(client: Client, records: list[HistoryRecord]) -> None:
+    js = client.nc.jetstream()
+    for start in range(0, len(records), 500):
+        for rec in records[start : start + 500]:
+            await js.publish_async(
+                client.subjects.history_log,
+                msgspec.json.encode(rec),
+                headers={"Nats-Msg-Id": rec.record_uid},
+            )
+        await js.publish_async_completed()
+
+
+@pytest.mark.timeout(240)
+async def test_history_get_of_5000_records_with_100_kb_tracebacks_is_whole_everywhere(
+    client: Client, services: Services
+) -> None:
+    made = [failed_record(n) for n in range(HISTORY_RECORDS)]
+    records = [rec for rec, _ in made]
+    assert all(rec.result.truncated == {"traceback": TRACEBACK_CHARS} for rec in records)
+    last, last_whole = made[-1]
+    js = client.nc.jetstream()
+    assert last_whole.traceback != last.result.traceback
+    texts = result_texts.bound(last_whole, str(last.item["item_uid"]))[1]
+    assert texts is not None
+    assert await result_texts.keep(js, client.subjects, last.record_uid, texts)
+    await seed_history(client, records)
+    await client.wait_for(lambda st: st["items_in_history"] == HISTORY_RECORDS, timeout=60)
+
+    expected = [{**rec.item, "result": msgspec.to_builtins(rec.result)} for rec in records]
+    t0 = time.perf_counter()
+    raw = await client.request_raw("history_get", b"{}", timeout=30)
+    fetched = time.perf_counter() - t0
+    report(
+        f"history_get of {HISTORY_RECORDS:,} records with 100 KB tracebacks: {len(raw):,} bytes "
+        f"in {fetched * 1e3:.0f} ms"
+    )
+    reply = msgspec.json.decode(raw)
+    assert reply["success"] and reply["total"] == HISTORY_RECORDS
+    assert reply["items"] == expected
+
+    by_cli = await qs_cli(services, "history", "get")
+    by_sync = await asyncio.to_thread(sync_request, services, "history_get")
+    by_http = await over_http(services, "/api/history/get")
+    for other in (by_cli, by_sync, by_http):
+        assert other == reply
+
+    # The whole traceback of a record, however its history entry was cut.
+    whole = await client.request("history_result_get", {"item_uid": last.item["item_uid"]})
+    assert whole["whole"] and whole["result"]["traceback"] == last_whole.traceback
+    # A record whose whole text was not kept says so instead of failing.
+    first = records[0]
+    r = await client.request("history_result_get", {"item_uid": first.item["item_uid"]})
+    assert r["success"] and not r["whole"] and "not kept" in r["msg"]
+    assert r["result"]["traceback"] == first.result.traceback
+    # Clearing the history drops the kept texts too.
+    assert (await client.request("history_clear"))["success"]
+    assert await result_texts.load(js, client.subjects, last.record_uid) is None
