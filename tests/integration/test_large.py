@@ -20,11 +20,13 @@ import msgspec
 import pytest
 
 from qserver import result_texts
-from qserver.client import Client, SyncClient
+from qserver.client import Client, IncompleteReply, NoAnswer, SyncClient, fetch_parts
 from qserver.protocol.items import HistoryRecord, HistoryResult, QueueItem
-from qserver.protocol.reply_parts import PARTS_HEADER, TOKEN_HEADER
-from tests.conftest import USER, Services, report
+from qserver.protocol.reply_parts import PART_HEADER, PARTS_HEADER, SIZE_HEADER, TOKEN_HEADER
+from services.stack.natsserver import NatsServer
+from tests.conftest import USER, Services, report, unique_prefix
 from tests.integration.gateway_support import gateway_for
+from tests.integration.nats_roles_support import RoleServices, new_passwords, write_accounts
 
 ITEM = {"item_type": "plan", "name": "count", "args": [["det1", "det2"]], "kwargs": {"num": 10}}
 QUEUE_ITEMS = 50_000
@@ -65,7 +67,9 @@ async def over_http(svc: Services, path: str) -> Any:
 # ----- a failure report over 1 MiB -----
 
 
-async def test_a_failure_report_over_1_mib_does_not_jam_the_queue(client: Client) -> None:
+async def test_a_failure_report_over_1_mib_does_not_jam_the_queue(
+    client: Client, services: Services
+) -> None:
     r = await client.request("environment_open", timeout=30)
     assert r["success"], r
     await client.wait_for(lambda st: st["worker_environment_exists"], timeout=30)
@@ -107,6 +111,7 @@ async def test_a_failure_report_over_1_mib_does_not_jam_the_queue(client: Client
     stored, _ = result_texts.bound(msgspec.convert(whole["result"], HistoryResult), failed_uid)
     assert (stored.msg, stored.traceback) == (cut["msg"], cut["traceback"])
     assert (await client.request("history_result_get", {"item_uid": next_uid}))["whole"]
+    assert await qs_cli(services, "history", "result", failed_uid) == whole
 
 
 async def test_an_uncut_oversize_result_is_cut_by_the_queue_service(
@@ -199,6 +204,65 @@ async def test_a_client_that_does_not_fetch_parts_gets_a_clear_message(
     assert reply["success"] is False
     assert "more than one NATS message holds" in reply["msg"]
     assert TOKEN_HEADER in reply["msg"]
+
+
+async def test_a_part_that_cannot_be_had_is_a_clear_error_never_an_empty_reply(
+    client: Client,
+) -> None:
+    await fill_queue(client, 8_000)
+    subject = client.subjects.api("queue_get")
+    big = await client.nc.request(subject, b"", timeout=10)
+    announced = dict(big.headers)
+    holder = announced[TOKEN_HEADER].split("-")[0]
+
+    async def ask(headers: dict[str, str]) -> Any:
+        return await client.nc.request(subject, b"", timeout=2, headers=headers)
+
+    # A reply that is no longer held (expired, or fetched already).
+    gone = {**announced, TOKEN_HEADER: f"{holder}-{uuid.uuid4().hex}"}
+    with pytest.raises(IncompleteReply, match="Part 0 of the reply to 'queue_get' failed: The"):
+        await fetch_parts("queue_get", gone, ask)
+    # A part that the reply does not have.
+    r = await ask({TOKEN_HEADER: announced[TOKEN_HEADER], PART_HEADER: "999"})
+    assert "has parts 0 to" in msgspec.json.decode(r.data)["msg"]
+    # A reply held by a process that is gone: no one answers, the client says which part.
+    orphan = {**announced, TOKEN_HEADER: f"gone{holder[4:]}-{uuid.uuid4().hex}"}
+    with pytest.raises(NoAnswer, match="No part 0 of the reply to 'queue_get' within 2 s"):
+        await client._ask("queue_get", subject, b"", 2, {**orphan, PART_HEADER: "0"})
+    # A wrongly announced reply.
+    with pytest.raises(IncompleteReply, match="announced its parts wrongly"):
+        await fetch_parts("queue_get", {TOKEN_HEADER: "x", SIZE_HEADER: "many"}, ask)
+    # The held reply itself is still whole.
+    whole = await fetch_parts("queue_get", announced, ask)
+    assert len(msgspec.json.decode(whole)["items"]) == 8_000
+
+
+async def test_large_replies_need_no_permission_beyond_the_request(
+    tmp_path: Any,
+) -> None:
+    """A read-only NATS user of deploy/nats/accounts.conf fetches a large reply whole."""
+    prefix = unique_prefix()
+    passwords = new_passwords(prefix)
+    conf = write_accounts(tmp_path / "accounts.conf", prefix, passwords)
+    server = NatsServer(tmp_path / "nats", config_file=conf).start()
+    svc = RoleServices(server, tmp_path, prefix=prefix)
+    svc.passwords = passwords
+    try:
+        svc.start("queue", "history")
+        await svc.wait_ready()
+        operator = await svc.connect_as("operator")
+        observer = await svc.connect_as("observer")
+        try:
+            await fill_queue(operator, 8_000)
+            reply = await observer.request("queue_get")
+            assert len(reply["items"]) == 8_000
+            assert reply == await operator.request("queue_get")
+        finally:
+            await operator.close()
+            await observer.close()
+    finally:
+        svc.stop_all()
+        server.stop()
 
 
 # ----- history_get of 5,000 records with 100 KB tracebacks -----
