@@ -56,12 +56,30 @@ def sync_request(svc: Services, method: str, params: dict[str, Any] | None = Non
         c.close()
 
 
-async def over_http(svc: Services, path: str) -> Any:
+async def over_http(svc: Services, path: str) -> tuple[Any, float]:
+    """The JSON body of `GET path` from a gateway of its own, and the GET's time."""
     async with gateway_for(svc, "--no-auth", "--timeout", "30") as gw, httpx.AsyncClient() as http:
+        t0 = time.perf_counter()
         r = await http.get(f"{gw.url}{path}", timeout=60)
+        took = time.perf_counter() - t0
         assert r.status_code == 200, r.text[:500]
         assert r.content, "an empty body"
-        return r.json()
+        return r.json(), took
+
+
+async def other_paths(svc: Services, method: str, command: str, route: str) -> list[Any]:
+    """The reply over the CLI, `SyncClient` and HTTP, each timed (the CLI with its start)."""
+    t0 = time.perf_counter()
+    by_cli = await qs_cli(svc, *command.split())
+    t1 = time.perf_counter()
+    by_sync = await asyncio.to_thread(sync_request, svc, method)
+    t2 = time.perf_counter()
+    by_http, http_s = await over_http(svc, f"/api/{route}")
+    report(
+        f"  {method} whole: CLI {t1 - t0:.2f} s (process start to JSON printed), "
+        f"SyncClient {t2 - t1:.2f} s (with connecting), HTTP GET {http_s:.2f} s"
+    )
+    return [by_cli, by_sync, by_http]
 
 
 # ----- a failure report over 1 MiB -----
@@ -184,9 +202,7 @@ async def test_queue_get_of_50000_items_is_whole_over_nats_cli_and_http(
     st = await client.request("status")
     assert reply["plan_queue_uid"] == st["plan_queue_uid"]
 
-    by_cli = await qs_cli(services, "queue", "get")
-    by_sync = await asyncio.to_thread(sync_request, services, "queue_get")
-    by_http = await over_http(services, "/api/queue/get")
+    by_cli, by_sync, by_http = await other_paths(services, "queue_get", "queue get", "queue/get")
     for other in (by_cli, by_sync, by_http):
         assert other == reply
 
@@ -340,9 +356,9 @@ async def test_history_get_of_5000_records_with_100_kb_tracebacks_is_whole_every
     assert reply["success"] and reply["total"] == HISTORY_RECORDS
     assert reply["items"] == expected
 
-    by_cli = await qs_cli(services, "history", "get")
-    by_sync = await asyncio.to_thread(sync_request, services, "history_get")
-    by_http = await over_http(services, "/api/history/get")
+    by_cli, by_sync, by_http = await other_paths(
+        services, "history_get", "history get", "history/get"
+    )
     for other in (by_cli, by_sync, by_http):
         assert other == reply
 
