@@ -17,15 +17,26 @@ from typing import Any
 
 import httpx
 import msgspec
+import nats
 import pytest
 
 from qserver import result_texts
-from qserver.client import Client, IncompleteReply, NoAnswer, SyncClient, fetch_parts
+from qserver.client import (
+    Client,
+    EmptyReply,
+    IncompleteReply,
+    NoAnswer,
+    SyncClient,
+    fetch_parts,
+)
 from qserver.protocol.items import HistoryRecord, HistoryResult, QueueItem
 from qserver.protocol.reply_parts import PART_HEADER, PARTS_HEADER, SIZE_HEADER, TOKEN_HEADER
+from qserver.protocol.subjects import Subjects
+from qserver.protocol.worker import PlanResult
 from services.stack.natsserver import NatsServer
+from services.worker.results import last_result, publish_result
 from tests.conftest import USER, Services, report, unique_prefix
-from tests.integration.gateway_support import gateway_for
+from tests.integration.gateway_support import gateway_for, running_gateway
 from tests.integration.nats_roles_support import RoleServices, new_passwords, write_accounts
 
 ITEM = {"item_type": "plan", "name": "count", "args": [["det1", "det2"]], "kwargs": {"num": 10}}
@@ -167,6 +178,68 @@ async def test_an_uncut_oversize_result_is_cut_by_the_queue_service(
     whole = await client.request("history_result_get", {"item_uid": uid})
     assert whole["result"]["msg"] == text and whole["result"]["traceback"] == text
     assert (await client.request("environment_destroy"))["success"]
+
+
+async def test_a_result_refused_for_its_size_is_stored_bare_not_retried_forever(
+    nats_server: NatsServer,
+) -> None:
+    """The worker's last resort: a result a stream refuses as too large (here a stream
+    limited to 2,000 bytes, and 200 run uids) is stored without its texts and run list."""
+    subjects = Subjects(unique_prefix())
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(
+            name=subjects.results_stream, subjects=[subjects.results], max_msg_size=2000
+        )
+        result = PlanResult(
+            record_uid=str(uuid.uuid4()),
+            item_uid="item-1",
+            env_uid="env-1",
+            result=HistoryResult(
+                exit_status="failed",
+                run_uids=[str(uuid.uuid4()) for _ in range(200)],
+                time_start=1.0,
+                time_stop=2.0,
+                msg="Plan failed: boom",
+            ),
+        )
+        await asyncio.wait_for(publish_result(js, subjects, result), 30)
+        stored = await last_result(js, subjects)
+        assert stored is not None and stored.record_uid == result.record_uid
+        assert stored.result.exit_status == "failed"
+        assert (stored.result.time_start, stored.result.time_stop) == (1.0, 2.0)
+        assert stored.result.msg.startswith("The outcome report was too large to store")
+        assert stored.result.run_uids == []
+    finally:
+        await nc.close()
+
+
+async def test_an_empty_reply_is_an_error_and_http_never_answers_200_with_no_body(
+    nats_server: NatsServer, tmp_path: Any
+) -> None:
+    """What nats.micro sends when a handler raises (headers, no body): an error everywhere."""
+    prefix = unique_prefix()
+    nc = await nats.connect(nats_server.url)
+
+    async def broken(msg: Any) -> None:
+        headers = {"Nats-Service-Error": "boom", "Nats-Service-Error-Code": "500"}
+        await nc.publish(msg.reply, b"", headers=headers)
+
+    await nc.subscribe(f"{prefix}.api.queue_get", cb=broken)
+    client = Client(nc, prefix, timeout=5)
+    try:
+        with pytest.raises(EmptyReply, match=r"'queue_get' with an empty reply \(boom\)"):
+            await client.request("queue_get")
+        async with (
+            running_gateway(nats_server.url, prefix, tmp_path, "--no-auth") as gw,
+            httpx.AsyncClient() as http,
+        ):
+            r = await http.get(f"{gw.url}/api/queue/get", timeout=30)
+        assert r.status_code == 503
+        assert "empty reply (boom)" in r.json()["detail"]
+    finally:
+        await nc.close()
 
 
 # ----- queue_get of 50,000 items -----
