@@ -22,6 +22,7 @@ from qserver.protocol.subjects import Subjects
 from services.history.archiver import Archiver, KafkaSettings
 from services.history.service import HistoryService
 from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
+from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     add_methods,
     run_loop,
@@ -43,6 +44,7 @@ async def main(args: argparse.Namespace) -> int:
         name="qserver-history",
         **connect_options(args),
     )
+    reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
     tiled = tiled_settings(args)
     svc = HistoryService(
         nc, nc.jetstream(), subjects, catalog=TiledCatalog(tiled) if tiled else None
@@ -55,7 +57,6 @@ async def main(args: argparse.Namespace) -> int:
     )
     await add_methods(micro, subjects.api, svc.handlers(), nc=nc)
     await nc.subscribe(subjects.history_info, cb=svc.on_history_info)
-    await nc.subscribe(subjects.api_wildcard, cb=svc.on_any_api)
     await svc.publish_info()
     logger.info("history service ready on %s (prefix %s)", args.nats_url, args.prefix)
     await wait_for_signal(svc.stop_requested)

@@ -17,6 +17,7 @@ from qserver.connect import connect_options, servers
 from qserver.protocol.subjects import Subjects
 from services.queue.leader import Lease, default_instance
 from services.queue.service import QueueService
+from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     add_methods,
     run_loop,
@@ -40,6 +41,7 @@ async def main(args: argparse.Namespace) -> int:
         name="qserver-queue",
         **connect_options(args),
     )
+    reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
     js = nc.jetstream()
     svc = QueueService(
         nc,

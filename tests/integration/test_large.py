@@ -317,7 +317,7 @@ async def test_a_part_that_cannot_be_had_is_a_clear_error_never_an_empty_reply(
     # A reply held by a process that is gone: no one answers, the client says which part.
     orphan = {**announced, TOKEN_HEADER: f"gone{holder[4:]}-{uuid.uuid4().hex}"}
     with pytest.raises(NoAnswer, match="No part 0 of the reply to 'queue_get' within 2 s"):
-        await client._ask("queue_get", subject, b"", 2, {**orphan, PART_HEADER: "0"})
+        await client._ask_part("queue_get", subject, 2, {**orphan, PART_HEADER: "0"})
     # A wrongly announced reply.
     with pytest.raises(IncompleteReply, match="announced its parts wrongly"):
         await fetch_parts("queue_get", {TOKEN_HEADER: "x", SIZE_HEADER: "many"}, ask)
