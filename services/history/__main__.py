@@ -55,7 +55,7 @@ async def main(args: argparse.Namespace) -> int:
     micro = await add_service(
         nc, name="qserver-history", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
-    await add_methods(micro, subjects.api, svc.handlers())
+    await add_methods(micro, subjects.api, svc.handlers(), nc=nc)
     await nc.subscribe(subjects.history_info, cb=svc.on_history_info)
     await svc.publish_info()
     logger.info("history service ready on %s (prefix %s)", args.nats_url, args.prefix)

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
 from nats.js import api as jsapi
 
+from qserver import result_texts
 from qserver.errors import QServerError, Refused
 from qserver.jsutil import ensure_stream
 from qserver.protocol.items import HistoryRecord, HistoryResult, QueueItem, uid_of
@@ -31,6 +32,7 @@ from qserver.protocol.worker import (
     RunPlan,
     WorkerState,
 )
+from services.queue import finished
 from services.queue.core import QueueCore
 from services.runtime.service_base import encode
 
@@ -430,17 +432,34 @@ class Executor:
         """
         m = self.svc.model
         running = m.running_item
+        js = self.svc.nc.jetstream()
         if running is not None and running.item_uid == res.item_uid:
+            # Cut here too if the worker did not (one of an older version): ADR 8.
+            result = await result_texts.storable(
+                js, self.svc.subjects, res.record_uid, res.item_uid, res.result
+            )
             record_item = msgspec.to_builtins(running)
             record_item.pop("properties", None)
-            record = HistoryRecord(record_uid=res.record_uid, item=record_item, result=res.result)
-            await self.svc.commit(self._finished_event(running, record))
+            record = HistoryRecord(record_uid=res.record_uid, item=record_item, result=result)
+            event = self._finished_event(running, record)
+            event = finished.fit(event, finished.limit_for(self.svc.nc.max_payload))
+            try:
+                await self.svc.commit(event)
+            except Exception as e:
+                # Refused for its size although it seemed to fit: retrying would jam the
+                # queue for good, so the item finishes with the smallest record.
+                if not result_texts.size_refused(e):
+                    raise
+                logger.error("the record of %s was refused for its size (%r)", res.item_uid, e)
+                event = finished.smallest(event)
+                await self.svc.commit(event)
+            assert event.record is not None
+            record = event.record
         elif m.last_record is not None and m.last_record.record_uid == res.record_uid:
             record = m.last_record
         else:
             logger.info("result for %s was already recorded", res.item_uid)
             return
-        js = self.svc.nc.jetstream()
         await js.publish(
             self.svc.subjects.history_log,
             encode(record),

@@ -69,6 +69,9 @@ class Lease:
         self.holder: str | None = None  # who held it at the last failed attempt
         self._seen_revision: int | None = None
         self._seen_at = 0.0
+        # One renewal at a time: two compare-and-sets on the same revision (the keeper's
+        # and a write's `confirm`) would make the loser believe another instance took over.
+        self._renewing = asyncio.Lock()
 
     async def open(self) -> None:
         try:
@@ -140,6 +143,10 @@ class Lease:
 
     async def renew(self) -> Renewal:
         """Rewrite the lease if it is still ours (compare-and-set on our last revision)."""
+        async with self._renewing:
+            return await self._renew()
+
+    async def _renew(self) -> Renewal:
         started = time.monotonic()
         try:
             self.revision = await self.kv.update(KEY, self._value(), last=self.revision)

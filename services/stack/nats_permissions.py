@@ -22,6 +22,7 @@ READ_ONLY_METHODS = (
     "queue_get",
     "queue_item_get",
     "history_get",
+    "history_result_get",
     "history_runs",
     "history_run_item",
     "plans_allowed",

@@ -12,6 +12,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from qserver import result_texts
 from qserver.jsutil import ensure_stream
 from qserver.protocol.items import HistoryResult
 from qserver.protocol.subjects import Subjects
@@ -36,8 +37,17 @@ async def publish_result(
 ) -> None:
     """Publish and wait for the ack, retrying until it is stored: an outcome is never dropped.
 
-    The record uid is the message id, so a retry after a lost ack is not stored twice.
+    A long `msg` or `traceback` is cut first, its whole text kept in the object store, so
+    the result fits in one message (ADR 8); should the result still be refused as too
+    large, it is stored without its texts rather than retried forever. The record uid is
+    the message id, so a retry after a lost ack is not stored twice.
     """
+    result = msgspec.structs.replace(
+        result,
+        result=await result_texts.storable(
+            js, subjects, result.record_uid, result.item_uid, result.result
+        ),
+    )
     data = encode(result)
     headers = {"Nats-Msg-Id": result.record_uid}
     while True:
@@ -47,6 +57,15 @@ async def publish_result(
             )
             return
         except Exception as e:
+            if result_texts.size_refused(e):
+                logger.error(
+                    "result of %s too large to store (%d bytes)", result.item_uid, len(data)
+                )
+                why = f"The outcome report was too large to store ({len(data):,} bytes)"
+                bare = result_texts.bare(result.result, why)
+                result = msgspec.structs.replace(result, result=bare)
+                data = encode(result)
+                continue
             logger.warning("result of %s not stored yet (%r); retrying", result.item_uid, e)
             await asyncio.sleep(retry_every)
 
