@@ -2,13 +2,14 @@
 
 The queue service decides what runs; the worker service owns the environment process,
 which runs the RunEngine. Outcomes come back through a JetStream stream (one `PlanResult`
-per item) that this class consumes with a durable consumer: a result produced while the
-queue service is down is processed when it comes back, exactly once.
+per item) that the leader consumes (`ResultFeed`): a result produced while the queue
+service is down is processed when it comes back, exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -16,11 +17,8 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
-from nats.js import api as jsapi
 
 from qserver.errors import QServerError, Refused
-from qserver.jsutil import ensure_stream
 from qserver.protocol.items import HistoryRecord, HistoryResult, QueueItem, uid_of
 from qserver.protocol.queue_log import FlagsSet, ItemFinished, ItemsRemoved, ItemStarted
 from qserver.protocol.worker import (
@@ -32,13 +30,17 @@ from qserver.protocol.worker import (
     WorkerState,
 )
 from services.queue.core import QueueCore
+from services.queue.results import ResultFeed
 from services.runtime.service_base import encode
 
 logger = logging.getLogger(__name__)
 
 WORKER_TIMEOUT_S = 5.0
-RESULTS_CONSUMER = "queue-results"
 OPEN_WAIT_S = 5.0
+# After a (re)start, results stored before the worker said the environment is gone may still
+# be on their way: they are awaited this long before a running item is called unknown.
+SETTLE_S = 0.5
+DRAIN_WAIT_S = 10.0
 _result_decoder = msgspec.json.Decoder(PlanResult)
 _cmd_reply = msgspec.json.Decoder(CmdReply)
 
@@ -56,6 +58,13 @@ class Executor:
         self._op_done = asyncio.Event()
         self.open_error = ""
         self._tasks: list[asyncio.Task[None]] = []
+        self.results = ResultFeed(
+            svc.nc,
+            svc.subjects,
+            confirm=svc.confirm_lead,
+            handle=self.on_result,
+            owner=svc.instance,
+        )
 
     # ----- state -----
 
@@ -104,43 +113,15 @@ class Executor:
 
     async def take_charge(self) -> None:
         """As the leader: consume plan results, and settle what the last leader left."""
-        s = self.svc.subjects
-        js = self.svc.nc.jetstream()
-        await ensure_stream(js, s.results_stream, [s.results], duplicate_window=3600.0)
-        # A pull consumer: only an instance that asks gets results, so a hung former leader
-        # (its connection still open) takes none away from the live one.
-        psub = await js.pull_subscribe(
-            s.results,
-            durable=RESULTS_CONSUMER,
-            stream=s.results_stream,
-            config=jsapi.ConsumerConfig(ack_wait=30.0, max_ack_pending=1),
-        )
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._pull_results(psub)),
+            loop.create_task(self.results.run()),
             loop.create_task(self.reconcile()),
         ]
 
     def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-
-    async def _pull_results(self, psub: Any) -> None:
-        while True:
-            try:
-                msgs = await psub.fetch(1, timeout=5.0)
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except ConnectionClosedError:
-                return  # shutting down
-            except Exception as e:  # NATS reconnecting, a stream leader election, ...
-                logger.warning("fetching plan results: %r", e)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self.on_result(msg)
 
     async def reconcile(self) -> None:
         """After a restart: learn the worker's state, then settle a running item it lost."""
@@ -152,7 +133,10 @@ class Executor:
         except Exception:
             logger.warning("the worker service did not answer at start-up")
             return
-        await asyncio.sleep(0.5)  # results published while we were away arrive first
+        # Results published while we were away (or just before the worker answered) first.
+        await asyncio.sleep(SETTLE_S)
+        while not await self.results.drained(time.monotonic(), DRAIN_WAIT_S):
+            logger.warning("plan results cannot be read yet: the running item waits for them")
         async with self.svc.write_lock:
             running = self.svc.model.running_item
             if running is None or self.op:
@@ -375,7 +359,8 @@ class Executor:
             logger.exception(
                 "recording the result of %s failed; it will be redelivered", res.item_uid
             )
-            await msg.nak(delay=1.0)
+            with contextlib.suppress(Exception):  # else redelivered after the ack wait
+                await msg.nak(delay=1.0)
             return
         await self.svc.advance()
 
@@ -388,13 +373,15 @@ class Executor:
         """
         m = self.svc.model
         running = m.running_item
-        if running is not None and running.item_uid == res.item_uid:
+        # A result delivered again is known by its record uid first: in loop mode the same
+        # item may be running again by then.
+        if m.last_record is not None and m.last_record.record_uid == res.record_uid:
+            record = m.last_record
+        elif running is not None and running.item_uid == res.item_uid:
             record_item = msgspec.to_builtins(running)
             record_item.pop("properties", None)
             record = HistoryRecord(record_uid=res.record_uid, item=record_item, result=res.result)
             await self.svc.commit(self._finished_event(running, record))
-        elif m.last_record is not None and m.last_record.record_uid == res.record_uid:
-            record = m.last_record
         else:
             logger.info("result for %s was already recorded", res.item_uid)
             return

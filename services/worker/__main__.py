@@ -12,6 +12,7 @@ from nats.micro import add_service
 import qserver
 import sim_profile
 from qserver.connect import NatsAuth, connect_options, servers
+from qserver.jsutil import patiently
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
 from services.runtime.service_base import (
@@ -21,6 +22,7 @@ from services.runtime.service_base import (
     shutdown,
     wait_for_signal,
 )
+from services.runtime.waiting import wait_for_nats
 from services.worker.service import WorkerConfig, WorkerService
 
 logger = logging.getLogger("services.worker")
@@ -42,6 +44,7 @@ async def main(args: argparse.Namespace) -> int:
     )
     # The environment process, started by this one, connects with the same settings.
     os.environ.update(NatsAuth.from_args(args).environ(), QSERVER_LOG_FORMAT=args.log_format)
+    await wait_for_nats(args.nats_url)
     nc = await nats.connect(
         servers(args.nats_url),
         name="qserver-worker",
@@ -51,7 +54,7 @@ async def main(args: argparse.Namespace) -> int:
         **connect_options(args),
     )
     svc = WorkerService(nc, subjects, config)
-    await svc.start()
+    await patiently("starting the worker service", svc.start)
     micro = await add_service(
         nc, name="qserver-worker", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
