@@ -63,6 +63,7 @@ class Executor:
             svc.subjects,
             confirm=svc.confirm_lead,
             handle=self.on_result,
+            on_term=self.refresh,
             owner=svc.instance,
         )
 
@@ -151,6 +152,18 @@ class Executor:
             "The outcome is not known: the queue "
             "service restarted and the environment is not running the item",
         )
+
+    async def refresh(self) -> None:
+        """Ask the worker and the environment for their state: events missed while away
+        (the environment's "idle" after a result, say) would otherwise wait for a heartbeat."""
+        s = self.svc.subjects
+        try:
+            reply = await self.svc.nc.request(s.worker_cmd("state"), b"", timeout=1.0)
+            await self._apply_worker_state(msgspec.json.decode(reply.data, type=WorkerState))
+            if self.worker.env_exists:
+                await self.on_env_state(await self.svc.nc.request(s.env_cmd("state"), timeout=1.0))
+        except Exception as e:  # their next events or heartbeats tell the same
+            logger.debug("refreshing the worker's and the environment's state: %r", e)
 
     async def on_worker_state(self, msg: Msg) -> None:
         try:

@@ -51,12 +51,14 @@ class ResultFeed:
         *,
         confirm: Callable[[], Awaitable[None]],
         handle: Callable[[Msg], Awaitable[None]],
+        on_term: Callable[[], Awaitable[None]] | None = None,
         owner: str = "",
     ) -> None:
         self.nc = nc
         self.subjects = subjects
         self._confirm = confirm  # raises unless this instance still leads
         self._handle = handle
+        self._on_term = on_term  # catch up with events missed while away, before pulling
         self._owner = owner
         self._psub: Any = None
         self._reconnects = -1
@@ -141,6 +143,8 @@ class ResultFeed:
             config.opt_start_seq or 1,
             f" (replaces {', '.join(c.name for c in olds)})" if olds else "",
         )
+        if self._on_term is not None:
+            await self._on_term()
 
     async def close(self) -> None:
         if self._psub is not None:

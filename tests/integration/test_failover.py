@@ -249,7 +249,7 @@ async def test_a_leader_hung_during_a_run_the_standby_goes_on_within_3_s(
     """The frozen leader may hold a result it pulled; the standby's own results consumer
     gets it again at once (ADR 9), so the next item starts within 3 s (ISSUE 10)."""
     async with deployment(cluster, tmp_path) as (d, client):
-        first = await add(client, counts(8, 0.25))
+        first = await add(client, {"item_type": "plan", "name": "sleep", "args": [2.0]})
         second = await add(client, counts(1, 0))
         assert first and second
         assert (await client.request("queue_start"))["success"]
@@ -257,15 +257,16 @@ async def test_a_leader_hung_during_a_run_the_standby_goes_on_within_3_s(
         leader = d.procs["queue-a"]
         assert leader.proc is not None
         d.held.add("queue-a")
+        # Shortly before the plan ends: the frozen leader's last pull request may take it.
+        await asyncio.sleep(1.7)
         leader.proc.send_signal(signal.SIGSTOP)
         t0 = time.monotonic()
-        st = await answered(client, "status")
+        await answered(client, "status")
         took = time.monotonic() - t0
         took_over = time.time()
         report(
             f"failover, leader hung (SIGSTOP) during a run: the standby answered after {took:.3f} s"
         )
-        assert st["running_item_uid"] == first  # the plan goes on, undisturbed
         hist = await wait_all_ran(client, [first, second])
         assert_each_ran_once(hist, [first, second])
         rec = {h["item_uid"]: h["result"] for h in hist}
