@@ -16,10 +16,15 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.connect import NatsAuth, servers
+from qserver.protocol.api import service_of, unknown_method_reply
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 
 DEFAULT_NATS_URL = "nats://localhost:4222"
 DEFAULT_TIMEOUT = 10.0
+# NATS says at once when nothing is subscribed to a method (the request was delivered to
+# no one, so sending it again is safe): the request is sent again for this long, which
+# rides through a leader failover (~0.6 s) and a quick restart (ADR 13).
+UNAVAILABLE_WAIT = 1.5
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -103,10 +108,12 @@ class Client:
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT,
         denials: Denials | None = None,
+        unavailable_wait: float = UNAVAILABLE_WAIT,
     ) -> None:
         self.nc = nc
         self.subjects = Subjects(prefix)
         self.timeout = timeout
+        self.unavailable_wait = unavailable_wait
         # Set when this client's connection reports permission errors to it (`connect`).
         self.denials = denials
 
@@ -168,20 +175,37 @@ class Client:
         await self.close()
 
     async def request_raw(self, method: str, body: bytes, timeout: float | None = None) -> bytes:
-        """Send one request with a JSON body; return the raw JSON reply."""
+        """Send one request with a JSON body; return the raw JSON reply.
+
+        A method no service subscribes to is answered here: `Unknown method` if the protocol
+        does not know it, NoAnswer ("the queue service is not running") if it does.
+        """
         subject = self.subjects.api(method)
-        try:
-            msg = await self._request_watched(subject, body, timeout or self.timeout)
-        except NoRespondersError:
-            raise NoAnswer(
-                f"No service answers '{method}' (is the queue server running with prefix "
-                f"'{self.subjects.prefix}'?)"
-            ) from None
-        except NatsTimeout:
-            raise NoAnswer(
-                f"No answer to '{method}' within {timeout or self.timeout:g} s"
-            ) from None
-        return msg.data  # type: ignore[no-any-return]
+        timeout = timeout or self.timeout
+        loop = asyncio.get_running_loop()
+        started, pause = loop.time(), 0.05
+        while True:
+            waited = loop.time() - started
+            try:
+                msg = await self._request_watched(subject, body, max(timeout - waited, 0.01))
+                return msg.data  # type: ignore[no-any-return]
+            except NoRespondersError:
+                service = service_of(method)
+                if service is None:
+                    return unknown_method_reply(method)
+                if waited + pause > min(self.unavailable_wait, timeout):
+                    raise NoAnswer(
+                        f"The {service} service is not running: no service answers "
+                        f"'{method}' with prefix '{self.subjects.prefix}'"
+                    ) from None
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 0.25)
+            except NatsTimeout:
+                service = service_of(method)
+                why = f": the {service} service got it but did not answer (hung, overloaded?)"
+                raise NoAnswer(
+                    f"No answer to '{method}' within {timeout:g} s{why if service else ''}"
+                ) from None
 
     async def _request_watched(self, subject: str, body: bytes, timeout: float) -> Any:
         """`nc.request`, ended at once with AccessDenied if the server refuses the subject."""

@@ -84,12 +84,29 @@ class QueueSection(Section):
     emergency_lock_key: Annotated[str | None, _d("unlocks any lock")] = None
 
 
+class WorkerSection(Section):
+    orphan_timeout: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        _d("seconds an idle environment with no worker service waits, then closes itself"),
+    ] = None
+
+
 class HttpSection(Section):
     host: Annotated[str | None, _d("gateway address")] = None
     port: Annotated[Annotated[int, Meta(ge=0, le=65535)] | None, _d("gateway port")] = None
     timeout: Annotated[Annotated[float, Meta(gt=0)] | None, _d("seconds to wait for a service")] = (
         None
     )
+    idle_timeout: Annotated[
+        Annotated[float, Meta(gt=0)] | None, _d("seconds a connection may idle between requests")
+    ] = None
+    request_timeout: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        _d("seconds a client has to send a request or take an answer"),
+    ] = None
+    ws_ping_interval: Annotated[
+        Annotated[float, Meta(gt=0)] | None, _d("seconds between WebSocket pings (and pong wait)")
+    ] = None
     config: Annotated[str | None, _d("API keys, roles, anonymous access (YAML)")] = None
     single_user_api_key: Annotated[str | None, _d("the single-user key")] = None
 
@@ -102,6 +119,7 @@ class Config(Section):
     kafka: KafkaSection = msgspec.field(default_factory=KafkaSection)
     tiled: TiledSection = msgspec.field(default_factory=TiledSection)
     queue: QueueSection = msgspec.field(default_factory=QueueSection)
+    worker: WorkerSection = msgspec.field(default_factory=WorkerSection)
     http: HttpSection = msgspec.field(default_factory=HttpSection)
 
 
@@ -133,9 +151,13 @@ ENV: dict[tuple[str, str], str] = {
     ("queue", "existing_lists"): "QSERVER_EXISTING_LISTS",
     ("queue", "permissions"): "QSERVER_PERMISSIONS",
     ("queue", "emergency_lock_key"): "QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER",
+    ("worker", "orphan_timeout"): "QSERVER_ENV_ORPHAN_TIMEOUT",
     ("http", "host"): "QSERVER_HTTP_HOST",
     ("http", "port"): "QSERVER_HTTP_PORT",
     ("http", "timeout"): "QSERVER_HTTP_TIMEOUT",
+    ("http", "idle_timeout"): "QSERVER_HTTP_IDLE_TIMEOUT",
+    ("http", "request_timeout"): "QSERVER_HTTP_REQUEST_TIMEOUT",
+    ("http", "ws_ping_interval"): "QSERVER_HTTP_WS_PING_INTERVAL",
     ("http", "config"): "QSERVER_HTTP_CONFIG",
     ("http", "single_user_api_key"): "QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY",
 }

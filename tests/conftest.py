@@ -90,10 +90,11 @@ class Services:
             proc.stop()
 
     async def connect(self) -> Client:
-        self.client = await Client.connect(self.nats.url, self.prefix, timeout=5.0)
+        # Generous: the suite must hold on a busy machine (a reply late is not a reply lost).
+        self.client = await Client.connect(self.nats.url, self.prefix, timeout=30.0)
         return self.client
 
-    async def wait_ready(self, timeout: float = 15.0) -> None:
+    async def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until every started service answers its readiness probe."""
         deadline = asyncio.get_running_loop().time() + timeout
         c = await Client.connect(self.nats.url, self.prefix, timeout=1.0)

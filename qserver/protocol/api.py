@@ -342,3 +342,18 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "permissions_set": PermissionsSetRequest,
     "permissions_reload": PermissionsReload,
 }
+
+# The methods the history service answers; the queue service answers all the others.
+HISTORY_METHODS = frozenset({"history_get", "history_clear", "history_runs", "history_run_item"})
+
+
+def service_of(method: str) -> str | None:
+    """Which service answers `method`, "queue" or "history"; None for an unknown method."""
+    if method not in REQUEST_TYPES:
+        return None
+    return "history" if method in HISTORY_METHODS else "queue"
+
+
+def unknown_method_reply(method: str) -> bytes:
+    """The reply to a method no service implements, in the reference's words."""
+    return msgspec.json.encode(Reply(success=False, msg=f"Unknown method '{method}'"))

@@ -34,6 +34,8 @@ class Subjects:
 
     @property
     def api_wildcard(self) -> str:
+        # For permissions and watching only: a service subscribed to it would stand in for
+        # every method, and NATS could no longer say at once that a service is down (ADR 13).
         return f"{self.prefix}.api.>"
 
     # Events, for subscribers.
@@ -113,6 +115,11 @@ class Subjects:
     @property
     def lists_bucket(self) -> str:
         return f"QS_{self._token}_LISTS"
+
+    @property
+    def re_md_bucket(self) -> str:
+        """KV bucket holding the RunEngine's persistent metadata (`RE.md`, scan_id included)."""
+        return f"QS_{self._token}_RE_MD"
 
     @property
     def leader_bucket(self) -> str:

@@ -37,6 +37,9 @@ class StartupConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 class OpenRequest(msgspec.Struct, frozen=True, kw_only=True):
     startup: StartupConfig = StartupConfig()
+    # The uid the new environment gets, chosen by the caller so that it can tell news of this
+    # environment from news of older ones (the worker chooses one when it is not given).
+    env_uid: str | None = None
 
 
 class CmdReply(msgspec.Struct, kw_only=True):
@@ -80,6 +83,10 @@ class WorkerState(msgspec.Struct, frozen=True, kw_only=True):
     # Set while an open failed or after the environment process died, for status and console.
     last_error: str = ""
     last_traceback: str = ""
+    # The environment whose end `last_error` describes (None: no environment ended yet).
+    ended_env_uid: str | None = None
+    # The worker service instance that publishes this (`<host>:<pid>:<random>`).
+    worker: str = ""
 
 
 class RunPlan(msgspec.Struct, frozen=True, kw_only=True):

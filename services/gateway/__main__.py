@@ -18,6 +18,7 @@ from qserver.connect import connect_options
 from services.gateway.app import build_app
 from services.gateway.bridge import Bridge
 from services.gateway.config import AuthOptions, ConfigError, load_authenticator
+from services.gateway.connections import ConnectionLimits, uvicorn_options
 from services.runtime.service_base import run_loop, service_arguments, setup_logging
 
 logger = logging.getLogger("services.gateway")
@@ -72,6 +73,12 @@ async def main(args: argparse.Namespace) -> int:
         return 2
     bridge = Bridge(args.nats_url, args.prefix, args.timeout, connect_options(args))
     app = build_app(bridge, auth)
+    limits = ConnectionLimits(
+        idle_s=args.idle_timeout,
+        request_s=args.request_timeout,
+        stalled_write_s=args.request_timeout,
+        ws_ping_s=args.ws_ping_interval,
+    )
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -81,6 +88,7 @@ async def main(args: argparse.Namespace) -> int:
         access_log=False,
         lifespan="on",
         ws="websockets-sansio",
+        **uvicorn_options(limits),
     )
     logger.info("gateway on http://%s:%d (prefix %s)", args.host, args.port, args.prefix)
     await Server(config).serve()
@@ -128,6 +136,26 @@ def cli() -> None:
         type=float,
         default=float(os.environ.get("QSERVER_HTTP_TIMEOUT", 10.0)),
         help="seconds to wait for a service's reply before answering 503 (default 10)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(os.environ.get("QSERVER_HTTP_IDLE_TIMEOUT", 5.0)),
+        help="seconds a connection may stay open with no request in progress (default 5)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=float(os.environ.get("QSERVER_HTTP_REQUEST_TIMEOUT", 10.0)),
+        help="seconds a client has to send a whole request, from its first byte, and to take "
+        "the next part of an answer (default 10)",
+    )
+    p.add_argument(
+        "--ws-ping-interval",
+        type=float,
+        default=float(os.environ.get("QSERVER_HTTP_WS_PING_INTERVAL", 20.0)),
+        help="seconds between WebSocket pings; a socket that does not answer one within as "
+        "long is closed (default 20)",
     )
     args = p.parse_args()
     setup_logging(args.log_level, args.log_format)

@@ -11,17 +11,24 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request, Response, WebSocket, get, post, websocket
 from litestar.connection import ASGIConnection
+from litestar.exceptions import InternalServerException
 from litestar.handlers import BaseRouteHandler
-from litestar.response import Stream
-from litestar.static_files import create_static_files_router
+from litestar.response import File, Stream
 
-from qserver.errors import QServerError
+from qserver.errors import NotFound, QServerError
 from qserver.protocol.api import MAX_REQUEST_BYTES
 from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, NoParams
+from services.gateway.accesslog import log_refusals
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.bodies import decode_body, request_params
 from services.gateway.bridge import Bridge
-from services.gateway.errors import Forbidden, Unauthorized, Unavailable, http_status
+from services.gateway.errors import (
+    ClientGone,
+    Forbidden,
+    Unauthorized,
+    Unavailable,
+    http_status,
+)
 from services.gateway.metrics import Metrics, metrics_handler
 from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
 from services.gateway.routes import ROUTES, Route
@@ -44,9 +51,24 @@ def on_error(request: Request[Any, Any, Any], exc: QServerError) -> Response[byt
     return json_response({"detail": exc.msg}, http_status(exc))
 
 
+def on_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """A bug: logged with its traceback (Litestar logs none without debug mode), then 500."""
+    logger.error("%s %r failed", request.method, request.url.path, exc_info=exc)
+    detail = f"Internal error in the gateway ({type(exc).__name__}); see its log"
+    return json_response({"detail": detail}, 500)
+
+
+async def body_of(request: Request[Any, Any, Any]) -> bytes:
+    """The request's body; ClientGone (not a 500) if the client leaves before sending it all."""
+    try:
+        return await request.body()
+    except InternalServerException:  # Litestar's way of saying "http.disconnect"
+        raise ClientGone("The client went away before its request was complete") from None
+
+
 async def no_params(request: Request[Any, Any, Any]) -> None:
     """Routes without parameters still refuse a malformed or non-empty body."""
-    decode_body(await request.body(), NoParams, request.url.path)
+    decode_body(await body_of(request), NoParams, request.url.path)
 
 
 class Gateway:
@@ -65,7 +87,7 @@ class Gateway:
 
     async def forward(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
         principal = self.principal(request, route.scope)
-        params = request_params(route, await request.body(), principal)
+        params = request_params(route, await body_of(request), principal)
         if route.method == "manager_kill":
             await self.bridge.publish(route.method, params)  # the service never replies
             return json_response({"success": True, "msg": "manager_kill sent"})
@@ -123,7 +145,7 @@ def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
     @get("/api/console_output", status_code=200)
     async def console_output(request: Request[Any, Any, Any]) -> Response[bytes]:
         gw.principal(request, "read:console")
-        body = decode_body(await request.body(), ConsoleOutput, "/api/console_output")
+        body = decode_body(await body_of(request), ConsoleOutput, "/api/console_output")
         nlines = min(max(body.nlines, 0), 2000)
         return json_response({"success": True, "msg": "", "text": console.text(nlines)})
 
@@ -137,7 +159,7 @@ def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
     async def console_output_update(request: Request[Any, Any, Any]) -> Response[bytes]:
         gw.principal(request, "read:console")
         where = "/api/console_output_update"
-        body = decode_body(await request.body(), ConsoleOutputUpdate, where)
+        body = decode_body(await body_of(request), ConsoleOutputUpdate, where)
         msgs = console.since(body.last_msg_uid)
         reply = {"success": True, "msg": "", "last_msg_uid": console.last_uid}
         return json_response({**reply, "console_output_msgs": msgs})
@@ -214,8 +236,16 @@ def docs_handlers(gw: Gateway) -> list[Any]:
         await no_params(request)
         return json_response({"roles": list(who.roles), "scopes": sorted(who.scopes)})
 
-    assets = create_static_files_router("/docs/assets", directories=[swagger_assets()])
-    return [openapi_json, docs, ui, config_get, whoami, scopes, assets]
+    # A fixed set of files, looked up by name: no path from the client reaches the disk.
+    files = {p.name: p for p in swagger_assets().iterdir() if p.is_file()}
+
+    @get("/docs/assets/{name:str}", status_code=200, include_in_schema=False)
+    async def asset(name: str) -> File:
+        if name not in files:
+            raise NotFound(f"No such file in the docs' assets: {name[:100]!r}")
+        return File(files[name])
+
+    return [openapi_json, docs, ui, config_get, whoami, scopes, asset]
 
 
 def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
@@ -235,10 +265,10 @@ def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
 
     return Litestar(
         route_handlers=handlers,
-        exception_handlers={QServerError: on_error},
+        exception_handlers={QServerError: on_error, 500: on_internal_error},
         on_startup=[startup],
         on_shutdown=[shutdown],
-        middleware=[metrics.middleware],
+        middleware=[metrics.middleware, log_refusals],
         # The service's own logging (text or JSON lines); Litestar's would replace it, and it
         # logs exceptions only in debug mode anyway.
         logging_config=None,

@@ -29,6 +29,9 @@ CONSOLE_BUFFER = 2000  # messages kept for /api/console_output_update, as bluesk
 # that made the change) and at least once a second; a status event younger than this is
 # the current status, and `status` is answered from it without a round trip.
 STATUS_FRESH_S = 1.5
+# Without a fresh event, `status` is asked of the queue service with this bound, which
+# answers it from memory in a millisecond: a hung one is a 503 within 2 s of its last event.
+STATUS_TIMEOUT_S = 0.5
 
 
 @dataclass
@@ -110,6 +113,17 @@ class Bridge:
         await nc.subscribe(client.subjects.status_event, cb=self._on_status)
         self.client = client
         logger.info("gateway connected to NATS at %s (prefix %s)", self.url, self.prefix)
+        await self._prime_status(client)
+
+    async def _prime_status(self, client: Client) -> None:
+        """Ask for the status once at start, so that the first requests need no round trip."""
+        try:
+            reply = await client.request_raw("status", b"{}", timeout=1.0)
+        except Exception as e:  # the queue service is not there yet: events will come
+            logger.info("no status from the queue service yet: %s", e)
+            return
+        if self._status is None:
+            self._status, self._status_at = reply, time.monotonic()
 
     async def _on_status(self, msg: Msg) -> None:
         self._status, self._status_at = msg.data, time.monotonic()
@@ -146,12 +160,14 @@ class Bridge:
     async def request(self, method: str, body: bytes) -> bytes:
         """The raw JSON reply of `<prefix>.api.<method>`, within the timeout, or Unavailable."""
         client = self.connected()
+        timeout = None  # the gateway's --timeout
         if method in ("status", "ping") and body.strip() in (b"", b"{}"):
             pushed = self.current_status()
             if pushed is not None:
                 return pushed
+            timeout = STATUS_TIMEOUT_S
         try:
-            return await client.request_raw(method, body)
+            return await client.request_raw(method, body, timeout)
         except NoAnswer as e:
             raise Unavailable(str(e)) from None
         except NatsError as e:

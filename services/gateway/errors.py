@@ -23,12 +23,19 @@ class Unavailable(QServerError):
     code = "unavailable"
 
 
+class ClientGone(QServerError):
+    """The client left before its request was complete (nobody reads the answer)."""
+
+    code = "client_gone"
+
+
 HTTP_STATUS = {
     "bad_request": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
     "unavailable": 503,
+    "client_gone": 400,
 }
 
 

@@ -100,7 +100,8 @@ class Metrics:
             try:
                 await app(scope, receive, send_and_note)
             finally:
-                route = str(scope.get("path_template") or scope["path"])
+                # Unrouted paths share one label: each odd path would be a series of its own.
+                route = str(scope.get("path_template") or "(no route)")
                 self.observe_request(method, route, status, time.perf_counter() - started)
 
         return timed

@@ -58,7 +58,6 @@ async def main(args: argparse.Namespace) -> int:
     )
     await add_methods(micro, subjects.api, svc.handlers())
     await nc.subscribe(subjects.history_info, cb=svc.on_history_info)
-    await nc.subscribe(subjects.api_wildcard, cb=svc.on_any_api)
     await svc.publish_info()
     logger.info("history service ready on %s (prefix %s)", args.nats_url, args.prefix)
     await wait_for_signal(svc.stop_requested)

@@ -16,12 +16,11 @@ from nats.js import api as jsapi
 from qserver.errors import BadRequest, Locked, NotFound, Refused
 from qserver.jsutil import default_replicas, ensure_stream, read_stream
 from qserver.protocol import api
-from qserver.protocol.api import REQUEST_TYPES
 from qserver.protocol.internal import LockCheck, LockCheckReply
 from qserver.protocol.items import HistoryRecord
 from qserver.protocol.subjects import Subjects
 from services.history.model import History, as_history_item
-from services.runtime.service_base import Handler, encode, failure
+from services.runtime.service_base import Handler, encode
 
 if TYPE_CHECKING:
     from services.history.archiver import SavedRun
@@ -212,9 +211,3 @@ class HistoryService:
 
     async def on_history_info(self, msg: Msg) -> None:
         await msg.respond(encode(self.history.info()))
-
-    async def on_any_api(self, msg: Msg) -> None:
-        """Answer methods that no service implements; known ones are left to their owners."""
-        method = msg.subject.rsplit(".", 1)[-1]
-        if method not in REQUEST_TYPES and msg.reply:
-            await msg.respond(failure(f"Unknown method '{method}'"))

@@ -36,6 +36,9 @@ from services.runtime.service_base import encode
 logger = logging.getLogger(__name__)
 
 WORKER_TIMEOUT_S = 5.0
+# No item starts while the worker service has not been heard for this long (its state events
+# come once a second): an environment without a supervisor only finishes what it runs.
+WORKER_STALE_S = 3.0
 OPEN_WAIT_S = 5.0
 # After a (re)start, results stored before the worker said the environment is gone may still
 # be on their way: they are awaited this long before a running item is called unknown.
@@ -55,7 +58,9 @@ class Executor:
         self.worker = WorkerState()
         self.env: EnvState | None = None
         self.op: str | None = None  # creating_environment, closing_environment, ...
+        self.op_env_uid: str | None = None  # the environment the operation is about
         self._op_done = asyncio.Event()
+        self._worker_seen = -WORKER_STALE_S  # monotonic time of the last worker state
         self.open_error = ""
         self._tasks: list[asyncio.Task[None]] = []
         self.results = ResultFeed(
@@ -75,7 +80,17 @@ class Executor:
 
     @property
     def env_idle(self) -> bool:
-        return self.env_exists and self.env is not None and self.env.env_state == "idle"
+        """Ready for an item: idle, and supervised by a worker service that answers."""
+        return (
+            self.env_exists
+            and self.env is not None
+            and self.env.env_state == "idle"
+            and self.worker_alive
+        )
+
+    @property
+    def worker_alive(self) -> bool:
+        return time.monotonic() - self._worker_seen < WORKER_STALE_S
 
     def manager_state(self) -> str:
         m = self.svc.model
@@ -174,17 +189,27 @@ class Executor:
 
     async def _apply_worker_state(self, state: WorkerState) -> None:
         changed = state != self.worker
-        self.worker = state
+        back = not self.worker_alive
+        self.worker, self._worker_seen = state, time.monotonic()
         # The environment's own events are newer than the worker's copy: take the copy only
         # for an environment not heard from yet (at start-up, or after a new open).
         if state.env is not None and (self.env is None or self.env.env_uid != state.env.env_uid):
             await self._set_env(state.env)
         if not state.env_exists:
             self.env = None
-            if self.op in ("closing_environment", "destroying_environment", "creating_environment"):
+            # Only the end of the environment the operation is about finishes it: a state
+            # sent before the open (a heartbeat, a late reply) says nothing about the new one.
+            if (
+                self.op
+                and state.ended_env_uid is not None
+                and state.ended_env_uid == self.op_env_uid
+            ):
                 if self.op == "creating_environment":
                     self.open_error = state.last_error or "The environment process exited"
                 self._finish_op()
+        elif back:
+            logger.info("the worker service answers again: looking for the next item")
+            self.svc.kick()
         if changed:
             await self.svc.publish_status()
 
@@ -202,7 +227,11 @@ class Executor:
         old, self.env = self.env, env
         if old is not None and old.lists_uid != env.lists_uid and env.lists_uid:
             await self.svc.catalog.reload_lists()
-        if env.env_state == "idle" and self.op == "creating_environment":
+        if (
+            env.env_state == "idle"
+            and self.op == "creating_environment"
+            and env.env_uid == self.op_env_uid
+        ):
             if old is None or old.lists_uid != env.lists_uid:
                 await self.svc.catalog.reload_lists()
             self._finish_op()
@@ -219,8 +248,12 @@ class Executor:
         if old != env:
             await self.svc.publish_status()
 
+    def _begin_op(self, op: str, env_uid: str | None) -> None:
+        self.op, self.op_env_uid = op, env_uid
+        self._op_done.clear()
+
     def _finish_op(self) -> None:
-        self.op = None
+        self.op = self.op_env_uid = None
         self._op_done.set()
 
     # ----- environment -----
@@ -250,10 +283,11 @@ class Executor:
     async def environment_open(self) -> CmdReply:
         if self.env_exists or self.op:
             raise Refused("RE Worker environment already exists.")
-        self.op, self.open_error = "creating_environment", ""
-        self._op_done.clear()
+        env_uid = _uid()
+        self._begin_op("creating_environment", env_uid)
+        self.open_error = ""
         await self.svc.publish_status()
-        reply = await self._worker("open", encode(OpenRequest()))
+        reply = await self._worker("open", encode(OpenRequest(env_uid=env_uid)))
         if not reply.success:
             self._finish_op()
             await self.svc.publish_status()
@@ -275,8 +309,7 @@ class Executor:
         state = self.manager_state()
         if state != "idle":
             raise Refused(f"Manager state is not idle. Current state: {state}")
-        self.op = "closing_environment"
-        self._op_done.clear()
+        self._begin_op("closing_environment", self.worker.env_uid)
         await self.svc.publish_status()
         reply = await self._worker("close")
         if not reply.success:
@@ -288,8 +321,7 @@ class Executor:
     async def environment_destroy(self) -> CmdReply:
         if not self.worker.env_exists:
             raise Refused("RE environment does not exist")
-        self.op = "destroying_environment"
-        self._op_done.clear()
+        self._begin_op("destroying_environment", self.worker.env_uid)
         await self.svc.publish_status()
         reply = await self._worker("destroy")
         if not reply.success:

@@ -12,7 +12,6 @@ from nats.micro import add_service
 import qserver
 import sim_profile
 from qserver.connect import NatsAuth, connect_options, servers
-from qserver.jsutil import patiently
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
 from services.runtime.service_base import (
@@ -23,7 +22,8 @@ from services.runtime.service_base import (
     wait_for_signal,
 )
 from services.runtime.waiting import wait_for_nats
-from services.worker.service import WorkerConfig, WorkerService
+from services.worker.messages import ORPHAN_TIMEOUT_S
+from services.worker.service import LOST, WorkerConfig, WorkerService
 
 logger = logging.getLogger("services.worker")
 
@@ -40,7 +40,14 @@ async def main(args: argparse.Namespace) -> int:
     config = WorkerConfig(
         nats_url=args.nats_url,
         default_startup=startup,
-        env_args=("--log-level", args.log_level, "--device-max-depth", str(args.device_max_depth)),
+        env_args=(
+            "--log-level",
+            args.log_level,
+            "--device-max-depth",
+            str(args.device_max_depth),
+            "--orphan-timeout",
+            str(args.env_orphan_timeout),
+        ),
     )
     # The environment process, started by this one, connects with the same settings.
     os.environ.update(NatsAuth.from_args(args).environ(), QSERVER_LOG_FORMAT=args.log_format)
@@ -54,7 +61,7 @@ async def main(args: argparse.Namespace) -> int:
         **connect_options(args),
     )
     svc = WorkerService(nc, subjects, config)
-    await patiently("starting the worker service", svc.start)
+    await svc.start()
     micro = await add_service(
         nc, name="qserver-worker", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
@@ -63,7 +70,7 @@ async def main(args: argparse.Namespace) -> int:
     await wait_for_signal(svc.stop_requested)
     await shutdown(svc.stop(), micro.stop(), nc.drain(), timeout=KILL_TIMEOUT_S)
     logger.info("worker service stopped")
-    return 0
+    return LOST if svc.lost else 0
 
 
 KILL_TIMEOUT_S = 6.0
@@ -76,6 +83,13 @@ def cli() -> None:
     where.add_argument("--startup-module")
     where.add_argument("--startup-script")
     p.add_argument("--device-max-depth", type=int, default=5)
+    p.add_argument(
+        "--env-orphan-timeout",
+        type=float,
+        default=float(os.environ.get("QSERVER_ENV_ORPHAN_TIMEOUT") or ORPHAN_TIMEOUT_S),
+        help="seconds an idle environment left without a worker service waits to be adopted "
+        f"before it closes itself ($QSERVER_ENV_ORPHAN_TIMEOUT; {ORPHAN_TIMEOUT_S:g})",
+    )
     args = p.parse_args()
     setup_logging(args.log_level, args.log_format)
     raise SystemExit(run_loop(main(args)))

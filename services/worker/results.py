@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from qserver.jsutil import ensure_stream
+from qserver.protocol.items import HistoryResult
 from qserver.protocol.subjects import Subjects
-from qserver.protocol.worker import PlanResult
+from qserver.protocol.worker import EnvState, PlanResult
 from services.runtime.service_base import encode
 
 logger = logging.getLogger(__name__)
@@ -69,3 +72,43 @@ async def last_result(js: JetStreamContext, subjects: Subjects) -> PlanResult | 
         return _decoder.decode(msg.data)
     except msgspec.DecodeError:
         return None
+
+
+async def report_death(
+    js: JetStreamContext,
+    subjects: Subjects,
+    env_uid: str,
+    last: EnvState,
+    why: str,
+    since: float | None = None,
+) -> None:
+    """Write the `failed` result of the item a dead environment ran, unless it did.
+
+    `last` is the environment's last known state; `since` when its item was first seen.
+    """
+    item_uid = last.running_item_uid
+    assert item_uid is not None
+    try:
+        prev = await last_result(js, subjects)
+    except Exception as e:  # a duplicate result is ignored by the queue; a lost one is not
+        logger.warning("could not read the last result: %r", e)
+        prev = None
+    if prev is not None and prev.item_uid == item_uid and prev.env_uid == env_uid:
+        return  # it stored the result, then died before saying it was idle
+    doing = "paused" if last.re_state == "paused" else "running"
+    now = time.time()
+    result = PlanResult(
+        record_uid=str(uuid.uuid4()),
+        item_uid=item_uid,
+        env_uid=env_uid,
+        result=HistoryResult(
+            exit_status="failed",
+            run_uids=[r.uid for r in last.run_list],
+            scan_ids=[r.scan_id for r in last.run_list if r.scan_id is not None],
+            time_start=since or now,
+            time_stop=now,
+            msg=f"{why} while the plan was {doing}",
+        ),
+    )
+    await publish_result(js, subjects, result)
+    logger.warning("item %s failed: %s", item_uid, result.result.msg)

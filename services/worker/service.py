@@ -1,10 +1,12 @@
 """The worker service: opens, closes and kills the environment process, and watches it.
 
-It knows at every moment whether the environment lives (a thread waits for the child's
-exit) and what it runs (the environment's state events). When the environment dies with
-an item running or paused, the worker writes that item's `failed` result, so the queue
-never waits for an outcome that cannot come. A KV record of the environment lets a
-restarted worker do the same for an environment that died with it.
+It knows at every moment whether the environment lives (a thread waits for its child's
+exit; a pidfd for an environment it adopted) and what it runs (the environment's state
+events). When the environment dies with an item running or paused, the worker writes that
+item's `failed` result, so the queue never waits for an outcome that cannot come.
+
+The environment does not die with the worker (ADR 12): a KV record names it, and a
+restarted worker adopts it (`adopt.py`), or settles the item of one that is gone.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import re
 import signal
 import socket
 import time
@@ -23,41 +25,43 @@ from dataclasses import dataclass
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import api as jsapi
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
-from nats.js.kv import KeyValue
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from qserver.jsutil import default_replicas
-from qserver.protocol.items import HistoryResult
+from qserver.jsutil import patiently
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import (
     CmdReply,
     EnvState,
     OpenRequest,
-    PlanResult,
     StartupConfig,
     WorkerState,
 )
 from services.runtime.service_base import encode
-from services.worker.messages import RECORD_KEY, EnvRecord, EnvStatus, worker_bucket
-from services.worker.process import EnvProcess, describe_exit, env_argv, is_env_process
-from services.worker.results import ensure_results_stream, last_result, publish_result
+from services.worker.adopt import Attached, Busy, fail_lost_item, find_env
+from services.worker.messages import EnvRecord, EnvStatus
+from services.worker.pids import new_instance
+from services.worker.process import AdoptedEnv, EnvProcess, describe_exit, env_argv, kill_env
+from services.worker.record import EnvRecords, record_of
+from services.worker.results import ensure_results_stream, report_death
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 ENV_REQUEST_TIMEOUT_S = 5.0
 KILL_WAIT_S = 5.0
+STANDBY_POLL_S = 1.0
 # An environment SIGKILLed from outside within this long of its start, before it ran an
 # item, is started once more (see `_respawn_if_killed_early`).
 RESPAWN_WINDOW_S = 5.0
+# Exit code of a worker whose environment another worker adopted (it was frozen or cut off).
+LOST = 3
 Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
+Env = EnvProcess | AdoptedEnv
 
 _status_decoder = msgspec.json.Decoder(EnvStatus)
 _open_decoder = msgspec.json.Decoder(OpenRequest)
-_record_decoder = msgspec.json.Decoder(EnvRecord)
+_ENV_UID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -70,39 +74,38 @@ class WorkerConfig:
 class WorkerService:
     """Supervises at most one environment process."""
 
-    def __init__(self, nc: NATS, subjects: Subjects, config: WorkerConfig) -> None:
+    def __init__(
+        self, nc: NATS, subjects: Subjects, config: WorkerConfig, instance: str | None = None
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.subjects = subjects
         self.config = config
-        self.proc: EnvProcess | None = None
-        self.state = WorkerState()
+        self.instance = instance or new_instance()
+        self.proc: Env | None = None
+        self.state = WorkerState(worker=self.instance)
         self.item_since: float | None = None  # when the running item was first seen
         self.stop_requested = asyncio.Event()
-        self._kv: KeyValue | None = None
-        self._record: EnvRecord | None = None
+        self.lost = False  # another worker adopted the environment: exit with LOST
+        self._records: EnvRecords | None = None
         self._exited_uid: str | None = None
+        self._replaced: set[str] = set()  # supervisors we took over from (stale events)
         self._tasks: set[asyncio.Task[None]] = set()  # exit handling, awaited at stop
         self._heartbeat_task: asyncio.Task[None] | None = None
+
+    @property
+    def records(self) -> EnvRecords:
+        assert self._records is not None, "start() first"
+        return self._records
 
     # ----- start and stop -----
 
     async def start(self) -> None:
         await ensure_results_stream(self.js, self.subjects)
-        bucket = worker_bucket(self.subjects)
-        try:
-            self._kv = await self.js.key_value(bucket)
-        except BucketNotFoundError:
-            self._kv = await self.js.create_key_value(
-                bucket=bucket,
-                history=1,
-                storage=jsapi.StorageType.FILE,
-                replicas=default_replicas(),
-            )
-        # Say at once that no environment runs here, before a lost one's result is written.
-        await self.publish_state()
-        await self.recover()
+        self._records = await EnvRecords.open(self.js, self.subjects)
+        # Before recovery: an adopted environment's events must not be missed.
         await self.nc.subscribe(self.subjects.env_state, cb=self.on_env_state)
+        await patiently("recovering the environment", self.recover)
         self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
 
     async def add_endpoints(self, micro: Service) -> None:
@@ -126,7 +129,10 @@ class WorkerService:
             await micro.add_endpoint(name=name, subject=self.subjects.worker_cmd(name), handler=cb)
 
     async def stop(self) -> None:
-        """Kill the environment (it would die with this process anyway) and settle its item."""
+        """Kill the environment and settle its item: a stopped worker leaves none behind.
+
+        (A worker that crashes does: a restarted one adopts it.)
+        """
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
         proc = self.proc
@@ -141,27 +147,46 @@ class WorkerService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _worker_state(self, **fields: object) -> WorkerState:
+        return WorkerState(worker=self.instance, **fields)  # type: ignore[arg-type]
+
     # ----- commands -----
 
     async def open(self, data: bytes) -> CmdReply:
         req = _open_decoder.decode(data.strip() or b"{}")
         if self.proc is not None:
             return CmdReply(success=False, msg="RE Worker environment already exists.")
+        env_uid = req.env_uid or str(uuid.uuid4())
+        if not _ENV_UID.fullmatch(env_uid):
+            return CmdReply(success=False, msg=f"Invalid environment uid {env_uid!r}")
         s = req.startup
         given = s.startup_dir or s.startup_module or s.startup_script
         startup = s if given else self.config.default_startup
-        env_uid = str(uuid.uuid4())
+        record = EnvRecord(env_uid=env_uid, pid=0, host=socket.gethostname(), worker=self.instance)
+        if not await self.records.create(record):
+            msg = "RE Worker environment already exists"
+            if (other := await self.records.read()) is not None:
+                msg += f" (environment {other.env_uid}, pid {other.pid} on {other.host})"
+            return CmdReply(success=False, msg=msg)
         argv = env_argv(
-            self.config.nats_url, self.subjects.prefix, env_uid, startup, *self.config.env_args
+            self.config.nats_url,
+            self.subjects.prefix,
+            env_uid,
+            self.instance,
+            startup,
+            *self.config.env_args,
         )
         try:
             proc = EnvProcess.spawn(argv, env_uid, self._on_exit, asyncio.get_running_loop())
         except OSError as e:
+            await self.records.clear()
             return CmdReply(success=False, msg=f"Failed to start the environment process: {e}")
         logger.info("environment %s started (pid %d)", env_uid, proc.pid)
         self.proc, self.item_since, self._exited_uid = proc, None, None
         initial = EnvState(env_uid=env_uid, pid=proc.pid, env_state="initializing")
-        self.state = WorkerState(env_exists=True, env_uid=env_uid, env_pid=proc.pid, env=initial)
+        self.state = self._worker_state(
+            env_exists=True, env_uid=env_uid, env_pid=proc.pid, env=initial
+        )
         await self.publish_state()
         await self._save_record(initial)
         return CmdReply()
@@ -214,6 +239,10 @@ class WorkerService:
                 self._set(last_error=st.msg, last_traceback=st.traceback)
                 await self.publish_state()
             return
+        if st.owner and st.owner != self.instance:
+            if st.owner not in self._replaced:  # else an event sent before we adopted it
+                self._give_up(st.owner)
+            return
         old = self.state.env
         if st.running_item_uid:
             self.proc.ran_item = True
@@ -227,14 +256,29 @@ class WorkerService:
         await self._save_record(st)
         await self.publish_state()
 
+    def _give_up(self, owner: str) -> None:
+        """Another worker adopted our environment (we were frozen or cut off): stop, and leave
+        the environment alone."""
+        assert self.proc is not None
+        logger.error(
+            "environment %s is supervised by worker %s now: this worker stops",
+            self.proc.env_uid,
+            owner,
+        )
+        self.proc = None
+        self.lost = True
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        self.stop_requested.set()
+
     def _set(self, **changes: object) -> None:
         self.state = msgspec.structs.replace(self.state, **changes)
 
-    def _on_exit(self, proc: EnvProcess, returncode: int) -> None:
+    def _on_exit(self, proc: Env, returncode: int | None) -> None:
         proc.returncode = returncode
         self._spawn(self._handle_exit(proc, returncode))
 
-    async def _handle_exit(self, proc: EnvProcess, returncode: int) -> None:
+    async def _handle_exit(self, proc: Env, returncode: int | None) -> None:
         if proc is not self.proc:
             proc.exited.set()
             return
@@ -246,27 +290,40 @@ class WorkerService:
         await asyncio.sleep(0.01)
         last = self.state.env
         opening = last is None or last.env_state in ("initializing", "failed")
-        if self._respawn_if_killed_early(proc, returncode):
+        if isinstance(proc, EnvProcess) and self._respawn_if_killed_early(proc, returncode):
             return
         self.proc, self._exited_uid = None, proc.env_uid
+        # An adopted environment's exit status is unknown: it said it closed, or not.
+        clean = returncode == 0 or (
+            returncode is None and last is not None and last.env_state in ("closing", "closed")
+        )
         error, tb = self.state.last_error, self.state.last_traceback
-        if returncode != 0 and not error and not proc.destroyed:
+        if not clean and not error and not proc.destroyed:
             when = "while opening" if opening else "unexpectedly"
             error = f"The environment process exited {when} ({how})"
         logger.log(
-            logging.INFO if returncode == 0 else logging.WARNING,
+            logging.INFO if clean else logging.WARNING,
             "environment %s ended (%s)",
             proc.env_uid,
             how,
         )
-        self.state = WorkerState(env_exists=False, last_error=error, last_traceback=tb)
+        self.state = self._worker_state(
+            env_exists=False, last_error=error, last_traceback=tb, ended_env_uid=proc.env_uid
+        )
         proc.exited.set()
         await self.publish_state()
         if last is not None and last.running_item_uid:
-            await self._report_death(proc.env_uid, last, f"The environment process died ({how})")
-        await self._clear_record()
+            await report_death(
+                self.js,
+                self.subjects,
+                proc.env_uid,
+                last,
+                f"The environment process died ({how})",
+                self.item_since,
+            )
+        await self.records.clear()
 
-    def _respawn_if_killed_early(self, proc: EnvProcess, returncode: int) -> bool:
+    def _respawn_if_killed_early(self, proc: EnvProcess, returncode: int | None) -> bool:
         """Start the environment once more if SIGKILL from outside ended it before it ran.
 
         Seen rarely under the test suite's load: an environment process killed by SIGKILL
@@ -292,95 +349,69 @@ class WorkerService:
         self._spawn(self.publish_state())
         return True
 
-    async def _report_death(self, env_uid: str, last: EnvState, why: str) -> None:
-        """Write the `failed` result of the item the dead environment ran, unless it did."""
-        item_uid = last.running_item_uid
-        assert item_uid is not None
-        try:
-            prev = await last_result(self.js, self.subjects)
-        except Exception as e:  # a duplicate result is ignored by the queue; a lost one is not
-            logger.warning("could not read the last result: %r", e)
-            prev = None
-        if prev is not None and prev.item_uid == item_uid and prev.env_uid == env_uid:
-            return  # it stored the result, then died before saying it was idle
-        doing = "paused" if last.re_state == "paused" else "running"
-        now = time.time()
-        result = PlanResult(
-            record_uid=str(uuid.uuid4()),
-            item_uid=item_uid,
-            env_uid=env_uid,
-            result=HistoryResult(
-                exit_status="failed",
-                run_uids=[r.uid for r in last.run_list],
-                scan_ids=[r.scan_id for r in last.run_list if r.scan_id is not None],
-                time_start=self.item_since or now,
-                time_stop=now,
-                msg=f"{why} while the plan was {doing}",
-            ),
-        )
-        await publish_result(self.js, self.subjects, result)
-        logger.warning("item %s failed: %s", item_uid, result.result.msg)
-
-    # ----- the record of the environment, for a restarted worker -----
-
     async def _save_record(self, st: EnvState) -> None:
-        record = EnvRecord(
-            env_uid=st.env_uid,
-            pid=st.pid,
-            host=socket.gethostname(),
-            running_item_uid=st.running_item_uid,
-            re_state=st.re_state,
-            run_list=st.run_list,
-            time_start=self.item_since or 0.0,
-        )
-        if record == self._record or self._kv is None:
-            return
-        self._record = record
-        try:
-            await self._kv.put(RECORD_KEY, encode(record))
-        except Exception as e:
-            logger.warning("environment record not saved: %r", e)
+        await self.records.save(record_of(st, self.instance, self.item_since))
 
-    async def _clear_record(self) -> None:
-        self._record = None
-        if self._kv is not None:
-            try:
-                await self._kv.delete(RECORD_KEY)
-            except Exception as e:
-                logger.warning("environment record not cleared: %r", e)
+    # ----- after a restart -----
 
     async def recover(self) -> None:
-        """Settle the environment of a previous run of this service, if one was recorded."""
-        assert self._kv is not None
-        try:
-            entry = await self._kv.get(RECORD_KEY)
-        except KeyNotFoundError:
-            return
-        try:
-            rec = _record_decoder.decode(entry.value or b"")
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            await self._clear_record()
-            return
-        if rec.host == socket.gethostname() and is_env_process(rec.pid, rec.env_uid):
-            # It outlived its worker (no PDEATHSIG on this platform?): it is unsupervised.
-            logger.warning("killing the orphaned environment %s (pid %d)", rec.env_uid, rec.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signal.SIGKILL)
-            deadline = time.monotonic() + KILL_WAIT_S
-            while is_env_process(rec.pid, rec.env_uid) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-        if rec.running_item_uid:
-            last = EnvState(
-                env_uid=rec.env_uid,
-                pid=rec.pid,
-                env_state="executing_plan",
-                re_state=rec.re_state,
-                running_item_uid=rec.running_item_uid,
-                run_list=rec.run_list,
+        """Adopt the environment of a previous run of this service, or settle its item.
+
+        While a living worker supervises it (two workers started), or it runs on another
+        host, wait: this worker starts serving when the environment is ours or gone.
+        """
+        waiting = False
+        while (rec := await self.records.read()) is not None:
+            found = await find_env(self.nc, self.subjects, rec, self.instance)
+            if isinstance(found, Attached):
+                if await self._adopt(rec, found):
+                    return
+                continue  # it ended just now: the record says what to settle
+            if isinstance(found, Busy):
+                if not waiting:
+                    logger.warning("standby: %s; waiting until it is ours or gone", found.why)
+                    waiting = True
+                await asyncio.sleep(STANDBY_POLL_S)
+                continue
+            await self._settle_lost(rec, found.alive)
+            break
+        await self.publish_state()
+
+    async def _adopt(self, rec: EnvRecord, found: Attached) -> bool:
+        st = found.state
+        proc = AdoptedEnv.watch(st.env_uid, st.pid, self._on_exit, asyncio.get_running_loop())
+        if proc is None:
+            logger.warning("environment %s ended while it was being adopted", st.env_uid)
+            return False
+        if found.previous and found.previous != self.instance:
+            self._replaced.add(found.previous)
+        same_item = st.running_item_uid is not None and st.running_item_uid == rec.running_item_uid
+        self.item_since = (rec.time_start or None) if same_item else None
+        if st.running_item_uid and self.item_since is None:
+            self.item_since = time.time()
+        self.proc = proc
+        self.state = self._worker_state(env_exists=True, env_uid=st.env_uid, env_pid=st.pid, env=st)
+        await self._save_record(st)
+        await self.publish_state()
+        logger.warning(
+            "adopted environment %s (pid %d, %s)%s",
+            st.env_uid,
+            st.pid,
+            st.env_state,
+            f", running item {st.running_item_uid}" if st.running_item_uid else "",
+        )
+        return True
+
+    async def _settle_lost(self, rec: EnvRecord, alive: bool) -> None:
+        """The recorded environment is gone (or hung here: killed); fail the item it ran."""
+        if alive:
+            logger.warning(
+                "killing environment %s (pid %d): it does not answer", rec.env_uid, rec.pid
             )
-            self.item_since = rec.time_start or None
-            await self._report_death(
-                rec.env_uid, last, "The environment process was lost with the worker service"
-            )
-            self.item_since = None
-        await self._clear_record()
+            await kill_env(rec.pid, rec.env_uid, KILL_WAIT_S)
+        # Said at once, before the lost one's result is written.
+        self._exited_uid = rec.env_uid
+        self.state = self._worker_state(ended_env_uid=rec.env_uid)
+        await self.publish_state()
+        await fail_lost_item(self.js, self.subjects, rec)
+        await self.records.clear()

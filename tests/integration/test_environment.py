@@ -6,9 +6,11 @@ import asyncio
 import sys
 from pathlib import Path
 
+import msgspec
 from nats.aio.msg import Msg
 
 from qserver.client import Client
+from qserver.protocol.worker import WorkerState
 from services.stack.natsserver import NatsServer
 from tests.conftest import USER, Services, running_services
 from tests.integration.test_execution import add, idle, open_env, quick, until
@@ -138,3 +140,24 @@ async def test_an_environment_killed_from_outside_while_starting_is_started_once
     assert st["re_state"] == "idle"
     assert [p.pid for p in worker.children()] != [first]
     assert "starting it once more" in (services.log_dir / "worker.log").read_text()
+
+
+async def test_a_no_environment_state_sent_before_the_open_does_not_fail_it(
+    services: Services, client: Client
+) -> None:
+    """Issue 10, point 10: the first open after a stack restart once failed at once ("The
+    environment process exited") while the environment came up 5 s later. The worker says
+    "no environment" once a second until it starts one; such a state sent before the open
+    (a heartbeat, or the reply to the queue's start-up question) reached the queue service
+    while it was opening, and was taken for the new environment's exit. It is replayed here
+    at that moment: only the end of the environment being opened may fail the open."""
+    reply = await client.nc.request(client.subjects.worker_cmd("state"), b"", timeout=10)
+    stale = msgspec.json.decode(reply.data, type=WorkerState)
+    assert not stale.env_exists
+    opening = asyncio.create_task(client.request("environment_open", timeout=30))
+    await until(client, lambda st: st["manager_state"] == "creating_environment")
+    await client.nc.publish(client.subjects.worker_state, msgspec.json.encode(stale))
+    r = await opening
+    assert r == {"success": True, "msg": ""}, r
+    st = await until(client, lambda st: st["worker_environment_exists"] and idle(st))
+    assert st["re_state"] == "idle"

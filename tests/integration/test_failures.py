@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
-from typing import Any
 
 import psutil
 
@@ -117,17 +117,56 @@ async def test_environment_killed_mid_plan_records_a_failure_and_keeps_the_queue
     await open_env(client)
 
 
-async def test_worker_service_killed_mid_plan_never_leaves_a_plan_running(
+async def test_worker_service_killed_mid_plan_is_replaced_and_the_plan_completes_once(
     services: Services, client: Client
 ) -> None:
+    """Issue 10, point 11: the restarted worker adopts the environment; the plan goes on."""
     await open_env(client)
-    await add(client, quick(num=20, delay=0.25))
+    pid = env_pid(services)
+    first = await add(client, quick(num=40, delay=0.25))
+    second = await add(client, quick(num=1))
     await client.request("queue_start")
     await until(client, lambda st: st["re_state"] == "running")
     services.kill("worker")
     services.start("worker")
-    await services.wait_ready()
-    st = await until(client, lambda st: st["items_in_history"] == 1 and idle(st), timeout=30)
-    assert st["running_item_uid"] is None and not st["worker_environment_exists"]
-    result: dict[str, Any] = (await history(client))[0]["result"]
-    assert result["exit_status"] == "failed" and result["msg"]
+    await services.wait_ready(timeout=30)
+    st = await client.request("status")
+    assert st["running_item_uid"] == first["item_uid"] and st["re_state"] == "running", st
+    st = await until(client, lambda st: st["items_in_history"] == 2 and idle(st), timeout=60)
+    assert st["worker_environment_exists"] and st["items_in_queue"] == 0
+    items = await history(client)
+    assert [(it["item_uid"], it["result"]["exit_status"]) for it in items] == [
+        (first["item_uid"], "completed"),
+        (second["item_uid"], "completed"),
+    ]
+    assert len(items[0]["result"]["run_uids"]) == 1  # run once, not again
+    worker = await client.nc.request(client.subjects.worker_cmd("state"), b"", timeout=10)
+    assert json.loads(worker.data)["env_pid"] == pid
+
+
+async def test_a_plan_that_ends_while_no_worker_runs_is_recorded_and_the_queue_waits_for_one(
+    services: Services, client: Client
+) -> None:
+    """The environment stores the outcome itself; the next item starts with a worker only."""
+    await open_env(client)
+    first = await add(client, quick(num=24, delay=0.25))
+    second = await add(client, quick(num=1))
+    await client.request("queue_start")
+    await until(client, lambda st: st["re_state"] == "running")
+    services.kill("worker")
+    await until(client, lambda st: st["items_in_history"] == 1, timeout=60)
+    items = await history(client)
+    assert (items[0]["item_uid"], items[0]["result"]["exit_status"]) == (
+        first["item_uid"],
+        "completed",
+    )
+    restarted = time.time()
+    services.start("worker")
+    await services.wait_ready(timeout=30)
+    await until(client, lambda st: st["items_in_history"] == 2 and idle(st), timeout=60)
+    items = await history(client)
+    assert (items[1]["item_uid"], items[1]["result"]["exit_status"]) == (
+        second["item_uid"],
+        "completed",
+    )
+    assert items[1]["result"]["time_start"] > restarted

@@ -171,7 +171,7 @@ async def test_stack_serves_and_restarts_a_killed_service(stacks: Stacks) -> Non
     assert set(info["services"]) == set(SERVICES)
     assert info["pid"] == stack.pid
     assert read_stack_info(stacks.data_dir) == info
-    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         assert (await client.request("status"))["manager_state"] == "idle"
         assert (await client.request("history_get", {"limit": 0}))["success"]
         uid = await add_item(client)
@@ -187,10 +187,36 @@ async def test_stack_serves_and_restarts_a_killed_service(stacks: Stacks) -> Non
     assert "queue service was killed by SIGKILL: restarted (restart 1" in stack.output()
 
 
+async def test_stack_restarts_a_killed_worker_and_the_running_plan_goes_on(
+    stacks: Stacks,
+) -> None:
+    stack = stacks.start("--no-kafka")
+    info = await stack.wait_info()
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+        assert (await client.request("environment_open", timeout=30))["success"]
+        await client.wait_for(
+            lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", 30
+        )
+        long = plan("count", ["det1"], num=30, delay=0.2)
+        for item in (long, plan("count", ["det1"])):
+            assert (await client.request("queue_item_add", {"item": item, **USER}))["success"]
+        assert (await client.request("queue_start"))["success"]
+        await client.wait_for(lambda st: st["re_state"] == "running", 30)
+        os.kill(info["services"]["worker"], signal.SIGKILL)
+        st = await client.wait_for(
+            lambda st: st["items_in_history"] == 2 and st["manager_state"] == "idle", 90
+        )
+        assert st["worker_environment_exists"]
+        items = (await client.request("history_get"))["items"]
+        assert [it["result"]["exit_status"] for it in items] == ["completed", "completed"]
+    assert "worker service was killed by SIGKILL: restarted" in stack.output()
+    assert "adopted environment" in (stacks.data_dir / "logs" / "worker.log").read_text()
+
+
 async def test_stack_restarts_a_killed_nats_server_on_the_same_store(stacks: Stacks) -> None:
     stack = stacks.start()
     info = await stack.wait_info()
-    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         uid = await add_item(client)
     old_pid = info["nats_pid"]
     os.kill(old_pid, signal.SIGKILL)
@@ -200,7 +226,7 @@ async def test_stack_restarts_a_killed_nats_server_on_the_same_store(stacks: Sta
     async with asyncio.timeout(10):
         while True:  # the restarted server may not listen yet when the pid changes
             with contextlib.suppress(NoAnswer):
-                client = await Client.connect(info["nats_url"], info["prefix"], timeout=5.0)
+                client = await Client.connect(info["nats_url"], info["prefix"], timeout=30.0)
                 break
             await asyncio.sleep(0.05)
     async with client:
@@ -211,7 +237,7 @@ async def test_stack_restarts_a_killed_nats_server_on_the_same_store(stacks: Sta
 async def test_sigterm_stops_everything_and_a_new_stack_keeps_the_queue(stacks: Stacks) -> None:
     stack = stacks.start()
     info = await stack.wait_info()
-    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         uid = await add_item(client)
     children = [p.pid for p in stack.descendants()]
     assert len(children) == len(SERVICES) + 2  # and nats-server and the Kafka broker
@@ -226,7 +252,7 @@ async def test_sigterm_stops_everything_and_a_new_stack_keeps_the_queue(stacks: 
 
     again = stacks.start()
     info = await again.wait_info()
-    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         assert await queue_uids(client) == [uid]
     again.proc.send_signal(signal.SIGINT)
     assert await again.wait_exit(10) == 0, again.output()
@@ -247,7 +273,7 @@ async def test_manager_stop_stops_the_whole_stack(stacks: Stacks) -> None:
     stack = stacks.start()
     info = await stack.wait_info()
     children = [p.pid for p in stack.descendants()]
-    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         assert (await client.request("manager_stop"))["success"]
     assert await stack.wait_exit(10) == 0, stack.output()
     assert all_gone(children)
@@ -293,8 +319,13 @@ async def test_a_busy_nats_port_fails_fast_and_names_the_port(stacks: Stacks) ->
 
 async def test_killing_the_stack_takes_its_children_along(stacks: Stacks) -> None:
     stack = stacks.start()
-    await stack.wait_info()
+    info = await stack.wait_info()
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+        # The environment too: it outlives a crashed worker, not a lost NATS with it (ADR 12).
+        assert (await client.request("environment_open", timeout=30))["success"]
+        await client.wait_for(lambda st: st["worker_environment_exists"], timeout=30)
     children = [p.pid for p in stack.descendants()]
+    assert len(children) > len(SERVICES) + 1  # nats-server, the services, the environment
     stack.proc.kill()
     stack.proc.wait()
     async with asyncio.timeout(10):

@@ -44,10 +44,13 @@ T = 10.0  # the bound of every wait
 class Worker:
     """A worker service process and a client that watches what it and its environment say."""
 
-    def __init__(self, nats_server: NatsServer, log: Path, prefix: str | None = None) -> None:
+    def __init__(
+        self, nats_server: NatsServer, log: Path, prefix: str | None = None, *extra: str
+    ) -> None:
         self.url = nats_server.url
         self.subjects = Subjects(prefix or unique_prefix())
         self.log = log
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.nc: NATS | None = None
         self.worker = WorkerState()
@@ -59,7 +62,9 @@ class Worker:
         argv = [sys.executable, "-m", "services.worker", "--nats-url", self.url]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [*argv, "--prefix", self.subjects.prefix], stdout=out, stderr=subprocess.STDOUT
+                [*argv, "--prefix", self.subjects.prefix, *self.extra],
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
 
     async def connect(self) -> None:
@@ -381,34 +386,6 @@ async def test_failing_startup_code_reports_its_traceback(
         state = await w.worker_cmd("state")
         assert state["env_exists"] is False
         await w.open()  # the worker is still usable
-
-
-async def test_restarted_worker_fails_the_item_of_its_lost_environment(
-    nats_server: NatsServer, tmp_path: Path
-) -> None:
-    async with running_worker(nats_server, tmp_path / "worker1.log") as w:
-        await w.open()
-        uid = await w.run("long_count", ["det1"], num=100, delay=0.1)
-        await w.running(uid)
-        await w.until(lambda: w.worker.env is not None and w.worker.env.run_list != [], "runs")
-        env_pid = w.worker.env_pid
-        assert w.proc is not None and env_pid is not None
-        w.proc.kill()  # SIGKILL: the worker cannot clean up; the kernel kills its child
-        w.proc.wait()
-        deadline = time.monotonic() + 5
-        while _alive(env_pid) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert not _alive(env_pid)
-        w2 = Worker(nats_server, tmp_path / "worker2.log", prefix=w.subjects.prefix)
-        w2.start()
-        try:
-            await w2.connect()
-            res = await anext(w2.results())
-            assert (res.item_uid, res.result.exit_status) == (uid, "failed")
-            assert "lost with the worker service" in res.result.msg
-            assert len(res.result.run_uids) == 1
-        finally:
-            await w2.stop()
 
 
 def _alive(pid: int) -> bool:

@@ -1,7 +1,9 @@
 """The environment process: `python -m services.worker.env --nats-url URL --prefix P
---env-uid UID (--startup-dir DIR | --startup-module MOD | --startup-script FILE)`.
+--env-uid UID --worker-id ID (--startup-dir DIR | --startup-module MOD | --startup-script FILE)`.
 
-Exit codes: 0 after `close`, 1 if NATS cannot be reached, 2 if the startup code failed.
+Exit codes: 0 after `close` (or after closing itself with no worker service to supervise
+it), 1 if NATS cannot be reached, 2 if the startup code failed, 3 if it gave up a plan it
+could not report (no worker service and no NATS: see `supervision.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from services.worker.env.commands import EnvCommands
 from services.worker.env.console import capture_console
 from services.worker.env.engine import Environment
 from services.worker.env.link import NatsLink
+from services.worker.env.supervision import Supervision
+from services.worker.messages import ORPHAN_TIMEOUT_S
 
 logger = logging.getLogger("services.worker.env")
 
@@ -49,6 +53,8 @@ def main(args: argparse.Namespace) -> int:
     commands = EnvCommands(env)
     capture_console(commands.sink)
     link.call(commands.start(), timeout=10.0)
+    supervision = Supervision(env, args.worker_id, args.orphan_timeout)
+    link.call(supervision.start(), timeout=10.0)
     code = 2
     if env.open():
         logger.info("environment %s is ready (pid %d)", args.env_uid, os.getpid())
@@ -70,6 +76,13 @@ def cli() -> None:
     p.add_argument("--nats-url", required=True)
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
     p.add_argument("--env-uid", required=True)
+    p.add_argument("--worker-id", default="", help="the worker service instance that starts it")
+    p.add_argument(
+        "--orphan-timeout",
+        type=float,
+        default=float(os.environ.get("QSERVER_ENV_ORPHAN_TIMEOUT") or ORPHAN_TIMEOUT_S),
+        help="seconds it stays idle with no worker service before it closes itself",
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--startup-dir")
     where.add_argument("--startup-module")

@@ -199,15 +199,9 @@ class EnvCommands:
     async def close(self, data: bytes) -> CmdReply:
         env = self.env
         await self._settle()
-        re_state = env.re_state()
-        with env.lock:
-            if env.env_state != "idle" or env.running is not None or re_state != "idle":
-                return CmdReply(
-                    success=False,
-                    msg=f"Environment is not idle: environment state is '{env.env_state}', "
-                    f"RE state is '{re_state}'",
-                )
-            env.env_state = "closing"
+        refused = env.begin_close()
+        if refused is not None:
+            return CmdReply(success=False, msg=refused)
         env.notify()
         env.request_close()
         return CmdReply()

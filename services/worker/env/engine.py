@@ -30,7 +30,7 @@ from qserver.protocol.items import ExitStatus, HistoryResult
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import EnvStateName, ExistingLists, PlanResult, StartupConfig
 from services.runtime.service_base import encode
-from services.worker.env import live_docs
+from services.worker.env import live_docs, metadata
 from services.worker.env.kafka import KafkaPublisher
 from services.worker.env.link import NatsLink
 from services.worker.env.runs import RunTracker
@@ -104,6 +104,7 @@ class Environment:
         self.lists: ExistingLists | None = None
         self.error_msg = ""
         self.error_traceback = ""
+        self.owner = ""  # the worker service instance that supervises this environment
         self.ns: dict[str, Any] = {}
         self.RE: Any = None
         self.runs = RunTracker(self.notify)
@@ -133,6 +134,7 @@ class Environment:
                 kafka_failed=self.kafka.failed if self.kafka else 0,
                 msg=self.error_msg,
                 traceback=self.error_traceback,
+                owner=self.owner,
             )
 
     def notify(self) -> None:
@@ -166,6 +168,7 @@ class Environment:
         try:
             ns = load_startup(self.startup)
             run_engine = find_run_engine(ns)
+            self._persist_metadata(run_engine)
             self._attach(run_engine)
             self.ns, self.RE = ns, run_engine
             self.store_lists()
@@ -184,6 +187,12 @@ class Environment:
             self.env_state = "idle"
         self.notify()
         return True
+
+    def _persist_metadata(self, run_engine: Any) -> None:
+        try:
+            metadata.persist(run_engine, self.link, self.subjects.re_md_bucket)
+        except Exception as e:
+            raise StartupError(f"RE.md could not be read from the state store: {e}") from e
 
     def _attach(self, run_engine: Any) -> None:
         previous = run_engine.state_hook
@@ -347,6 +356,29 @@ class Environment:
         await self.publish_state()
 
     # ----- closing -----
+
+    def idle(self) -> bool:
+        """Nothing runs, nothing is paused, no result waits to be stored."""
+        re_state = self.re_state()  # not under our lock: see `_on_re_state`
+        with self.lock:
+            return (
+                self.env_state == "idle"
+                and self.running is None
+                and not self.result_pending
+                and re_state == "idle"
+            )
+
+    def begin_close(self) -> str | None:
+        """Mark the environment `closing` if it is idle; else why it is not (and no change)."""
+        re_state = self.re_state()
+        with self.lock:
+            if self.env_state != "idle" or self.running is not None or re_state != "idle":
+                return (
+                    f"Environment is not idle: environment state is '{self.env_state}', "
+                    f"RE state is '{re_state}'"
+                )
+            self.env_state = "closing"
+        return None
 
     def closed(self) -> None:
         with self.lock:

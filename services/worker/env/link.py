@@ -70,6 +70,9 @@ class NatsLink:
         )
         self._js = self._nc.jetstream()
 
+    def on_loop_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the NATS loop from another thread and wait for its result."""
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
