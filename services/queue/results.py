@@ -70,11 +70,13 @@ class ResultFeed:
         s = self.subjects
         await ensure_stream(js, s.results_stream, [s.results], duplicate_window=DUPLICATE_WINDOW_S)
         delay = 0.1
+        fresh_term_needed = True
         while True:
             try:
-                if self._psub is None or self.nc.stats["reconnects"] != self._reconnects:
+                if fresh_term_needed or self.nc.stats["reconnects"] != self._reconnects:
                     self._reconnects = self.nc.stats["reconnects"]
                     await self._new_term(js)
+                    fresh_term_needed, delay = False, 0.1
                 sent = time.monotonic()
                 try:
                     msgs = await self._psub.fetch(1, timeout=FETCH_S)
@@ -86,11 +88,10 @@ class ResultFeed:
             except Exception as e:  # NATS away, a leader election, our consumer deleted
                 log = logger.info if transient(e) and delay < RETRY_MAX_S else logger.warning
                 log("pulling plan results: %r; starting again", e)
-                self._psub = None
+                fresh_term_needed = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
-            delay = 0.1
             for msg in msgs:
                 await self._handle(msg)
 
