@@ -18,6 +18,7 @@ from nats.micro import add_service
 import qserver
 from qserver.connect import connect_options, servers
 from qserver.documents import add_kafka_arguments
+from qserver.jsutil import patiently
 from qserver.protocol.subjects import Subjects
 from services.history.archiver import Archiver, KafkaSettings
 from services.history.service import HistoryService
@@ -31,12 +32,14 @@ from services.runtime.service_base import (
     shutdown,
     wait_for_signal,
 )
+from services.runtime.waiting import wait_for_nats
 
 logger = logging.getLogger("services.history")
 
 
 async def main(args: argparse.Namespace) -> int:
     subjects = Subjects(args.prefix)
+    await wait_for_nats(args.nats_url)
     nc = await nats.connect(
         servers(args.nats_url),
         max_reconnect_attempts=-1,
@@ -49,7 +52,7 @@ async def main(args: argparse.Namespace) -> int:
     svc = HistoryService(
         nc, nc.jetstream(), subjects, catalog=TiledCatalog(tiled) if tiled else None
     )
-    await svc.load()
+    await patiently("loading the history", svc.load)
     archiver = make_archiver(args, subjects, tiled, svc)
     archiving = asyncio.create_task(archiver.run()) if archiver else None
     micro = await add_service(

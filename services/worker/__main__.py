@@ -22,6 +22,7 @@ from services.runtime.service_base import (
     shutdown,
     wait_for_signal,
 )
+from services.runtime.waiting import wait_for_nats
 from services.worker.messages import ORPHAN_TIMEOUT_S
 from services.worker.service import LOST, WorkerConfig, WorkerService
 
@@ -51,6 +52,7 @@ async def main(args: argparse.Namespace) -> int:
     )
     # The environment process, started by this one, connects with the same settings.
     os.environ.update(NatsAuth.from_args(args).environ(), QSERVER_LOG_FORMAT=args.log_format)
+    await wait_for_nats(args.nats_url)
     nc = await nats.connect(
         servers(args.nats_url),
         name="qserver-worker",

@@ -32,8 +32,13 @@ async def ensure_results_stream(js: JetStreamContext, subjects: Subjects) -> Non
     )
 
 
+# A publish lost with a dying connection is only noticed when its ack times out: kept short,
+# since the queue waits for this result to go on (ADR 9).
+PUBLISH_TIMEOUT_S = 2.0
+
+
 async def publish_result(
-    js: JetStreamContext, subjects: Subjects, result: PlanResult, retry_every: float = 1.0
+    js: JetStreamContext, subjects: Subjects, result: PlanResult, retry_every: float = 0.5
 ) -> None:
     """Publish and wait for the ack, retrying until it is stored: an outcome is never dropped.
 
@@ -53,7 +58,11 @@ async def publish_result(
     while True:
         try:
             await js.publish(
-                subjects.results, data, stream=subjects.results_stream, headers=headers, timeout=5.0
+                subjects.results,
+                data,
+                stream=subjects.results_stream,
+                headers=headers,
+                timeout=PUBLISH_TIMEOUT_S,
             )
             return
         except Exception as e:

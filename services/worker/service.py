@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from qserver.jsutil import patiently
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import (
     CmdReply,
@@ -100,7 +101,7 @@ class WorkerService:
         self._records = await EnvRecords.open(self.js, self.subjects)
         # Before recovery: an adopted environment's events must not be missed.
         await self.nc.subscribe(self.subjects.env_state, cb=self.on_env_state)
-        await self.recover()
+        await patiently("recovering the environment", self.recover)
         self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
 
     async def add_endpoints(self, micro: Service) -> None:
