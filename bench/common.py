@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -15,8 +16,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from qserver.client import Client, NoAnswer
+from qserver.localstack import DATA_DIR_ENV
 from services.runtime.procs import CORE_SERVICES, ServiceProcess
 from services.stack.natsserver import NatsServer, free_port
 
@@ -77,7 +80,9 @@ def embedded_stack(*args: str, timeout: float = 90.0) -> Iterator[dict[str, Any]
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the stack did not start (see {tmp}/logs)")
                 time.sleep(0.05)
-            yield json.loads(stack_json.read_text())
+            # Clients read the stack's NATS key from its data dir (qserver.localstack).
+            with mock.patch.dict(os.environ, {DATA_DIR_ENV: tmp}):
+                yield json.loads(stack_json.read_text())
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)

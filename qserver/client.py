@@ -7,7 +7,7 @@ import contextlib
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -16,7 +16,9 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.connect import NatsAuth, servers
+from qserver.localstack import is_stack_nats, running_stack, stack_credentials
 from qserver.protocol.api import service_of, unknown_method_reply
+from qserver.protocol.reply_parts import PART_HEADER, PARTS_HEADER, SIZE_HEADER, TOKEN_HEADER
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 
 DEFAULT_NATS_URL = "nats://localhost:4222"
@@ -25,6 +27,9 @@ DEFAULT_TIMEOUT = 10.0
 # no one, so sending it again is safe): the request is sent again for this long, which
 # rides through a leader failover (~0.6 s) and a quick restart (ADR 13).
 UNAVAILABLE_WAIT = 1.5
+# Part requests of one large reply in flight at once: enough to hide the round trips,
+# few enough that the client never holds more than a few messages it has not read.
+PARTS_IN_FLIGHT = 4
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -36,6 +41,14 @@ class ClientError(Exception):
 
 class NoAnswer(ClientError):
     """The request got no reply: the server or the service for the method is not there."""
+
+
+class EmptyReply(NoAnswer):
+    """The service answered with no body: it failed before it could reply."""
+
+
+class IncompleteReply(NoAnswer):
+    """A large reply could not be fetched whole (a part was refused, lost or malformed)."""
 
 
 class AccessDenied(ClientError):
@@ -53,15 +66,16 @@ class Denials:
     this, the request would only time out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inbox_prefix: str = "_INBOX") -> None:
         self._waiting: dict[str, set[asyncio.Future[str]]] = {}
+        self._own_inboxes = inbox_prefix.lower() + "."
 
     async def on_error(self, e: Exception) -> None:
         m = _DENIED_RE.search(str(e))
         if m is None:
             return
         kind, subject = m.groups()
-        if kind == "subscription" and subject.startswith("_inbox."):
+        if kind == "subscription" and subject.startswith(self._own_inboxes):
             # No replies can reach this user at all: every waiting request is lost.
             waiters = [f for fs in self._waiting.values() for f in fs]
             reason = f"this NATS user may not subscribe to {subject!r}, so it gets no replies"
@@ -87,16 +101,72 @@ class Denials:
             fut.cancel()
 
 
+async def fetch_parts(
+    method: str, announced: dict[str, str], ask: Callable[[dict[str, str]], Awaitable[Any]]
+) -> bytes:
+    """The whole of an announced large reply, its parts asked for with `ask(headers)`."""
+    try:
+        token, size, parts = (
+            announced[TOKEN_HEADER],
+            int(announced[SIZE_HEADER]),
+            int(announced[PARTS_HEADER]),
+        )
+    except (KeyError, ValueError):
+        raise IncompleteReply(f"The reply to '{method}' announced its parts wrongly") from None
+
+    async def one(index: int) -> bytes:
+        msg = await ask({TOKEN_HEADER: token, PART_HEADER: str(index)})
+        if (msg.headers or {}).get(PART_HEADER) != str(index):
+            try:
+                why = str(_decoder.decode(msg.data).get("msg", ""))
+            except (msgspec.DecodeError, AttributeError):
+                why = f"unexpected reply {msg.data[:100]!r}"
+            raise IncompleteReply(f"Part {index} of the reply to '{method}' failed: {why}")
+        return msg.data  # type: ignore[no-any-return]
+
+    got: list[bytes] = []
+    for start in range(0, parts, PARTS_IN_FLIGHT):
+        batch = range(start, min(start + PARTS_IN_FLIGHT, parts))
+        results = await asyncio.gather(*(one(i) for i in batch), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+            got.append(r)
+    data = b"".join(got)
+    if len(data) != size:
+        raise IncompleteReply(
+            f"The reply to '{method}' came to {len(data):,} bytes instead of {size:,}"
+        )
+    return data
+
+
 def kind_verb(kind: str) -> str:
     return "publish to" if kind == "publish" else "subscribe to"
 
 
 def default_url() -> str:
-    return os.environ.get("QSERVER_NATS_URL", DEFAULT_NATS_URL)
+    """$QSERVER_NATS_URL, else the NATS of the stack running on this machine, else localhost."""
+    return os.environ.get("QSERVER_NATS_URL") or _stack_setting("nats_url", DEFAULT_NATS_URL)
 
 
-def default_prefix() -> str:
-    return os.environ.get("QSERVER_PREFIX", DEFAULT_PREFIX)
+def default_prefix(url: str | None = None) -> str:
+    """$QSERVER_PREFIX, else the prefix of the stack running on this machine (if `url`, when
+    given, is its NATS), else qs.default."""
+    if given := os.environ.get("QSERVER_PREFIX"):
+        return given
+    stack = running_stack()
+    if stack is None or (url is not None and not is_stack_nats(url, stack)):
+        return DEFAULT_PREFIX
+    return _setting(stack, "prefix", DEFAULT_PREFIX)
+
+
+def _stack_setting(key: str, default: str) -> str:
+    return _setting(running_stack() or {}, key, default)
+
+
+def _setting(stack: dict[str, Any], key: str, default: str) -> str:
+    value = stack.get(key)
+    return value if isinstance(value, str) and value else default
 
 
 class Client:
@@ -109,8 +179,10 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         denials: Denials | None = None,
         unavailable_wait: float = UNAVAILABLE_WAIT,
+        auth: NatsAuth | None = None,
     ) -> None:
         self.nc = nc
+        self.auth = auth or NatsAuth()  # how it connected (for messages)
         self.subjects = Subjects(prefix)
         self.timeout = timeout
         self.unavailable_wait = unavailable_wait
@@ -126,12 +198,14 @@ class Client:
         connect_timeout: float = 2.0,
         auth: NatsAuth | None = None,
     ) -> Client:
-        """Connect with the credentials of `auth` (default: the QSERVER_NATS_* variables)."""
+        """Connect with the credentials of `auth` (default: the QSERVER_NATS_* variables);
+        without any, to a local stack's NATS with the stack's client key (`qserver.localstack`).
+        """
         url = url or default_url()
-        auth = auth or NatsAuth.from_env()
+        auth = stack_credentials(url, auth or NatsAuth.from_env())
         # Permission errors go to the requests that wait on them; others are reported once,
         # below, not as tracebacks.
-        denials = Denials()
+        denials = Denials(auth.inbox)
         options: dict[str, Any] = {
             "connect_timeout": connect_timeout,
             "max_reconnect_attempts": 1,
@@ -163,7 +237,7 @@ class Client:
                     "token, nkey or credentials file)"
                 ) from None
             raise NoAnswer(f"Cannot connect to NATS at {url}: {e or type(e).__name__}") from e
-        return cls(nc, prefix or default_prefix(), timeout, denials)
+        return cls(nc, prefix or default_prefix(url), timeout, denials, auth=auth)
 
     async def close(self) -> None:
         await self.nc.close()
@@ -175,10 +249,12 @@ class Client:
         await self.close()
 
     async def request_raw(self, method: str, body: bytes, timeout: float | None = None) -> bytes:
-        """Send one request with a JSON body; return the raw JSON reply.
+        """Send one request with a JSON body; return the raw JSON reply, however large.
 
         A method no service subscribes to is answered here: `Unknown method` if the protocol
-        does not know it, NoAnswer ("the queue service is not running") if it does.
+        does not know it, NoAnswer ("the queue service is not running") if it does. A reply
+        larger than one NATS message arrives announced and is fetched in parts (ADR 8); a
+        part that cannot be had is IncompleteReply or NoAnswer, an empty reply EmptyReply.
         """
         subject = self.subjects.api(method)
         timeout = timeout or self.timeout
@@ -188,7 +264,7 @@ class Client:
             waited = loop.time() - started
             try:
                 msg = await self._request_watched(subject, body, max(timeout - waited, 0.01))
-                return msg.data  # type: ignore[no-any-return]
+                break
             except NoRespondersError:
                 service = service_of(method)
                 if service is None:
@@ -206,14 +282,38 @@ class Client:
                 raise NoAnswer(
                     f"No answer to '{method}' within {timeout:g} s{why if service else ''}"
                 ) from None
+        headers = msg.headers or {}
+        if TOKEN_HEADER in headers:
+            return await fetch_parts(
+                method, headers, lambda h: self._ask_part(method, subject, timeout, h)
+            )
+        if not msg.data:
+            # nats.micro answers a handler that raised with headers and no body.
+            why = headers.get("Nats-Service-Error") or "no reason given"
+            raise EmptyReply(f"The service answered '{method}' with an empty reply ({why})")
+        return msg.data  # type: ignore[no-any-return]
 
-    async def _request_watched(self, subject: str, body: bytes, timeout: float) -> Any:
+    async def _ask_part(
+        self, method: str, subject: str, timeout: float, headers: dict[str, str]
+    ) -> Any:
+        """One part request of a large reply (ADR 8); NoAnswer if its holder is gone."""
+        try:
+            return await self._request_watched(subject, b"", timeout, headers)
+        except (NoRespondersError, NatsTimeout):
+            raise NoAnswer(
+                f"No part {headers.get(PART_HEADER)} of the reply to '{method}' within "
+                f"{timeout:g} s (the service that holds it stopped?)"
+            ) from None
+
+    async def _request_watched(
+        self, subject: str, body: bytes, timeout: float, headers: dict[str, str] | None = None
+    ) -> Any:
         """`nc.request`, ended at once with AccessDenied if the server refuses the subject."""
         if self.denials is None:
-            return await self.nc.request(subject, body, timeout=timeout)
+            return await self.nc.request(subject, body, timeout=timeout, headers=headers)
         with self.denials.watch(subject) as denied:
             req: asyncio.Future[Any] = asyncio.ensure_future(
-                self.nc.request(subject, body, timeout=timeout)
+                self.nc.request(subject, body, timeout=timeout, headers=headers)
             )
             either: set[asyncio.Future[Any]] = {req, denied}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)

@@ -49,6 +49,7 @@ class NatsSection(Section):
     tls_ca: Annotated[str | None, _d("CA certificate file")] = None
     tls_cert: Annotated[str | None, _d("client certificate file")] = None
     tls_key: Annotated[str | None, _d("client key file")] = None
+    inbox_prefix: Annotated[str | None, _d("reply inboxes: _INBOX.<user> by default")] = None
     live_documents: Annotated[bool | None, _d("documents on <prefix>.docs.<name>")] = None
 
 
@@ -136,6 +137,7 @@ ENV: dict[tuple[str, str], str] = {
     ("nats", "tls_ca"): "QSERVER_NATS_TLS_CA",
     ("nats", "tls_cert"): "QSERVER_NATS_TLS_CERT",
     ("nats", "tls_key"): "QSERVER_NATS_TLS_KEY",
+    ("nats", "inbox_prefix"): "QSERVER_NATS_INBOX_PREFIX",
     ("nats", "live_documents"): "QSERVER_NATS_DOCS",
     ("log", "level"): "QSERVER_LOG_LEVEL",
     ("log", "format"): "QSERVER_LOG_FORMAT",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -25,6 +26,7 @@ ENV_VARS = {
     "tls_ca": "QSERVER_NATS_TLS_CA",
     "tls_cert": "QSERVER_NATS_TLS_CERT",
     "tls_key": "QSERVER_NATS_TLS_KEY",
+    "inbox_prefix": "QSERVER_NATS_INBOX_PREFIX",
 }
 FLAG_HELP = {
     "user": "NATS user name (password from $QSERVER_NATS_PASSWORD)",
@@ -33,9 +35,19 @@ FLAG_HELP = {
     "tls_ca": "CA certificate (PEM) to verify the NATS server with",
     "tls_cert": "client certificate (PEM) for NATS TLS (with --nats-tls-key)",
     "tls_key": "private key (PEM) of --nats-tls-cert",
+    "inbox_prefix": "where replies come: _INBOX.<user> (default, with a user name) or _INBOX",
 }
 FILE_FIELDS = ("creds", "nkey", "tls_ca", "tls_cert", "tls_key")
 AUTH_METHODS = ("user", "token", "creds", "nkey")
+# Replies go to `<inbox_prefix>.<unique>`. Each NATS user may read only its own inboxes
+# (`_INBOX.<user>.>`, services.stack.nats_permissions), and services answer only inboxes.
+INBOXES = "_INBOX"
+_TOKEN = re.compile(r"^[^.*>\s]+$")
+
+
+def default_inbox_prefix(user: str | None) -> str:
+    """`_INBOX.<user>` for a user name that is one subject token, else NATS's `_INBOX`."""
+    return f"{INBOXES}.{user}" if user and _TOKEN.match(user) else INBOXES
 
 
 def servers(url: str) -> list[str]:
@@ -59,6 +71,7 @@ class NatsAuth:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    inbox_prefix: str | None = None  # None: `default_inbox_prefix(user)`
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: str | None) -> NatsAuth:
@@ -67,8 +80,9 @@ class NatsAuth:
         values = {name: env.get(var) or None for name, var in ENV_VARS.items()}
         given = {k: v for k, v in overrides.items() if v}
         if given.keys() & set(AUTH_METHODS):
-            # A way to authenticate given as a flag replaces the environment's.
-            values.update(dict.fromkeys(AUTH_METHODS))
+            # A way to authenticate given as a flag replaces the environment's (and the
+            # inbox prefix that went with it).
+            values.update(dict.fromkeys((*AUTH_METHODS, "inbox_prefix")))
             if "user" not in given:
                 values["password"] = None
         values.update(given)
@@ -93,6 +107,15 @@ class NatsAuth:
             return f"nkey seed file {self.nkey}"
         return "no credentials"
 
+    @property
+    def has_credentials(self) -> bool:
+        return any(getattr(self, n) for n in AUTH_METHODS)
+
+    @property
+    def inbox(self) -> str:
+        """The inbox prefix to connect with."""
+        return self.inbox_prefix or default_inbox_prefix(self.user)
+
     def check(self) -> None:
         """Raise NatsConfigError naming the setting if the combination cannot work."""
         chosen = [ENV_VARS[n] for n in AUTH_METHODS if getattr(self, n)]
@@ -103,6 +126,13 @@ class NatsAuth:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise NatsConfigError(
                 f"{ENV_VARS['tls_cert']} and {ENV_VARS['tls_key']} go together: set both or none"
+            )
+        if self.inbox_prefix and not (
+            self.inbox_prefix == INBOXES or self.inbox_prefix.startswith(INBOXES + ".")
+        ):
+            raise NatsConfigError(
+                f"{ENV_VARS['inbox_prefix']} must be {INBOXES} or start with {INBOXES}. "
+                f"(services answer inboxes only), not {self.inbox_prefix!r}"
             )
         for name in FILE_FIELDS:
             path = getattr(self, name)
@@ -139,6 +169,8 @@ class NatsAuth:
             opts["user_credentials"] = self.creds
         if self.nkey:
             opts["nkeys_seed"] = self.nkey
+        if self.inbox != INBOXES:
+            opts["inbox_prefix"] = self.inbox
         tls = self.tls_context()
         if tls is not None:
             opts["tls"] = tls
@@ -156,7 +188,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             f"--nats-{name.replace('_', '-')}",
             dest=f"nats_{name}",
             default=None,
-            metavar="PATH" if name in FILE_FIELDS else "NAME",
+            metavar="PATH"
+            if name in FILE_FIELDS
+            else "PREFIX"
+            if name == "inbox_prefix"
+            else "NAME",
             help=f"{text} (${ENV_VARS[name]})",
         )
 

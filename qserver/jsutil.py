@@ -1,15 +1,86 @@
-"""Small JetStream helpers shared by the services."""
+"""Small JetStream helpers shared by the services, and the patience they start up with."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
+import nats.errors
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NoStreamResponseError, NotFoundError
+from nats.js.kv import KeyValue
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# JetStream API errors that say "not now" rather than "never": the system is unavailable
+# (10008), or a clustered stream cannot be placed yet while peers join (10005, 10023).
+TRANSIENT_ERR_CODES = frozenset({10005, 10008, 10023})
+FIRST_DELAY_S = 0.1
+MAX_DELAY_S = 2.0
+REPORT_EVERY_S = 10.0
+
+
+def transient(e: BaseException) -> bool:
+    """Whether `e` means NATS or JetStream is not there yet (or for now), not a wrong request.
+
+    A timeout or "no responders" is what a JetStream API request gets while nats-server
+    starts, while a cluster elects its meta leader, or while a stream elects its leader.
+    """
+    if isinstance(e, nats.errors.ConnectionClosedError):
+        return False  # this connection is over: waiting cannot help
+    if isinstance(
+        e,
+        asyncio.TimeoutError
+        | nats.errors.TimeoutError
+        | nats.errors.NoRespondersError
+        | nats.errors.ConnectionReconnectingError
+        | nats.errors.StaleConnectionError
+        | NoStreamResponseError
+        | OSError,
+    ):
+        return True
+    if isinstance(e, APIError):
+        return e.code in (408, 503) or e.err_code in TRANSIENT_ERR_CODES
+    return False
+
+
+async def patiently(
+    what: str,
+    op: Callable[[], Awaitable[T]],
+    *,
+    is_transient: Callable[[BaseException], bool] = transient,
+) -> T:
+    """`await op()` until it stops failing for a transient reason, backing off up to 2 s.
+
+    Services start before NATS or JetStream may be ready (a fresh cluster electing its
+    leaders, a node restarting): they wait here, saying so in the log, instead of exiting.
+    `op` must be safe to call again after a failure. Other errors are raised.
+    """
+    delay = FIRST_DELAY_S
+    started = time.monotonic()
+    reported = 0.0
+    while True:
+        try:
+            result = await op()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            now = time.monotonic()
+            if not reported or now - reported >= REPORT_EVERY_S:
+                logger.warning("waiting for JetStream: %s failed (%r); retrying", what, e)
+                reported = now
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY_S)
+            continue
+        if reported:
+            logger.info("%s: done after waiting %.1f s", what, time.monotonic() - started)
+        return result
 
 
 def default_replicas() -> int:
@@ -32,7 +103,10 @@ async def ensure_stream(
     replicas: int | None = None,
     **extra: object,
 ) -> api.StreamInfo:
-    """Create a file-backed stream, or update it to this config if it exists."""
+    """Create a file-backed stream, or update it to this config if it exists.
+
+    Waits (`patiently`) while JetStream is not ready.
+    """
     config = api.StreamConfig(
         name=name,
         subjects=subjects,
@@ -40,11 +114,36 @@ async def ensure_stream(
         num_replicas=replicas or default_replicas(),
         **extra,  # type: ignore[arg-type]
     )
-    try:
-        await js.stream_info(name)
-    except NotFoundError:
-        return await js.add_stream(config)
-    return await js.update_stream(config)
+
+    async def ensure() -> api.StreamInfo:
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            return await js.add_stream(config)
+        return await js.update_stream(config)
+
+    return await patiently(f"creating the stream {name}", ensure)
+
+
+async def ensure_key_value(
+    js: JetStreamContext, bucket: str, *, replicas: int | None = None, history: int = 1
+) -> KeyValue:
+    """Open a file-backed KV bucket, creating it if needed; waits while JetStream is not ready."""
+
+    async def ensure() -> KeyValue:
+        try:
+            return await js.key_value(bucket)
+        except BucketNotFoundError:
+            return await js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=bucket,
+                    history=history,
+                    storage=api.StorageType.FILE,
+                    replicas=replicas or default_replicas(),
+                )
+            )
+
+    return await patiently(f"opening the bucket {bucket}", ensure)
 
 
 async def read_stream(

@@ -68,6 +68,21 @@ def sim_fail(msg: str = "Simulated plan failure"):
     raise RuntimeError(msg)
 
 
+def sim_fail_large(size: int = 2_000_000):
+    """A plan that fails with a report too large for one NATS message: for tests.
+
+    The exception's message, and so the item's `msg` and `traceback`, are `size`
+    characters long (more than 1 MiB by default).
+
+    Parameters
+    ----------
+    size : int
+        the length of the exception's message
+    """
+    yield from bps.null()
+    raise RuntimeError("large failure report " + "x" * max(size - 21, 0))
+
+
 def marked_up_count(
     detectors: Sequence[Readable],
     num: int = 1,

@@ -29,8 +29,14 @@ class QServerGroup(click.Group):
 
 
 @click.group(cls=QServerGroup, context_settings=CONTEXT, invoke_without_command=True, epilog=EPILOG)
-@click.option("-a", "--address", help="NATS URL [env QSERVER_NATS_URL; nats://localhost:4222].")
-@click.option("--prefix", help="Subject prefix [env QSERVER_PREFIX; qs.default].")
+@click.option(
+    "-a",
+    "--address",
+    help="NATS URL [env QSERVER_NATS_URL; the local stack's; nats://localhost:4222].",
+)
+@click.option(
+    "--prefix", help="Subject prefix [env QSERVER_PREFIX; the local stack's; qs.default]."
+)
 @nats_auth_options
 @lock_key_option
 @click.option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -81,7 +82,7 @@ def stack() -> None:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where state and logs live [a per-user data directory].",
+    help="Where state, NATS keys and logs live [$QSERVER_DATA_DIR, else a per-user directory].",
 )
 @click.option("--nats-port", type=int, default=4222, show_default=True)
 @click.option("--http-port", type=int, default=60610, show_default=True)
@@ -102,7 +103,8 @@ def stack() -> None:
 @click.option(
     "--no-auth",
     is_flag=True,
-    help="The HTTP gateway takes no API keys (for a closed machine; loopback only).",
+    help="The HTTP gateway takes no API keys (for a closed machine; loopback only). NATS "
+    "still refuses anonymous clients: its keys are in the data dir, readable by you only.",
 )
 def stack_up(
     data_dir: Path | None,
@@ -118,12 +120,18 @@ def stack_up(
     no_auth: bool,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
-    from qserver.client import default_prefix
+    from qserver.protocol.subjects import DEFAULT_PREFIX
     from services.stack.embedded import run_stack, use_config
 
     use_config(config_file)
 
-    prefix = stack_prefix or current_settings().prefix or default_prefix()
+    # Not `default_prefix()`: that is the prefix of a stack already running.
+    prefix = (
+        stack_prefix
+        or current_settings().prefix
+        or os.environ.get("QSERVER_PREFIX")
+        or DEFAULT_PREFIX
+    )
     code = run_stack(
         data_dir=data_dir,
         nats_port=nats_port,

@@ -16,12 +16,9 @@ from qserver.cli.runner import current_settings, nats_url
 
 def stack_info(data_dir: Path | None) -> dict[str, Any]:
     """What a local stack wrote to stack.json, or nothing if none runs."""
-    from services.stack.embedded import StackNotRunning, read_stack_info
+    from qserver.localstack import running_stack
 
-    try:
-        return read_stack_info(data_dir)
-    except StackNotRunning:
-        return {}
+    return running_stack(data_dir) or {}
 
 
 @click.command(context_settings=CONTEXT)
@@ -51,14 +48,25 @@ def doctor(
 ) -> None:
     """Check NATS and JetStream, each service ($SRV.PING), the environment, Kafka and the
     catalog; print what is wrong in plain words. Exit code 0 if all is well, 4 if not."""
-    from qserver.client import default_prefix, default_url
+    from qserver.client import DEFAULT_NATS_URL
     from qserver.connect import NatsAuth
     from qserver.doctor import DoctorConfig, healthy, report, run_checks
     from qserver.documents import configured_topic
+    from qserver.localstack import is_stack_nats, stack_credentials
+    from qserver.protocol.subjects import DEFAULT_PREFIX
 
     settings = current_settings()
     env = os.environ
     stack = stack_info(data_dir)
+    # As every client does (qserver.client), but with the stack of --data-dir.
+    url = (
+        nats_url(settings.address)
+        or env.get("QSERVER_NATS_URL")
+        or stack.get("nats_url")
+        or DEFAULT_NATS_URL
+    )
+    stack_prefix = stack.get("prefix") if stack and is_stack_nats(url, stack) else None
+    prefix = settings.prefix or env.get("QSERVER_PREFIX") or stack_prefix or DEFAULT_PREFIX
     bootstrap = (
         kafka_bootstrap or env.get("QSERVER_KAFKA_BOOTSTRAP") or stack.get("kafka_bootstrap")
     )
@@ -68,9 +76,9 @@ def doctor(
         else stack.get("kafka_topic")
     )
     cfg = DoctorConfig(
-        nats_url=nats_url(settings.address) or default_url(),
-        prefix=settings.prefix or default_prefix(),
-        auth=NatsAuth.from_env(None, **settings.nats_auth),
+        nats_url=url,
+        prefix=prefix,
+        auth=stack_credentials(url, NatsAuth.from_env(None, **settings.nats_auth), stack),
         kafka_bootstrap=bootstrap,
         kafka_topic=topic,
         tiled_url=tiled_url or env.get("QSERVER_TILED_URL") or stack.get("tiled_url"),

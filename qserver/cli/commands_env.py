@@ -140,6 +140,13 @@ def history_runs(item_uid: str) -> None:
     send("history_runs", {"item_uid": item_uid})
 
 
+@history.command("result", context_settings=CONTEXT)
+@click.argument("item_uid")
+def history_result(item_uid: str) -> None:
+    """The whole result of a history item: msg and traceback as the plan reported them."""
+    send("history_result_get", {"item_uid": item_uid})
+
+
 @history.command("run", context_settings=CONTEXT)
 @click.argument("run_uid")
 def history_run_item(run_uid: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from qserver.protocol.items import LockInfo, PlanQueueMode, QueueItem
+from qserver.protocol.items import HistoryResult, LockInfo, PlanQueueMode, QueueItem
 
 Pos = int | Literal["front", "back"]
 MAX_REQUEST_BYTES = 512 * 1024  # below NATS max_payload (1 MiB) so that the service can answer
@@ -142,6 +142,13 @@ class HistoryRuns(Request, frozen=True, kw_only=True, forbid_unknown_fields=True
     item_uid: str
 
 
+class HistoryResultGet(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole result of a history item: `msg` and `traceback` as the plan reported them,
+    where the history keeps them cut to a bounded size (ADR 8)."""
+
+    item_uid: str
+
+
 class HistoryRunItem(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Which queue item made a run, and who submitted it: `run_uid`, full or partial."""
 
@@ -253,6 +260,12 @@ class HistoryRunsReply(Reply, kw_only=True):
     catalog_url: str | None = None
 
 
+class HistoryResultGetReply(Reply, kw_only=True):
+    item_uid: str
+    result: HistoryResult  # `msg` and `traceback` whole (when `whole`)
+    whole: bool = True  # False: the whole text was not kept; `result` is what history has
+
+
 class HistoryRunItemReply(Reply, kw_only=True):
     run_uid: str
     item_uid: str | None
@@ -322,6 +335,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "history_clear": HistoryClear,
     "history_runs": HistoryRuns,
     "history_run_item": HistoryRunItem,
+    "history_result_get": HistoryResultGet,
     "environment_open": EmptyLocked,
     "environment_close": EmptyLocked,
     "environment_destroy": EmptyLocked,

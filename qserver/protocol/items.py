@@ -64,6 +64,17 @@ class HistoryResult(msgspec.Struct, frozen=True, kw_only=True):
     time_stop: float = 0.0
     msg: str = ""
     traceback: str = ""
+    # Set only when `msg` or `traceback` was cut to keep the record storable (ADR 8): each
+    # cut field's whole length in characters. `history_result_get` returns the whole text.
+    truncated: dict[str, int] | UnsetType = UNSET
+
+
+class ResultTexts(msgspec.Struct, frozen=True, kw_only=True):
+    """The whole `msg` and `traceback` of a result whose stored copy was cut (ADR 8); kept in
+    the object store `QS_<PREFIX>_RESULT_TEXTS` under the record uid."""
+
+    msg: str = ""
+    traceback: str = ""
 
 
 class HistoryRecord(msgspec.Struct, frozen=True, kw_only=True):

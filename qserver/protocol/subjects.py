@@ -129,3 +129,8 @@ class Subjects:
     @property
     def snapshot_bucket(self) -> str:
         return f"QS_{self._token}_SNAPSHOTS"
+
+    @property
+    def result_texts_bucket(self) -> str:
+        """Object store of the whole `msg`/`traceback` of results cut for storage (ADR 8)."""
+        return f"QS_{self._token}_RESULT_TEXTS"

@@ -86,6 +86,7 @@ def _api() -> list[Route]:
         r("/api/queue/mode/set", "POST", "queue_mode_set", "write:queue:control"),
         r("/api/history/get", "GET", "history_get", "read:history"),
         r("/api/history/clear", "POST", "history_clear", "write:history:edit"),
+        r("/api/history/result/get", "GET", "history_result_get", "read:history"),
         r("/api/environment/open", "POST", "environment_open", "write:manager:control"),
         r("/api/environment/close", "POST", "environment_close", "write:manager:control"),
         r("/api/environment/destroy", "POST", "environment_destroy", "write:manager:control"),

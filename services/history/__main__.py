@@ -18,10 +18,12 @@ from nats.micro import add_service
 import qserver
 from qserver.connect import connect_options, servers
 from qserver.documents import add_kafka_arguments
+from qserver.jsutil import patiently
 from qserver.protocol.subjects import Subjects
 from services.history.archiver import Archiver, KafkaSettings
 from services.history.service import HistoryService
 from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
+from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     add_methods,
     run_loop,
@@ -30,12 +32,14 @@ from services.runtime.service_base import (
     shutdown,
     wait_for_signal,
 )
+from services.runtime.waiting import wait_for_nats
 
 logger = logging.getLogger("services.history")
 
 
 async def main(args: argparse.Namespace) -> int:
     subjects = Subjects(args.prefix)
+    await wait_for_nats(args.nats_url)
     nc = await nats.connect(
         servers(args.nats_url),
         max_reconnect_attempts=-1,
@@ -43,17 +47,18 @@ async def main(args: argparse.Namespace) -> int:
         name="qserver-history",
         **connect_options(args),
     )
+    reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
     tiled = tiled_settings(args)
     svc = HistoryService(
         nc, nc.jetstream(), subjects, catalog=TiledCatalog(tiled) if tiled else None
     )
-    await svc.load()
+    await patiently("loading the history", svc.load)
     archiver = make_archiver(args, subjects, tiled, svc)
     archiving = asyncio.create_task(archiver.run()) if archiver else None
     micro = await add_service(
         nc, name="qserver-history", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
-    await add_methods(micro, subjects.api, svc.handlers())
+    await add_methods(micro, subjects.api, svc.handlers(), nc=nc)
     await nc.subscribe(subjects.history_info, cb=svc.on_history_info)
     await svc.publish_info()
     logger.info("history service ready on %s (prefix %s)", args.nats_url, args.prefix)

@@ -80,8 +80,8 @@ class History:
             raise NotFound(f"No item with uid {req.item_uid!r} is in the history")
         return 0, None
 
-    def purge(self, keep: int | None, below_seq: int | None) -> None:
-        """Mirror a stream purge in memory."""
+    def purge(self, keep: int | None, below_seq: int | None) -> list[HistoryRecord]:
+        """Mirror a stream purge in memory; return the records purged."""
         if keep is not None:
             dropped = self.records[: max(len(self.records) - keep, 0)]
             self.records = self.records[len(dropped) :]
@@ -91,6 +91,7 @@ class History:
             self.records = [r for r in self.records if r[0] >= below_seq]
         for _, rec in dropped:
             self._seen.discard(rec.record_uid)
+        return [rec for _, rec in dropped]
 
 
 def as_history_item(rec: HistoryRecord) -> dict[str, Any]:

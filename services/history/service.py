@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 
+from qserver import result_texts
 from qserver.errors import BadRequest, Locked, NotFound, Refused
 from qserver.jsutil import default_replicas, ensure_stream, read_stream
 from qserver.protocol import api
@@ -103,6 +104,7 @@ class HistoryService:
             "history_clear": self.on_history_clear,
             "history_runs": self.on_history_runs,
             "history_run_item": self.on_history_run_item,
+            "history_result_get": self.on_history_result_get,
         }
 
     async def on_history_get(self, req: api.HistoryGet) -> api.HistoryGetReply:
@@ -116,9 +118,28 @@ class HistoryService:
         async with self._lock:
             keep, below = self.history.purge_point(req)
             await self.js.purge_stream(self.subjects.history_stream, seq=below, keep=keep)
-            self.history.purge(keep, below)
+            dropped = self.history.purge(keep, below)
         await self.publish_info()
+        # The whole texts of cut results leave with their records.
+        cut = [r.record_uid for r in dropped if r.result.truncated]
+        await result_texts.drop(self.js, self.subjects, cut)
         return api.Reply()
+
+    async def on_history_result_get(self, req: api.HistoryResultGet) -> api.HistoryResultGetReply:
+        rec = self.history.find_item(req.item_uid)
+        result, whole = rec.result, True
+        if rec.result.truncated:
+            texts = await result_texts.load(self.js, self.subjects, rec.record_uid)
+            if texts is None:
+                whole = False
+            else:
+                result = msgspec.structs.replace(result, msg=texts.msg, traceback=texts.traceback)
+        return api.HistoryResultGetReply(
+            item_uid=req.item_uid,
+            result=result,
+            whole=whole,
+            msg="" if whole else "The whole text of this result was not kept: it is shown cut",
+        )
 
     async def on_history_runs(self, req: api.HistoryRuns) -> api.HistoryRunsReply:
         rec = self.history.find_item(req.item_uid)

@@ -14,9 +14,12 @@ from nats.micro import add_service
 
 import qserver
 from qserver.connect import connect_options, servers
+from qserver.errors import Conflict, Refused
+from qserver.jsutil import patiently, transient
 from qserver.protocol.subjects import Subjects
 from services.queue.leader import Lease, default_instance
 from services.queue.service import QueueService
+from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     add_methods,
     run_loop,
@@ -25,6 +28,7 @@ from services.runtime.service_base import (
     shutdown,
     wait_for_signal,
 )
+from services.runtime.waiting import wait_for_nats
 
 logger = logging.getLogger("services.queue")
 SIM_PROFILE = Path(__file__).resolve().parents[2] / "sim_profile"
@@ -33,6 +37,7 @@ LEASE_LOST = 3
 
 async def main(args: argparse.Namespace) -> int:
     subjects = Subjects(args.prefix)
+    await wait_for_nats(args.nats_url)
     nc = await nats.connect(
         servers(args.nats_url),
         max_reconnect_attempts=-1,
@@ -40,6 +45,7 @@ async def main(args: argparse.Namespace) -> int:
         name="qserver-queue",
         **connect_options(args),
     )
+    reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
     js = nc.jetstream()
     svc = QueueService(
         nc,
@@ -50,32 +56,36 @@ async def main(args: argparse.Namespace) -> int:
         lists_file=Path(args.lists_file) if args.lists_file else None,
         permissions_file=Path(args.permissions_file) if args.permissions_file else None,
         replicas=args.replicas,
+        instance=args.instance,
     )
-    await svc.load()
+    await patiently("loading the queue", svc.load)
     await svc.executor.watch()
     lease = Lease(js, subjects, args.instance, replicas=args.replicas)
     await lease.open()
-    if not await lease.try_acquire():
+    if not await patiently("reading the leader lease", lease.try_acquire):
         logger.info("standby (instance %s): %s leads", args.instance, lease.holder)
         if not await lease.acquire(svc.stop_requested):
             await shutdown(nc.drain())
             return 0
         took_over = time.perf_counter()
-        await svc.load_state()  # the state as the last leader left it
+        await patiently("loading the queue", svc.load_state)  # as the last leader left it
         logger.warning(
             "instance %s leads now; state loaded in %.1f ms",
             args.instance,
             (time.perf_counter() - took_over) * 1e3,
         )
     svc.on_lease_lost = lease_lost
-    await svc.lead(lease)
     keeper = asyncio.create_task(lease.keep(lease_lost))
+    # Writing the first event may be refused while JetStream settles ("try again").
+    await patiently("taking the lead", lambda: svc.lead(lease), is_transient=not_yet)
     micro = await add_service(
         nc, name="qserver-queue", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
     # A group of its own: should a hung former leader still hold its subscriptions, both
     # get every request and the live leader's answer comes first (the stale one refuses).
-    await add_methods(micro, subjects.api, svc.handlers(), queue_group=f"leader-{args.instance}")
+    await add_methods(
+        micro, subjects.api, svc.handlers(), queue_group=f"leader-{args.instance}", nc=nc
+    )
     await nc.subscribe(subjects.history_changed, cb=svc.on_history_changed)
     await nc.subscribe(subjects.lock_check, cb=svc.on_lock_check)
     await svc.executor.take_charge()
@@ -94,6 +104,10 @@ async def main(args: argparse.Namespace) -> int:
     await shutdown(micro.stop(), svc.log.close(), lease.release(), nc.drain())
     logger.info("queue service stopped: %s", svc.summary())
     return 0
+
+
+def not_yet(e: BaseException) -> bool:
+    return transient(e) or isinstance(e, Refused | Conflict)
 
 
 def lease_lost() -> None:

@@ -19,6 +19,7 @@ from services.queue.model import QueueModel
 class QueueCore(Protocol):
     nc: NATS
     subjects: Subjects
+    instance: str  # this instance's name in the leader lease
     model: QueueModel
     catalog: PlanCatalog
     write_lock: asyncio.Lock  # held by every change of the queue state
@@ -33,6 +34,9 @@ class QueueCore(Protocol):
 
     async def commit(self, event: AnyEvent | None) -> None:
         """Append `event` to the log and apply it, or refuse it whole."""
+
+    async def confirm_lead(self) -> None:
+        """Return if this instance still leads (renewing its lease if due); else raise Refused."""
 
     async def set_permissions(self, permissions: dict[str, Any]) -> None: ...
 

@@ -2,13 +2,14 @@
 
 The queue service decides what runs; the worker service owns the environment process,
 which runs the RunEngine. Outcomes come back through a JetStream stream (one `PlanResult`
-per item) that this class consumes with a durable consumer: a result produced while the
-queue service is down is processed when it comes back, exactly once.
+per item) that the leader consumes (`ResultFeed`): a result produced while the queue
+service is down is processed when it comes back, exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -16,11 +17,9 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
-from nats.js import api as jsapi
 
+from qserver import result_texts
 from qserver.errors import QServerError, Refused
-from qserver.jsutil import ensure_stream
 from qserver.protocol.items import HistoryRecord, HistoryResult, QueueItem, uid_of
 from qserver.protocol.queue_log import FlagsSet, ItemFinished, ItemsRemoved, ItemStarted
 from qserver.protocol.worker import (
@@ -31,7 +30,9 @@ from qserver.protocol.worker import (
     RunPlan,
     WorkerState,
 )
+from services.queue import finished
 from services.queue.core import QueueCore
+from services.queue.results import ResultFeed
 from services.runtime.service_base import encode
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,11 @@ WORKER_TIMEOUT_S = 5.0
 # No item starts while the worker service has not been heard for this long (its state events
 # come once a second): an environment without a supervisor only finishes what it runs.
 WORKER_STALE_S = 3.0
-RESULTS_CONSUMER = "queue-results"
 OPEN_WAIT_S = 5.0
+# After a (re)start, results stored before the worker said the environment is gone may still
+# be on their way: they are awaited this long before a running item is called unknown.
+SETTLE_S = 0.5
+DRAIN_WAIT_S = 10.0
 _result_decoder = msgspec.json.Decoder(PlanResult)
 _cmd_reply = msgspec.json.Decoder(CmdReply)
 
@@ -61,6 +65,14 @@ class Executor:
         self._worker_seen = -WORKER_STALE_S  # monotonic time of the last worker state
         self.open_error = ""
         self._tasks: list[asyncio.Task[None]] = []
+        self.results = ResultFeed(
+            svc.nc,
+            svc.subjects,
+            confirm=svc.confirm_lead,
+            handle=self.on_result,
+            on_term=self.refresh,
+            owner=svc.instance,
+        )
 
     # ----- state -----
 
@@ -119,43 +131,15 @@ class Executor:
 
     async def take_charge(self) -> None:
         """As the leader: consume plan results, and settle what the last leader left."""
-        s = self.svc.subjects
-        js = self.svc.nc.jetstream()
-        await ensure_stream(js, s.results_stream, [s.results], duplicate_window=3600.0)
-        # A pull consumer: only an instance that asks gets results, so a hung former leader
-        # (its connection still open) takes none away from the live one.
-        psub = await js.pull_subscribe(
-            s.results,
-            durable=RESULTS_CONSUMER,
-            stream=s.results_stream,
-            config=jsapi.ConsumerConfig(ack_wait=30.0, max_ack_pending=1),
-        )
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._pull_results(psub)),
+            loop.create_task(self.results.run()),
             loop.create_task(self.reconcile()),
         ]
 
     def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-
-    async def _pull_results(self, psub: Any) -> None:
-        while True:
-            try:
-                msgs = await psub.fetch(1, timeout=5.0)
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except ConnectionClosedError:
-                return  # shutting down
-            except Exception as e:  # NATS reconnecting, a stream leader election, ...
-                logger.warning("fetching plan results: %r", e)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self.on_result(msg)
 
     async def reconcile(self) -> None:
         """After a restart: learn the worker's state, then settle a running item it lost."""
@@ -167,7 +151,10 @@ class Executor:
         except Exception:
             logger.warning("the worker service did not answer at start-up")
             return
-        await asyncio.sleep(0.5)  # results published while we were away arrive first
+        # Results published while we were away (or just before the worker answered) first.
+        await asyncio.sleep(SETTLE_S)
+        while not await self.results.drained(time.monotonic(), DRAIN_WAIT_S):
+            logger.warning("plan results cannot be read yet: the running item waits for them")
         async with self.svc.write_lock:
             running = self.svc.model.running_item
             if running is None or self.op:
@@ -182,6 +169,18 @@ class Executor:
             "The outcome is not known: the queue "
             "service restarted and the environment is not running the item",
         )
+
+    async def refresh(self) -> None:
+        """Ask the worker and the environment for their state: events missed while away
+        (the environment's "idle" after a result, say) would otherwise wait for a heartbeat."""
+        s = self.svc.subjects
+        try:
+            reply = await self.svc.nc.request(s.worker_cmd("state"), b"", timeout=1.0)
+            await self._apply_worker_state(msgspec.json.decode(reply.data, type=WorkerState))
+            if self.worker.env_exists:
+                await self.on_env_state(await self.svc.nc.request(s.env_cmd("state"), timeout=1.0))
+        except Exception as e:  # their next events or heartbeats tell the same
+            logger.debug("refreshing the worker's and the environment's state: %r", e)
 
     async def on_worker_state(self, msg: Msg) -> None:
         try:
@@ -376,7 +375,12 @@ class Executor:
             )
 
     async def finish_locally(self, item: QueueItem, status: str, msg: str) -> None:
-        """Publish an outcome for an item that the environment will never report."""
+        """Record an outcome for an item that the environment will never report.
+
+        Recorded here rather than sent through the results stream, which only the worker side
+        may write (ADR 11); the queue's log makes it durable, and `_record` ignores it if the
+        item stopped running meanwhile (its real result came first).
+        """
         now = time.time()
         started = (
             item.properties.get("time_start", now) if isinstance(item.properties, dict) else now
@@ -387,10 +391,15 @@ class Executor:
             env_uid="",  # type: ignore[arg-type]
             result=HistoryResult(exit_status=status, time_start=started, time_stop=now, msg=msg),  # type: ignore[arg-type]
         )
-        js = self.svc.nc.jetstream()
-        await js.publish(
-            self.svc.subjects.results, encode(result), headers={"Nats-Msg-Id": result.record_uid}
-        )
+        while True:
+            try:
+                async with self.svc.write_lock:
+                    await self._record(result)
+                break
+            except Exception:
+                logger.exception("recording the outcome of %s failed; retrying", result.item_uid)
+                await asyncio.sleep(1.0)
+        await self.svc.advance()
 
     async def on_result(self, msg: Msg) -> None:
         try:
@@ -407,7 +416,8 @@ class Executor:
             logger.exception(
                 "recording the result of %s failed; it will be redelivered", res.item_uid
             )
-            await msg.nak(delay=1.0)
+            with contextlib.suppress(Exception):  # else redelivered after the ack wait
+                await msg.nak(delay=1.0)
             return
         await self.svc.advance()
 
@@ -420,17 +430,36 @@ class Executor:
         """
         m = self.svc.model
         running = m.running_item
-        if running is not None and running.item_uid == res.item_uid:
+        js = self.svc.nc.jetstream()
+        # A result delivered again is known by its record uid first: in loop mode the same
+        # item may be running again by then.
+        if m.last_record is not None and m.last_record.record_uid == res.record_uid:
+            record = m.last_record
+        elif running is not None and running.item_uid == res.item_uid:
+            # Cut here too if the worker did not (one of an older version): ADR 8.
+            result = await result_texts.storable(
+                js, self.svc.subjects, res.record_uid, res.item_uid, res.result
+            )
             record_item = msgspec.to_builtins(running)
             record_item.pop("properties", None)
-            record = HistoryRecord(record_uid=res.record_uid, item=record_item, result=res.result)
-            await self.svc.commit(self._finished_event(running, record))
-        elif m.last_record is not None and m.last_record.record_uid == res.record_uid:
-            record = m.last_record
+            record = HistoryRecord(record_uid=res.record_uid, item=record_item, result=result)
+            event = self._finished_event(running, record)
+            event = finished.fit(event, finished.limit_for(self.svc.nc.max_payload))
+            try:
+                await self.svc.commit(event)
+            except Exception as e:
+                # Refused for its size although it seemed to fit: retrying would jam the
+                # queue for good, so the item finishes with the smallest record.
+                if not result_texts.size_refused(e):
+                    raise
+                logger.error("the record of %s was refused for its size (%r)", res.item_uid, e)
+                event = finished.smallest(event)
+                await self.svc.commit(event)
+            assert event.record is not None
+            record = event.record
         else:
             logger.info("result for %s was already recorded", res.item_uid)
             return
-        js = self.svc.nc.jetstream()
         await js.publish(
             self.svc.subjects.history_log,
             encode(record),

@@ -9,6 +9,10 @@ lease only until `stale_after * SAFETY` after the start of its last successful r
 its own clock, so it stops writing before a standby can take over; and every new leader
 first appends a `LeaderChanged` event to the queue log, after which a stale leader's append
 is refused by the log's expected-sequence check anyway.
+
+Renewals are serialized, and a failed compare-and-set is checked against the key's holder
+before the lease is given up: a leader that was paused (SIGSTOP, a VM stall) and finds the
+key as it left it, or rewritten by itself, renews and goes on (ADR 9).
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from qserver.jsutil import ensure_key_value
 from qserver.protocol.subjects import Subjects
 
 logger = logging.getLogger(__name__)
@@ -66,17 +71,17 @@ class Lease:
         self._kv: KeyValue | None = None
         self.revision = 0
         self._valid_until = 0.0
+        # This process's mark in the key: tells our own writes from anyone else's, even from a
+        # later process of the same instance name.
+        self._token = uuid.uuid4().hex
+        self._renewing = asyncio.Lock()
+        self._renewed_at = 0.0  # when the last successful renewal started
         self.holder: str | None = None  # who held it at the last failed attempt
         self._seen_revision: int | None = None
         self._seen_at = 0.0
 
     async def open(self) -> None:
-        try:
-            self._kv = await self._js.key_value(self._bucket)
-        except BucketNotFoundError:
-            self._kv = await self._js.create_key_value(
-                KeyValueConfig(bucket=self._bucket, history=1, replicas=self._replicas)
-            )
+        self._kv = await ensure_key_value(self._js, self._bucket, replicas=self._replicas)
 
     @property
     def kv(self) -> KeyValue:
@@ -84,7 +89,9 @@ class Lease:
         return self._kv
 
     def _value(self) -> bytes:
-        return json.dumps({"instance": self.instance, "pid": os.getpid()}).encode()
+        return json.dumps(
+            {"instance": self.instance, "pid": os.getpid(), "token": self._token}
+        ).encode()
 
     def valid(self) -> bool:
         return time.monotonic() < self._valid_until
@@ -119,9 +126,14 @@ class Lease:
                 self.revision = await self.kv.update(KEY, self._value(), last=entry.revision)
             except KeyWrongLastSequenceError:
                 return False  # renewed after all, or another standby was faster
-        self._valid_until = started + self.stale_after * SAFETY
+        self._trust(started)
         self.holder = self.instance
         return True
+
+    def _trust(self, started: float) -> None:
+        """A write of the lease that began at `started` succeeded."""
+        self._renewed_at = started
+        self._valid_until = started + self.stale_after * SAFETY
 
     async def acquire(self, stopping: asyncio.Event) -> bool:
         """Wait for the lease; False if `stopping` is set first."""
@@ -139,20 +151,62 @@ class Lease:
         return False
 
     async def renew(self) -> Renewal:
-        """Rewrite the lease if it is still ours (compare-and-set on our last revision)."""
+        """Rewrite the lease if it is still ours (compare-and-set on our last revision).
+
+        One renewal at a time: a caller that finds one started after it asked shares its
+        outcome (two compare-and-sets on the same revision would fail one of them, and the
+        loser would take its own renewal for a takeover).
+        """
+        asked = time.monotonic()
+        async with self._renewing:
+            if self._renewed_at >= asked:
+                return Renewal.RENEWED
+            return await self._renew()
+
+    async def _renew(self) -> Renewal:
         started = time.monotonic()
         try:
             self.revision = await self.kv.update(KEY, self._value(), last=self.revision)
         except KeyWrongLastSequenceError:
-            logger.error("the leader lease was taken over by another instance")
-            return Renewal.LOST
+            return await self._recheck(started)
         except Exception as e:
             if self.valid():
                 logger.debug("renewing the leader lease failed: %r", e)
             else:
                 logger.warning("renewing the leader lease failed: %r", e)
             return Renewal.UNKNOWN
-        self._valid_until = started + self.stale_after * SAFETY
+        self._trust(started)
+        return Renewal.RENEWED
+
+    async def _recheck(self, started: float) -> Renewal:
+        """The key moved on from our revision: see who wrote it before giving the lease up.
+
+        Our own token there means the write of ours that moved it did succeed (its answer
+        was lost); an empty key means nobody took it. In both cases the lease is retaken
+        with a compare-and-set, so a standby racing for it still wins or loses cleanly.
+        """
+        try:
+            try:
+                entry = await self.kv.get(KEY)
+            except KeyNotFoundError:
+                self.revision = await self.kv.create(KEY, self._value())
+            else:
+                value = json.loads(entry.value or b"{}")
+                if value.get("token") != self._token or entry.revision is None:
+                    self.holder = value.get("instance")
+                    logger.error(
+                        "the leader lease was taken over by another instance (%s)", self.holder
+                    )
+                    return Renewal.LOST
+                self.revision = await self.kv.update(KEY, self._value(), last=entry.revision)
+        except KeyWrongLastSequenceError:
+            logger.error("the leader lease was taken over by another instance")
+            return Renewal.LOST
+        except Exception as e:
+            logger.warning("checking the leader lease failed: %r", e)
+            return Renewal.UNKNOWN
+        logger.info("the leader lease was still ours: renewed")
+        self._trust(started)
         return Renewal.RENEWED
 
     async def confirm(self) -> Renewal:

@@ -70,9 +70,11 @@ class QueueService:
         replicas: int = 1,
         lists_file: Path | None = None,
         permissions_file: Path | None = None,
+        instance: str = "",
     ) -> None:
         self.nc = nc
         self.subjects = subjects
+        self.instance = instance
         self._emergency_lock_key = emergency_lock_key
         self.model = QueueModel(emergency_lock_key=emergency_lock_key)
         self.catalog = PlanCatalog(
@@ -209,10 +211,8 @@ class QueueService:
 
     # ----- writing -----
 
-    async def commit(self, event: AnyEvent | None) -> None:
-        """Append the event, apply it once acknowledged, then tell subscribers."""
-        if event is None:
-            return
+    async def confirm_lead(self) -> None:
+        """Return if this instance still leads (renewing its lease if due); else raise Refused."""
         if not self.leading:
             raise Refused("This queue service instance does not lead (it is a standby)")
         if self.lease is not None:
@@ -225,6 +225,12 @@ class QueueService:
                     "The queue service cannot confirm its leadership (NATS does not answer); "
                     "nothing was changed: try again"
                 )
+
+    async def commit(self, event: AnyEvent | None) -> None:
+        """Append the event, apply it once acknowledged, then tell subscribers."""
+        if event is None:
+            return
+        await self.confirm_lead()
         try:
             seq = await self.log.append(event)
         except Conflict:

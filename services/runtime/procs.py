@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -60,10 +61,18 @@ _PR_SET_PDEATHSIG = 1
 def die_with_parent_hook(sig: int | None) -> Callable[[], None] | None:
     """A `preexec_fn` that makes the child get `sig` when this process dies (Linux only).
 
-    A supervisor that is killed with SIGKILL cannot stop its children; the kernel can.
+    A supervisor that is killed with SIGKILL cannot stop its children; the kernel can. The
+    kernel sends `sig` when the *thread* that forked the child ends, not the process
+    (prctl(2)): a child started from a short-lived thread (an executor, `asyncio.to_thread`)
+    would be killed when that thread finishes. So only the main thread may start one.
     """
     if sig is None or not sys.platform.startswith("linux"):
         return None
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "a child that dies with its parent must be started from the main thread: "
+            "PR_SET_PDEATHSIG fires when the thread that forks it ends"
+        )
     parent = os.getpid()
     # Looked up before the fork: the child should only make the call.
     prctl = ctypes.CDLL(None).prctl

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service
 
@@ -19,7 +20,16 @@ from qserver import config, connect
 from qserver.errors import BadRequest, QServerError, decoded
 from qserver.jsonlog import LOG_FORMATS, make_formatter, quiet_nats_errors
 from qserver.protocol.api import MAX_REQUEST_BYTES, REQUEST_TYPES, Reply, Request
+from qserver.protocol.reply_parts import (
+    PART_HEADER,
+    PARTS_HEADER,
+    SIZE_HEADER,
+    TOKEN_HEADER,
+    announcement,
+    part_size,
+)
 from qserver.protocol.subjects import DEFAULT_PREFIX
+from services.runtime.held_replies import HeldReplies
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +56,27 @@ def decode_request(method: str, data: bytes) -> Request:
     return decoded(_decoders[method].decode, data.strip() or b"{}", method)  # type: ignore[no-any-return]
 
 
-async def serve_method(method: str, handler: Handler, msg: MicroRequest) -> None:
-    """Decode, call the handler, reply: the one place where errors become replies."""
+async def serve_method(
+    method: str, handler: Handler, msg: MicroRequest, replies: HeldReplies, max_payload: int
+) -> None:
+    """Decode, call the handler, reply: the one place where errors become replies.
+
+    A reply larger than one NATS message (`max_payload`) is held and announced, and its
+    parts are answered from `replies` (ADR 8); a smaller one goes out exactly as before.
+    """
+    headers = msg.headers
+    if headers and TOKEN_HEADER in headers:
+        await _serve_part(method, msg, headers, replies)
+        return
+    reply_headers = None
     try:
         req = decode_request(method, msg.data)
         reply = await handler(req)
         if reply is None:
             return
         out = encode(reply)
+        if len(out) > max_payload:
+            out, reply_headers = _announce(method, out, replies, max_payload)
     except QServerError as e:
         out = failure(e.msg)
     except Exception as e:
@@ -61,7 +84,38 @@ async def serve_method(method: str, handler: Handler, msg: MicroRequest) -> None
         out = failure(f"Internal error while handling '{method}': {e!r}")
     # A publish without a reply subject expects no answer.
     with contextlib.suppress(ValueError):
-        await msg.respond(out)
+        await msg.respond(out, headers=reply_headers)
+
+
+def _announce(
+    method: str, out: bytes, replies: HeldReplies, max_payload: int
+) -> tuple[bytes, dict[str, str]]:
+    """Hold a large reply; return the announcement and its headers."""
+    token, parts = replies.hold(method, out, part_size(max_payload))
+    # Dropped when fetched; this drops it too if the client went away meanwhile.
+    asyncio.get_running_loop().call_later(replies.hold_s + 1.0, replies.expire)
+    logger.info("reply to '%s' is %d bytes: held in %d parts", method, len(out), parts)
+    headers = {TOKEN_HEADER: token, SIZE_HEADER: str(len(out)), PARTS_HEADER: str(parts)}
+    return failure(announcement(method, len(out), parts, max_payload)), headers
+
+
+async def _serve_part(
+    method: str, msg: MicroRequest, headers: dict[str, str], replies: HeldReplies
+) -> None:
+    token = headers[TOKEN_HEADER]
+    if not replies.owns(token):
+        return  # held by another process answering this subject
+    try:
+        index = int(headers.get(PART_HEADER, ""))
+        data = replies.part(method, token, index)
+    except ValueError:
+        out, part_headers = failure(f"'{PART_HEADER}' must be a part number"), None
+    except QServerError as e:
+        out, part_headers = failure(e.msg), None
+    else:
+        out, part_headers = data, {PART_HEADER: str(index)}
+    with contextlib.suppress(ValueError):
+        await msg.respond(out, headers=part_headers)
 
 
 async def add_methods(
@@ -69,15 +123,20 @@ async def add_methods(
     api_subject: Callable[[str], str],
     handlers: dict[str, Handler],
     queue_group: str | None = None,
+    *,
+    nc: NATS,
 ) -> None:
     """One nats.micro endpoint per method, each dispatching to its handler.
 
     Instances in one queue group share the requests; in different groups each gets all.
+    `nc` is the service's connection: its `max_payload` (from the server) decides which
+    replies are sent in parts.
     """
+    replies = HeldReplies()
     for method, handler in handlers.items():
 
         async def cb(msg: MicroRequest, method: str = method, handler: Handler = handler) -> None:
-            await serve_method(method, handler, msg)
+            await serve_method(method, handler, msg, replies, nc.max_payload)
 
         await service.add_endpoint(
             name=method, subject=api_subject(method), handler=cb, queue_group=queue_group

@@ -20,18 +20,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import platformdirs
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from qserver.client import Client, NoAnswer
+from qserver.client import AccessDenied, Client, NoAnswer
 from qserver.config import CONFIG_ENV, ConfigError, config_path
 from qserver.config import add_argument as add_config_argument
 from qserver.config import load_file as load_config_file
+from qserver.connect import NatsAuth
 from qserver.documents import DEFAULT_TOPIC
 from qserver.errors import QServerError
+from qserver.localstack import DATA_DIR_ENV
+from qserver.localstack import default_data_dir as _default_data_dir
+from qserver.localstack import lock_is_held as _lock_is_held
 from qserver.protocol.subjects import DEFAULT_PREFIX, check_prefix
 from services.runtime.procs import GATEWAY, SERVICES, ServiceProcess, http_ready, readiness_probe
+from services.stack.credentials import CLIENT_ROLE, StackKeys, ensure_keys, write_server_config
 from services.stack.kafka_broker import KafkaBroker
 from services.stack.natsserver import NatsServer, port_in_use, server_info
 from services.stack.tiled_server import DEFAULT_CATALOG, TiledServer
@@ -66,7 +70,7 @@ class _Stopped(Exception):
 
 
 def default_data_dir() -> Path:
-    return Path(platformdirs.user_data_dir("qserver"))
+    return _default_data_dir()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +103,15 @@ class StackConfig:
     @property
     def http_key_file(self) -> Path:
         return self.data_dir / "http_api_key"
+
+    @property
+    def nats_keys_dir(self) -> Path:
+        """The nkey seed file of each NATS user (0600, in a 0700 directory)."""
+        return self.data_dir / "nats-keys"
+
+    @property
+    def nats_config_file(self) -> Path:
+        return self.data_dir / "nats" / "nats-server.conf"
 
     @property
     def http_url(self) -> str:
@@ -146,14 +159,7 @@ def hold_lock(cfg: StackConfig) -> Iterator[None]:
 
 
 def lock_is_held(cfg: StackConfig) -> bool:
-    try:
-        with open(cfg.lock_file) as f:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except FileNotFoundError:
-        return False
-    except BlockingIOError:
-        return True
-    return False
+    return _lock_is_held(cfg.lock_file)
 
 
 class Stack:
@@ -165,6 +171,8 @@ class Stack:
         self.nats: NatsServer | None = None
         self.kafka: KafkaBroker | None = None
         self.tiled: TiledServer | None = None
+        # The NATS users' keys, when this stack runs its own nats-server (ADR 11).
+        self.keys: StackKeys | None = None
         self.procs: dict[str, ServiceProcess] = {}
         self.exits: dict[str, deque[float]] = {name: deque() for name in SERVICES}
         self.restart_due: dict[str, float] = {}
@@ -198,7 +206,7 @@ class Stack:
                 self.cfg.prefix,
                 self.cfg.logs_dir / f"{name}.log",
                 *(self._gateway_args() if name == GATEWAY else ()),
-                env=self._service_env(),
+                env={**self._service_env(), **self._nats_env(name)},
                 death_signal=self._service_death_signal(),
             ).start()
         asyncio.run(self._wait_all_ready(started))
@@ -232,12 +240,16 @@ class Stack:
             )
         say(f"starting nats-server on {NATS_HOST}:{port}...")
         started = time.monotonic()
+        # A user per role, no anonymous access: made once, kept in the data dir.
+        self.keys = ensure_keys(self.cfg.nats_keys_dir)
+        write_server_config(self.cfg.nats_config_file, self.keys, self.cfg.prefix)
         self.nats = NatsServer(
             self.cfg.data_dir / "nats",
             port=port,
             host=NATS_HOST,
             log_file=self.cfg.logs_dir / "nats-server.log",
             death_signal=signal.SIGTERM,
+            config_file=self.cfg.nats_config_file,
         )
         self._run_nats()
         say(f"nats-server ready in {time.monotonic() - started:.2f} s")
@@ -302,6 +314,14 @@ class Stack:
             env["QSERVER_TILED_API_KEY"] = self.tiled.api_key
         return env
 
+    def _nats_env(self, service: str) -> dict[str, str]:
+        """The service's own NATS user, when this stack runs nats-server (else the caller's)."""
+        return self.keys.environ(service) if self.keys is not None else {}
+
+    def _auth(self, role: str) -> NatsAuth | None:
+        """How the stack itself connects as `role` (None: the caller's QSERVER_NATS_*)."""
+        return self.keys.auth(role) if self.keys is not None else None
+
     def _run_nats(self) -> None:
         assert self.nats is not None
         try:
@@ -322,19 +342,28 @@ class Stack:
 
     async def _wait_all_ready(self, started: float) -> None:
         say(f"starting services: {', '.join(SERVICES)}...")
+        # The worker answers only on internal subjects, which the queue's user may send to.
+        probe_roles = {name: "queue" if name == "worker" else CLIENT_ROLE for name in self.procs}
+        clients: dict[str, Client] = {}
         try:
-            # nats.py retries a failed connect forever, so bound it here.
-            client = await asyncio.wait_for(
-                Client.connect(self.nats_url, self.cfg.prefix, timeout=1.0), READY_TIMEOUT
-            )
-        except (TimeoutError, NoAnswer) as e:
-            raise StackError(f"cannot connect to NATS at {self.nats_url}: {e}") from None
-        try:
+            for role in sorted(set(probe_roles.values())):
+                try:
+                    # nats.py retries a failed connect forever, so bound it here.
+                    clients[role] = await asyncio.wait_for(
+                        Client.connect(
+                            self.nats_url, self.cfg.prefix, timeout=1.0, auth=self._auth(role)
+                        ),
+                        READY_TIMEOUT,
+                    )
+                except (TimeoutError, NoAnswer, AccessDenied) as e:
+                    raise StackError(f"cannot connect to NATS at {self.nats_url}: {e}") from None
             for name, proc in self.procs.items():
+                client = clients[probe_roles[name]]
                 await self._wait_ready(client, name, proc, started + READY_TIMEOUT)
                 say(f"{name} service ready in {time.monotonic() - started:.1f} s")
         finally:
-            await client.close()
+            for client in clients.values():
+                await client.close()
 
     async def _wait_ready(
         self, client: Client, name: str, proc: ServiceProcess, deadline: float
@@ -396,6 +425,9 @@ class Stack:
             "http_port": self.cfg.http_port,
             "http_url": self.cfg.http_url,
             "http_api_key": ensure_http_key(self.cfg) if self.cfg.http_auth else None,
+            # What a client on this machine connects with (qserver.localstack); None: the
+            # NATS of --nats-url, with the caller's credentials.
+            "nats_client": self._client_credentials(),
             "kafka_bootstrap": self.kafka.bootstrap if self.kafka else None,
             "kafka_topic": self.cfg.kafka_topic if self.kafka else None,
             "kafka_pid": self.kafka.proc.pid if self.kafka and self.kafka.proc else None,
@@ -405,6 +437,12 @@ class Stack:
             "tiled_pid": self.tiled.proc.pid if self.tiled and self.tiled.proc else None,
             "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
         }
+
+    def _client_credentials(self) -> dict[str, str] | None:
+        if self.keys is None:
+            return None
+        auth = self.keys.auth(CLIENT_ROLE)
+        return {"role": CLIENT_ROLE, "nkey": auth.nkey or "", "inbox_prefix": auth.inbox}
 
     def _write_info(self) -> None:
         # Write then rename, so that a reader never sees half a file.
@@ -416,7 +454,9 @@ class Stack:
         os.replace(tmp, self.cfg.info_file)
 
     def announce(self) -> None:
-        env = "" if self.cfg.prefix == DEFAULT_PREFIX else f"QSERVER_PREFIX={self.cfg.prefix} "
+        # Clients find the stack (address, prefix, NATS key) in the default data dir.
+        default = self.cfg.data_dir == default_data_dir()
+        env = "" if default else f"{DATA_DIR_ENV}={self.cfg.data_dir} "
         say(
             f"qserver stack is up (pid {os.getpid()}); Ctrl-C stops it\n"
             f"  NATS      {self.nats_url}\n"
@@ -425,7 +465,8 @@ class Stack:
             f"  logs      {self.cfg.logs_dir}\n"
             f"  HTTP      {self.cfg.http_url} ({self._http_auth_note()})\n"
             f"{self._data_lines()}"
-            f"  try       {env}qserver -a {self.nats_url} status"
+            f"{self._nats_auth_line()}"
+            f"  try       {env}qserver status"
         )
 
     def _data_lines(self) -> str:
@@ -438,6 +479,14 @@ class Stack:
                 "(key in stack.json: tiled_api_key)\n"
             )
         return lines
+
+    def _nats_auth_line(self) -> str:
+        if self.keys is None:
+            return ""
+        return (
+            f"  NATS keys {self.cfg.nats_keys_dir} (a user per role, no anonymous access; "
+            f"clients: {CLIENT_ROLE}.nk)\n"
+        )
 
     def _http_auth_note(self) -> str:
         if not self.cfg.http_auth:
@@ -571,6 +620,8 @@ def run_stack(
         except ValueError as e:
             raise StackError(str(e)) from None
         cfg.logs_dir.mkdir(parents=True, exist_ok=True)
+        # State, logs and keys: for the user who runs the stack only.
+        os.chmod(cfg.data_dir, 0o700)
         with hold_lock(cfg):
             # Left behind by a stack that was killed; it would name dead processes.
             cfg.info_file.unlink(missing_ok=True)
@@ -618,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
         "--data-dir",
         type=Path,
         default=None,
-        help=f"JetStream store, logs and stack.json (default {default_data_dir()})",
+        help=f"JetStream store, keys, logs and stack.json (${DATA_DIR_ENV}; {default_data_dir()})",
     )
     p.add_argument(
         "--nats-port", type=int, default=4222, help="port of the nats-server started here"
@@ -628,7 +679,8 @@ def main(argv: list[str] | None = None) -> None:
         "--no-auth",
         dest="http_auth",
         action="store_false",
-        help="the HTTP gateway takes no API keys (it listens on loopback only)",
+        help="the HTTP gateway takes no API keys (it listens on loopback only); NATS still "
+        "refuses clients without the stack's keys",
     )
     p.add_argument(
         "--nats-url",

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from qserver.protocol.subjects import DEFAULT_PREFIX, check_prefix
+from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects, check_prefix
 
 # Requests that only read: what an observer may send.
 READ_ONLY_METHODS = (
@@ -22,6 +22,7 @@ READ_ONLY_METHODS = (
     "queue_get",
     "queue_item_get",
     "history_get",
+    "history_result_get",
     "history_runs",
     "history_run_item",
     "plans_allowed",
@@ -34,9 +35,18 @@ READ_ONLY_METHODS = (
 )
 # JetStream API, acks, flow control, KV and object store, inside the account only.
 JETSTREAM = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>")
-# Discovery and health of nats.micro services, and whether JetStream is on (`qserver doctor`).
-DIAGNOSTICS = ("$SRV.>", "$JS.API.INFO")
-INBOX = "_INBOX.>"
+# Discovery and health of nats.micro services (`qserver doctor`). Not the JetStream API: its
+# replies go to any reply subject a client names, so `$JS.API.INFO` with a reply subject of
+# a stream would let a client write into that stream (ADR 11).
+DIAGNOSTICS = ("$SRV.>",)
+# Replies: every user reads only its own inboxes, `_INBOX.<user>.` (`inbox_prefix`); services
+# reply to anyone's.
+ALL_INBOXES = "_INBOX.>"
+
+
+def inbox_prefix(user: str) -> str:
+    """The inbox prefix of a NATS user: it may subscribe to `<inbox_prefix>.>` only."""
+    return f"_INBOX.{user}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,52 +57,96 @@ class Role:
     purpose: str
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    user: str = ""  # the user name, `<name><suffix>`
+
+    @property
+    def inbox(self) -> str:
+        return inbox_prefix(self.user or self.name)
 
 
-def roles(prefix: str = DEFAULT_PREFIX) -> list[Role]:
-    """The users of the queue server with subject prefix `prefix`."""
+def roles(prefix: str = DEFAULT_PREFIX, user_suffix: str = "") -> list[Role]:
+    """The users of the queue server with subject prefix `prefix`.
+
+    Writes that change state are each allowed to their one writer: plan results
+    (`internal.results`), worker and environment events to the worker side; commands to the
+    worker and the environment to the queue service (and the worker, to its environment);
+    the queue's and the history's logs to the queue service.
+    """
     check_prefix(prefix)
+    s = Subjects(prefix)
     api, events, internal, docs = (f"{prefix}.{p}.>" for p in ("api", "events", "internal", "docs"))
-    service_sub = ("$SRV.>", INBOX)
-    # Services reply to requests: publishing to inboxes. (`allow_responses` would be tighter,
-    # but the history service, which also sees every request on `api.>`, got no replies out.)
-    service_pub = ("$SRV.PING.>", INBOX)
+    worker_cmds, env_cmds = s.worker_cmd("*"), s.env_cmd("*")  # not `worker.events.state`
+
+    def role(name: str, purpose: str, publish: tuple[str, ...], subscribe: tuple[str, ...]) -> Role:
+        user = name + user_suffix
+        own_inbox = f"{inbox_prefix(user)}.>"
+        return Role(
+            name=name,
+            purpose=purpose,
+            publish=publish,
+            subscribe=(*subscribe, own_inbox),
+            user=user,
+        )
+
+    # Services reply to requests: publishing to every inbox, and only there
+    # (services.runtime.replies), so that a reply subject cannot aim their rights at a state
+    # subject. `allow_responses` would not do: it lets a service publish once to whatever
+    # reply subject a request names.
+    service_pub = ("$SRV.PING.>", ALL_INBOXES)
     return [
-        Role(
-            name="queue",
-            purpose="the queue service (both replicas)",
-            publish=(events, internal, *JETSTREAM, *service_pub),
-            subscribe=(api, internal, *service_sub),
+        role(
+            "queue",
+            "the queue service (both replicas)",
+            publish=(
+                events,
+                s.queue_log,
+                s.history_log,
+                s.history_info,
+                worker_cmds,
+                env_cmds,
+                *JETSTREAM,
+                *service_pub,
+            ),
+            subscribe=(api, internal, "$SRV.>"),
         ),
-        Role(
-            name="history",
-            purpose="the history service",
-            publish=(events, internal, *JETSTREAM, *service_pub),
-            subscribe=(api, internal, *service_sub),
+        role(
+            "history",
+            "the history service",
+            publish=(events, s.history_changed, s.lock_check, *JETSTREAM, *service_pub),
+            subscribe=(api, internal, "$SRV.>"),
         ),
-        Role(
-            name="worker",
-            purpose="the worker service and the environment process it starts",
-            publish=(events, docs, internal, *JETSTREAM, *service_pub),
-            subscribe=(internal, *service_sub),
+        role(
+            "worker",
+            "the worker service and the environment process it starts",
+            publish=(
+                events,
+                docs,
+                s.results,
+                s.worker_state,
+                s.env_state,
+                env_cmds,
+                *JETSTREAM,
+                *service_pub,
+            ),
+            subscribe=(internal, "$SRV.>"),
         ),
-        Role(
-            name="gateway",
-            purpose="the HTTP gateway (it checks API keys itself and may call every method)",
+        role(
+            "gateway",
+            "the HTTP gateway (it checks API keys itself and may call every method)",
             publish=(api,),
-            subscribe=(events, INBOX),
+            subscribe=(events,),
         ),
-        Role(
-            name="operator",
-            purpose="people and programs that drive the queue: every API method",
+        role(
+            "operator",
+            "people and programs that drive the queue: every API method",
             publish=(api, *DIAGNOSTICS),
-            subscribe=(events, docs, INBOX),
+            subscribe=(events, docs),
         ),
-        Role(
-            name="observer",
-            purpose="read-only: status, events and read-only methods, no control",
+        role(
+            "observer",
+            "read-only: status, events and read-only methods, no control",
             publish=(*(f"{prefix}.api.{m}" for m in READ_ONLY_METHODS), *DIAGNOSTICS),
-            subscribe=(events, docs, INBOX),
+            subscribe=(events, docs),
         ),
     ]
 
@@ -101,16 +155,29 @@ def _subjects(items: tuple[str, ...]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
-def render_user(role: Role, password: str, suffix: str = "") -> str:
-    """One user entry; `password` is written as is (a `$VARIABLE` or a quoted string)."""
-    lines = [
-        f"      # {role.purpose}",
-        f'      {{user: "{role.name}{suffix}", password: {password}, permissions: {{',
-        f"        publish: {{allow: {_subjects(role.publish)}}}",
-        f"        subscribe: {{allow: {_subjects(role.subscribe)}}}",
-    ]
-    lines.append("      }}")
-    return "\n".join(lines)
+def render_user(role: Role, credential: str, indent: str = "      ") -> str:
+    """One user entry; `credential` is `password: <$VARIABLE or quoted>` or `nkey: "<U...>"`."""
+    name = "" if credential.startswith("nkey:") else f'user: "{role.user}", '
+    return "\n".join(
+        [
+            f"{indent}# {role.purpose}",
+            f"{indent}{{{name}{credential}, permissions: {{",
+            f"{indent}  publish: {{allow: {_subjects(role.publish)}}}",
+            f"{indent}  subscribe: {{allow: {_subjects(role.subscribe)}}}",
+            f"{indent}}}}}",
+        ]
+    )
+
+
+def render_nkey_users(public_keys: Mapping[str, str], prefix: str = DEFAULT_PREFIX) -> str:
+    """An `authorization {}` block (the server's global account) with an nkey user per role.
+
+    What the embedded stack runs: `public_keys` maps each role to its user's public nkey.
+    """
+    users = ",\n".join(
+        render_user(r, f"nkey: {json.dumps(public_keys[r.name])}", "    ") for r in roles(prefix)
+    )
+    return f"authorization {{\n  users: [\n{users}\n  ]\n}}\n"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,7 +192,9 @@ class Beamline:
 
 
 def render_account(b: Beamline) -> str:
-    users = ",\n".join(render_user(r, b.passwords[r.name], b.user_suffix) for r in roles(b.prefix))
+    users = ",\n".join(
+        render_user(r, f"password: {b.passwords[r.name]}") for r in roles(b.prefix, b.user_suffix)
+    )
     return f"  {b.account}: {{\n    jetstream: enabled\n    users: [\n{users}\n    ]\n  }}\n"
 
 
@@ -154,7 +223,8 @@ SAMPLE_HEADER = """\
 # NATS users of one queue server (prefix {prefix}), one account per beamline.
 # Generated by services.stack.nats_permissions (its unit test fails when this is stale).
 # Passwords come from nats-server's environment (NATS_<ROLE>_PASSWORD; deploy/example.env).
-# A service or client connects as its role with QSERVER_NATS_USER / QSERVER_NATS_PASSWORD.
+# A service or client connects as its role with QSERVER_NATS_USER / QSERVER_NATS_PASSWORD;
+# each user reads replies on its own inboxes only (_INBOX.<user>., set from the user name).
 # Another beamline: copy the account with its own prefix, name and passwords.
 """
 

@@ -14,6 +14,7 @@ import sim_profile
 from qserver.connect import NatsAuth, connect_options, servers
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
+from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     run_loop,
     service_arguments,
@@ -21,6 +22,7 @@ from services.runtime.service_base import (
     shutdown,
     wait_for_signal,
 )
+from services.runtime.waiting import wait_for_nats
 from services.worker.messages import ORPHAN_TIMEOUT_S
 from services.worker.service import LOST, WorkerConfig, WorkerService
 
@@ -50,6 +52,7 @@ async def main(args: argparse.Namespace) -> int:
     )
     # The environment process, started by this one, connects with the same settings.
     os.environ.update(NatsAuth.from_args(args).environ(), QSERVER_LOG_FORMAT=args.log_format)
+    await wait_for_nats(args.nats_url)
     nc = await nats.connect(
         servers(args.nats_url),
         name="qserver-worker",
@@ -58,6 +61,7 @@ async def main(args: argparse.Namespace) -> int:
         reconnect_time_wait=0.2,
         **connect_options(args),
     )
+    reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
     svc = WorkerService(nc, subjects, config)
     await svc.start()
     micro = await add_service(

@@ -70,10 +70,9 @@ class EnvProcess:
         self.popen = popen
         self.returncode: int | None = None
         self.exited = asyncio.Event()
-        self.destroyed = False  # killed on purpose: its end is no error
-        self.respawned = False  # a second start after an unexplained kill while starting
-        self.started_at = time.monotonic()
-        self.ran_item = False  # it has run (or started) an item
+        # Why this service killed it ("destroy", "stop"): its end is no error. None: it
+        # ended by itself, or something else killed it.
+        self.killed_for: str | None = None
 
     @property
     def pid(self) -> int:
@@ -101,8 +100,8 @@ class EnvProcess:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is exiting
             loop.call_soon_threadsafe(on_exit, self, rc)
 
-    def kill(self) -> None:
-        self.destroyed = True
+    def kill(self, why: str) -> None:
+        self.killed_for = why
         # send_signal does nothing once the process has been reaped (no recycled pid).
         with contextlib.suppress(ProcessLookupError):
             self.popen.send_signal(signal.SIGKILL)
@@ -122,10 +121,7 @@ class AdoptedEnv:
         self._pidfd: int | None = pidfd
         self.returncode: int | None = None
         self.exited = asyncio.Event()
-        self.destroyed = False
-        self.respawned = True  # never started again: that is only for our own children
-        self.started_at = time.monotonic()
-        self.ran_item = True
+        self.killed_for: str | None = None
 
     @classmethod
     def watch(
@@ -160,8 +156,8 @@ class AdoptedEnv:
         self._pidfd = None
         on_exit(self, None)
 
-    def kill(self) -> None:
-        self.destroyed = True
+    def kill(self, why: str) -> None:
+        self.killed_for = why
         if self._pidfd is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)

@@ -13,11 +13,10 @@ import socket
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js import api as jsapi
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from qserver.jsutil import default_replicas
+from qserver.jsutil import ensure_key_value
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import EnvState
 from services.runtime.service_base import encode
@@ -49,17 +48,7 @@ class EnvRecords:
 
     @classmethod
     async def open(cls, js: JetStreamContext, subjects: Subjects) -> EnvRecords:
-        bucket = worker_bucket(subjects)
-        try:
-            kv = await js.key_value(bucket)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(
-                bucket=bucket,
-                history=1,
-                storage=jsapi.StorageType.FILE,
-                replicas=default_replicas(),
-            )
-        return cls(kv)
+        return cls(await ensure_key_value(js, worker_bucket(subjects)))  # waits for JetStream
 
     async def read(self) -> EnvRecord | None:
         try:

@@ -12,6 +12,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from qserver import result_texts
 from qserver.jsutil import ensure_stream
 from qserver.protocol.items import HistoryResult
 from qserver.protocol.subjects import Subjects
@@ -31,22 +32,49 @@ async def ensure_results_stream(js: JetStreamContext, subjects: Subjects) -> Non
     )
 
 
+# A publish lost with a dying connection is only noticed when its ack times out: kept short,
+# since the queue waits for this result to go on (ADR 9).
+PUBLISH_TIMEOUT_S = 2.0
+
+
 async def publish_result(
-    js: JetStreamContext, subjects: Subjects, result: PlanResult, retry_every: float = 1.0
+    js: JetStreamContext, subjects: Subjects, result: PlanResult, retry_every: float = 0.5
 ) -> None:
     """Publish and wait for the ack, retrying until it is stored: an outcome is never dropped.
 
-    The record uid is the message id, so a retry after a lost ack is not stored twice.
+    A long `msg` or `traceback` is cut first, its whole text kept in the object store, so
+    the result fits in one message (ADR 8); should the result still be refused as too
+    large, it is stored without its texts rather than retried forever. The record uid is
+    the message id, so a retry after a lost ack is not stored twice.
     """
+    result = msgspec.structs.replace(
+        result,
+        result=await result_texts.storable(
+            js, subjects, result.record_uid, result.item_uid, result.result
+        ),
+    )
     data = encode(result)
     headers = {"Nats-Msg-Id": result.record_uid}
     while True:
         try:
             await js.publish(
-                subjects.results, data, stream=subjects.results_stream, headers=headers, timeout=5.0
+                subjects.results,
+                data,
+                stream=subjects.results_stream,
+                headers=headers,
+                timeout=PUBLISH_TIMEOUT_S,
             )
             return
         except Exception as e:
+            if result_texts.size_refused(e):
+                logger.error(
+                    "result of %s too large to store (%d bytes)", result.item_uid, len(data)
+                )
+                why = f"The outcome report was too large to store ({len(data):,} bytes)"
+                bare = result_texts.bare(result.result, why)
+                result = msgspec.structs.replace(result, result=bare)
+                data = encode(result)
+                continue
             logger.warning("result of %s not stored yet (%r); retrying", result.item_uid, e)
             await asyncio.sleep(retry_every)
 

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import signal
 import socket
 import time
 import uuid
@@ -28,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from qserver.jsutil import patiently
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import (
     CmdReply,
@@ -50,9 +50,6 @@ HEARTBEAT_S = 1.0
 ENV_REQUEST_TIMEOUT_S = 5.0
 KILL_WAIT_S = 5.0
 STANDBY_POLL_S = 1.0
-# An environment SIGKILLed from outside within this long of its start, before it ran an
-# item, is started once more (see `_respawn_if_killed_early`).
-RESPAWN_WINDOW_S = 5.0
 # Exit code of a worker whose environment another worker adopted (it was frozen or cut off).
 LOST = 3
 Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
@@ -104,7 +101,7 @@ class WorkerService:
         self._records = await EnvRecords.open(self.js, self.subjects)
         # Before recovery: an adopted environment's events must not be missed.
         await self.nc.subscribe(self.subjects.env_state, cb=self.on_env_state)
-        await self.recover()
+        await patiently("recovering the environment", self.recover)
         self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
 
     async def add_endpoints(self, micro: Service) -> None:
@@ -136,7 +133,8 @@ class WorkerService:
             self._heartbeat_task.cancel()
         proc = self.proc
         if proc is not None:
-            proc.kill()
+            logger.info("stopping: killing environment %s (pid %d)", proc.env_uid, proc.pid)
+            proc.kill("stop")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.exited.wait(), KILL_WAIT_S)
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -206,7 +204,7 @@ class WorkerService:
         if proc is None:
             return CmdReply(success=False, msg="RE environment does not exist")
         logger.warning("destroying environment %s (pid %d)", proc.env_uid, proc.pid)
-        proc.kill()
+        proc.kill("destroy")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.exited.wait(), KILL_WAIT_S)
         return CmdReply()
@@ -243,8 +241,6 @@ class WorkerService:
                 self._give_up(st.owner)
             return
         old = self.state.env
-        if st.running_item_uid:
-            self.proc.ran_item = True
         if st.running_item_uid != (old.running_item_uid if old else None):
             self.item_since = time.time() if st.running_item_uid else None
         changes: dict[str, object] = {"env": st}
@@ -289,22 +285,26 @@ class WorkerService:
         await asyncio.sleep(0.01)
         last = self.state.env
         opening = last is None or last.env_state in ("initializing", "failed")
-        if isinstance(proc, EnvProcess) and self._respawn_if_killed_early(proc, returncode):
-            return
         self.proc, self._exited_uid = None, proc.env_uid
         # An adopted environment's exit status is unknown: it said it closed, or not.
         clean = returncode == 0 or (
             returncode is None and last is not None and last.env_state in ("closing", "closed")
         )
         error, tb = self.state.last_error, self.state.last_traceback
-        if not clean and not error and not proc.destroyed:
+        if not clean and not error and not proc.killed_for:
             when = "while opening" if opening else "unexpectedly"
             error = f"The environment process exited {when} ({how})"
+        # The log names who killed it: our own kills (a destroy, this service stopping),
+        # logged without their reason, were once taken for unexplained SIGKILLs (ADR 14).
+        who = f", by this service: {proc.killed_for}" if proc.killed_for else ""
+        if returncode is not None and returncode < 0 and not proc.killed_for:
+            who = ", not by this service"
         logger.log(
-            logging.INFO if clean else logging.WARNING,
-            "environment %s ended (%s)",
+            logging.INFO if clean or proc.killed_for else logging.WARNING,
+            "environment %s ended (%s%s)",
             proc.env_uid,
             how,
+            who,
         )
         self.state = self._worker_state(
             env_exists=False, last_error=error, last_traceback=tb, ended_env_uid=proc.env_uid
@@ -321,32 +321,6 @@ class WorkerService:
                 self.item_since,
             )
         await self.records.clear()
-
-    def _respawn_if_killed_early(self, proc: EnvProcess, returncode: int | None) -> bool:
-        """Start the environment once more if SIGKILL from outside ended it before it ran.
-
-        Seen rarely under the test suite's load: an environment process killed by SIGKILL
-        0.25-1.3 s after its start, before it ran anything, by no code of ours (every kill we
-        send is for a destroy or a shutdown, which set `destroyed`). The cause is not known
-        yet. An open that the user asked for is retried once, with a warning, rather than
-        failed; a later kill, or one after an item ran, ends the environment as it should.
-        """
-        fresh = not proc.ran_item and time.monotonic() - proc.started_at < RESPAWN_WINDOW_S
-        if proc.destroyed or returncode != -signal.SIGKILL or not fresh or proc.respawned:
-            return False
-        logger.warning(
-            "environment %s was killed by SIGKILL before it ran anything (not by this service): "
-            "starting it once more",
-            proc.env_uid,
-        )
-        argv = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
-        new = EnvProcess.spawn(argv, proc.env_uid, self._on_exit, asyncio.get_running_loop())
-        new.respawned = True
-        self.proc = new
-        proc.exited.set()
-        self.state = msgspec.structs.replace(self.state, env_pid=new.pid)
-        self._spawn(self.publish_state())
-        return True
 
     async def _save_record(self, st: EnvState) -> None:
         await self.records.save(record_of(st, self.instance, self.item_since))

@@ -27,7 +27,7 @@ class Gateway:
         return self.proc.log_tail()
 
 
-async def wait_http(url: str, proc: ServiceProcess, timeout: float = 15.0) -> None:
+async def wait_http(url: str, proc: ServiceProcess, timeout: float = 60.0) -> None:
     async with httpx.AsyncClient() as c, asyncio.timeout(timeout):
         while True:
             if not proc.alive():
@@ -71,7 +71,7 @@ def gateway_for(services: Services, *args: str, **kw: Any) -> Any:
 
 
 async def wait_status(
-    http: httpx.AsyncClient, pred: Callable[[Status], bool], timeout: float = 20.0
+    http: httpx.AsyncClient, pred: Callable[[Status], bool], timeout: float = 60.0
 ) -> Status:
     """Poll `GET /status` until `pred` holds (tests only: the gateway itself never polls)."""
     async with asyncio.timeout(timeout):

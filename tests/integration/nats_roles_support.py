@@ -51,7 +51,7 @@ class RoleServices(Services):
             super().start(name)
         self.env = common
 
-    async def wait_ready(self, timeout: float = 15.0) -> None:
+    async def wait_ready(self, timeout: float = 60.0) -> None:
         """Probe each service as a user that may: the worker's subjects are internal."""
         deadline = time.monotonic() + timeout
         for name, proc in self.procs.items():

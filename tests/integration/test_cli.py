@@ -266,14 +266,14 @@ async def test_monitor_prints_the_status_then_each_change(svc: Services) -> None
     )
     assert proc.stdout is not None
     try:
-        first = await asyncio.wait_for(proc.stdout.readline(), 10)
+        first = await asyncio.wait_for(proc.stdout.readline(), 60)
         assert b"items_in_queue=0" in first
         await ok(svc, "queue", "add", "plan", PLAN)
-        second = await asyncio.wait_for(proc.stdout.readline(), 10)
+        second = await asyncio.wait_for(proc.stdout.readline(), 60)
         assert b"items_in_queue=1" in second
     finally:
         proc.send_signal(signal.SIGINT)
-        rc = await asyncio.wait_for(proc.wait(), 10)
+        rc = await asyncio.wait_for(proc.wait(), 60)
     assert rc == 0
 
 

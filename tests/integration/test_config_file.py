@@ -13,7 +13,7 @@ from services.stack.natsserver import NatsServer
 from tests.conftest import unique_prefix
 
 
-async def answers(url: str, prefix: str, timeout: float = 15.0) -> bool:
+async def answers(url: str, prefix: str, timeout: float = 60.0) -> bool:
     c = await Client.connect(url, prefix, timeout=1.0)
     try:
         deadline = asyncio.get_running_loop().time() + timeout

@@ -34,7 +34,7 @@ def check_queue(names: list[str], acked: list[str], tried: list[str]) -> None:
     assert set(names) <= set(tried), f"never requested: {sorted(set(names) - set(tried))}"
 
 
-async def wait_answering(services: Services, timeout: float = 15.0) -> Client:
+async def wait_answering(services: Services, timeout: float = 60.0) -> Client:
     await services.wait_ready(timeout)
     return await Client.connect(services.nats.url, services.prefix, timeout=5.0)
 

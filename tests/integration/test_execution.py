@@ -35,7 +35,7 @@ def quick(num: int = 1, delay: float = 0) -> dict[str, Any]:
 
 
 async def until(
-    client: Client, pred: Callable[[dict[str, Any]], bool], timeout: float = 20
+    client: Client, pred: Callable[[dict[str, Any]], bool], timeout: float = 60
 ) -> dict[str, Any]:
     return await client.wait_for(pred, timeout=timeout)
 

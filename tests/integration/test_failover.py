@@ -243,6 +243,43 @@ async def test_a_hung_leader_is_replaced_and_never_writes_again(
         assert st["plan_queue_uid"] != queue_uid  # changed by the add, by the new leader only
 
 
+async def test_a_leader_hung_during_a_run_the_standby_goes_on_within_3_s(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """The frozen leader may hold a result it pulled; the standby's own results consumer
+    gets it again at once (ADR 9), so the next item starts within 3 s (ISSUE 10)."""
+    async with deployment(cluster, tmp_path) as (d, client):
+        first = await add(client, {"item_type": "plan", "name": "sleep", "args": [2.0]})
+        second = await add(client, counts(1, 0))
+        assert first and second
+        assert (await client.request("queue_start"))["success"]
+        await client.wait_for(lambda st: st["running_item_uid"] == first, timeout=T)
+        leader = d.procs["queue-a"]
+        assert leader.proc is not None
+        d.held.add("queue-a")
+        # Shortly before the plan ends: the frozen leader's last pull request may take it.
+        await asyncio.sleep(1.7)
+        leader.proc.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        await answered(client, "status")
+        took = time.monotonic() - t0
+        took_over = time.time()
+        report(
+            f"failover, leader hung (SIGSTOP) during a run: the standby answered after {took:.3f} s"
+        )
+        hist = await wait_all_ran(client, [first, second])
+        assert_each_ran_once(hist, [first, second])
+        rec = {h["item_uid"]: h["result"] for h in hist}
+        went_on = rec[second]["time_start"] - max(took_over, rec[first]["time_stop"])
+        report(
+            "failover, leader hung (SIGSTOP) during a run: the next item started "
+            f"{went_on:.2f} s after the takeover or the plan's end, whichever came last"
+        )
+        assert went_on < 3.0, d.logs()
+        leader.proc.send_signal(signal.SIGCONT)  # it wakes up, finds its lease gone, exits
+        assert await asyncio.to_thread(leader.proc.wait, 10) == 3, leader.log_tail()
+
+
 async def test_a_nats_node_killed_during_edits_and_during_a_run(
     cluster: NatsCluster, tmp_path: Path
 ) -> None:

@@ -31,7 +31,8 @@ async def test_queue_service_killed_during_a_plan_keeps_the_plan_and_its_outcome
     services: Services, client: Client
 ) -> None:
     await open_env(client)
-    first = await add(client, quick(num=8, delay=0.25))
+    # Long enough (10 s) to outlast the queue service's restart on a busy machine.
+    first = await add(client, quick(num=40, delay=0.25))
     await add(client, quick(num=1))
     await client.request("queue_start")
     await until(client, lambda st: st["re_state"] == "running")
@@ -46,7 +47,7 @@ async def test_queue_service_killed_during_a_plan_keeps_the_plan_and_its_outcome
     items = await history(c)
     assert [it["result"]["exit_status"] for it in items] == ["completed", "completed"]
     assert items[0]["item_uid"] == first["item_uid"]  # recorded once, not re-run
-    assert answered < 5.0
+    assert answered < 30.0  # a restart, not a hang
     await c.close()
 
 

@@ -51,7 +51,7 @@ async def closed_after(reader: asyncio.StreamReader, limit: float) -> tuple[floa
     return time.monotonic() - started, got
 
 
-async def wait_log(gw: Gateway, text: str, timeout: float = 10.0) -> None:
+async def wait_log(gw: Gateway, text: str, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while text not in gw.proc.log_file.read_text(errors="replace"):
             await asyncio.sleep(0.05)

@@ -10,12 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from qserver.localstack import DATA_DIR_ENV
 from tests.integration.test_stack import Stacks
 
 
 @pytest.fixture
-def stacks(tmp_path: Path) -> Iterator[Stacks]:
+def stacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stacks]:
     s = Stacks(tmp_path)
+    monkeypatch.setenv(DATA_DIR_ENV, str(s.data_dir))
     yield s
     s.cleanup()
 

@@ -37,7 +37,7 @@ async def write_record(client: Client, name: str, status: str = "completed") -> 
 
 
 async def wait_history(client: Client, n: int) -> dict[str, Any]:
-    return await client.wait_for(lambda st: st["items_in_history"] == n, timeout=5)
+    return await client.wait_for(lambda st: st["items_in_history"] == n, timeout=30)
 
 
 async def test_history_get_returns_items_with_results_in_order(client: Client) -> None:

@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 
 from qserver.client import AccessDenied, Client
 from qserver.connect import NatsAuth
+from qserver.protocol.subjects import Subjects
 from services.stack.nats_permissions import roles
 from services.stack.natsserver import NatsServer
 from tests.conftest import USER, Services, plan, unique_prefix
@@ -213,3 +215,48 @@ async def test_gateway_serves_http_as_the_gateway_user(svc: RoleServices) -> Non
         r = await http.post("/api/queue/item/remove", json={"uid": uid})
         assert r.json()["success"], r.text
         assert "permissions violation" not in gw.log().lower()
+
+
+async def test_each_user_reads_replies_only_on_its_own_inboxes(
+    svc: Services, observer: Client
+) -> None:
+    """Inboxes are `_INBOX.<user>.`: nobody reads another user's replies (ADR 11)."""
+    assert observer.nc.new_inbox().startswith("_INBOX.observer.")
+    for subject in ("_INBOX.operator.>", "_INBOX.>", "_INBOX.queue.abc"):
+
+        async def first(subject: str = subject) -> dict[str, object]:
+            async for ev in observer.events(subject):
+                return ev
+            raise AssertionError("the subscription ended")
+
+        with pytest.raises(AccessDenied, match=f"may not subscribe to '{subject.lower()}'"):
+            await asyncio.wait_for(first(), 10.0)
+    assert "manager_state" in await observer.request("status")
+
+
+@pytest.mark.parametrize("role", ["queue", "history", "gateway", "operator", "observer"])
+async def test_only_the_worker_side_writes_results_and_worker_events(
+    svc: Services, role: str
+) -> None:
+    """A forged plan outcome or worker state is refused for every user but the worker's."""
+    s = Subjects(PREFIX)
+    errors: list[str] = []
+
+    async def on_error(e: Exception) -> None:
+        errors.append(str(e).lower())
+
+    nc = await nats.connect(
+        svc.nats.url, allow_reconnect=False, error_cb=on_error, **auth(role).connect_options()
+    )
+    try:
+        forged = (s.results, s.worker_state, s.env_state)
+        for subject in forged:
+            await nc.publish(subject, b'{"item_uid": "x", "record_uid": "forged-run"}')
+        await nc.flush()
+        async with asyncio.timeout(30):
+            while not all(
+                any(f'publish to "{subject}"' in e for e in errors) for subject in forged
+            ):
+                await asyncio.sleep(0.05)
+    finally:
+        await nc.close()

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from qserver.client import Client, NoAnswer
+from qserver.localstack import DATA_DIR_ENV
 from services.runtime.procs import SERVICES
 from services.stack.embedded import (
     CRASH_BACKOFF,
@@ -52,7 +53,7 @@ class StackProcess:
     def output(self) -> str:
         return self.out_file.read_text(errors="replace")
 
-    async def wait_info(self, timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_info(self, timeout: float = 60.0) -> dict[str, Any]:
         """stack.json, once the stack has written it (that is: once every service answers)."""
         info_file = self.data_dir / "stack.json"
         async with asyncio.timeout(timeout):
@@ -112,14 +113,16 @@ class Stacks:
 
 
 @pytest.fixture
-def stacks(tmp_path: Path) -> Iterator[Stacks]:
+def stacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stacks]:
     s = Stacks(tmp_path)
+    # As a user points clients at a stack: they read its address and NATS key from there.
+    monkeypatch.setenv(DATA_DIR_ENV, str(s.data_dir))
     yield s
     s.cleanup()
 
 
 async def answer(
-    client: Client, method: str, params: dict[str, Any] | None = None, timeout: float = 15.0
+    client: Client, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0
 ) -> dict[str, Any]:
     """The reply to `method`, retried while its service is (re)starting."""
     async with asyncio.timeout(timeout):

@@ -16,7 +16,11 @@ from qserver.jsonlog import JsonFormatter, QuietNatsErrors, make_formatter
 
 def test_user_and_password_from_env_become_connect_options() -> None:
     env = {"QSERVER_NATS_USER": "observer", "QSERVER_NATS_PASSWORD": "pw"}
-    assert NatsAuth.from_env(env).connect_options() == {"user": "observer", "password": "pw"}
+    assert NatsAuth.from_env(env).connect_options() == {
+        "user": "observer",
+        "password": "pw",
+        "inbox_prefix": "_INBOX.observer",  # it may read replies there only
+    }
 
 
 def test_nothing_configured_adds_no_options() -> None:
@@ -75,6 +79,20 @@ def test_environ_round_trips_for_child_processes() -> None:
     assert auth.environ() == {"QSERVER_NATS_USER": "worker", "QSERVER_NATS_PASSWORD": "pw"}
     assert NatsAuth.from_env(auth.environ()) == auth
     assert set(ENV_VARS.values()) >= set(auth.environ())
+
+
+def test_the_inbox_prefix_comes_from_the_user_name_or_is_given() -> None:
+    assert NatsAuth(user="operator-tst", password="pw").inbox == "_INBOX.operator-tst"
+    assert NatsAuth(user="a.b", password="pw").inbox == "_INBOX"  # not one subject token
+    given = NatsAuth.from_env({"QSERVER_NATS_TOKEN": "t", "QSERVER_NATS_INBOX_PREFIX": "_INBOX.x"})
+    assert given.connect_options() == {"token": "t", "inbox_prefix": "_INBOX.x"}
+    # A user given as a flag replaces the environment's credentials and their inbox prefix.
+    flagged = NatsAuth.from_env(
+        {"QSERVER_NATS_TOKEN": "t", "QSERVER_NATS_INBOX_PREFIX": "_INBOX.x"}, user="observer"
+    )
+    assert flagged.inbox == "_INBOX.observer"
+    with pytest.raises(NatsConfigError, match="QSERVER_NATS_INBOX_PREFIX must be _INBOX"):
+        NatsAuth(inbox_prefix="replies.me").connect_options()
 
 
 def test_method_names_the_user_but_never_the_secret() -> None:

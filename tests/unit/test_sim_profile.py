@@ -57,7 +57,7 @@ def test_the_shipped_lists_hold_every_plan_and_device_of_the_reference(
     lists: dict[str, Any],
 ) -> None:
     # Ours beside them: plans for pause and failure tests.
-    extra = {"long_count", "sim_fail", "sleep"}
+    extra = {"long_count", "sim_fail", "sim_fail_large", "sleep"}
     assert set(lists["plans_existing"]) == REFERENCE_PLANS | extra
     assert set(lists["devices_existing"]) == REFERENCE_DEVICES
     bundle = lists["devices_existing"]["sim_bundle_A"]

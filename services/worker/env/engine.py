@@ -29,6 +29,7 @@ from qserver.plan_tools.resolve import resolve_args
 from qserver.protocol.items import ExitStatus, HistoryResult
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import EnvStateName, ExistingLists, PlanResult, StartupConfig
+from qserver.result_texts import MSG_KEPT, TRACEBACK_KEPT, cut
 from services.runtime.service_base import encode
 from services.worker.env import live_docs, metadata
 from services.worker.env.kafka import KafkaPublisher
@@ -175,12 +176,17 @@ class Environment:
         except Exception as e:
             tb = traceback.format_exc()
             print(tb, file=sys.stderr, flush=True)
+            msg = (
+                str(e)
+                if isinstance(e, StartupError)
+                else f"Error in startup code: {type(e).__name__}: {e}"
+            )
+            # Cut like a plan's report, so that the state message always fits (ADR 8).
+            whole_at = "the environment's console output"
             with self.lock:
                 self.env_state = "failed"
-                self.error_msg = f"Error in startup code: {type(e).__name__}: {e}"
-                if isinstance(e, StartupError):
-                    self.error_msg = str(e)
-                self.error_traceback = tb
+                self.error_msg = cut(msg, MSG_KEPT, whole_at)
+                self.error_traceback = cut(tb, TRACEBACK_KEPT, whole_at)
             self.notify()
             return False
         with self.lock:

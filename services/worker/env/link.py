@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from qserver.connect import connect_options, servers
+from services.runtime.replies import reply_to_inboxes_only
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class NatsLink:
             reconnect_time_wait=0.2,
             **connect_options(),  # the worker's credentials, from the environment
         )
+        reply_to_inboxes_only(self._nc)  # before any subscription (ADR 11)
         self._js = self._nc.jetstream()
 
     def on_loop_thread(self) -> bool:
