@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-busy lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: $(VENV)/.installed-test
 test: $(VENV)/.installed-test  ## install with test extras, lint, run the whole suite
 	$(MAKE) lint
 	$(BIN)/pytest $(ARGS)
+
+test-busy: $(VENV)/.installed-test  ## the whole suite beside two CPU-bound busy loops
+	$(BIN)/python -m tests.run_busy -- $(MAKE) test ARGS="$(ARGS)"
 
 bench: $(VENV)/.installed  ## print the benchmark figures as JSON
 	$(BIN)/python -m bench.bench_core
