@@ -76,7 +76,7 @@ _KINDS = {"VAR_POSITIONAL": "*", "VAR_KEYWORD": "**"}
 
 def plan_signature(description: dict[str, Any]) -> str:
     """`count(detectors, num=1, delay=None, *, md=None)` from a plan's description."""
-    parts = []
+    parts: list[str] = []
     for p in description.get("parameters", []):
         kind = (p.get("kind") or {}).get("name", "")
         if kind == "KEYWORD_ONLY" and not any(x.startswith("*") for x in parts):
