@@ -155,9 +155,9 @@ def history_get(offset: int, limit: int | None, oldest: bool) -> None:
     """Print the history, oldest item first: all of it, or the latest --limit N items.
 
     \b
-    qserver history get --limit 3            the 3 latest items
-    qserver history get --limit 3 --offset 3 the 3 before those
-    qserver history get --oldest --limit 3   the 3 oldest items
+    qserver history get --limit 3              the 3 latest items
+    qserver history get --limit 3 --offset 3   the 3 before those
+    qserver history get --oldest --limit 3     the 3 oldest items
     """
     count = None if limit is None else abs(limit)
     if oldest:
