@@ -10,12 +10,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# pip prints its progress: the first install takes ~2 minutes (bluesky, ophyd, tiled...).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	@echo "installing qserver and its dependencies into $(VENV) (the first run takes ~2 minutes)..."
+	$(BIN)/pip install --progress-bar on -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	@echo "installing qserver with its test tools into $(VENV) (the first run takes ~2 minutes)..."
+	$(BIN)/pip install --progress-bar on -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed  ## install, then start the embedded stack (Ctrl-C stops it)

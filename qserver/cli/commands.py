@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from qserver.cli import commands_admin, commands_doctor, commands_env, commands_queue
@@ -19,6 +21,23 @@ Examples:
   qserver lock queue "maintenance" -k KEY
   qserver -c queue_plan_add -p -1 '{"name":"count","args":[["det1"]]}'   (v0.0.1 form)
 """
+
+
+def version_text() -> str:
+    """Which `qserver` answers: ours, from which package (the reference's has the same name)."""
+    import qserver
+
+    where = Path(qserver.__file__).resolve().parent
+    return (
+        f"qserver {qserver.__version__} (NATS queue server client, package qserver at {where}; "
+        "also installed as qserver-nats and python -m qserver)"
+    )
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_text())
+        ctx.exit()
 
 
 class QServerGroup(click.Group):
@@ -50,6 +69,14 @@ class QServerGroup(click.Group):
     type=click.Choice(["json", "table"]),
     default="json",
     help="Print replies as JSON or as a table.",
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print which qserver this is (version, package path) and exit.",
 )
 @click.option("-c", "--command", help="v0.0.1 form: the request to send, e.g. queue_plan_add.")
 @click.option(

@@ -10,7 +10,14 @@ import click
 
 from qserver.cli.errors import BadParams
 from qserver.cli.options import CONTEXT, lock_key_option, simple
-from qserver.cli.runner import USER, send
+from qserver.cli.output import format_lists
+from qserver.cli.runner import (
+    USER,
+    current_settings,
+    send,
+    send_and_render,
+    send_history_latest,
+)
 from qserver.cli.words import flags, make_item, parse_history_clear
 from qserver.legacy import CLI_USER_GROUP
 
@@ -38,18 +45,28 @@ def environment_update(background: str | None) -> None:
 def _lists_command(name: str, suffix: str, params: dict[str, Any], doc: str) -> click.Command:
     @click.command(name, context_settings=CONTEXT, help=doc)
     @click.argument("what", type=click.Choice(["plans", "devices"]))
-    def cmd(what: str) -> None:
-        send(f"{what}_{suffix}", params)
+    @click.option("--names", is_flag=True, help="Only the names, one a line.")
+    def cmd(what: str, names: bool) -> None:
+        method = f"{what}_{suffix}"
+        if names or current_settings().fmt == "table":
+            send_and_render(method, params, lambda r: format_lists(r, method, names))
+        else:
+            send(method, params)
 
     return cmd
 
 
-existing = _lists_command("existing", "existing", {}, "Plans or devices in the environment.")
+existing = _lists_command(
+    "existing",
+    "existing",
+    {},
+    "Plans or devices in the environment (--names or --format table: one a line).",
+)
 allowed = _lists_command(
     "allowed",
     "allowed",
     {"user_group": CLI_USER_GROUP},
-    "Plans or devices the CLI's user group may use.",
+    "Plans or devices the CLI's user group may use (--names or --format table: one a line).",
 )
 
 
@@ -117,12 +134,38 @@ def history() -> None:
 
 
 @history.command("get", context_settings=CONTEXT)
-@click.option("--offset", type=click.IntRange(min=0), help="Skip this many items.")
-@click.option("--limit", type=click.IntRange(min=0), help="Return at most this many items.")
-def history_get(offset: int | None, limit: int | None) -> None:
-    """Print the history (all of it unless --limit)."""
-    params = {"offset": offset, "limit": limit}
-    send("history_get", {k: v for k, v in params.items() if v is not None})
+@click.option(
+    "--limit",
+    "-n",
+    type=int,
+    help="Only the latest N items (a negative N means the same).",
+)
+@click.option(
+    "--offset",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Skip this many of the latest items first (with --oldest: of the oldest).",
+)
+@click.option(
+    "--oldest",
+    is_flag=True,
+    help="Count --offset and --limit from the oldest item (the wire's history_get paging).",
+)
+def history_get(offset: int, limit: int | None, oldest: bool) -> None:
+    """Print the history, oldest item first: all of it, or the latest --limit N items.
+
+    \b
+    qserver history get --limit 3              the 3 latest items
+    qserver history get --limit 3 --offset 3   the 3 before those
+    qserver history get --oldest --limit 3     the 3 oldest items
+    """
+    count = None if limit is None else abs(limit)
+    if oldest:
+        send("history_get", {"offset": offset} | ({} if count is None else {"limit": count}))
+    elif count is None and offset == 0:
+        send("history_get")
+    else:
+        send_history_latest(offset, count)
 
 
 @history.command("clear", context_settings=CONTEXT)

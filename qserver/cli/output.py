@@ -15,6 +15,12 @@ WATCHED = ("manager_state", "items_in_queue", "items_in_history", "running_item_
 
 def show(reply: dict[str, Any], fmt: str) -> None:
     """Print a reply; a refusal raises `RequestRefused`."""
+    check(reply)
+    click.echo(format_table(reply) if fmt == "table" else json.dumps(reply, indent=2))
+
+
+def check(reply: dict[str, Any]) -> None:
+    """Raise `RequestRefused` for a refused request, with the per-item messages."""
     # `status` replies carry no `success` key: only an explicit false is a refusal.
     if reply.get("success", True) is False:
         lines = [f"Request failed: {reply.get('msg', '')}"]
@@ -24,7 +30,6 @@ def show(reply: dict[str, Any], fmt: str) -> None:
             if isinstance(r, dict) and not r.get("success", True)
         ]
         raise RequestRefused("\n".join(lines))
-    click.echo(format_table(reply) if fmt == "table" else json.dumps(reply, indent=2))
 
 
 def _compact(value: Any) -> str:
@@ -64,6 +69,37 @@ def format_table(reply: dict[str, Any]) -> str:
         ]
     lines += [f"{k}: {_compact(v)}" for k, v in reply.items() if k not in ("items", "item")]
     return "\n".join(lines)
+
+
+_KINDS = {"VAR_POSITIONAL": "*", "VAR_KEYWORD": "**"}
+
+
+def plan_signature(description: dict[str, Any]) -> str:
+    """`count(detectors, num=1, delay=None, *, md=None)` from a plan's description."""
+    parts: list[str] = []
+    for p in description.get("parameters", []):
+        kind = (p.get("kind") or {}).get("name", "")
+        if kind == "KEYWORD_ONLY" and not any(x.startswith("*") for x in parts):
+            parts.append("*")
+        text = _KINDS.get(kind, "") + str(p.get("name", ""))
+        parts.append(f"{text}={p['default']}" if "default" in p else text)
+    return f"{description.get('name', '')}({', '.join(parts)})"
+
+
+def device_line(name: str, description: dict[str, Any]) -> str:
+    """`motor  SynAxis  movable readable` from a device's description."""
+    abilities = [a for a in ("movable", "readable", "flyable") if description.get(f"is_{a}")]
+    return f"{name}  {description.get('classname', '')}  {' '.join(abilities)}".rstrip()
+
+
+def format_lists(reply: dict[str, Any], key: str, names_only: bool) -> str:
+    """The plans or devices under `key`, one a line: names only, or with a summary."""
+    entries: dict[str, Any] = reply.get(key) or {}
+    if names_only:
+        return "\n".join(sorted(entries))
+    if key.startswith("plans"):
+        return "\n".join(plan_signature({"name": n, **entries[n]}) for n in sorted(entries))
+    return "\n".join(device_line(n, entries[n]) for n in sorted(entries))
 
 
 def monitor_line(status: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from qserver.cli.errors import (
     NoReply,
     RequestRefused,
 )
-from qserver.cli.output import monitor_line, show
+from qserver.cli.output import check, monitor_line, show
 from qserver.legacy import (
     CLI_USER,
     CLI_USER_GROUP,
@@ -124,6 +124,45 @@ def send(method: str, params: dict[str, Any] | None = None) -> None:
     settings = current_settings()
     params = with_lock_key(method, params or {}, settings.lock_key)
     show(asyncio.run(_request(settings, method, params)), settings.fmt)
+
+
+def latest_window(total: int, skip: int, count: int | None) -> tuple[int, int]:
+    """The wire's (offset, limit) for the latest `count` items after skipping the `skip` latest."""
+    end = max(0, total - skip)
+    start = 0 if count is None else max(0, end - count)
+    return start, end - start
+
+
+async def _history_latest(settings: Settings, skip: int, count: int | None) -> dict[str, Any]:
+    async with connected(settings) as client:
+        # The wire pages from the oldest item (the reference's semantics); the status tells
+        # the length. If the history changed in between (its uid differs), ask again; after
+        # three tries, take the whole history and cut it here.
+        for _ in range(3):
+            status = await client.request("status")
+            offset, limit = latest_window(int(status["items_in_history"]), skip, count)
+            reply = await client.request("history_get", {"offset": offset, "limit": limit})
+            if reply.get("plan_history_uid") == status.get("plan_history_uid"):
+                return reply
+        reply = await client.request("history_get")
+        items = reply.get("items", [])
+        offset, limit = latest_window(len(items), skip, count)
+        return {**reply, "items": items[offset : offset + limit]}
+
+
+def send_history_latest(skip: int, count: int | None) -> None:
+    """Print the latest `count` history items (all if None) after skipping the `skip` latest."""
+    settings = current_settings()
+    show(asyncio.run(_history_latest(settings, skip, count)), settings.fmt)
+
+
+def send_and_render(
+    method: str, params: dict[str, Any], render: Callable[[dict[str, Any]], str]
+) -> None:
+    """Send one request and print `render(reply)`; a refusal raises `RequestRefused`."""
+    reply = asyncio.run(_request(current_settings(), method, params))
+    check(reply)
+    click.echo(render(reply))
 
 
 def run_legacy(command: str, values: Sequence[str]) -> None:

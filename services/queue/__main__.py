@@ -101,7 +101,11 @@ async def main(args: argparse.Namespace) -> int:
     for t in [*tasks, keeper]:
         t.cancel()
     svc.executor.stop()
-    await shutdown(micro.stop(), svc.log.close(), lease.release(), nc.drain())
+    # The results pull subscription goes first: nats-py's fetch never marks what it took as
+    # done, so draining it would wait out the bound and log a CancelledError traceback.
+    await shutdown(
+        micro.stop(), svc.executor.results.close(), svc.log.close(), lease.release(), nc.drain()
+    )
     logger.info("queue service stopped: %s", svc.summary())
     return 0
 

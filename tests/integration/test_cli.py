@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from qserver.client import Client
-from tests.conftest import Services
+from tests.conftest import Services, tag
+from tests.integration.test_history import write_record
 
 PLAN = '{"name":"count", "args":[["det1", "det2"]]}'
 SCAN = '{"name":"scan", "args":[["det1", "det2"], "motor", -1, 1, 10]}'
@@ -209,6 +210,44 @@ async def test_keyword_mode_lock_and_history(svc: Services) -> None:
     assert history["items"] == []
     await ok(svc, "history", "clear")
     await ok(svc, "history", "clear", "3")
+
+
+async def test_history_get_limit_gives_the_latest_items(svc: Services) -> None:
+    for name in "abcde":
+        await write_record(client_of(svc), name)
+    await client_of(svc).wait_for(lambda st: st["items_in_history"] == 5, timeout=30)
+
+    async def tags(*args: str) -> list[str]:
+        return [tag(it) for it in (await ok(svc, "history", "get", *args))["items"]]
+
+    assert await tags() == list("abcde")
+    assert await tags("--limit", "2") == ["d", "e"]
+    assert await tags("--limit", "-2") == ["d", "e"]  # what people typed for "the last 2"
+    assert await tags("-n", "2", "--offset", "1") == ["c", "d"]
+    assert await tags("--limit", "9") == list("abcde")
+    assert await tags("--limit", "0") == []
+    assert await tags("--offset", "3") == ["a", "b"]
+    assert await tags("--oldest", "--limit", "2") == ["a", "b"]  # the wire's paging
+    assert await tags("--oldest", "--offset", "1", "--limit", "2") == ["b", "c"]
+
+
+async def test_allowed_names_and_table_print_one_plan_or_device_a_line(svc: Services) -> None:
+    names = await qs(svc, "allowed", "plans", "--names")
+    assert names.rc == 0, names.err
+    plans = names.out.splitlines()
+    assert "count" in plans and "scan" in plans
+    assert all(p and " " not in p for p in plans)
+    assert plans == sorted(plans)
+    table = await qs(svc, "--format", "table", "allowed", "plans")
+    assert table.rc == 0, table.err
+    assert len(table.out.splitlines()) == len(plans)
+    count = next(line for line in table.out.splitlines() if line.startswith("count("))
+    assert count.startswith("count(detectors, num=1")
+    devices = await qs(svc, "existing", "devices", "--names")
+    assert "det1" in devices.out.splitlines() and "motor" in devices.out.splitlines()
+    table = await qs(svc, "--format", "table", "allowed", "devices")
+    motor = next(line for line in table.out.splitlines() if line.split()[0] == "motor")
+    assert "movable" in motor.split()
 
 
 async def test_table_format_lists_items_in_columns(svc: Services) -> None:

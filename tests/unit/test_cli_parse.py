@@ -5,14 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qserver import cli
 from qserver.cli.errors import BadParams
-from qserver.cli.output import format_table
-from qserver.cli.runner import with_lock_key
+from qserver.cli.output import format_lists, format_table, plan_signature
+from qserver.cli.runner import latest_window, with_lock_key
 from qserver.cli.words import (
     batch_items,
     make_item,
@@ -36,6 +37,70 @@ def test_import_does_not_load_nats_or_msgspec() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("module", ["qserver", "qserver.cli"])
+def test_version_says_which_qserver_answers(module: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    import qserver
+
+    assert out.startswith(f"qserver {qserver.__version__} (NATS queue server client, ")
+    assert str(Path(qserver.__file__).resolve().parent) in out
+
+
+def test_qserver_nats_is_installed_beside_qserver() -> None:
+    # The alias is a script of its own, in the same place as `qserver`.
+    script = Path(sys.executable).parent / "qserver-nats"
+    out = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "(NATS queue server client, package qserver at " in out
+
+
+@pytest.mark.parametrize(
+    ("total", "skip", "count", "window"),
+    [
+        (5, 0, 2, (3, 2)),
+        (5, 1, 2, (2, 2)),
+        (5, 0, 9, (0, 5)),
+        (5, 0, 0, (5, 0)),
+        (5, 3, None, (0, 2)),
+        (5, 7, 2, (0, 0)),
+        (0, 0, 3, (0, 0)),
+    ],
+)
+def test_latest_window_counts_from_the_newest(
+    total: int, skip: int, count: int | None, window: tuple[int, int]
+) -> None:
+    assert latest_window(total, skip, count) == window
+
+
+def test_plan_signature_and_lists() -> None:
+    def param(name: str, kind: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "kind": {"name": kind}, **extra}
+
+    grid = {
+        "parameters": [
+            param("detectors", "POSITIONAL_OR_KEYWORD"),
+            param("args", "VAR_POSITIONAL"),
+            param("md", "KEYWORD_ONLY", default="None"),
+        ]
+    }
+    count = {
+        "parameters": [
+            param("num", "POSITIONAL_OR_KEYWORD", default="1"),
+            param("md", "KEYWORD_ONLY", default="None"),
+            param("kw", "VAR_KEYWORD"),
+        ]
+    }
+    assert plan_signature({"name": "grid", **grid}) == "grid(detectors, *args, md=None)"
+    assert plan_signature({"name": "count", **count}) == "count(num=1, *, md=None, **kw)"
+    reply = {"plans_allowed": {"grid": grid, "count": count}}
+    assert format_lists(reply, "plans_allowed", names_only=True) == "count\ngrid"
+    devices = {"devices_allowed": {"m": {"classname": "SynAxis", "is_movable": True}}}
+    assert format_lists(devices, "devices_allowed", names_only=False) == "m  SynAxis  movable"
 
 
 # ----- positions and destinations -----
