@@ -65,9 +65,10 @@ class EnvState(msgspec.Struct, frozen=True, kw_only=True):
     run_list: list[RunInfo] = msgspec.field(default_factory=list)
     run_list_uid: str = ""
     lists_uid: str = ""  # changes when the existing plans/devices were re-read
-    # Documents to Kafka: queued or in flight, not acknowledged yet / lost (0 when Kafka is off).
-    kafka_pending: int = 0
-    kafka_failed: int = 0
+    # Documents into the document stream (ADR 10): accepted and not yet stored / refused
+    # (too large, or no room while the stream did not answer).
+    docs_pending: int = 0
+    docs_failed: int = 0
 
 
 class WorkerState(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +81,10 @@ class WorkerState(msgspec.Struct, frozen=True, kw_only=True):
     # Set while an open failed or after the environment process died, for status and console.
     last_error: str = ""
     last_traceback: str = ""
+    # Documents from the document stream to Kafka: not delivered yet / lost for good (too
+    # large for the broker, or dropped by the stream's limits before they were sent).
+    kafka_pending: int = 0
+    kafka_failed: int = 0
 
 
 class RunPlan(msgspec.Struct, frozen=True, kw_only=True):

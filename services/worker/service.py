@@ -41,6 +41,7 @@ from qserver.protocol.worker import (
     WorkerState,
 )
 from services.runtime.service_base import encode
+from services.worker.kafka_export import KafkaExport
 from services.worker.messages import RECORD_KEY, EnvRecord, EnvStatus, worker_bucket
 from services.worker.process import EnvProcess, describe_exit, env_argv, is_env_process
 from services.worker.results import ensure_results_stream, last_result, publish_result
@@ -84,6 +85,7 @@ class WorkerService:
         self._exited_uid: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # exit handling, awaited at stop
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self.export: KafkaExport | None = None  # its counters go out with the state
 
     # ----- start and stop -----
 
@@ -193,6 +195,8 @@ class WorkerService:
     # ----- watching -----
 
     async def publish_state(self) -> None:
+        if self.export is not None:
+            self._set(kafka_pending=self.export.pending, kafka_failed=self.export.failed)
         try:
             await self.nc.publish(self.subjects.worker_state, encode(self.state))
         except Exception as e:  # reconnecting: the heartbeat sends it again

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from qserver.documents import decode
 from services.stack.kafka_broker import KafkaBroker
 from services.stack.natsserver import NatsServer
-from services.worker.env.kafka import decode
 from tests.conftest import new_topic
 from tests.integration.test_worker import Worker
 
