@@ -114,6 +114,7 @@ class Reassembler:
     def __init__(self) -> None:
         self._parts: list[bytes] = []
         self._first_seq = 0
+        self._broken = False  # parts of a document whose beginning is missing went by
         self.dropped = 0  # documents lost for a missing part
 
     @property
@@ -130,29 +131,29 @@ class Reassembler:
         publisher = (headers.get("Nats-Msg-Id") or "").rsplit(".", 1)[0]
         part = headers.get(PART_HEADER)
         if not part:
-            if self._parts:
-                self._drop()
+            self._lose()
             return StreamDoc(seq, seq, run_uid, data, publisher)
         try:
             index, count = (int(x) for x in part.split("/"))
         except ValueError:
             index, count = 0, 0
         if index == 1:
-            if self._parts:
-                self._drop()
+            self._lose()
             self._parts, self._first_seq = [data], seq
         elif self._parts and index == len(self._parts) + 1:
             self._parts.append(data)
-        else:  # a part without the ones before it
-            if self._parts:
-                self._drop()
-            self.dropped += 1
+        else:  # a part without the ones before it: its document is lost
+            self._parts, self._broken = [], True
+            if index >= count:
+                self._lose()
             return None
         if index < count:
             return None
         value, self._parts = b"".join(self._parts), []
         return StreamDoc(self._first_seq, seq, run_uid, value, publisher)
 
-    def _drop(self) -> None:
-        self._parts = []
-        self.dropped += 1
+    def _lose(self) -> None:
+        """Count the document in progress as lost, if there is one."""
+        if self._parts or self._broken:
+            self.dropped += 1
+        self._parts, self._broken = [], False

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_AGE_DAYS = 7.0
 DEFAULT_MAX_GIB = 4.0
+DEFAULT_MAX_DOC_MIB = 64.0
 JS_API = "$JS.API"
 BATCH = 256
 EXPIRES_S = 30.0
@@ -55,6 +56,11 @@ def _positive(var: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{var} must be positive, not {raw!r}")
     return value
+
+
+def max_document_bytes() -> int:
+    """The largest document kept: `$QSERVER_DOCS_MAX_DOC_MIB` (default 64); larger is refused."""
+    return int(_positive("QSERVER_DOCS_MAX_DOC_MIB", DEFAULT_MAX_DOC_MIB) * 2**20)
 
 
 async def ensure_docs_stream(js: JetStreamContext, subjects: Subjects) -> api.StreamInfo:

@@ -98,6 +98,7 @@ class Environment:
         self.startup = startup
         self.device_max_depth = device_max_depth
         self.journal = journal  # subscribed to the RunEngine when it is found
+        self._refused_before = 0  # the journal's refusals when the running item started
         self.lock = threading.RLock()
         self.env_state: EnvStateName = "initializing"
         self.running: Running | None = None
@@ -257,6 +258,7 @@ class Environment:
 
     def _run(self, cur: Running) -> None:
         self.runs.reset()
+        self._refused_before = self.journal.failed if self.journal else 0
         try:
             call = self._prepare(cur)
         except Exception as e:
@@ -357,12 +359,21 @@ class Environment:
         if self.journal is None or not result.result.run_uids:
             return result
         missing = await self.journal.wait_stored(DOCS_STALL_S)
-        if not missing:
+        refused = self.journal.failed - self._refused_before
+        notes = []
+        if refused:
+            notes.append(
+                f"{refused} documents of the runs could not be kept for the catalog and Kafka "
+                "(see the console)"
+            )
+        if missing:
+            notes.append(
+                f"{missing} documents of the runs were not stored in the document stream "
+                f"within {DOCS_STALL_S:g} s (they may reach the catalog later)"
+            )
+        if not notes:
             return result
-        note = (
-            f"{missing} documents of the runs were not stored in the document stream within "
-            f"{DOCS_STALL_S:g} s (they may reach the catalog later; see the console)"
-        )
+        note = "; ".join(notes)
         logger.warning("item %s: %s", result.item_uid, note)
         msg = f"{result.result.msg}\n{note}" if result.result.msg else note
         return msgspec.structs.replace(

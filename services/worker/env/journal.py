@@ -4,8 +4,8 @@ A RunEngine callback: on the RunEngine's thread it encodes the document as the K
 (msgpack `[name, doc]`, msgpack-numpy arrays) and queues it; the NATS thread publishes it
 on `<prefix>.docs.run.<start uid>` and follows the stream's acknowledgements (`Outbox`).
 It never raises (an exception in a callback on a stop document aborts the run). What cannot
-be kept is counted and said on the console: a document over `MAX_DOC_BYTES`, or one that
-finds `MAX_BACKLOG_BYTES` already waiting (JetStream unreachable for long). A document
+be kept is counted and said on the console: a document over `max_document_bytes()`, or one
+that finds `MAX_BACKLOG_BYTES` already waiting (JetStream unreachable for long). A document
 larger than a NATS message goes in consecutive parts.
 """
 
@@ -25,13 +25,16 @@ from nats.aio.msg import Msg
 
 from qserver.documents import PART_HEADER, RUN_HEADER, encode, run_token, split
 from qserver.protocol.subjects import Subjects
-from services.runtime.doc_stream import ensure_docs_stream
+from services.runtime.doc_stream import (
+    DEFAULT_MAX_DOC_MIB,
+    ensure_docs_stream,
+    max_document_bytes,
+)
 from services.worker.env.link import NatsLink
 from services.worker.env.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
-MAX_DOC_BYTES = 64 * 2**20
 MAX_BACKLOG_BYTES = 256 * 2**20
 # Room for the headers within the server's max_payload.
 HEADROOM = 4096
@@ -85,6 +88,11 @@ class DocumentJournal:
         self.subjects = subjects
         self.outbox = Outbox(publisher)
         self.max_backlog = max_backlog
+        try:
+            self.max_doc = max_document_bytes()
+        except ValueError as e:  # a bad setting: say so, keep the default
+            logger.error("%s", e)
+            self.max_doc = int(DEFAULT_MAX_DOC_MIB * 2**20)
         self._report = report or (lambda line: print(line, flush=True))
         self._keys = RunKeys()
         self._lock = threading.Lock()
@@ -116,8 +124,8 @@ class DocumentJournal:
             run = self._keys.key(name, doc)
             value = encode(name, doc)
             size = len(value)
-            if size > MAX_DOC_BYTES:
-                self._refuse(f"a {name} document of {size} bytes (over {MAX_DOC_BYTES})")
+            if size > self.max_doc:
+                self._refuse(f"a {name} document of {size} bytes (over {self.max_doc})")
                 return
             with self._lock:
                 if self._new_bytes + self.outbox.bytes + size > self.max_backlog:
