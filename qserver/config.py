@@ -78,7 +78,7 @@ class DocumentsSection(Section):
         Annotated[float, Meta(gt=0)] | None, _d("the stream keeps documents this long")
     ] = None
     max_gib: Annotated[
-        Annotated[float, Meta(gt=0)] | None, _d("the stream keeps at most this many GiB")
+        Annotated[float, Meta(gt=0)] | None, _d("the stream keeps at most this many GiB (reserved)")
     ] = None
     max_doc_mib: Annotated[
         Annotated[float, Meta(gt=0)] | None, _d("larger documents are refused and counted")

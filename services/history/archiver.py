@@ -25,7 +25,12 @@ from qserver.documents import Reassembler, StreamDoc, decode
 from qserver.protocol.subjects import Subjects
 from services.history.runs import Action, RunLedger
 from services.history.tiled_catalog import TiledCatalog
-from services.runtime.doc_stream import Positions, StreamFollower, ensure_docs_stream
+from services.runtime.doc_stream import (
+    Positions,
+    StreamFollower,
+    describe_error,
+    ensure_docs_stream,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +90,7 @@ class Archiver:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                message = f"{type(e).__name__}: {e}"
+                message = describe_error(e)
                 if message != self._last_error:
                     logger.warning("saving runs paused (%s); retrying", message)
                 self._last_error = message

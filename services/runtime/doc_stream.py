@@ -31,7 +31,6 @@ from qserver.protocol.subjects import Subjects
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_AGE_DAYS = 7.0
-DEFAULT_MAX_GIB = 4.0
 DEFAULT_MAX_DOC_MIB = 64.0
 JS_API = "$JS.API"
 BATCH = 256
@@ -64,21 +63,32 @@ def max_document_bytes() -> int:
 
 
 async def ensure_docs_stream(js: JetStreamContext, subjects: Subjects) -> api.StreamInfo:
-    """Create or update the stream: bounded by `$QSERVER_DOCS_MAX_AGE_DAYS` and `_MAX_GIB`.
+    """Create or update the stream: kept `$QSERVER_DOCS_MAX_AGE_DAYS`, and at most
+    `$QSERVER_DOCS_MAX_GIB` when that is set.
 
     Beyond either bound the oldest documents go; a reader that had not read them counts
-    them as lost (`StreamFollower.gaps`).
+    them as lost (`StreamFollower.gaps`). No byte bound by default: JetStream reserves a
+    stream's max_bytes up front, so a few beamlines' streams would exhaust a server's store.
     """
     days = _positive("QSERVER_DOCS_MAX_AGE_DAYS", DEFAULT_MAX_AGE_DAYS)
-    gib = _positive("QSERVER_DOCS_MAX_GIB", DEFAULT_MAX_GIB)
+    bounded = bool(os.environ.get("QSERVER_DOCS_MAX_GIB"))
+    max_bytes = int(_positive("QSERVER_DOCS_MAX_GIB", 1.0) * 2**30) if bounded else -1
     return await ensure_stream(
         js,
         subjects.docs_stream,
         [subjects.run_docs_wildcard],
         max_age=days * 86400.0,
-        max_bytes=int(gib * 2**30),
+        max_bytes=max_bytes,
         discard=api.DiscardPolicy.OLD,
     )
+
+
+def describe_error(e: BaseException) -> str:
+    """A JetStream API error with its code and description (their str() is empty)."""
+    code, description = getattr(e, "err_code", None), getattr(e, "description", None)
+    if description:
+        return f"{type(e).__name__} {code}: {description}"
+    return f"{type(e).__name__}: {e}" if str(e) else repr(e)
 
 
 class Positions:
@@ -235,7 +245,7 @@ class StreamFollower:
                 return
             except Exception as e:
                 await self._drop_consumer()
-                message = f"{type(e).__name__}: {e}"
+                message = describe_error(e)
                 if message != self._last_error:
                     logger.warning("cannot read stream %s yet (%s); retrying", self.stream, message)
                 self._last_error = message

@@ -28,7 +28,12 @@ from nats.aio.client import Client as NATS
 
 from qserver.documents import Reassembler, StreamDoc, configured_topic
 from qserver.protocol.subjects import Subjects
-from services.runtime.doc_stream import Positions, StreamFollower, ensure_docs_stream
+from services.runtime.doc_stream import (
+    Positions,
+    StreamFollower,
+    describe_error,
+    ensure_docs_stream,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +151,7 @@ class KafkaExport:
                 if isinstance(e, _Rewind):
                     delay = RETRY_S
                     continue
-                self._log_error(f"{type(e).__name__}: {e}")
+                self._log_error(describe_error(e))
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX_S)
 

@@ -177,6 +177,36 @@ async def test_nats_server_killed_mid_run_the_run_is_in_the_stream_once_and_in_o
         await w.stop()
 
 
+async def test_a_deleted_document_stream_is_made_again_and_the_run_stored(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    w = Worker(nats_server, tmp_path / "worker.log")
+    w.start()
+    try:
+        await w.connect()
+        await w.open()
+        assert w.nc is not None
+        js = w.nc.jetstream()
+        await js.delete_stream(w.subjects.docs_stream)  # an operator's mistake
+        uid = await w.run("count", ["det1"], num=2)
+        await w.until(
+            lambda: w.env is not None and w.env.env_state == "idle" and not w.env.running_item_uid,
+            "the item finished",
+            timeout=T,
+        )
+        res = await last_result(js, w.subjects)
+        assert res is not None and res.item_uid == uid
+        assert (res.result.exit_status, res.result.msg) == ("completed", "")
+        (run_uid,) = res.result.run_uids
+        subject = w.subjects.run_docs(run_uid)
+        names = [
+            decode(data)[0] async for _, data in read_stream(js, w.subjects.docs_stream, subject, 1)
+        ]
+        assert names == ["start", "descriptor", "event", "event", "stop"]
+    finally:
+        await w.stop()
+
+
 @pytest.fixture(scope="module")
 def tiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TiledServer]:
     server = TiledServer(tmp_path_factory.mktemp("tiled")).start()

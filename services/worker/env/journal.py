@@ -27,6 +27,7 @@ from qserver.documents import PART_HEADER, RUN_HEADER, encode, run_token, split
 from qserver.protocol.subjects import Subjects
 from services.runtime.doc_stream import (
     DEFAULT_MAX_DOC_MIB,
+    describe_error,
     ensure_docs_stream,
     max_document_bytes,
 )
@@ -108,6 +109,8 @@ class DocumentJournal:
         self._progress = asyncio.Event()
         self._inbox = ""
         self._connected = True
+        self._last_ack = 0.0  # when the stream last stored a document of ours
+        self._calm_since = 0.0  # when NATS was last seen disconnected
         self._task: asyncio.Task[None] | None = None
 
     # ----- counters (any thread) -----
@@ -159,7 +162,7 @@ class DocumentJournal:
         try:
             await ensure_docs_stream(self.link.js, self.subjects)
         except Exception as e:  # publishing retries, and says so
-            logger.warning("the document stream is not ready: %r", e)
+            logger.warning("the document stream is not ready: %s", describe_error(e))
         self._inbox = nc.new_inbox()
         await nc.subscribe(f"{self._inbox}.*.*", cb=self._on_reply)
         self._task = asyncio.get_running_loop().create_task(self._publish())
@@ -208,7 +211,8 @@ class DocumentJournal:
         for doc, run, _name, value in new:
             token = run_token(run)
             subject = self.subjects.run_docs(token)
-            self.outbox.add(doc, subject, split(value, part_size), "" if token == run else run)
+            parts = split(value, part_size)
+            self.outbox.add(doc, subject, parts, "" if token == run else run, time.monotonic())
 
     async def _on_reply(self, msg: Msg) -> None:
         try:
@@ -220,15 +224,20 @@ class DocumentJournal:
                 reply = {"error": {"description": f"status {status}: no stream answered"}}
                 if status == "503":
                     self.link.spawn(self._ensure_stream())
+            stored = self.outbox.stored_docs
             self.outbox.on_reply(int(epoch), int(n), reply, time.monotonic())
+            if self.outbox.stored_docs != stored:
+                self._last_ack = time.monotonic()
         except Exception as e:
             logger.debug("reply %s not understood: %r", msg.subject, e)
         self._progress.set()
         self._wake.set()
 
     async def _ensure_stream(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await ensure_docs_stream(self.link.js, self.subjects)
+        except Exception as e:
+            self.outbox.last_error = f"the document stream cannot be made: {describe_error(e)}"
 
     async def wait_stored(self, stall_s: float) -> int:
         """Wait until every document accepted so far is stored; the number that is not.
@@ -237,15 +246,17 @@ class DocumentJournal:
         connected; while disconnected it waits (nothing else could be stored either).
         """
         target = self.added
-        stored, since = self.outbox.stored_docs, time.monotonic()
         while True:
             self._take_new()
             if self.outbox.stored_through(target):
                 return 0
             now = time.monotonic()
-            if self.outbox.stored_docs != stored or not self.link.nc.is_connected:
-                stored, since = self.outbox.stored_docs, now
-            elif now - since > stall_s:
+            if not self.link.nc.is_connected:
+                self._calm_since = now
+            # Stalled: nothing acknowledged since the oldest waiting document came (or since
+            # the last ack, or NATS came back) - a stream broken for long fails at once.
+            oldest = self.outbox.parts[0].added_at if self.outbox.parts else now
+            if now - max(oldest, self._last_ack, self._calm_since) > stall_s:
                 return target - self.outbox.stored_docs
             self._progress.clear()
             self._wake.set()

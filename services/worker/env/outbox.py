@@ -35,6 +35,7 @@ class Part:
     part: str  # "" or "<part>/<parts>"
     expect: str | None  # the message id the stream must have last, None: no condition
     run: str = ""  # the run's uid when the subject cannot carry it (see `run_token`)
+    added_at: float = 0.0  # when it came into the outbox (monotonic)
     stored: bool = False
 
 
@@ -62,14 +63,16 @@ class Outbox:
 
     # ----- in -----
 
-    def add(self, doc: int, subject: str, datas: list[bytes], run: str = "") -> None:
+    def add(
+        self, doc: int, subject: str, datas: list[bytes], run: str = "", now: float = 0.0
+    ) -> None:
         """A document's message(s), after every document added before it."""
         count = len(datas)
         for i, data in enumerate(datas, 1):
             self._n += 1
             expect = self.msg_id(self._n - 1) if self._n > 1 else None
             part = f"{i}/{count}" if count > 1 else ""
-            self.parts.append(Part(self._n, doc, subject, data, part, expect, run))
+            self.parts.append(Part(self._n, doc, subject, data, part, expect, run, now))
             self.bytes += len(data)
 
     @property
