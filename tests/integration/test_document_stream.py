@@ -20,11 +20,13 @@ import pytest
 from qserver.client import Client
 from qserver.documents import Reassembler, decode
 from qserver.jsutil import read_stream
+from services.stack.kafka_broker import KafkaBroker
 from services.stack.natsserver import NatsServer
 from services.stack.tiled_server import TiledServer
 from services.worker.results import last_result
-from tests.conftest import USER, running_services
-from tests.integration.test_catalog import in_history, open_env, plan, run_items
+from tests.conftest import USER, new_topic, running_services
+from tests.integration.test_catalog import catalog_env, in_history, open_env, plan, run_items
+from tests.integration.test_kafka import read_topic
 from tests.integration.test_stack import StackProcess, Stacks
 from tests.integration.test_worker import Worker
 
@@ -274,3 +276,32 @@ async def test_documents_larger_than_a_nats_message_reach_the_catalog_and_too_la
         )
         hist = await in_history(client, [huge["item_uid"]])
         assert hist[0]["result"]["run_uids"]
+
+
+@pytest.mark.timeout(240)
+async def test_after_a_nats_server_restart_the_catalog_and_kafka_follow_the_stream_again(
+    own_nats: NatsServer, broker: KafkaBroker, tiled: TiledServer, tmp_path: Path
+) -> None:
+    """The readers' consumers die with nats-server; they are made again where they were."""
+    topic = new_topic()
+    broker.create_topic(topic, partitions=1)
+    env = catalog_env(broker, tiled, topic)
+    async with running_services(own_nats, tmp_path, env=env) as svc:
+        client = svc.client
+        assert client is not None
+        await open_env(client)
+        (first,) = await run_items(client, plan("count", ["det1"], num=2))
+        await wait_in_catalog(
+            tiled.url, tiled.api_key, first["result"]["run_uids"], time.monotonic()
+        )
+        await client.close()
+        svc.client = None
+        own_nats.restart(signal.SIGKILL)
+        await svc.wait_ready(timeout=T)
+        client = await svc.connect()
+        (second,) = await run_items(client, plan("count", ["det1"], num=3))
+        since = time.monotonic()
+        await wait_in_catalog(tiled.url, tiled.api_key, second["result"]["run_uids"], since)
+        msgs = await asyncio.to_thread(read_topic, broker.bootstrap, topic, 11, T)
+        starts = [decode(m.value())[1]["uid"] for m in msgs if decode(m.value())[0] == "start"]
+        assert starts[-1] == second["result"]["run_uids"][0]
