@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +208,52 @@ async def test_a_deleted_document_stream_is_made_again_and_the_run_stored(
             decode(data)[0] async for _, data in read_stream(js, w.subjects.docs_stream, subject, 1)
         ]
         assert names == ["start", "descriptor", "event", "event", "stop"]
+    finally:
+        await w.stop()
+
+
+class StreamlessWorker(Worker):
+    """A worker whose document stream cannot be made: it asks for more storage than exists."""
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "services.worker", "--nats-url", self.url]
+        env = {**os.environ, "QSERVER_DOCS_MAX_GIB": "1000000"}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [*argv, "--prefix", self.subjects.prefix],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+
+async def test_documents_the_stream_cannot_take_are_said_in_the_result_status_and_console(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    w = StreamlessWorker(nats_server, tmp_path / "worker.log")
+    w.start()
+    try:
+        await w.connect()
+        await w.open()
+        uid = await w.run("count", ["det1"], num=2)
+        await w.until(
+            lambda: w.env is not None and w.env.env_state == "idle" and not w.env.running_item_uid,
+            "the item finished",
+            timeout=T,
+        )
+        assert w.nc is not None
+        res = await last_result(w.nc.jetstream(), w.subjects)
+        assert res is not None and res.item_uid == uid
+        assert res.result.exit_status == "completed"
+        assert "5 documents of the runs were not stored in the document stream" in res.result.msg
+        await w.until(lambda: w.env is not None and w.env.docs_pending == 5, "pending in the state")
+        await w.until(
+            lambda: any("wait for the document stream" in c["msg"] for c in w.console),
+            "a console line about it",
+            timeout=T,
+        )
+        line = next(c["msg"] for c in w.console if "wait for the document stream" in c["msg"])
+        assert "insufficient storage" in line, line
     finally:
         await w.stop()
 

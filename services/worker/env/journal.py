@@ -41,6 +41,7 @@ MAX_BACKLOG_BYTES = 256 * 2**20
 HEADROOM = 4096
 TICK_S = 0.1
 REPORT_EVERY_S = 5.0
+STALL_REPORT_S = 10.0
 
 
 class RunKeys:
@@ -111,6 +112,7 @@ class DocumentJournal:
         self._connected = True
         self._last_ack = 0.0  # when the stream last stored a document of ours
         self._calm_since = 0.0  # when NATS was last seen disconnected
+        self._last_stall_report = 0.0
         self._task: asyncio.Task[None] | None = None
 
     # ----- counters (any thread) -----
@@ -196,6 +198,7 @@ class DocumentJournal:
                 logger.debug("publishing documents paused: %r", e)
                 box.disconnected(time.monotonic())
             self._maybe_report()
+            self._report_stall(nc.is_connected)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK_S)
 
@@ -281,6 +284,20 @@ class DocumentJournal:
             )
         except Exception:  # never raise into the RunEngine
             logger.debug("report failed", exc_info=True)
+
+    def _report_stall(self, connected: bool) -> None:
+        """A console line while documents wait and the stream acknowledges nothing."""
+        now = time.monotonic()
+        box = self.outbox
+        if not connected or not box.parts or now - self._last_stall_report < STALL_REPORT_S:
+            return
+        if now - max(box.parts[0].added_at, self._last_ack) < STALL_REPORT_S:
+            return
+        self._last_stall_report = now
+        self._report(
+            f"Documents: {self.pending} wait for the document stream, which acknowledged "
+            f"none for {STALL_REPORT_S:g} s ({box.last_error or 'no answer'}); the plan goes on"
+        )
 
     def close_report(self, left: int) -> None:
         if left or self.failed:
