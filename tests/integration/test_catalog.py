@@ -1,4 +1,5 @@
-"""Runs saved into a Tiled catalog from Kafka by the history service, and linked to history.
+"""Runs saved into a Tiled catalog from the document stream by the history service (ADR 10),
+exported to Kafka by the worker service, and linked to history.
 
 Real components: nats-server, the Tansu broker, a Tiled server on an SQLite catalog, the
 queue, history and worker services as processes, bluesky-kafka's RemoteDispatcher and the

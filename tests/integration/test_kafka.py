@@ -1,5 +1,6 @@
-"""Documents to Kafka: a real Tansu broker, the worker service as a process, and consumers
-built on bluesky-kafka's RemoteDispatcher and on a plain confluent-kafka Consumer."""
+"""Documents to Kafka (the worker service's export of the document stream, ADR 10): a real
+Tansu broker, the worker service as a process, and consumers built on bluesky-kafka's
+RemoteDispatcher and on a plain confluent-kafka Consumer."""
 
 from __future__ import annotations
 
