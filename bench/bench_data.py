@@ -1,8 +1,11 @@
 """Data benchmark: what publishing documents costs a plan, and how soon a run is in the catalog.
 
-1. 100 queued `count([det1])` plans through the embedded stack without Kafka, with Kafka,
-   and with Kafka plus the catalog being written (the history service saving every run into
-   Tiled), in alternating rounds; the cost of publishing is the difference per plan.
+1. 100 queued `count([det1])` plans through the embedded stack without Kafka nor catalog
+   (no document stream either), with Kafka (documents into the document stream, exported
+   to Kafka by the worker service), and with Kafka plus the catalog being written (the
+   history service saving every run into Tiled from the stream), in alternating rounds; the
+   cost of publishing is the difference per plan (it includes each item's result waiting
+   for its documents to be stored, ADR 10).
 2. The time from a run's stop document (its `time`) to the `run_saved` event, and to the
    run being read back over Tiled's HTTP API, for plans run one at a time.
 

@@ -66,9 +66,23 @@ class KafkaSection(Section):
         str | None, _d("names the topic <beamline>.bluesky.runengine.documents")
     ] = None
     topic: Annotated[str | None, _d("the document topic (overrides beamline)")] = None
-    group: Annotated[str | None, _d("the history service's consumer group")] = None
     producer_config: Annotated[
         dict[str, Any] | None, _d("extra confluent-kafka producer options")
+    ] = None
+
+
+class DocumentsSection(Section):
+    stream: Annotated[
+        bool | None, _d("documents into the document stream (off: no catalog, no Kafka export)")
+    ] = None
+    max_age_days: Annotated[
+        Annotated[float, Meta(gt=0)] | None, _d("the stream keeps documents this long")
+    ] = None
+    max_gib: Annotated[
+        Annotated[float, Meta(gt=0)] | None, _d("the stream keeps at most this many GiB (reserved)")
+    ] = None
+    max_doc_mib: Annotated[
+        Annotated[float, Meta(gt=0)] | None, _d("larger documents are refused and counted")
     ] = None
 
 
@@ -118,6 +132,7 @@ class Config(Section):
     nats: NatsSection = msgspec.field(default_factory=NatsSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     kafka: KafkaSection = msgspec.field(default_factory=KafkaSection)
+    documents: DocumentsSection = msgspec.field(default_factory=DocumentsSection)
     tiled: TiledSection = msgspec.field(default_factory=TiledSection)
     queue: QueueSection = msgspec.field(default_factory=QueueSection)
     worker: WorkerSection = msgspec.field(default_factory=WorkerSection)
@@ -144,8 +159,11 @@ ENV: dict[tuple[str, str], str] = {
     ("kafka", "bootstrap"): "QSERVER_KAFKA_BOOTSTRAP",
     ("kafka", "beamline"): "QSERVER_BEAMLINE",
     ("kafka", "topic"): "QSERVER_KAFKA_TOPIC",
-    ("kafka", "group"): "QSERVER_KAFKA_GROUP",
     ("kafka", "producer_config"): "QSERVER_KAFKA_PRODUCER_CONFIG",
+    ("documents", "stream"): "QSERVER_DOCS_STREAM",
+    ("documents", "max_age_days"): "QSERVER_DOCS_MAX_AGE_DAYS",
+    ("documents", "max_gib"): "QSERVER_DOCS_MAX_GIB",
+    ("documents", "max_doc_mib"): "QSERVER_DOCS_MAX_DOC_MIB",
     ("tiled", "url"): "QSERVER_TILED_URL",
     ("tiled", "api_key"): "QSERVER_TILED_API_KEY",
     ("tiled", "catalog"): "QSERVER_TILED_CATALOG",
@@ -201,7 +219,7 @@ def _env_value(var: str, text: str) -> Any:
             return json.loads(text) if text else None
         except ValueError:
             raise ConfigError(f"{var} must be a JSON object, not {text!r}") from None
-    if var == "QSERVER_NATS_DOCS":
+    if var in ("QSERVER_NATS_DOCS", "QSERVER_DOCS_STREAM"):
         return text.lower() not in ("0", "false", "off", "no")
     return text
 

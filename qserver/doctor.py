@@ -148,12 +148,16 @@ async def check_environment(client: Client) -> Check:
     if state in ("failed", "error"):
         return Check("worker environment", "fail", f"in state '{state}': see the worker's log")
     detail = f"open, state '{state}', RunEngine '{st.get('re_state')}'"
-    if st.get("kafka_failed"):
-        return Check(
-            "worker environment",
-            "warn",
-            f"{detail}; {st['kafka_failed']} documents could not be delivered to Kafka",
+    lost = [
+        f"{st[key]} documents {what}"
+        for key, what in (
+            ("docs_failed", "could not be kept for the catalog and Kafka"),
+            ("kafka_failed", "could not be delivered to Kafka"),
         )
+        if st.get(key)
+    ]
+    if lost:
+        return Check("worker environment", "warn", f"{detail}; {'; '.join(lost)}")
     return Check("worker environment", "ok", detail)
 
 

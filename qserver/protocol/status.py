@@ -59,7 +59,11 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     task_results_uid: str
     lock_info_uid: str
     lock: LockStatus
-    # Ours, not the reference's: documents the environment could not deliver to Kafka yet
-    # (pending) or at all (failed).
+    # Ours, not the reference's (ADR 10): documents the environment has not stored in the
+    # document stream yet (docs_pending) or could not keep (docs_failed: too large, or no
+    # room while the stream did not answer); documents of the stream not delivered to
+    # Kafka yet (kafka_pending) or lost for Kafka (kafka_failed).
+    docs_pending: int = 0
+    docs_failed: int = 0
     kafka_pending: int = 0
     kafka_failed: int = 0

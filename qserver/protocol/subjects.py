@@ -56,6 +56,14 @@ class Subjects:
         """Run documents, live: `<prefix>.docs.start`, `.descriptor`, `.event`, `.stop`, ..."""
         return f"{self.prefix}.docs.{name}"
 
+    def run_docs(self, run_uid: str) -> str:
+        """The document stream's subject of one run: msgpack `[name, doc]`, in order."""
+        return f"{self.prefix}.docs.run.{run_uid}"
+
+    @property
+    def run_docs_wildcard(self) -> str:
+        return f"{self.prefix}.docs.run.*"
+
     # Internal subjects between services.
     @property
     def queue_log(self) -> str:
@@ -111,6 +119,16 @@ class Subjects:
     @property
     def results_stream(self) -> str:
         return f"QS_{self._token}_RESULTS"
+
+    @property
+    def docs_stream(self) -> str:
+        """Every run document, durable: what the catalog and the Kafka export read."""
+        return f"QS_{self._token}_DOCS"
+
+    @property
+    def docs_positions_bucket(self) -> str:
+        """How far each reader of the document stream got (`catalog`, `kafka`)."""
+        return f"QS_{self._token}_DOCS_READ"
 
     @property
     def lists_bucket(self) -> str:

@@ -68,9 +68,10 @@ class EnvState(msgspec.Struct, frozen=True, kw_only=True):
     run_list: list[RunInfo] = msgspec.field(default_factory=list)
     run_list_uid: str = ""
     lists_uid: str = ""  # changes when the existing plans/devices were re-read
-    # Documents to Kafka: queued or in flight, not acknowledged yet / lost (0 when Kafka is off).
-    kafka_pending: int = 0
-    kafka_failed: int = 0
+    # Documents into the document stream (ADR 10): accepted and not yet stored / refused
+    # (too large, or no room while the stream did not answer).
+    docs_pending: int = 0
+    docs_failed: int = 0
 
 
 class WorkerState(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,6 +88,10 @@ class WorkerState(msgspec.Struct, frozen=True, kw_only=True):
     ended_env_uid: str | None = None
     # The worker service instance that publishes this (`<host>:<pid>:<random>`).
     worker: str = ""
+    # Documents from the document stream to Kafka: not delivered yet / lost for good (too
+    # large for the broker, or dropped by the stream's limits before they were sent).
+    kafka_pending: int = 0
+    kafka_failed: int = 0
 
 
 class RunPlan(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,7 +1,8 @@
-"""The history service: plan history, and runs saved from Kafka into a Tiled catalog.
+"""The history service: plan history, and runs saved from the document stream into a Tiled
+catalog (ADR 10).
 
-Saving runs needs both Kafka (`--kafka-bootstrap`) and a Tiled server (`--tiled-url`); the
-API key is read from `$QSERVER_TILED_API_KEY` (a flag would show it in `ps`).
+Saving runs needs a Tiled server (`--tiled-url`); the API key is read from
+`$QSERVER_TILED_API_KEY` (a flag would show it in `ps`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from nats.micro import add_service
 
 import qserver
 from qserver.connect import connect_options, servers
-from qserver.documents import add_kafka_arguments
 from qserver.jsutil import patiently
 from qserver.protocol.subjects import Subjects
-from services.history.archiver import Archiver, KafkaSettings
+from services.history.archiver import Archiver
 from services.history.service import HistoryService
 from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
+from services.runtime import doc_stream
 from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     add_methods,
@@ -53,7 +54,7 @@ async def main(args: argparse.Namespace) -> int:
         nc, nc.jetstream(), subjects, catalog=TiledCatalog(tiled) if tiled else None
     )
     await patiently("loading the history", svc.load)
-    archiver = make_archiver(args, subjects, tiled, svc)
+    archiver = make_archiver(nc, subjects, tiled, svc)
     archiving = asyncio.create_task(archiver.run()) if archiver else None
     micro = await add_service(
         nc, name="qserver-history", version=qserver.__version__, metadata={"prefix": args.prefix}
@@ -84,35 +85,20 @@ def tiled_settings(args: argparse.Namespace) -> TiledSettings | None:
 
 
 def make_archiver(
-    args: argparse.Namespace,
-    subjects: Subjects,
-    tiled: TiledSettings | None,
-    svc: HistoryService,
+    nc: nats.NATS, subjects: Subjects, tiled: TiledSettings | None, svc: HistoryService
 ) -> Archiver | None:
-    bootstrap = (args.kafka_bootstrap or "").strip()
-    if not bootstrap or tiled is None:
+    if tiled is None or not doc_stream.enabled():
         logger.info(
             "not saving runs to a catalog: %s",
-            "no Kafka (--kafka-bootstrap)" if not bootstrap else "no Tiled server (--tiled-url)",
+            "no Tiled server (--tiled-url)" if tiled is None else "QSERVER_DOCS_STREAM is off",
         )
         return None
-    kafka = KafkaSettings(
-        bootstrap=bootstrap,
-        topic=args.kafka_topic,
-        group=args.kafka_group or f"qserver-history.{subjects.prefix}",
-    )
-    return Archiver(kafka, TiledCatalog(tiled), on_saved=svc.on_run_saved)
+    return Archiver(nc, subjects, TiledCatalog(tiled), on_saved=svc.on_run_saved)
 
 
 def cli() -> None:
     p = service_arguments("python -m services.history", __doc__)
     env = os.environ
-    add_kafka_arguments(p, "read")
-    p.add_argument(
-        "--kafka-group",
-        default=env.get("QSERVER_KAFKA_GROUP", ""),
-        help="consumer group (default qserver-history.<prefix>; $QSERVER_KAFKA_GROUP)",
-    )
     p.add_argument(
         "--tiled-url",
         default=env.get("QSERVER_TILED_URL", ""),

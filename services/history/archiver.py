@@ -1,17 +1,17 @@
-"""Save runs from the document topic into the Tiled catalog: the history service's Kafka side.
+"""Save runs from the document stream into the Tiled catalog (ADR 10).
 
-An aiokafka consumer in a consumer group reads `[name, doc]` messages (key = start uid) and
-hands each batch to one worker thread that writes through Tiled's client. Offsets are
-committed only up to the oldest run not yet stored (see `runs.RunLedger`). Any failure (the
-catalog or the broker gone) closes the consumer, forgets half-written runs and starts again
-from the committed offsets after a pause: those runs are read again from their start and
-written from scratch, and runs already complete are skipped, so nothing is saved twice.
+The archiver follows the document stream (JetStream, `<prefix>.docs.run.<start uid>`) from
+its position in the positions bucket and hands each batch to one worker thread that writes
+through Tiled's client. The position is committed only up to the oldest run not yet stored
+(see `runs.RunLedger`). Any failure (the catalog gone, NATS gone) forgets half-written runs
+and starts again from the committed position after a pause: those runs are read again from
+their start and written from scratch, and runs already complete are skipped, so nothing is
+saved twice. Kafka plays no part: a broker that is down or restarted changes nothing here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,60 +19,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from qserver.documents import decode
+from nats.aio.client import Client as NATS
+
+from qserver.documents import Reassembler, StreamDoc, decode
+from qserver.protocol.subjects import Subjects
 from services.history.runs import Action, RunLedger
 from services.history.tiled_catalog import TiledCatalog
+from services.runtime.doc_stream import (
+    Positions,
+    StreamFollower,
+    describe_error,
+    ensure_docs_stream,
+)
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+READER = "catalog"
 RETRY_S = 1.0
 RETRY_MAX_S = 10.0
-POLL_MS = 200
-MAX_RECORDS = 500
-FETCH_WAIT_MS = 20
-
-
-class OncePer(logging.Filter):
-    """Let each message template through at most once per `seconds`.
-
-    aiokafka logs an error every 100 ms per connection attempt while a broker is down.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-        self._last: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        key = str(record.msg)
-        if now - self._last.get(key, -self.seconds) < self.seconds:
-            return False
-        self._last[key] = now
-        return True
-
-
-def quiet_aiokafka(seconds: float = 30.0) -> None:
-    """Rate-limit every aiokafka logger (a logger's filters do not apply to its children)."""
-    import aiokafka  # noqa: F401  (creates its loggers)
-
-    once = OncePer(seconds)
-    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "aiokafka"]
-    for name in names:
-        log = logging.getLogger(name)
-        if not any(isinstance(f, OncePer) for f in log.filters):
-            log.addFilter(once)
-
-
-@dataclass(frozen=True)
-class KafkaSettings:
-    bootstrap: str
-    topic: str
-    group: str
-    session_timeout_ms: int = 6000
-    heartbeat_interval_ms: int = 1000
 
 
 @dataclass
@@ -92,19 +58,22 @@ class SavedRun:
 class Archiver:
     def __init__(
         self,
-        kafka: KafkaSettings,
+        nc: NATS,
+        subjects: Subjects,
         catalog: TiledCatalog,
         on_saved: Callable[[SavedRun], Awaitable[None]] | None = None,
     ) -> None:
-        self.kafka = kafka
+        self.nc = nc
+        self.subjects = subjects
         self.catalog = catalog
         self.on_saved = on_saved
+        self.positions = Positions(nc.jetstream(), subjects)
         self._last_error = ""  # logged once, not at every retry
-        quiet_aiokafka()
         # Tiled's client logs every HTTP request at INFO: a run is a dozen lines.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        self._ledgers: dict[Any, RunLedger] = {}
-        self._committed: dict[Any, int] = {}
+        self._ledger = RunLedger()
+        self._joiner = Reassembler()
+        self._committed: int | None = None
         # One thread: Tiled's writer keeps per-run state and is not meant to be shared.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tiled-writer")
 
@@ -112,103 +81,99 @@ class Archiver:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def run(self) -> None:
-        """Consume until cancelled; failures are logged and retried with back-off."""
+        """Archive until cancelled; failures are logged and retried with back-off."""
         delay = RETRY_S
         while True:
             try:
                 await self._call(self.catalog.connect)
-                await self._consume()
+                await self._archive()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                message = f"{type(e).__name__}: {e}"
+                message = describe_error(e)
                 if message != self._last_error:
                     logger.warning("saving runs paused (%s); retrying", message)
                 self._last_error = message
                 self.catalog.forget()
-                self._ledgers.clear()
-                self._committed.clear()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
             else:
                 delay = RETRY_S
 
-    async def _consume(self) -> None:
-        from aiokafka import AIOKafkaConsumer
-
-        consumer = AIOKafkaConsumer(
-            self.kafka.topic,
-            bootstrap_servers=self.kafka.bootstrap,
-            group_id=self.kafka.group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=self.kafka.session_timeout_ms,
-            heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
-            request_timeout_ms=max(3 * self.kafka.session_timeout_ms, 10_000),
-            # How long the broker may hold a fetch when there is no new document: short,
-            # since a run's stop document should reach the catalog at once.
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-        )
-        await consumer.start()
+    async def _archive(self) -> None:
+        await ensure_docs_stream(self.nc.jetstream(), self.subjects)
+        start = await self.positions.get(READER)
+        self._ledger, self._joiner, self._committed = RunLedger(), Reassembler(), start
+        follower = StreamFollower(self.nc, self.subjects.docs_stream, start)
         logger.info(
-            "saving runs from Kafka %s topic %s (group %s) to %s",
-            self.kafka.bootstrap,
-            self.kafka.topic,
-            self.kafka.group,
+            "saving runs from stream %s (from %s) to %s",
+            self.subjects.docs_stream,
+            start or "its start",
             self.catalog.settings.catalog_url,
         )
         self._last_error = ""
         try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_RECORDS)
-                for tp, messages in batch.items():
-                    saved = await self._call(self._handle_batch, tp, messages)
-                    await self._commit(consumer, tp)
-                    for run in saved:
-                        if self.on_saved is not None:
-                            await self.on_saved(run)
+            async for batch in follower.batches():
+                saved = await self._call(self._handle_batch, batch)
+                await self._commit()
+                for run in saved:
+                    if self.on_saved is not None:
+                        await self.on_saved(run)
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 5.0)
+            await follower.close()
 
-    async def _commit(self, consumer: Any, tp: Any) -> None:
-        from aiokafka.structs import OffsetAndMetadata
-
-        point = self._ledgers[tp].commit_point()
-        if point is None or self._committed.get(tp) == point:
+    async def _commit(self) -> None:
+        point = self._ledger.commit_point()
+        partial = self._joiner.first_seq
+        if partial is not None:
+            point = partial if point is None else min(point, partial)
+        if point is None or point == self._committed:
             return
-        await consumer.commit({tp: OffsetAndMetadata(point, "")})
-        self._committed[tp] = point
+        await self.positions.put(READER, point)
+        self._committed = point
 
     # ----- on the writer thread -----
 
-    def _handle_batch(self, tp: Any, messages: list[Any]) -> list[SavedRun]:
-        ledger = self._ledgers.setdefault(tp, RunLedger())
+    def _handle_batch(self, batch: list[Any]) -> list[SavedRun]:
         saved: list[SavedRun] = []
-        for msg in messages:
-            run = self._handle(ledger, msg)
+        for m in batch:
+            doc = self._joiner.add(m.seq, m.subject, m.headers, m.data)
+            if doc is None:
+                continue
+            run = self._handle(self._ledger, doc)
             if run is not None:
                 saved.append(run)
         return saved
 
-    def _handle(self, ledger: RunLedger, msg: Any) -> SavedRun | None:
+    def _handle(self, ledger: RunLedger, msg: StreamDoc) -> SavedRun | None:
+        first, last = msg.first_seq, msg.last_seq
         try:
             name, doc = decode(msg.value)
         except ValueError as e:
-            ledger.next_offset = msg.offset + 1
-            logger.warning("offset %d: skipping a message that is %s", msg.offset, e)
+            ledger.next_offset = last + 1
+            logger.warning("stream message %d: skipping a message that is %s", first, e)
             return None
+        for run in ledger.abandon_others(msg.publisher):
+            self.catalog.drop(run.uid)
+            logger.warning(
+                "run %s has no stop document and its environment ended: it stays as it is "
+                "in the catalog",
+                run.uid,
+            )
         if name == "start":
             uid = doc["uid"]
             stored = self.catalog.stored(uid)
-            if ledger.start(uid, msg.offset, stored, doc) is Action.WRITE:
+            action = ledger.start(uid, first, stored, doc, end=last, publisher=msg.publisher)
+            if action is Action.WRITE:
                 self.catalog.start(uid, doc, stored)
             return None
-        run_uid = (msg.key or b"").decode() or doc.get("run_start", "")
-        action = ledger.document(run_uid, name, doc, msg.offset)
+        run_uid = msg.run_uid or doc.get("run_start", "")
+        action = ledger.document(run_uid, name, doc, first, end=last)
         if action is Action.ORPHAN:
             if name == "stop":
-                logger.warning("offset %d: stop document of an unknown run %s", msg.offset, run_uid)
+                logger.warning(
+                    "stream message %d: stop document of an unknown run %s", first, run_uid
+                )
             return None
         if action is Action.WRITE:
             self.catalog.write(run_uid, name, doc)

@@ -90,6 +90,10 @@ class TiledCatalog:
         if name == "stop":
             del self._writers[run_uid]
 
+    def drop(self, uid: str) -> None:
+        """Stop writing one run (it will get no more documents)."""
+        self._writers.pop(uid, None)
+
     def forget(self) -> None:
         """Drop the runs being written (they will be read again from their start)."""
         self._writers.clear()

@@ -117,8 +117,10 @@ class Executor:
             "pause_pending": bool(env and env.pause_pending),
             "queue_stop_pending": self.svc.model.flags.stop_pending,
             "queue_autostart_enabled": self.svc.model.flags.autostart,
-            "kafka_pending": env.kafka_pending if env else 0,
-            "kafka_failed": env.kafka_failed if env else 0,
+            "docs_pending": env.docs_pending if env else 0,
+            "docs_failed": env.docs_failed if env else 0,
+            "kafka_pending": self.worker.kafka_pending,
+            "kafka_failed": self.worker.kafka_failed,
         }
 
     # ----- subscriptions -----

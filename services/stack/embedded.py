@@ -85,7 +85,7 @@ class StackConfig:
     kafka: bool = True
     kafka_port: int = 0  # 0: a free port
     kafka_topic: str = DEFAULT_TOPIC
-    catalog: bool = True  # serve the run catalog with Tiled (needs Kafka to fill it)
+    catalog: bool = True  # serve the run catalog with Tiled, filled from the document stream
     tiled_port: int = 0  # 0: a free port
 
     @property
@@ -191,7 +191,7 @@ class Stack:
         if self.cfg.kafka and self.cfg.nats_url is None:
             # With --nats-url this is a deployment: Kafka is configured, not started here.
             self._start_kafka()
-        if self.kafka is not None and self.cfg.catalog:
+        if self.cfg.catalog and self.cfg.nats_url is None:
             self._launch_tiled()  # it takes seconds to answer: waited for after the services
         if port_in_use(self.cfg.http_host, self.cfg.http_port):
             raise StackError(
@@ -312,6 +312,8 @@ class Stack:
         if self.tiled is not None:
             env["QSERVER_TILED_URL"] = self.tiled.url
             env["QSERVER_TILED_API_KEY"] = self.tiled.api_key
+        if self.cfg.nats_url is None and self.kafka is None and self.tiled is None:
+            env["QSERVER_DOCS_STREAM"] = "0"  # nobody would read the document stream (ADR 10)
         return env
 
     def _nats_env(self, service: str) -> dict[str, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 
@@ -14,6 +16,7 @@ import sim_profile
 from qserver.connect import NatsAuth, connect_options, servers
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
+from services.runtime import doc_stream
 from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     run_loop,
@@ -23,6 +26,7 @@ from services.runtime.service_base import (
     wait_for_signal,
 )
 from services.runtime.waiting import wait_for_nats
+from services.worker import kafka_export
 from services.worker.messages import ORPHAN_TIMEOUT_S
 from services.worker.service import LOST, WorkerConfig, WorkerService
 
@@ -63,6 +67,9 @@ async def main(args: argparse.Namespace) -> int:
     )
     reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
     svc = WorkerService(nc, subjects, config)
+    export = make_export(nc, subjects)
+    exporting = asyncio.create_task(export.run()) if export else None
+    svc.export = export
     await svc.start()
     micro = await add_service(
         nc, name="qserver-worker", version=qserver.__version__, metadata={"prefix": args.prefix}
@@ -70,12 +77,29 @@ async def main(args: argparse.Namespace) -> int:
     await svc.add_endpoints(micro)
     logger.info("worker service ready on %s (prefix %s)", args.nats_url, args.prefix)
     await wait_for_signal(svc.stop_requested)
+    if exporting is not None:
+        exporting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await exporting
     await shutdown(svc.stop(), micro.stop(), nc.drain(), timeout=KILL_TIMEOUT_S)
     logger.info("worker service stopped")
     return LOST if svc.lost else 0
 
 
 KILL_TIMEOUT_S = 6.0
+
+
+def make_export(nc: nats.NATS, subjects: Subjects) -> kafka_export.KafkaExport | None:
+    """The export of the document stream to Kafka, when Kafka is configured (ADR 10)."""
+    try:
+        settings = kafka_export.settings_from_environment()
+    except ValueError as e:  # a bad option: say so, run without the export
+        logger.error("Kafka export is off: %s", e)
+        return None
+    if settings is None or not doc_stream.enabled():
+        logger.info("not exporting documents to Kafka (no QSERVER_KAFKA_BOOTSTRAP)")
+        return None
+    return kafka_export.KafkaExport(nc, subjects, settings)
 
 
 def cli() -> None:

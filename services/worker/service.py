@@ -38,11 +38,21 @@ from qserver.protocol.worker import (
 )
 from services.runtime.service_base import encode
 from services.worker.adopt import Attached, Busy, fail_lost_item, find_env
+from services.worker.kafka_export import KafkaExport
 from services.worker.messages import EnvRecord, EnvStatus
 from services.worker.pids import new_instance
-from services.worker.process import AdoptedEnv, EnvProcess, describe_exit, env_argv, kill_env
+from services.worker.process import (
+    AdoptedEnv,
+    EnvProcess,
+    describe_exit,
+    env_argv,
+    kill_env,
+)
 from services.worker.record import EnvRecords, record_of
-from services.worker.results import ensure_results_stream, report_death
+from services.worker.results import (
+    ensure_results_stream,
+    report_death,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +98,7 @@ class WorkerService:
         self._replaced: set[str] = set()  # supervisors we took over from (stale events)
         self._tasks: set[asyncio.Task[None]] = set()  # exit handling, awaited at stop
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self.export: KafkaExport | None = None  # its counters go out with the state
 
     @property
     def records(self) -> EnvRecords:
@@ -215,6 +226,8 @@ class WorkerService:
     # ----- watching -----
 
     async def publish_state(self) -> None:
+        if self.export is not None:
+            self._set(kafka_pending=self.export.pending, kafka_failed=self.export.failed)
         try:
             await self.nc.publish(self.subjects.worker_state, encode(self.state))
         except Exception as e:  # reconnecting: the heartbeat sends it again

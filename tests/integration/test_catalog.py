@@ -1,4 +1,5 @@
-"""Runs saved into a Tiled catalog from Kafka by the history service, and linked to history.
+"""Runs saved into a Tiled catalog from the document stream by the history service (ADR 10),
+exported to Kafka by the worker service, and linked to history.
 
 Real components: nats-server, the Tansu broker, a Tiled server on an SQLite catalog, the
 queue, history and worker services as processes, bluesky-kafka's RemoteDispatcher and the
@@ -293,59 +294,102 @@ async def test_history_service_killed_mid_run_saves_the_run_exactly_once(
         print(svc.procs["history"].log_tail(8))
 
 
-async def test_broker_stopped_during_a_plan_loses_nothing_already_saved(
+@pytest.mark.timeout(300)
+async def test_broker_killed_mid_run_every_completed_run_reaches_the_catalog_and_kafka(
     nats_server: NatsServer, tiled: TiledServer, tmp_path: Path
 ) -> None:
+    """Issue 10, point 5 (a): the catalog does not depend on the Kafka broker at all, and
+    runs published while the broker was down reach Kafka once it is back."""
     broker = KafkaBroker(log_file=tmp_path / "tansu.log").start()
     try:
         async with stack(nats_server, broker, tiled, tmp_path) as svc:
             client = svc.client
             assert client is not None
+            topic: str = svc.topic  # type: ignore[attr-defined]
             await open_env(client)
-            async with SavedRuns(client) as saved:
-                (before,) = await run_items(client, plan("count", ["det1"], num=2))
-                (uid_before,) = before["result"]["run_uids"]
-                await saved.wait([uid_before])
+            before = await run_items(client, *[plan("count", ["det1"], num=2)] * 3)
 
-                r = await client.request(
-                    "queue_item_add",
-                    {"item": plan("long_count", ["det1"], num=10, delay=0.1), **USER},
-                )
-                assert r["success"], r
-                assert (await client.request("queue_start"))["success"]
-                await client.wait_for(lambda st: st["re_state"] == "running", timeout=T)
-                broker.stop(signal.SIGKILL)
-                st = await client.wait_for(
-                    lambda st: st["manager_state"] == "idle" and st["items_in_queue"] == 0,
-                    timeout=T,
-                )
+            r = await client.request(
+                "queue_item_add", {"item": plan("long_count", ["det1"], num=20, delay=0.1), **USER}
+            )
+            assert r["success"], r
+            long_uid = r["item"]["item_uid"]
+            assert (await client.request("queue_start"))["success"]
+            await client.wait_for(lambda st: st["re_state"] == "running", timeout=T)
+            broker.stop(signal.SIGKILL)
+            # While the broker is down: the long run ends, and two more run.
+            (long_item,) = await in_history(client, [long_uid])
+            down = await run_items(client, *[plan("count", ["det1"], num=3)] * 2)
+            st = await client.wait_for(lambda st: st["kafka_pending"] > 0, timeout=T)
+            print("pending for Kafka while the broker is down:", st["kafka_pending"])
+
+            # The broker comes back empty (memory only); the export resumes where it stopped.
+            broker.start()
+            broker.create_topic(topic, partitions=1)
+            async with remote_dispatcher(broker.bootstrap, topic) as received:
+                after = await run_items(client, *[plan("count", ["det1"], num=2)] * 2)
+                items = [*before, long_item, *down, *after]
+                assert {i["result"]["exit_status"] for i in items} == {"completed"}
+                # Every run that history lists as completed is in the catalog within 60 s.
                 hist = (await client.request("history_get"))["items"]
-                assert hist[-1]["result"]["exit_status"] == "completed"
-                st = await client.wait_for(
-                    lambda st: st["kafka_pending"] > 0 or st["kafka_failed"] > 0, timeout=T
+                completed = [
+                    u
+                    for h in hist
+                    if h["result"]["exit_status"] == "completed"
+                    for u in h["result"]["run_uids"]
+                ]
+                assert len(completed) == 8
+                deadline = time.monotonic() + 60.0
+                while missing := await asyncio.to_thread(not_in_catalog, tiled, completed):
+                    assert time.monotonic() < deadline, f"not in the catalog after 60 s: {missing}"
+                    await asyncio.sleep(0.5)
+
+                # Kafka: the runs of the outage and after it, whole and in order.
+                kafka_runs = [*down, *after]
+                uids = [i["result"]["run_uids"][0] for i in kafka_runs]
+                await until(
+                    lambda: set(uids) <= {d["run_start"] for n, d in received if n == "stop"},
+                    "the stop documents at the RemoteDispatcher",
+                    timeout=60,
                 )
-                print("undelivered:", st["kafka_pending"], st["kafka_failed"])
-
-                # The broker comes back (empty: it keeps nothing in memory across restarts).
-                # Tansu forgets the producer too: the worker replaces its producer once it
-                # sees no progress with the broker up, counting what was pending as failed.
-                broker.start()
-                broker.create_topic(svc.topic, partitions=1)  # type: ignore[attr-defined]
-                st = await client.wait_for(
-                    lambda st: st["kafka_pending"] == 0 and st["kafka_failed"] > 0, timeout=T
-                )
-                print("failed after the broker came back:", st["kafka_failed"])
-                (after,) = await run_items(client, plan("count", ["det1"], num=2))
-                (uid_after,) = after["result"]["run_uids"]
-                await saved.wait([uid_after], timeout=60)
-
-            def read() -> list[int]:
-                with catalog(tiled) as cat:
-                    return [len(cat[u]["primary"].read()["det1"]) for u in (uid_before, uid_after)]
-
-            assert await asyncio.to_thread(read) == [2, 2]
+            await client.wait_for(lambda st: st["kafka_pending"] == 0, timeout=T)
+            runs = documents_by_run(received)
+            for uid, item in zip(uids, kafka_runs, strict=True):
+                num = item["kwargs"]["num"]
+                assert runs[uid] == ["start", "descriptor", *["event"] * num, "stop"]
     finally:
         broker.stop(signal.SIGKILL)
+
+
+def documents_by_run(received: list[tuple[str, dict[str, Any]]]) -> dict[str, list[str]]:
+    """The names of each run's documents, in the order received, each document once."""
+    runs: dict[str, list[str]] = {}
+    descriptors: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, doc in received:
+        if doc["uid"] in seen:
+            continue  # sent again after a rewind: delivery to Kafka is at least once
+        seen.add(doc["uid"])
+        run = doc["uid"] if name == "start" else doc.get("run_start")
+        if name == "descriptor":
+            descriptors[doc["uid"]] = run
+        elif name == "event":
+            run = descriptors.get(doc["descriptor"])
+        runs.setdefault(str(run), []).append(name)
+    return runs
+
+
+def not_in_catalog(tiled: TiledServer, run_uids: list[str]) -> list[str]:
+    """The runs the catalog does not hold whole (with their stop document)."""
+    with catalog(tiled) as cat:
+        missing = []
+        for uid in run_uids:
+            try:
+                if not cat[uid].metadata.get("stop"):
+                    missing.append(uid)
+            except KeyError:
+                missing.append(uid)
+        return missing
 
 
 async def test_catalog_down_during_a_run_the_run_is_saved_when_it_returns(

@@ -141,6 +141,7 @@ async def test_services_run_a_plan_with_their_own_permissions(operator: Client) 
     await operator.wait_for(lambda st: st["items_in_history"] > before, 30)
     items = (await operator.request("history_get"))["items"]
     assert items[-1]["result"]["exit_status"] == "completed", items[-1]
+    assert items[-1]["result"]["msg"] == ""  # its documents went into the document stream
     assert (await operator.request("environment_close"))["success"]
     await operator.wait_for(lambda st: not st["worker_environment_exists"], 30)
 

@@ -64,3 +64,23 @@ def test_documents_of_an_unknown_run_are_orphans_and_reset_forgets_open_runs() -
     led.reset()
     assert led.commit_point() is None
     assert led.document("A", "event", ev("e1"), 9) is Action.ORPHAN
+
+
+def test_a_run_whose_environment_ended_is_abandoned_when_another_one_publishes() -> None:
+    led = RunLedger()
+    led.start("A", 0, Stored.ABSENT, publisher="env-1")
+    led.document("A", "event", ev("e1"), 1)
+    assert led.abandon_others("env-1") == []
+    assert led.commit_point() == 0
+    gone = led.abandon_others("env-2")  # a new environment: env-1's run can never finish
+    assert [r.uid for r in gone] == ["A"]
+    assert led.commit_point() == 2
+
+
+def test_a_document_in_parts_moves_the_commit_point_past_its_last_part() -> None:
+    led = RunLedger()
+    led.start("A", 0, Stored.ABSENT, end=2)
+    assert led.commit_point() == 0
+    led.document("A", "stop", {"uid": "s"}, 3, end=5)
+    led.finish("A")
+    assert led.commit_point() == 6

@@ -14,16 +14,19 @@ import os
 
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 from qserver.protocol.worker import StartupConfig
+from services.runtime import doc_stream
 from services.runtime.service_base import setup_logging
-from services.worker.env import kafka
 from services.worker.env.commands import EnvCommands
 from services.worker.env.console import capture_console
 from services.worker.env.engine import Environment
+from services.worker.env.journal import DocumentJournal
 from services.worker.env.link import NatsLink
 from services.worker.env.supervision import Supervision
 from services.worker.messages import ORPHAN_TIMEOUT_S
 
 logger = logging.getLogger("services.worker.env")
+# How long closing waits for documents not yet stored while the stream acknowledges nothing.
+CLOSE_WAIT_S = 3.0
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,27 +45,28 @@ def main(args: argparse.Namespace) -> int:
     except Exception as e:
         logger.error("cannot connect to NATS at %s: %r", args.nats_url, e)
         return 1
-    try:
-        publisher = kafka.from_arguments(args)
-    except Exception as e:  # a bad option: say so, run without Kafka
-        logger.error("Kafka publishing is off: %r", e)
-        publisher = None
-    env = Environment(
-        Subjects(args.prefix), args.env_uid, link, startup, args.device_max_depth, publisher
-    )
+    subjects = Subjects(args.prefix)
+    journal = DocumentJournal(link, subjects, args.env_uid) if doc_stream.enabled() else None
+    env = Environment(subjects, args.env_uid, link, startup, args.device_max_depth, journal)
     commands = EnvCommands(env)
     capture_console(commands.sink)
     link.call(commands.start(), timeout=10.0)
     supervision = Supervision(env, args.worker_id, args.orphan_timeout)
     link.call(supervision.start(), timeout=10.0)
+    if journal is not None:
+        link.call(journal.start(), timeout=10.0)
     code = 2
     if env.open():
         logger.info("environment %s is ready (pid %d)", args.env_uid, os.getpid())
         env.serve()
         env.closed()
         code = 0
-    if publisher is not None:
-        publisher.close(timeout=3.0)
+    if journal is not None:
+        try:
+            left = link.call(journal.wait_stored(CLOSE_WAIT_S), timeout=CLOSE_WAIT_S + 10.0)
+        except Exception:
+            left = journal.pending
+        journal.close_report(left)
     try:
         link.call(commands.flush(), timeout=5.0)
     except Exception as e:
@@ -88,7 +92,6 @@ def cli() -> None:
     where.add_argument("--startup-module")
     where.add_argument("--startup-script")
     p.add_argument("--device-max-depth", type=int, default=5)
-    kafka.add_arguments(p)
     p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
     raise SystemExit(main(p.parse_args()))
 

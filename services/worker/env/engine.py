@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from bluesky.utils import RunEngineInterrupted
 
 from qserver.jsutil import default_replicas
@@ -32,7 +33,7 @@ from qserver.protocol.worker import EnvStateName, ExistingLists, PlanResult, Sta
 from qserver.result_texts import MSG_KEPT, TRACEBACK_KEPT, cut
 from services.runtime.service_base import encode
 from services.worker.env import live_docs, metadata
-from services.worker.env.kafka import KafkaPublisher
+from services.worker.env.journal import DocumentJournal
 from services.worker.env.link import NatsLink
 from services.worker.env.runs import RunTracker
 from services.worker.env.startup import StartupError, find_run_engine, load_startup
@@ -42,6 +43,9 @@ from services.worker.results import publish_result
 logger = logging.getLogger(__name__)
 
 LISTS_OBJECT = "existing"
+# How long a finished item's result waits for its documents to be stored while the document
+# stream acknowledges nothing (and NATS is connected): then the result says what is missing.
+DOCS_STALL_S = 10.0
 # What an action on a paused plan means for the item when it returns normally.
 CONTINUE_STATUS: dict[str, ExitStatus] = {
     "resume": "completed",
@@ -87,14 +91,15 @@ class Environment:
         link: NatsLink,
         startup: StartupConfig,
         device_max_depth: int = 5,
-        kafka: KafkaPublisher | None = None,
+        journal: DocumentJournal | None = None,
     ) -> None:
         self.subjects = subjects
         self.env_uid = env_uid
         self.link = link
         self.startup = startup
         self.device_max_depth = device_max_depth
-        self.kafka = kafka  # subscribed to the RunEngine when it is found
+        self.journal = journal  # subscribed to the RunEngine when it is found
+        self._refused_before = 0  # the journal's refusals when the running item started
         self.lock = threading.RLock()
         self.env_state: EnvStateName = "initializing"
         self.running: Running | None = None
@@ -131,8 +136,8 @@ class Environment:
                 run_list=self.runs.runs(),
                 run_list_uid=self.runs.list_uid,
                 lists_uid=self.lists.uid if self.lists else "",
-                kafka_pending=self.kafka.pending if self.kafka else 0,
-                kafka_failed=self.kafka.failed if self.kafka else 0,
+                docs_pending=self.journal.pending if self.journal else 0,
+                docs_failed=self.journal.failed if self.journal else 0,
                 msg=self.error_msg,
                 traceback=self.error_traceback,
                 owner=self.owner,
@@ -213,8 +218,8 @@ class Environment:
 
         run_engine.state_hook = hook
         self.runs.subscribe(run_engine)
-        if self.kafka is not None:
-            run_engine.subscribe(self.kafka)
+        if self.journal is not None:
+            run_engine.subscribe(self.journal)
         if live_docs.enabled():
             run_engine.subscribe(live_docs.NatsDocuments(self.link, self.subjects))
 
@@ -268,6 +273,7 @@ class Environment:
 
     def _run(self, cur: Running) -> None:
         self.runs.reset()
+        self._refused_before = self.journal.failed if self.journal else 0
         try:
             call = self._prepare(cur)
         except Exception as e:
@@ -349,6 +355,9 @@ class Environment:
         logger.info("item %s: %s", cur.uid, status)
 
     async def _store_result(self, result: PlanResult) -> None:
+        # The item's documents are stored before its result: a run of an item that history
+        # calls completed is in the document stream, so it reaches the catalog (ADR 10).
+        result = await self._with_documents_stored(result)
         # The result is stored before the state says idle: a death in between is seen by
         # the worker as a death mid-plan, and it checks the stream first.
         await publish_result(self.link.js, self.subjects, result)
@@ -360,6 +369,31 @@ class Environment:
             self.continue_pending = False
         self.runs.reset(notify=False)
         await self.publish_state()
+
+    async def _with_documents_stored(self, result: PlanResult) -> PlanResult:
+        if self.journal is None or not result.result.run_uids:
+            return result
+        missing = await self.journal.wait_stored(DOCS_STALL_S)
+        refused = self.journal.failed - self._refused_before
+        notes = []
+        if refused:
+            notes.append(
+                f"{refused} documents of the runs could not be kept for the catalog and Kafka "
+                "(see the console)"
+            )
+        if missing:
+            notes.append(
+                f"{missing} documents of the runs were not stored in the document stream "
+                f"within {DOCS_STALL_S:g} s (they may reach the catalog later)"
+            )
+        if not notes:
+            return result
+        note = "; ".join(notes)
+        logger.warning("item %s: %s", result.item_uid, note)
+        msg = f"{result.result.msg}\n{note}" if result.result.msg else note
+        return msgspec.structs.replace(
+            result, result=msgspec.structs.replace(result.result, msg=msg)
+        )
 
     # ----- closing -----
 
