@@ -361,7 +361,9 @@ REQUEST_TYPES: dict[str, type[Request]] = {
 }
 
 # The methods the history service answers; the queue service answers all the others.
-HISTORY_METHODS = frozenset({"history_get", "history_clear", "history_runs", "history_run_item"})
+HISTORY_METHODS = frozenset(
+    {"history_get", "history_clear", "history_runs", "history_run_item", "history_result_get"}
+)
 
 
 def service_of(method: str) -> str | None:
