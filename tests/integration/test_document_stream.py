@@ -23,6 +23,7 @@ import pytest
 from qserver.client import Client
 from qserver.documents import Reassembler, decode
 from qserver.jsutil import read_stream
+from qserver.localstack import DATA_DIR_ENV
 from services.stack.kafka_broker import KafkaBroker
 from services.stack.natsserver import NatsServer
 from services.stack.tiled_server import TiledServer
@@ -37,8 +38,10 @@ T = 60.0  # the bound the issue sets for runs to reach the catalog
 
 
 @pytest.fixture
-def stacks(tmp_path: Path) -> Iterator[Stacks]:
+def stacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stacks]:
     s = Stacks(tmp_path)
+    # As a user points clients at a stack: they read its address and NATS key from there.
+    monkeypatch.setenv(DATA_DIR_ENV, str(s.data_dir))
     yield s
     s.cleanup()
 
@@ -49,7 +52,10 @@ def missing_runs(url: str, api_key: str, run_uids: list[str]) -> list[str]:
 
     root = from_uri(url, api_key=api_key)
     try:
-        cat = root["raw"]
+        try:
+            cat = root["raw"]
+        except KeyError:  # the history service has not made its container yet
+            return list(run_uids)
         missing = []
         for uid in run_uids:
             try:
@@ -88,7 +94,7 @@ async def test_whole_stack_killed_mid_run_every_completed_run_reaches_the_catalo
     every run that history lists as completed within 60 s."""
     first = stacks.start(catalog=True)
     info = await first.wait_info(timeout=120)
-    client = await Client.connect(info["nats_url"], info["prefix"], timeout=5.0)
+    client = await Client.connect(info["nats_url"], info["prefix"], timeout=30.0)
     try:
         await open_env(client)
         # The history service is stopped: none of the runs below reach the catalog before
@@ -114,7 +120,7 @@ async def test_whole_stack_killed_mid_run_every_completed_run_reaches_the_catalo
     second = stacks.start(catalog=True)
     info = await second.wait_info(timeout=120)
     up = time.monotonic()
-    client = await Client.connect(info["nats_url"], info["prefix"], timeout=5.0)
+    client = await Client.connect(info["nats_url"], info["prefix"], timeout=30.0)
     try:
         hist = (await client.request("history_get", timeout=30))["items"]
         statuses = [h["result"]["exit_status"] for h in hist]
