@@ -379,17 +379,22 @@ def documents_by_run(received: list[tuple[str, dict[str, Any]]]) -> dict[str, li
     return runs
 
 
+def not_whole(cat: Any, run_uids: list[str]) -> list[str]:
+    """The runs the catalog `cat` does not hold whole (with their stop document)."""
+    missing = []
+    for uid in run_uids:
+        try:
+            if not cat[uid].metadata.get("stop"):
+                missing.append(uid)
+        except KeyError:
+            missing.append(uid)
+    return missing
+
+
 def not_in_catalog(tiled: TiledServer, run_uids: list[str]) -> list[str]:
     """The runs the catalog does not hold whole (with their stop document)."""
     with catalog(tiled) as cat:
-        missing = []
-        for uid in run_uids:
-            try:
-                if not cat[uid].metadata.get("stop"):
-                    missing.append(uid)
-            except KeyError:
-                missing.append(uid)
-        return missing
+        return not_whole(cat, run_uids)
 
 
 async def test_catalog_down_during_a_run_the_run_is_saved_when_it_returns(

@@ -23,27 +23,24 @@ import pytest
 from qserver.client import Client
 from qserver.documents import Reassembler, decode
 from qserver.jsutil import read_stream
-from qserver.localstack import DATA_DIR_ENV
 from services.stack.kafka_broker import KafkaBroker
 from services.stack.natsserver import NatsServer
 from services.stack.tiled_server import TiledServer
 from services.worker.results import last_result
 from tests.conftest import USER, new_topic, running_services
-from tests.integration.test_catalog import catalog_env, in_history, open_env, plan, run_items
+from tests.integration.test_catalog import (
+    catalog_env,
+    in_history,
+    not_whole,
+    open_env,
+    plan,
+    run_items,
+)
 from tests.integration.test_kafka import read_topic
 from tests.integration.test_stack import StackProcess, Stacks
 from tests.integration.test_worker import Worker
 
 T = 60.0  # the bound the issue sets for runs to reach the catalog
-
-
-@pytest.fixture
-def stacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stacks]:
-    s = Stacks(tmp_path)
-    # As a user points clients at a stack: they read its address and NATS key from there.
-    monkeypatch.setenv(DATA_DIR_ENV, str(s.data_dir))
-    yield s
-    s.cleanup()
 
 
 def missing_runs(url: str, api_key: str, run_uids: list[str]) -> list[str]:
@@ -56,14 +53,7 @@ def missing_runs(url: str, api_key: str, run_uids: list[str]) -> list[str]:
             cat = root["raw"]
         except KeyError:  # the history service has not made its container yet
             return list(run_uids)
-        missing = []
-        for uid in run_uids:
-            try:
-                if not cat[uid].metadata.get("stop"):
-                    missing.append(uid)
-            except KeyError:
-                missing.append(uid)
-        return missing
+        return not_whole(cat, run_uids)
     finally:
         root.context.close()
 

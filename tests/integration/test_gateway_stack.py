@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import signal
 import stat
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
-from qserver.localstack import DATA_DIR_ENV
 from tests.integration.test_stack import Stacks
-
-
-@pytest.fixture
-def stacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stacks]:
-    s = Stacks(tmp_path)
-    monkeypatch.setenv(DATA_DIR_ENV, str(s.data_dir))
-    yield s
-    s.cleanup()
 
 
 async def test_stack_json_gives_the_gateway_url_and_a_working_key(stacks: Stacks) -> None:

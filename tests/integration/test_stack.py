@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import psutil
 import pytest
 
 from qserver.client import Client, NoAnswer
-from qserver.localstack import DATA_DIR_ENV
 from services.runtime.procs import SERVICES
 from services.stack.embedded import (
     CRASH_BACKOFF,
@@ -111,14 +109,6 @@ class Stacks:
             if stack.proc.poll() is None:
                 stack.kill_all()
 
-
-@pytest.fixture
-def stacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stacks]:
-    s = Stacks(tmp_path)
-    # As a user points clients at a stack: they read its address and NATS key from there.
-    monkeypatch.setenv(DATA_DIR_ENV, str(s.data_dir))
-    yield s
-    s.cleanup()
 
 
 async def answer(

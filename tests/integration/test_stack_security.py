@@ -10,7 +10,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,6 @@ from tests.integration.test_stack import StackProcess, Stacks
 
 DEADLINE = 30.0
 
-
-@pytest.fixture
-def stacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stacks]:
-    s = Stacks(tmp_path)
-    monkeypatch.setenv(DATA_DIR_ENV, str(s.data_dir))
-    yield s
-    s.cleanup()
 
 
 @pytest.fixture
