@@ -39,6 +39,9 @@ DUPLICATE_WINDOW_S = 3600.0
 ACK_WAIT_S = 2.0
 FETCH_S = 0.5  # a pull request's life: a lost one costs at most this
 RETRY_MAX_S = 2.0
+# Pulls that find nothing this long while the consumer says it holds results mean a stuck
+# consumer (seen when a NATS node returned while a result was being redelivered): a new term.
+STALL_CHECK_S = 5.0
 
 
 class ResultFeed:
@@ -71,17 +74,22 @@ class ResultFeed:
         await ensure_stream(js, s.results_stream, [s.results], duplicate_window=DUPLICATE_WINDOW_S)
         delay = 0.1
         fresh_term_needed = True
+        quiet_since = time.monotonic()  # since when every pull found nothing
         while True:
             try:
                 if fresh_term_needed or self.nc.stats["reconnects"] != self._reconnects:
                     self._reconnects = self.nc.stats["reconnects"]
                     await self._new_term(js)
                     fresh_term_needed, delay = False, 0.1
+                    quiet_since = time.monotonic()
                 sent = time.monotonic()
                 try:
                     msgs = await self._psub.fetch(1, timeout=FETCH_S)
                 except TimeoutError:
                     self._empty_since = sent
+                    if sent - quiet_since > STALL_CHECK_S:
+                        quiet_since = sent
+                        fresh_term_needed = await self._stuck()
                     continue
             except nats.errors.ConnectionClosedError:
                 return  # shutting down
@@ -92,8 +100,22 @@ class ResultFeed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
+            quiet_since = time.monotonic()
             for msg in msgs:
                 await self._handle(msg)
+
+    async def _stuck(self) -> bool:
+        """True if our consumer holds results that pulls have not been getting."""
+        info = await self._psub.consumer_info()
+        held = info.num_pending + info.num_ack_pending
+        if held:
+            logger.warning(
+                "pulling plan results: %d held by %s but none delivered for %g s; a new term",
+                held,
+                info.name,
+                STALL_CHECK_S,
+            )
+        return bool(held)
 
     async def drained(self, since: float, timeout: float) -> bool:
         """Wait until a pull sent after `since` found nothing left; False after `timeout`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -148,7 +149,16 @@ async def wait_for_signal(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks)
     await stop.wait()
+
+
+def log_tasks() -> None:
+    """SIGUSR1: log where every asyncio task of the service waits (for a service that hangs)."""
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(limit=12, file=out)
+        logger.warning("task %s:\n%s", task.get_name(), out.getvalue())
 
 
 def service_arguments(prog: str, description: str | None) -> argparse.ArgumentParser:

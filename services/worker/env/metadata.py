@@ -13,9 +13,11 @@ change is applied on top of what is stored and a scan_id is raised above the sto
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,7 @@ from nats.js import api as jsapi
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from qserver.jsutil import default_replicas
+from qserver.jsutil import default_replicas, transient
 
 if TYPE_CHECKING:
     from services.worker.env.link import NatsLink
@@ -230,21 +232,44 @@ class MdBucket:
                 )
         return self._kv
 
+    async def _patiently(self, step: Callable[[], Any]) -> Any:
+        """Run `step`, again while JetStream is away for now (a stream electing its leader
+        when a NATS node dies): a run must not fail for a store that answers a second later.
+        """
+        deadline = time.monotonic() + WRITE_TIMEOUT_S - 1.0
+        delay = 0.05
+        while True:
+            try:
+                return await step()
+            except Exception as e:
+                if not transient(e) or time.monotonic() + delay > deadline:
+                    raise
+                logger.info("RE.md store not answering (%r); trying again", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     async def _read(self) -> tuple[dict[str, Any], int]:
-        kv = await self._open()
-        try:
-            entry = await kv.get(MD_KEY)
-        except KeyNotFoundError:
-            return {}, 0
-        return decode_md(entry.value), entry.revision or 0
+        async def step() -> tuple[dict[str, Any], int]:
+            kv = await self._open()
+            try:
+                entry = await kv.get(MD_KEY)
+            except KeyNotFoundError:
+                return {}, 0
+            return decode_md(entry.value), entry.revision or 0
+
+        return await self._patiently(step)  # type: ignore[no-any-return]
 
     async def _write(self, data: bytes, revision: int) -> int:
-        kv = await self._open()
-        try:
-            # Revision 0 expects no value yet: the first write creates it.
-            return await kv.update(MD_KEY, data, last=revision)
-        except KeyWrongLastSequenceError:
-            raise Conflict from None
+        async def step() -> int:
+            kv = await self._open()
+            try:
+                # Revision 0 expects no value yet: the first write creates it. A write stored
+                # whose answer was lost comes back as a Conflict: applied again on top.
+                return await kv.update(MD_KEY, data, last=revision)
+            except KeyWrongLastSequenceError:
+                raise Conflict from None
+
+        return await self._patiently(step)  # type: ignore[no-any-return]
 
     def _call(self, coro: Any) -> Any:
         if self.link.on_loop_thread():
