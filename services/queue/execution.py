@@ -145,6 +145,10 @@ class Executor:
 
     async def reconcile(self) -> None:
         """After a restart: learn the worker's state, then settle a running item it lost."""
+        # Only the item that was running when this instance loaded the state can have been
+        # lost; one started since (in loop mode, even the same item again) reports through
+        # the results feed, and may finish between the checks below.
+        at_start = self.svc.model.running_item
         try:
             reply = await self.svc.nc.request(
                 self.svc.subjects.worker_cmd("state"), b"", timeout=2.0
@@ -157,9 +161,11 @@ class Executor:
         await asyncio.sleep(SETTLE_S)
         while not await self.results.drained(time.monotonic(), DRAIN_WAIT_S):
             logger.warning("plan results cannot be read yet: the running item waits for them")
+        if at_start is None:
+            return
         async with self.svc.write_lock:
             running = self.svc.model.running_item
-            if running is None or self.op:
+            if running is None or running is not at_start or self.op:
                 return
             env_item = self.env.running_item_uid if self.env_exists and self.env else None
             if env_item == running.item_uid:
