@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import socket
@@ -31,10 +32,44 @@ def find_binary() -> str:
     return found
 
 
-def free_port() -> int:
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on, for a server we start (and may restart) on it.
+
+    Picked below the kernel's ephemeral range: a port from that range (what binding port 0
+    gives) is also handed out as the local end of outgoing connections, so a server
+    restarted on it can find it taken by some client's socket ("address already in use").
+    A port is not handed out twice by one process.
+    """
+    low, _ = _ephemeral_range()
+    top = min(low, 65536) - 1
+    if top > 11000:
+        for _ in range(200):
+            port = random.randint(10000, top)
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        s.bind((host, 0))
+        port = int(s.getsockname()[1])
+    _handed_out.add(port)
+    return port
 
 
 class NatsServer(ChildServer):
