@@ -104,6 +104,12 @@ class WorkerSection(Section):
         Annotated[float, Meta(gt=0)] | None,
         _d("seconds an idle environment with no worker service waits, then closes itself"),
     ] = None
+    use_ipython_kernel: Annotated[
+        bool | None, _d("run the environment in an IPython kernel (jupyter console attaches)")
+    ] = None
+    ipython_dir: Annotated[
+        str | None, _d("where the kernel's connection file (0600) and IPython files go")
+    ] = None
 
 
 class HttpSection(Section):
@@ -172,6 +178,8 @@ ENV: dict[tuple[str, str], str] = {
     ("queue", "permissions"): "QSERVER_PERMISSIONS",
     ("queue", "emergency_lock_key"): "QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER",
     ("worker", "orphan_timeout"): "QSERVER_ENV_ORPHAN_TIMEOUT",
+    ("worker", "use_ipython_kernel"): "QSERVER_USE_IPYTHON_KERNEL",
+    ("worker", "ipython_dir"): "QSERVER_IPYTHON_DIR",
     ("http", "host"): "QSERVER_HTTP_HOST",
     ("http", "port"): "QSERVER_HTTP_PORT",
     ("http", "timeout"): "QSERVER_HTTP_TIMEOUT",
@@ -221,7 +229,22 @@ def _env_value(var: str, text: str) -> Any:
             raise ConfigError(f"{var} must be a JSON object, not {text!r}") from None
     if var in ("QSERVER_NATS_DOCS", "QSERVER_DOCS_STREAM"):
         return text.lower() not in ("0", "false", "off", "no")
+    if var == "QSERVER_USE_IPYTHON_KERNEL":
+        try:
+            return switch(text)
+        except ValueError as e:
+            raise ConfigError(f"{var}: {e}") from None
     return text
+
+
+def switch(text: str) -> bool:
+    """An on/off value as the reference's options take it (`ON`, `OFF`, `true`, `0`, ...)."""
+    value = text.strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no", ""):
+        return False
+    raise ValueError(f"expected ON or OFF, not {text!r}")
 
 
 def from_environ(environ: Mapping[str, str]) -> Config:

@@ -159,6 +159,14 @@ class EnvironmentUpdate(Locked, frozen=True, kw_only=True, forbid_unknown_fields
     run_in_background: bool = False
 
 
+class KernelInterrupt(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Ctrl-C to the environment's IPython kernel; also while a task or a plan runs only
+    if these allow it."""
+
+    interrupt_task: bool = False
+    interrupt_plan: bool = False
+
+
 class QueueAutostart(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enable: bool
 
@@ -277,6 +285,12 @@ class HistoryRunItemReply(Reply, kw_only=True):
     url: str | None = None
 
 
+class ConfigGetReply(Reply, kw_only=True):
+    # `ip_connect_info`: the kernel's connection info in kernel mode with an environment
+    # open (what `jupyter console --existing` reads), else {}.
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class TaskReply(Reply, kw_only=True):
     task_uid: str
 
@@ -358,6 +372,8 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "permissions_get": Empty,
     "permissions_set": PermissionsSetRequest,
     "permissions_reload": PermissionsReload,
+    "kernel_interrupt": KernelInterrupt,
+    "config_get": Empty,
 }
 
 # The methods the history service answers; the queue service answers all the others.

@@ -47,7 +47,14 @@ LOCAL_ROUTES: tuple[tuple[str, str, str, type[msgspec.Struct] | None, str], ...]
         NoParams,
         "Console output as a stream of JSON lines",
     ),
-    ("/api/config/get", "get", "read:config", NoParams, "Configuration ({} outside IPython)"),
+    (
+        "/api/config/get",
+        "get",
+        "read:config",
+        NoParams,
+        "The kernel's connection info in kernel mode ({} otherwise); its key only with "
+        "write:scripts",
+    ),
     ("/api/auth/whoami", "get", "", NoParams, "Who the key belongs to: name, roles, scopes"),
     ("/api/auth/scopes", "get", "", NoParams, "The roles and scopes of the key"),
 )

@@ -47,6 +47,8 @@ class ExecutionHandlers:
             "permissions_get": self.on_permissions_get,
             "permissions_set": self.on_permissions_set,
             "permissions_reload": self.on_permissions_reload,
+            "kernel_interrupt": self.on_kernel_interrupt,
+            "config_get": self.on_config_get,
         }
 
     def _env_lock(self, lock_key: str | None) -> None:
@@ -94,6 +96,7 @@ class ExecutionHandlers:
         async with self.svc.write_lock:
             if self.ex.manager_state() != "idle":
                 raise Refused("RE Manager is busy.")
+            await self.ex.reserve_kernel()
             await self.ex.set_flags(queue_running=True, stop_pending=False)
             await self.ex.advance()
         return api.Reply()
@@ -136,6 +139,7 @@ class ExecutionHandlers:
                 raise Refused(f"RE Manager is busy: the manager state is '{state}'")
             if item.item_type == "instruction":
                 return api.ItemReply(item=item, qsize=len(self.svc.model.items))
+            await self.ex.reserve_kernel()
             await self.ex.start_item(item, from_queue=False)
         return api.ItemReply(item=item, qsize=len(self.svc.model.items))
 
@@ -153,6 +157,8 @@ class ExecutionHandlers:
         state = self.ex.manager_state()
         if state != "paused":
             raise Refused(f"RE Manager is not paused: current state is '{state}'")
+        if self.ex.kernel_busy_elsewhere():
+            raise Refused("IPython kernel (RE Worker) is busy.")
         await self.ex.env_request(cmd)
         return api.Reply()
 
@@ -165,6 +171,22 @@ class ExecutionHandlers:
         return api.RunsReply(
             run_list=msgspec.to_builtins(reply.run_list), run_list_uid=reply.run_list_uid
         )
+
+    # ----- IPython kernel (ADR 20) -----
+
+    async def on_kernel_interrupt(self, req: api.KernelInterrupt) -> api.Reply:
+        self._env_lock(req.lock_key)
+        try:
+            reply = await self.ex.kernel_interrupt(req.interrupt_task, req.interrupt_plan)
+        except Refused as e:
+            raise Refused(f"Failed to interrupt IPython kernel: {e.msg}") from None
+        if not reply.success:
+            raise Refused(reply.msg)
+        await self.svc.publish_status()
+        return api.Reply()
+
+    async def on_config_get(self, req: api.Empty) -> api.ConfigGetReply:
+        return api.ConfigGetReply(config={"ip_connect_info": await self.ex.connect_info()})
 
     # ----- plans, devices, permissions -----
 

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -75,6 +76,9 @@ class WorkerConfig:
     nats_url: str
     default_startup: StartupConfig
     env_args: tuple[str, ...] = ()  # passed on to the environment (log level, depth)
+    # Kernel mode (ADR 20): environments run in an IPython kernel whose connection file
+    # is written in this directory. None: plain Python.
+    ipython_dir: Path | None = None
 
 
 class WorkerService:
@@ -89,7 +93,7 @@ class WorkerService:
         self.config = config
         self.instance = instance or new_instance()
         self.proc: Env | None = None
-        self.state = WorkerState(worker=self.instance)
+        self.state = self._worker_state()
         self.item_since: float | None = None  # when the running item was first seen
         self.stop_requested = asyncio.Event()
         self.lost = False  # another worker adopted the environment: exit with LOST
@@ -156,7 +160,8 @@ class WorkerService:
         task.add_done_callback(self._tasks.discard)
 
     def _worker_state(self, **fields: object) -> WorkerState:
-        return WorkerState(worker=self.instance, **fields)  # type: ignore[arg-type]
+        kernel = self.config.ipython_dir is not None
+        return WorkerState(worker=self.instance, use_ipython_kernel=kernel, **fields)  # type: ignore[arg-type]
 
     # ----- commands -----
 
@@ -184,6 +189,8 @@ class WorkerService:
             startup,
             *self.config.env_args,
         )
+        if self.config.ipython_dir is not None:
+            argv += ["--ipython-kernel-dir", str(self.config.ipython_dir)]
         try:
             proc = EnvProcess.spawn(argv, env_uid, self._on_exit, asyncio.get_running_loop())
         except OSError as e:

@@ -366,8 +366,16 @@ def test_stack_commands_call_the_stack_module(
             "http_auth": True,
             "catalog": True,
             "tiled_port": 0,
+            "ipython_kernel": None,
         }
     ]
+    assert cli.run(["stack", "up", "--use-ipython-kernel"]) == 7
+    assert calls[-1]["ipython_kernel"] is True
+    assert cli.run(["stack", "up", "--use-ipython-kernel=OFF"]) == 7
+    assert calls[-1]["ipython_kernel"] is False
+    n = len(calls)
+    assert cli.run(["stack", "up", "--use-ipython-kernel=maybe"]) != 7
+    assert len(calls) == n  # refused before the stack starts
     assert cli.run(["stack", "up", "--no-kafka", "--kafka-port", "9"]) == 7
     assert (calls[-1]["kafka"], calls[-1]["kafka_port"]) == (False, 9)
     assert cli.run(["--prefix", "qs.b", "stack", "up", "--data-dir", "/tmp/x"]) == 7
