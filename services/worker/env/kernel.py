@@ -15,6 +15,7 @@ kernel (until the kernel is idle again after it).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -140,6 +141,8 @@ class KernelHost:
         self.connection_file.unlink(missing_ok=True)  # a new key and new ports every time
         app.initialize([])
         os.chmod(self.connection_file, 0o600)
+        # Also when the startup code fails and the kernel never runs.
+        atexit.register(self.connection_file.unlink, missing_ok=True)
         self.app = app
         # The kernel replaced sys.stdout/stderr with its streams: tee them to the console.
         sys.stdout = KernelConsoleTee(sys.stdout, sink)
@@ -173,6 +176,7 @@ class KernelHost:
         try:
             self.app.start()
         finally:
+            self.connection_file.unlink(missing_ok=True)  # its key opens nothing any more
             with self._cond:
                 self._shut_down = True
                 self.state = "disabled"
