@@ -18,12 +18,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import sim_profile
 from qserver.client import Client
 from services.stack.natsserver import NatsServer
 from tests.conftest import USER, Services, running_services
+from tests.integration.gateway_support import gateway_for
 from tests.integration.test_execution import add, idle, open_env, quick, until
 
 # A plan of the startup code that reads what the kernel's user set, and a slow one.
@@ -111,6 +113,10 @@ async def connection_file(client: Client, tmp_path: Path) -> Path:
     path.write_text(json.dumps(r["config"]["ip_connect_info"]))
     path.chmod(0o600)
     return path
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"ApiKey {key}"}
 
 
 def kernel_status(st: dict[str, Any]) -> tuple[Any, Any]:
@@ -304,3 +310,37 @@ async def test_kernel_mode_is_off_by_default(nats_server: NatsServer, tmp_path: 
         assert "RE Manager is not in IPython mode: IPython kernel is not used" in r["msg"]
         assert not (tmp_path / "kernel").exists()
         assert os.environ.get("QSERVER_USE_IPYTHON_KERNEL", "") in ("", "0", "OFF")
+
+
+async def test_over_http_the_kernels_key_goes_only_to_who_may_run_code(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    keys = [
+        {"key": "ExpertKey1", "user": "erin", "roles": ["expert"]},
+        {"key": "ObserverKey1", "user": "olga", "roles": ["observer"]},
+    ]
+    config = tmp_path / "gateway.yml"
+    config.write_text(json.dumps({"api_keys": keys}))  # JSON is YAML
+    async with (
+        kernel_services(nats_server, tmp_path) as services,
+        gateway_for(services, "--http-config", str(config)) as gw,
+        httpx.AsyncClient(base_url=gw.url, timeout=30) as http,
+    ):
+        client = services.client
+        assert client is not None
+        await open_env(client)
+        over_nats = (await client.request("config_get"))["config"]["ip_connect_info"]
+        expert = (await http.get("/api/config/get", headers=auth("ExpertKey1"))).json()
+        assert expert == {"success": True, "msg": "", "config": {"ip_connect_info": over_nats}}
+        observer = (await http.get("/api/config/get", headers=auth("ObserverKey1"))).json()
+        info = observer["config"]["ip_connect_info"]
+        assert info["key"] == "" and info == {**over_nats, "key": ""}
+        # kernel_interrupt: write:queue:control, the reference's scope.
+        r = await http.post("/api/kernel/interrupt", headers=auth("ObserverKey1"))
+        assert r.status_code == 403
+        r = await http.post(
+            "/api/kernel/interrupt", headers=auth("ExpertKey1"), json={"interrupt_task": True}
+        )
+        assert r.json() == {"success": True, "msg": ""}
+        r = await http.post("/api/kernel/interrupt", headers=auth("ExpertKey1"), json={"x": 1})
+        assert r.status_code == 400 and "unknown field `x`" in r.json()["detail"], r.text
