@@ -284,8 +284,11 @@ class Executor:
             and not env.ip_kernel_captured
         ):
             self.svc.kick()  # a command typed in the kernel ended: the queue may go on
-        if env.ip_kernel_captured and not self.svc.write_lock.locked():
-            self.release_kernel_if_done()
+        if env.ip_kernel_captured and env.env_state == "idle":
+            if self.svc.write_lock.locked():
+                self.svc.kick()  # looked at again (and released) after the current change
+            else:
+                self.release_kernel_if_done()
         if old != env:
             await self.svc.publish_status()
 
@@ -306,9 +309,9 @@ class Executor:
         return env is not None and env.ip_kernel_state != "idle" and not env.ip_kernel_captured
 
     def kernel_held(self) -> bool:
-        """The kernel's execution loop holds it with nothing to run (released soon)."""
+        """The kernel's execution loop holds it (with nothing to run: released soon)."""
         env = self._kernel_env()
-        return env is not None and bool(env.ip_kernel_captured) and env.env_state == "idle"
+        return env is not None and bool(env.ip_kernel_captured)
 
     async def reserve_kernel(self) -> None:
         """Before an item runs: capture the kernel, or say why not (the reference's texts)."""
@@ -323,8 +326,11 @@ class Executor:
     def release_kernel_if_done(self) -> None:
         """Nothing more to run now: have the environment give the kernel back to its users."""
         m = self.svc.model
+        env = self._kernel_env()
         if not self.kernel_held() or self.op or m.running_item is not None:
             return
+        if env is None or env.env_state != "idle":
+            return  # still busy with its last job: its next state comes soon
         if m.flags.queue_running and len(m.items) and not m.flags.stop_pending:
             return  # the next item goes to the loop that holds the kernel
         now = time.monotonic()

@@ -344,3 +344,29 @@ async def test_over_http_the_kernels_key_goes_only_to_who_may_run_code(
         assert r.json() == {"success": True, "msg": ""}
         r = await http.post("/api/kernel/interrupt", headers=auth("ExpertKey1"), json={"x": 1})
         assert r.status_code == 400 and "unknown field `x`" in r.json()["detail"], r.text
+
+
+@pytest.mark.timeout(240)
+async def test_the_kernel_outlives_its_worker_service_and_is_adopted(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with kernel_services(nats_server, tmp_path) as services:
+        client = services.client
+        assert client is not None
+        await open_env(client)
+        (conn,) = (tmp_path / "kernel").glob("kernel-*.json")
+        assert "set" in await asyncio.to_thread(console, conn, "kernel_value = 7\nprint('set')\n")
+        services.kill("worker")  # SIGKILL: no clean-up (ADR 12)
+        services.start("worker")
+        await services.wait_ready()
+        # The same kernel (same connection file and key), its namespace intact.
+        assert "value: 7" in await asyncio.to_thread(
+            console, conn, "print('value:', kernel_value)\n"
+        )
+        await add(client, {"item_type": "plan", "name": "kernel_echo"})
+        assert (await client.request("queue_start"))["success"]
+        st = await until(client, lambda s: idle(s) and s["items_in_queue"] == 0)
+        assert kernel_status(st) == ("idle", False)
+        hist = (await client.request("history_get"))["items"]
+        assert hist[-1]["result"]["exit_status"] == "completed", hist[-1]
+        assert "echoed: 7" in await asyncio.to_thread(console, conn, "print('echoed:', echoed)\n")
