@@ -26,6 +26,7 @@ from qserver.client import Client
 from services.stack.natsserver import NatsServer
 from tests.conftest import USER, Services, running_services
 from tests.integration.gateway_support import gateway_for
+from tests.integration.test_cli import ok as cli
 from tests.integration.test_execution import add, idle, open_env, quick, until
 
 # A plan of the startup code that reads what the kernel's user set, and a slow one.
@@ -138,6 +139,7 @@ async def test_a_console_and_the_queue_share_the_kernels_namespace(
 
         info_file = await connection_file(client, tmp_path)
         info = json.loads(info_file.read_text())
+        assert (await cli(services, "config"))["config"] == {"ip_connect_info": info}
         assert info["ip"] == "127.0.0.1" and info["transport"] == "tcp" and info["key"]
         # The kernel's own connection file: the user's alone, the same as config_get's.
         files = list((tmp_path / "kernel").glob("kernel-*.json"))
@@ -223,8 +225,7 @@ async def test_kernel_interrupt_stops_a_command_typed_in_the_kernel(
         info_file = await connection_file(client, tmp_path)
         typing = start_console(info_file, sleeping(3000) + "print('after it')\n")
         await until(client, lambda s: s["ip_kernel_state"] == "busy")
-        r = await client.request("kernel_interrupt")
-        assert r == {"success": True, "msg": ""}
+        assert await cli(services, "kernel", "interrupt") == {"success": True, "msg": ""}
         out = await typing
         assert "KeyboardInterrupt" in out and "after it" in out
         st = await until(client, lambda s: kernel_status(s) == ("idle", False))
@@ -255,7 +256,7 @@ async def test_kernel_interrupt_of_a_plan_needs_interrupt_plan_and_pauses_it(
                 "success": False,
                 "msg": "Failed to interrupt IPython kernel: Not allowed to interrupt running plan",
             }, r
-        r = await client.request("kernel_interrupt", {"interrupt_plan": True})
+        r = await cli(services, "kernel", "interrupt", "plan")
         assert r == {"success": True, "msg": ""}
         # bluesky's Ctrl-C: a deferred pause, at the plan's next checkpoint.
         st = await until(client, lambda s: s["manager_state"] == "paused")
