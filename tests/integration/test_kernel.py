@@ -28,6 +28,7 @@ from tests.conftest import USER, Services, running_services
 from tests.integration.gateway_support import gateway_for
 from tests.integration.test_cli import ok as cli
 from tests.integration.test_execution import add, idle, open_env, quick, until
+from tests.integration.test_stack import Stacks
 
 # A plan of the startup code that reads what the kernel's user set, and a slow one.
 KERNEL_PROFILE = '''
@@ -106,12 +107,16 @@ def start_console(connection_file: Path, typed: str) -> asyncio.Task[str]:
     return asyncio.create_task(asyncio.to_thread(console, connection_file, typed))
 
 
-async def connection_file(client: Client, tmp_path: Path) -> Path:
-    """What a scientist does with `config_get`: save its `ip_connect_info` as a file."""
+async def connection_info(client: Client) -> dict[str, Any]:
     r = await client.request("config_get")
     assert r["success"], r
+    return r["config"]["ip_connect_info"]  # type: ignore[no-any-return]
+
+
+async def connection_file(client: Client, tmp_path: Path) -> Path:
+    """What a scientist does with `config_get`: save its `ip_connect_info` as a file."""
     path = tmp_path / "from-config-get.json"
-    path.write_text(json.dumps(r["config"]["ip_connect_info"]))
+    path.write_text(json.dumps(await connection_info(client)))
     path.chmod(0o600)
     return path
 
@@ -371,3 +376,19 @@ async def test_the_kernel_outlives_its_worker_service_and_is_adopted(
         hist = (await client.request("history_get"))["items"]
         assert hist[-1]["result"]["exit_status"] == "completed", hist[-1]
         assert "echoed: 7" in await asyncio.to_thread(console, conn, "print('echoed:', echoed)\n")
+
+
+@pytest.mark.timeout(240)
+async def test_stack_up_with_use_ipython_kernel_puts_the_kernel_in_the_data_dir(
+    stacks: Stacks,
+) -> None:
+    stack = stacks.start("--no-kafka", "--use-ipython-kernel=ON")
+    info = await stack.wait_info()
+    assert info["kernel_dir"] == str(stacks.data_dir / "kernel")
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=5.0) as client:
+        st = await open_env(client)
+        assert kernel_status(st) == ("idle", False)
+        (conn,) = (stacks.data_dir / "kernel").glob("kernel-*.json")
+        assert json.loads(conn.read_text())["key"] == (await connection_info(client))["key"]
+        shown = await asyncio.to_thread(console, conn, "print('in', type(RE).__name__)\n")
+        assert "in RunEngine" in shown
