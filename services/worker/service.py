@@ -39,6 +39,7 @@ from qserver.protocol.worker import (
 )
 from services.runtime.service_base import encode
 from services.worker.adopt import Attached, Busy, fail_lost_item, find_env
+from services.worker.env.kernel import connection_file
 from services.worker.kafka_export import KafkaExport
 from services.worker.messages import EnvRecord, EnvStatus
 from services.worker.pids import new_instance
@@ -329,6 +330,8 @@ class WorkerService:
         self.state = self._worker_state(
             env_exists=False, last_error=error, last_traceback=tb, ended_env_uid=proc.env_uid
         )
+        if self.config.ipython_dir is not None:  # killed: it could not remove its own
+            connection_file(self.config.ipython_dir, proc.env_uid).unlink(missing_ok=True)
         proc.exited.set()
         await self.publish_state()
         if last is not None and last.running_item_uid:

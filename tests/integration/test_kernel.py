@@ -270,6 +270,11 @@ async def test_kernel_interrupt_of_a_plan_needs_interrupt_plan_and_pauses_it(
         st = await until(client, idle)
         hist = (await client.request("history_get"))["items"]
         assert hist[-1]["result"]["exit_status"] == "stopped"
+        # A destroyed environment cannot remove its connection file: its worker does.
+        assert list((tmp_path / "kernel").glob("kernel-*.json"))
+        assert (await client.request("environment_destroy"))["success"]
+        await until(client, lambda s: not s["worker_environment_exists"])
+        assert not list((tmp_path / "kernel").glob("kernel-*.json"))
 
 
 @pytest.mark.timeout(240)

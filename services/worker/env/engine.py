@@ -131,7 +131,7 @@ class Environment:
         self.changed = asyncio.Event()
         # Kernel mode (ADR 20): the namespace is an IPython kernel's, jobs run in its loop.
         self.kernel = (
-            KernelHost(kernel_dir, env_uid[:8], self.jobs, self._run_job, self._kernel_changed)
+            KernelHost(kernel_dir, env_uid, self.jobs, self._run_job, self._kernel_changed)
             if kernel_dir is not None
             else None
         )
@@ -198,7 +198,7 @@ class Environment:
             with self.lock:
                 if self.env_state == "initializing":
                     self.env_state = "idle"
-                    logger.info("RE Environment is ready (IPython kernel)")
+                    logger.info("IPython kernel is in 'idle' state")
         self.notify()
 
     def _check_outside(self, re_state: str) -> None:
@@ -286,7 +286,6 @@ class Environment:
         if self.kernel is None:
             with self.lock:
                 self.env_state = "idle"
-            logger.info("RE Environment is ready")
         else:  # idle once the kernel is (it may run a command a user sent meanwhile)
             self._kernel_changed()
         self.notify()

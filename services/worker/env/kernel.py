@@ -57,6 +57,11 @@ CONNECTION_KEYS = (
 Job = Callable[[], None]
 
 
+def connection_file(directory: Path, env_uid: str) -> Path:
+    """The connection file of the environment `env_uid`'s kernel."""
+    return directory / f"kernel-{env_uid[:8]}.json"
+
+
 class KernelConsoleTee(ConsoleTee):
     """The console tee around the kernel's own stream (which consoles attached read)."""
 
@@ -73,13 +78,13 @@ class KernelHost:
     def __init__(
         self,
         directory: Path,
-        name: str,
+        env_uid: str,
         jobs: queue.Queue[Job | None],
         run_job: Callable[[Job], float],
         on_change: Callable[[], None],
     ) -> None:
         self.directory = directory
-        self.connection_file = directory / f"kernel-{name}.json"
+        self.connection_file = connection_file(directory, env_uid)
         self.jobs = jobs
         self._run_job = run_job  # runs one job; returns how long to hold the kernel after it
         self._on_change = on_change
