@@ -59,6 +59,11 @@ def _uid() -> str:
     return str(uuid.uuid4())
 
 
+def _typed_in_kernel(env: EnvState) -> bool:
+    """Kernel mode: the kernel is busy, and not with the queue's execution loop."""
+    return env.ip_kernel_state not in (None, "idle") and not env.ip_kernel_captured
+
+
 class Executor:
     def __init__(self, svc: QueueCore) -> None:
         self.svc = svc
@@ -277,12 +282,7 @@ class Executor:
             # item can start now (the result may have been recorded before this event).
             logger.debug("environment idle: looking for the next item")
             self.svc.kick()
-        elif (
-            old is not None
-            and old.ip_kernel_state != env.ip_kernel_state
-            and env.ip_kernel_state == "idle"
-            and not env.ip_kernel_captured
-        ):
+        elif old is not None and _typed_in_kernel(old) and not _typed_in_kernel(env):
             self.svc.kick()  # a command typed in the kernel ended: the queue may go on
         if env.ip_kernel_captured and env.env_state == "idle":
             if self.svc.write_lock.locked():
@@ -306,7 +306,7 @@ class Executor:
     def kernel_busy_elsewhere(self) -> bool:
         """A command typed in the kernel (not the queue's execution loop) keeps it busy."""
         env = self._kernel_env()
-        return env is not None and env.ip_kernel_state != "idle" and not env.ip_kernel_captured
+        return env is not None and _typed_in_kernel(env)
 
     def kernel_held(self) -> bool:
         """The kernel's execution loop holds it (with nothing to run: released soon)."""
