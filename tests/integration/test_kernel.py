@@ -47,6 +47,17 @@ def kernel_slow(seconds=1.0):
     for _ in range(int(seconds * 10)):
         yield from bps.checkpoint()
         _time.sleep(0.1)
+
+
+def kernel_wait(seconds=8.0):
+    """Runs until a command typed in the kernel sets `release_plan`, or for `seconds`."""
+    global saw_release
+    saw_release = False
+    deadline = _time.monotonic() + seconds
+    while _time.monotonic() < deadline and not saw_release:
+        saw_release = bool(globals().get("release_plan"))
+        yield from bps.checkpoint()
+        _time.sleep(0.1)
 '''
 
 
@@ -102,9 +113,45 @@ def console(connection_file: Path, typed: str, timeout: float = 120) -> str:
     return p.stdout + p.stderr  # a cell's error goes to stderr
 
 
-def start_console(connection_file: Path, typed: str) -> asyncio.Task[str]:
-    """A console left typing while the test goes on; await it for what it showed."""
-    return asyncio.create_task(asyncio.to_thread(console, connection_file, typed))
+class Console:
+    """`jupyter console --existing FILE`, typed into line by line while the test goes on."""
+
+    def __init__(self, connection_file: Path) -> None:
+        self.p = subprocess.Popen(
+            console_args(connection_file),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.shown = b""
+
+    def _prompt(self) -> None:
+        assert self.p.stdout is not None
+        while not self.shown.rstrip(b" ").endswith(b"]:"):
+            c = self.p.stdout.read(1)
+            assert c, self.shown.decode(errors="replace")
+            self.shown += c
+
+    async def prompt(self) -> None:
+        """Until it shows its prompt: attached, the kernel answered, waiting for a line."""
+        await asyncio.to_thread(self._prompt)
+
+    def type(self, line: str) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(line.encode())
+        self.p.stdin.flush()
+
+    async def leave(self) -> str:
+        """Ctrl-D after what was typed: it runs it, then leaves; what it showed."""
+        assert self.p.stdin is not None
+        self.p.stdin.close()
+        assert self.p.stdout is not None
+        out = await asyncio.to_thread(self.p.stdout.read)
+        await asyncio.to_thread(self.p.wait, 120)
+        self.p.stdout.close()
+        text = (self.shown + out).decode(errors="replace")
+        assert self.p.returncode == 0, text
+        return text
 
 
 async def connection_info(client: Client) -> dict[str, Any]:
@@ -193,7 +240,9 @@ async def test_a_command_typed_in_the_kernel_blocks_the_queue_and_a_plan_blocks_
         info_file = await connection_file(client, tmp_path)
         await add(client, quick())
 
-        typing = start_console(info_file, sleeping(50) + "print('typed done')\n")
+        typing = Console(info_file)
+        await typing.prompt()
+        typing.type(sleeping(100) + "print('typed done')\n")
         st = await until(client, lambda s: s["ip_kernel_state"] == "busy")
         assert kernel_status(st) == ("busy", False) and idle(st)
         # The reference's refusals, and nothing changed in the queue.
@@ -202,19 +251,22 @@ async def test_a_command_typed_in_the_kernel_blocks_the_queue_and_a_plan_blocks_
         r = await client.request("queue_item_execute", {"item": quick(), **USER})
         assert not r["success"] and "IPython kernel (RE Worker) is busy" in r["msg"]
         assert (await client.request("status"))["items_in_queue"] == 1
-        assert "typed done" in await typing
+        assert "typed done" in await typing.leave()
         await until(client, lambda s: kernel_status(s) == ("idle", False))
         assert (await client.request("queue_start"))["success"]
         await until(client, lambda s: idle(s) and s["items_in_queue"] == 0)
 
-        # A plan from the queue holds the kernel: a cell typed meanwhile waits for it.
-        await add(client, {"item_type": "plan", "name": "kernel_slow", "kwargs": {"seconds": 4}})
+        # A plan from the queue holds the kernel: a cell typed meanwhile waits for it. The
+        # plan would end at once if the cell ran during it; it runs its full 8 s instead.
+        typing = Console(info_file)
+        await typing.prompt()  # attached while the kernel is idle
+        await add(client, {"item_type": "plan", "name": "kernel_wait"})
         assert (await client.request("queue_start"))["success"]
         st = await until(client, lambda s: s["re_state"] == "running")
         assert kernel_status(st) == ("busy", True)
         assert st["manager_state"] == "executing_queue"
-        shown = await asyncio.to_thread(console, info_file, "print('RE is', RE.state)\n")
-        assert "RE is idle" in shown  # it ran after the plan, not during it
+        typing.type("release_plan = True\nprint('RE is', RE.state, 'plan saw it:', saw_release)\n")
+        assert "RE is idle plan saw it: False" in await typing.leave()
         hist = (await client.request("history_get"))["items"]
         assert [h["result"]["exit_status"] for h in hist] == ["completed", "completed"]
 
@@ -228,10 +280,12 @@ async def test_kernel_interrupt_stops_a_command_typed_in_the_kernel(
         assert client is not None
         await open_env(client)
         info_file = await connection_file(client, tmp_path)
-        typing = start_console(info_file, sleeping(3000) + "print('after it')\n")
+        typing = Console(info_file)
+        await typing.prompt()
+        typing.type(sleeping(3000) + "print('after it')\n")
         await until(client, lambda s: s["ip_kernel_state"] == "busy")
         assert await cli(services, "kernel", "interrupt") == {"success": True, "msg": ""}
-        out = await typing
+        out = await typing.leave()
         assert "KeyboardInterrupt" in out and "after it" in out
         st = await until(client, lambda s: kernel_status(s) == ("idle", False))
         assert idle(st)
