@@ -29,6 +29,7 @@ from services.gateway.errors import (
     Unavailable,
     http_status,
 )
+from services.gateway.extra_routes import custom_modules, upload_handlers
 from services.gateway.metrics import Metrics, metrics_handler
 from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
 from services.gateway.routes import ROUTES, Route
@@ -252,6 +253,7 @@ def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
     gw = Gateway(bridge, auth)
     handlers: list[Any] = [route_handler(gw, r) for r in ROUTES]
     handlers += console_handlers(gw) + stream_handlers(gw) + docs_handlers(gw)
+    handlers += upload_handlers(gw, custom_modules(), body_of)
     metrics = Metrics()
     handlers.append(metrics_handler(metrics, lambda r: gw.principal(r, "read:status")))
 
