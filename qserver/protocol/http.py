@@ -56,7 +56,7 @@ class ConsoleOutputUpdate(HttpBody, frozen=True, kw_only=True, forbid_unknown_fi
 class ServerSleep(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`GET /api/test/server/sleep`: answer after `time` seconds (clients test timeouts)."""
 
-    time: Annotated[float, msgspec.Meta(le=600)] | None = None  # required; None: said so
+    time: Annotated[float, msgspec.Meta(le=600)]
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True):
