@@ -126,6 +126,14 @@ def send(method: str, params: dict[str, Any] | None = None) -> None:
     show(asyncio.run(_request(settings, method, params)), settings.fmt)
 
 
+def ask(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Send one request and return its reply, refused or not (the caller prints it)."""
+    settings = current_settings()
+    return asyncio.run(
+        _request(settings, method, with_lock_key(method, params or {}, settings.lock_key))
+    )
+
+
 def latest_window(total: int, skip: int, count: int | None) -> tuple[int, int]:
     """The wire's (offset, limit) for the latest `count` items after skipping the `skip` latest."""
     end = max(0, total - skip)
