@@ -247,7 +247,7 @@ class Environment:
         """
         try:
             job()
-        except Exception:
+        except (Exception, KeyboardInterrupt):  # an interrupt between a plan's steps
             logger.exception("job failed")
         with self.lock:
             return 0.0 if self.running is not None else HOLD_S
