@@ -106,6 +106,15 @@ def stack() -> None:
     help="The HTTP gateway takes no API keys (for a closed machine; loopback only). NATS "
     "still refuses anonymous clients: its keys are in the data dir, readable by you only.",
 )
+@click.option(
+    "--no-zmq",
+    is_flag=True,
+    help="Do not run the 0MQ bridge (the reference's control protocol and console feed).",
+)
+@click.option("--zmq-port", type=int, default=60615, show_default=True, help="0MQ control port.")
+@click.option(
+    "--zmq-info-port", type=int, default=60625, show_default=True, help="0MQ console/info port."
+)
 def stack_up(
     data_dir: Path | None,
     nats_port: int,
@@ -118,6 +127,9 @@ def stack_up(
     tiled_port: int,
     config_file: str | None,
     no_auth: bool,
+    no_zmq: bool,
+    zmq_port: int,
+    zmq_info_port: int,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
     from qserver.protocol.subjects import DEFAULT_PREFIX
@@ -143,6 +155,9 @@ def stack_up(
         http_auth=not no_auth,
         catalog=not no_catalog,
         tiled_port=tiled_port,
+        zmq=not no_zmq,
+        zmq_port=zmq_port,
+        zmq_info_port=zmq_info_port,
     )
     click.get_current_context().exit(code)
 
