@@ -11,7 +11,6 @@ import zmq
 from services.zmq_bridge.access import (
     OWNER,
     Denied,
-    Principal,
     authorize,
     principal_of,
 )
@@ -182,7 +181,3 @@ def test_a_malformed_private_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
 def test_addresses_are_tcp_host_and_port(text: str) -> None:
     with pytest.raises(SettingsError, match="must look like"):
         endpoint(text, "the control address")
-
-
-def test_an_owner_principal_is_admin() -> None:
-    assert OWNER == Principal(OWNER.name, "admin")
