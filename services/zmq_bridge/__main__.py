@@ -87,17 +87,20 @@ async def main(args: argparse.Namespace) -> int:
         on_status=publisher.status if publisher else None,
     )
     server = ControlServer(control, link, encoding=s.encoding, clients=s.policy.clients)
+    # Listen once connected (or after a few seconds without NATS, then answering why not):
+    # a reference client waits for the socket by itself, within its own timeout.
+    await link.start()
     try:
         bind(control, s.control, "control")
         if info is not None and s.info is not None:
             bind(info, s.info, "info")
     except SettingsError as e:
         logger.error("%s", e)
+        await shutdown(link.stop())
         gate.close()
         ctx.destroy(linger=0)
         return 2
     tasks = [asyncio.create_task(gate.run()), asyncio.create_task(server.run())]
-    await link.start()
     announce(s)
     stop = asyncio.Event()
     for t in tasks:

@@ -44,6 +44,7 @@ INFO = "info"
 # (with a warning) so that a lost event cannot hold every loopback client off for good.
 CUT_PENDING_S = 10.0
 DRAIN_PERIOD_S = 0.05
+LOG_EVERY_S = 60.0
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
 
 LocalUsers = Literal["owner", "any"]
@@ -89,6 +90,7 @@ class Gate:
         self.watched: list[_Watched] = []
         self.cut_pending: dict[int, float] = {}  # fd -> when it was cut
         self.refused = 0  # connections cut, for the log and tests
+        self.said: dict[int | None, float] = {}  # uid -> when its refusal was last logged
         self.zap: zmq.asyncio.Socket = ctx.socket(zmq.REP)
         self.zap.linger = 0
         self.zap.bind(ZAP_ENDPOINT)
@@ -138,7 +140,13 @@ class Gate:
         if uid is not None and uid in self.policy.uids:
             return
         who = "an unknown user" if uid is None else f"uid {uid}"
-        logger.warning(
+        # A refused REQ client reconnects every 0.1 s: said once a minute per user.
+        now = time.monotonic()
+        loud = now - self.said.get(uid, -LOG_EVERY_S) >= LOG_EVERY_S
+        if loud:
+            self.said[uid] = now
+        logger.log(
+            logging.WARNING if loud else logging.DEBUG,
             "refused a 0MQ connection to the %s socket from %s (%s): only uid %s and root may "
             "connect over loopback (zmq.local_users: any lets every local user in)",
             w.what,
