@@ -35,10 +35,12 @@ $(REF_VENV)/.installed: tests/reference/requirements.txt
 	$(REF_VENV)/bin/pip install -q -r tests/reference/requirements.txt
 	touch $@
 
-$(REF_V001_VENV)/.installed: tests/reference/requirements-v001.txt
+$(REF_V001_VENV)/.installed: tests/reference/requirements-v001.txt tests/reference/v001_sitecustomize.py
 	rm -rf $(REF_V001_VENV)
 	$(PYTHON) -m venv $(REF_V001_VENV)
 	$(REF_V001_VENV)/bin/pip install -q --no-deps -r tests/reference/requirements-v001.txt
+	cp tests/reference/v001_sitecustomize.py "$$($(REF_V001_VENV)/bin/python -c \
+	  'import sysconfig; print(sysconfig.get_paths()["purelib"])')/sitecustomize.py"
 	touch $@
 
 reference-clients: $(REF_VENV)/.installed $(REF_V001_VENV)/.installed
