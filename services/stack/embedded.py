@@ -731,11 +731,17 @@ def run_stack(
 
 
 def zmq_public_key() -> str | None:
-    """The CurveZMQ public key of the bridge's private key in the environment, if any."""
+    """The CurveZMQ public key of the bridge's private key (environment or config file)."""
+    from qserver.config import apply as apply_config
     from services.zmq_bridge.keys import BadKey, public_key_of
     from services.zmq_bridge.settings import OLD_PRIVATE_KEY_ENV, PRIVATE_KEY_ENV
 
-    key = os.environ.get(PRIVATE_KEY_ENV) or os.environ.get(OLD_PRIVATE_KEY_ENV)
+    environ = dict(os.environ)
+    try:
+        apply_config(environ, os.environ.get(CONFIG_ENV))
+    except ConfigError:
+        return None  # the services refuse it and say why
+    key = environ.get(PRIVATE_KEY_ENV) or environ.get(OLD_PRIVATE_KEY_ENV)
     if not key:
         return None
     try:
