@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
 
 import msgspec
@@ -54,3 +57,16 @@ async def test_a_zmq_port_in_use_stops_the_start_with_the_flag_to_change(stacks:
         stack = stacks.start("--zmq-port", str(taken.getsockname()[1]))
         assert await stack.wait_exit(timeout=60) == 1
     assert "--zmq-port" in stack.output() and "--no-zmq" in stack.output()
+
+
+async def test_a_killed_bridge_is_restarted_and_serves_again(stacks: Stacks) -> None:
+    stack = stacks.start()
+    info = await stack.wait_info()
+    pid = info["services"]["zmq_bridge"]
+    os.kill(pid, signal.SIGKILL)
+    async with asyncio.timeout(60):
+        while (info := await stack.wait_info())["services"]["zmq_bridge"] == pid:
+            await asyncio.sleep(0.1)
+    assert "zmq_bridge service was killed by SIGKILL: restarted" in stack.output()
+    async with zmq_client(info["zmq_control_addr"]) as z:
+        assert (await z.request("status", timeout=60))["manager_state"] == "idle"
