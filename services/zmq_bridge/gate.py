@@ -6,12 +6,17 @@ Two things libzmq offers are combined:
   connection of another user is cut at the TCP level at once;
 - its authentication hook (ZAP, RFC 27) holds every handshake until it answers. The handler
   first takes every pending monitor event, so no connection passes before its peer was
-  checked; while a cut connection is not yet gone, loopback handshakes are answered
-  "try again" (the client reconnects by itself). It names each connection it lets in
-  (`local`, `key:<n>`, `info`): 0MQ hands that name out with every message as `User-Id`.
+  checked. It cannot tell which connection a request is for (it learns the peer's address,
+  not its port), so while a cut connection has not yet reported its end, loopback requests
+  are held, not answered: once it is gone, the rest are let in and the cut one's answer
+  goes nowhere. (Refusing them would not do: a REQ client that is refused once does not
+  try again.) It names each connection it lets in (`local`, `key:<n>`, `info`): 0MQ hands
+  that name out with every message of the connection as `User-Id`.
 
 A monitor's events are never dropped: libzmq blocks its I/O thread when the monitor's queue
-is full, so a flood of connections cannot push an event out of sight of the gate.
+is full, so a flood of connections cannot push an event out of sight of the gate. A cut
+connection whose end is not reported is given up after `CUT_PENDING_S`, beyond the
+handshake time limit (`HANDSHAKE_S`) by which libzmq has dropped it anyway.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,12 +45,15 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 CONTROL_DOMAIN = b"qserver-control"
 INFO_DOMAIN = b"qserver-info"
 INFO = "info"
-# A cut connection normally reports its end within milliseconds; past this it is forgotten
-# (with a warning) so that a lost event cannot hold every loopback client off for good.
-CUT_PENDING_S = 10.0
+# A handshake not done within this is dropped by libzmq (the reference's clients finish
+# theirs in milliseconds).
+HANDSHAKE_S = 5.0
+# A cut connection reports its end within milliseconds; one that does not is given up after
+# this (longer than HANDSHAKE_S, so it is gone by then), so the held cannot wait for good.
+CUT_PENDING_S = 2 * HANDSHAKE_S
 DRAIN_PERIOD_S = 0.05
 LOG_EVERY_S = 60.0
-_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
+_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
 LocalUsers = Literal["owner", "any"]
 OwnerLookup = Callable[[Address, Address], int | None]
@@ -77,6 +85,17 @@ class _Watched:
         return int(port) if host.startswith(b"tcp://") and port.isdigit() else -1
 
 
+@dataclass(frozen=True)
+class _ZapRequest:
+    envelope: list[bytes]  # the ZAP client's routing id and delimiter
+    version: bytes
+    request_id: bytes
+    domain: bytes
+    address: str
+    mechanism: bytes
+    credentials: tuple[bytes, ...]
+
+
 class Gate:
     """The ZAP handler and the monitors of the sockets it guards, on one context."""
 
@@ -88,16 +107,21 @@ class Gate:
         self.owner_of = owner_of
         self.keys = {c.public_key: n for n, c in enumerate(policy.clients)}
         self.watched: list[_Watched] = []
-        self.cut_pending: dict[int, float] = {}  # fd -> when it was cut
+        # Cut connections not yet reported gone: fd -> (times cut, when first cut). A
+        # descriptor can be cut twice when a late event names it after it was reused.
+        self.cut_pending: dict[int, tuple[int, float]] = {}
+        self.held: list[_ZapRequest] = []
         self.refused = 0  # connections cut, for the log and tests
         self.said: dict[int | None, float] = {}  # uid -> when its refusal was last logged
-        self.zap: zmq.asyncio.Socket = ctx.socket(zmq.REP)
+        # ROUTER, not REP: requests are held while a cut connection is pending.
+        self.zap: zmq.asyncio.Socket = ctx.socket(zmq.ROUTER)
         self.zap.linger = 0
         self.zap.bind(ZAP_ENDPOINT)
 
     def guard(self, sock: zmq.asyncio.Socket, domain: bytes, what: str) -> None:
         """Check every connection `sock` accepts; call before it binds."""
         sock.setsockopt(zmq.ZAP_DOMAIN, domain)  # NULL-mechanism handshakes ask ZAP only then
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_S * 1000))
         endpoint = f"inproc://qserver-monitor-{id(sock)}"
         sock.monitor(endpoint, _EVENTS)
         # Not an asyncio socket: the gate takes its events without waiting (`drain`).
@@ -126,7 +150,13 @@ class Gate:
                 if event["event"] == zmq.EVENT_ACCEPTED:
                     self._check(fd, w)
                 else:
-                    self.cut_pending.pop(fd, None)
+                    self._gone(fd)
+
+    def _gone(self, fd: int) -> None:
+        if fd in self.cut_pending:
+            times, since = self.cut_pending.pop(fd)
+            if times > 1:
+                self.cut_pending[fd] = (times - 1, since)
 
     def _check(self, fd: int, w: _Watched) -> None:
         conn = connection_of(fd)
@@ -140,7 +170,7 @@ class Gate:
         if uid is not None and uid in self.policy.uids:
             return
         who = "an unknown user" if uid is None else f"uid {uid}"
-        # A refused REQ client reconnects every 0.1 s: said once a minute per user.
+        # A refused client may come back again and again: said once a minute per user.
         now = time.monotonic()
         loud = now - self.said.get(uid, -LOG_EVERY_S) >= LOG_EVERY_S
         if loud:
@@ -156,60 +186,87 @@ class Gate:
         )
         cut(fd)
         self.refused += 1
-        self.cut_pending[fd] = time.monotonic()
-
-    async def watch(self) -> None:
-        """Take monitor events as they come, so that their queue never fills."""
-        while True:
-            self.drain()
-            await asyncio.sleep(DRAIN_PERIOD_S)
-
-    # ----- ZAP -----
+        times, since = self.cut_pending.get(fd, (0, now))
+        self.cut_pending[fd] = (times + 1, since)
 
     def _cut_still_pending(self) -> bool:
         now = time.monotonic()
-        for fd, since in list(self.cut_pending.items()):
+        for fd, (_, since) in list(self.cut_pending.items()):
             if now - since > CUT_PENDING_S:
                 logger.warning("a refused 0MQ connection (fd %d) never reported its end", fd)
                 del self.cut_pending[fd]
         return bool(self.cut_pending)
 
-    def decide(
-        self, domain: bytes, address: str, mechanism: bytes, credentials: Sequence[bytes]
-    ) -> tuple[bytes, str, str]:
-        """(status code, text, user id) for one handshake; call after `drain()`."""
-        loopback = is_loopback_host(address)
-        if mechanism == b"CURVE" and credentials and domain == CONTROL_DOMAIN:
-            n = self.keys.get(z85.encode(credentials[0]).decode())
+    # ----- ZAP -----
+
+    def decide(self, req: _ZapRequest) -> tuple[bytes, str, str] | None:
+        """(status code, text, user id) for one handshake, or None: hold it for now.
+
+        Call after `drain()`.
+        """
+        loopback = is_loopback_host(req.address)
+        if req.mechanism == b"CURVE" and req.credentials and req.domain == CONTROL_DOMAIN:
+            n = self.keys.get(z85.encode(req.credentials[0]).decode())
             if n is not None:
                 return b"200", "OK", f"{KEY_PREFIX}{n}"
         if not loopback:
-            if domain == INFO_DOMAIN and self.policy.info_public:
+            if req.domain == INFO_DOMAIN and self.policy.info_public:
                 return b"200", "OK", INFO
             return b"400", "not an allowed client of this queue server", ""
         if self._cut_still_pending():
-            return b"300", "a connection of another user is being refused: try again", ""
-        return b"200", "OK", INFO if domain == INFO_DOMAIN else LOCAL
+            return None
+        return b"200", "OK", INFO if req.domain == INFO_DOMAIN else LOCAL
+
+    async def _answer(self, req: _ZapRequest) -> bool:
+        """Answer `req` unless it must be held; whether it was answered."""
+        verdict = self.decide(req)
+        if verdict is None:
+            return False
+        status, text, user_id = verdict
+        if status != b"200":
+            logger.info(
+                "0MQ handshake from %s refused (%s): %s", req.address, req.mechanism.decode(), text
+            )
+        reply = [req.version, req.request_id, status, text.encode(), user_id.encode(), b""]
+        await self.zap.send_multipart([*req.envelope, *reply])
+        return True
+
+    async def _settle(self) -> None:
+        """Take the monitors' news, then answer what was held if it no longer must wait."""
+        self.drain()
+        if self.held and not self._cut_still_pending():
+            held, self.held = self.held, []
+            for req in held:
+                if not await self._answer(req):
+                    self.held.append(req)
+
+    async def watch(self) -> None:
+        """Take monitor events as they come (so that their queue never fills), and let the
+        held in when the connections they waited for are gone."""
+        while True:
+            await self._settle()
+            await asyncio.sleep(DRAIN_PERIOD_S)
 
     async def serve(self) -> None:
         """Answer ZAP requests until cancelled."""
         while True:
             frames = await self.zap.recv_multipart()
-            if len(frames) < 6:
-                logger.error("malformed ZAP request (%d frames)", len(frames))
+            try:
+                split = frames.index(b"") + 1
+            except ValueError:
+                logger.error("malformed ZAP request (no delimiter)")
                 continue
-            version, request_id, domain, address, _identity, mechanism, *creds = frames
-            self.drain()
-            status, text, user_id = self.decide(domain, address.decode(), mechanism, creds)
-            if status != b"200":
-                logger.info(
-                    "0MQ handshake from %s refused (%s): %s",
-                    address.decode(),
-                    mechanism.decode(),
-                    text,
-                )
-            reply = [version, request_id, status, text.encode(), user_id.encode(), b""]
-            await self.zap.send_multipart(reply)
+            envelope, body = frames[:split], frames[split:]
+            if len(body) < 6:
+                logger.error("malformed ZAP request (%d frames)", len(body))
+                continue
+            version, request_id, domain, address, _identity, mechanism, *creds = body
+            req = _ZapRequest(
+                envelope, version, request_id, domain, address.decode(), mechanism, tuple(creds)
+            )
+            await self._settle()
+            if not await self._answer(req):
+                self.held.append(req)
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self.watch()), asyncio.create_task(self.serve())]

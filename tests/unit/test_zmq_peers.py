@@ -10,8 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from services.zmq_bridge.peers import (
+    PROC_TABLES,
     connection_of,
     cut,
+    diag_owner,
     is_loopback_host,
     owner_in_table,
     proc_fields,
@@ -60,6 +62,18 @@ def test_the_owner_of_a_real_loopback_connection_is_this_process_user(
     assert conn is not None and conn.loopback
     assert conn.peer[1] == client.getsockname()[1]
     assert socket_owner(conn.peer, conn.local) == os.getuid()
+
+
+def test_netlink_and_the_proc_tables_agree_on_the_owner(
+    loopback_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    _, accepted = loopback_pair
+    conn = connection_of(accepted.fileno())
+    assert conn is not None
+    lines = [line for table in PROC_TABLES for line in table.read_text().splitlines()]
+    from_proc = owner_in_table(lines, conn.peer, conn.local)
+    assert diag_owner(conn.peer, conn.local) == from_proc == os.getuid()
+    assert diag_owner((LO, 1), conn.local) is None
 
 
 def test_a_connection_not_in_the_tables_has_no_owner(
