@@ -181,3 +181,18 @@ def test_a_malformed_private_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
 def test_addresses_are_tcp_host_and_port(text: str) -> None:
     with pytest.raises(SettingsError, match="must look like"):
         endpoint(text, "the control address")
+
+
+def test_the_keys_tool_makes_a_pair_and_derives_a_public_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from services.zmq_bridge.keys import main
+
+    main([])
+    made = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    private, public = (v.strip() for v in made.values())
+    assert public_key_of(private) == public
+    main(["--zmq-private-key", private])
+    assert public in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="40-character"):
+        main(["--zmq-private-key", "short"])
