@@ -571,9 +571,11 @@ class Stack:
             return ""
         key = zmq_public_key()
         curve = f"CurveZMQ, public key {key}" if key else "no encryption"
+        anyone = configured_environ().get("QSERVER_ZMQ_LOCAL_USERS") == "any"
+        who = "every local user" if anyone else "this OS user only"
         return (
             f"  0MQ       {self.cfg.zmq_control_addr}, console {self.cfg.zmq_info_addr} "
-            f"({curve}; this OS user only)\n"
+            f"({curve}; {who})\n"
         )
 
     def _http_auth_note(self) -> str:
@@ -737,17 +739,22 @@ def run_stack(
             signal.signal(sig, handler)
 
 
+def configured_environ() -> dict[str, str]:
+    """The environment the services see: this one, with the config file's values added."""
+    from qserver.config import apply as apply_config
+
+    environ = dict(os.environ)
+    with contextlib.suppress(ConfigError):  # the services refuse it and say why
+        apply_config(environ, os.environ.get(CONFIG_ENV))
+    return environ
+
+
 def zmq_public_key() -> str | None:
     """The CurveZMQ public key of the bridge's private key (environment or config file)."""
-    from qserver.config import apply as apply_config
     from services.zmq_bridge.keys import BadKey, public_key_of
     from services.zmq_bridge.settings import OLD_PRIVATE_KEY_ENV, PRIVATE_KEY_ENV
 
-    environ = dict(os.environ)
-    try:
-        apply_config(environ, os.environ.get(CONFIG_ENV))
-    except ConfigError:
-        return None  # the services refuse it and say why
+    environ = configured_environ()
     key = environ.get(PRIVATE_KEY_ENV) or environ.get(OLD_PRIVATE_KEY_ENV)
     if not key:
         return None

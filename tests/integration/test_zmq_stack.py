@@ -8,13 +8,23 @@ import signal
 import socket
 
 import msgspec
+import pytest
+import zmq
 
 from qserver.client import Client
 from services.runtime.procs import tcp_ready
 from services.stack.natsserver import free_port
 from tests.conftest import USER, plan
-from tests.integration.test_stack import Stacks
+from tests.integration.test_stack import StackProcess, Stacks
 from tests.integration.zmq_support import subscriber, zmq_client
+
+
+async def announced(stack: StackProcess, timeout: float = 60.0) -> str:
+    """The stack's output once it has said it is up (stack.json is written just before)."""
+    async with asyncio.timeout(timeout):
+        while "qserver stack is up" not in (out := stack.output()):
+            await asyncio.sleep(0.05)
+    return out
 
 
 async def test_the_stack_serves_the_reference_protocol_over_zmq(stacks: Stacks) -> None:
@@ -25,7 +35,7 @@ async def test_the_stack_serves_the_reference_protocol_over_zmq(stacks: Stacks) 
     assert (stacks.data_dir / "nats-keys" / "zmq_bridge.nk").exists()
     control, info_addr = info["zmq_control_addr"], info["zmq_info_addr"]
     assert control.startswith("tcp://127.0.0.1:") and info_addr.startswith("tcp://127.0.0.1:")
-    assert f"0MQ       {control}" in stack.output()
+    assert f"0MQ       {control}" in await announced(stack)
     async with zmq_client(control) as z:
         added = await z.request("queue_item_add", {"item": plan("count", ["det1"]), **USER})
     assert added["success"], added
@@ -47,7 +57,7 @@ async def test_no_zmq_runs_no_bridge(stacks: Stacks) -> None:
     assert "zmq_bridge" not in info["services"]
     assert info["zmq_control_addr"] is None and info["zmq_info_addr"] is None
     assert not tcp_ready("127.0.0.1", port, 0.5)
-    assert "0MQ" not in stack.output()
+    assert "0MQ" not in await announced(stack)
 
 
 async def test_a_zmq_port_in_use_stops_the_start_with_the_flag_to_change(stacks: Stacks) -> None:
@@ -70,3 +80,19 @@ async def test_a_killed_bridge_is_restarted_and_serves_again(stacks: Stacks) -> 
     assert "zmq_bridge service was killed by SIGKILL: restarted" in stack.output()
     async with zmq_client(info["zmq_control_addr"]) as z:
         assert (await z.request("status", timeout=60))["manager_state"] == "idle"
+
+
+async def test_the_stack_encrypts_with_the_key_in_its_environment(
+    stacks: Stacks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    monkeypatch.setenv("QSERVER_ZMQ_PRIVATE_KEY_FOR_SERVER", secret)  # the stack hands it on
+    stack = stacks.start()
+    info = await stack.wait_info()
+    assert info["zmq_public_key"] == public
+    assert f"CurveZMQ, public key {public}" in await announced(stack)
+    async with zmq_client(info["zmq_control_addr"], server_key=public) as z:
+        assert (await z.request("status", timeout=60))["manager_state"] == "idle"
+    async with zmq_client(info["zmq_control_addr"]) as z:
+        with pytest.raises(TimeoutError):
+            await z.request("status", timeout=3)
