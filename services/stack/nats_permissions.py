@@ -137,6 +137,12 @@ def roles(prefix: str = DEFAULT_PREFIX, user_suffix: str = "") -> list[Role]:
             subscribe=(events,),
         ),
         role(
+            "zmq_bridge",
+            "the 0MQ bridge (it checks who connects itself and may call every method)",
+            publish=(api,),
+            subscribe=(events,),
+        ),
+        role(
             "operator",
             "people and programs that drive the queue: every API method",
             publish=(api, *DIAGNOSTICS),

@@ -97,6 +97,7 @@ class Stacks:
         """A stack; without `catalog`, no Tiled server (it takes seconds to start)."""
         port_args = ("--nats-port", str(self.nats_port)) if own_nats else ()
         port_args += ("--http-port", str(free_port()))
+        port_args += ("--zmq-port", str(free_port()), "--zmq-info-port", str(free_port()))
         if not catalog:
             port_args += ("--no-catalog",)
         out = self.tmp_path / f"stack-{next(_counter)}.out"
