@@ -111,7 +111,6 @@ class Stacks:
                 stack.kill_all()
 
 
-
 async def answer(
     client: Client, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0
 ) -> dict[str, Any]:
