@@ -21,6 +21,7 @@ from qserver.connect import connect_options, servers
 from qserver.jsutil import patiently
 from qserver.protocol.subjects import Subjects
 from services.history.archiver import Archiver
+from services.history.console import ConsoleKeeper
 from services.history.service import HistoryService
 from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
 from services.runtime import doc_stream
@@ -54,12 +55,14 @@ async def main(args: argparse.Namespace) -> int:
         nc, nc.jetstream(), subjects, catalog=TiledCatalog(tiled) if tiled else None
     )
     await patiently("loading the history", svc.load)
+    console = ConsoleKeeper(nc.jetstream(), subjects)
+    await patiently("loading the console backlog", console.load)
     archiver = make_archiver(nc, subjects, tiled, svc)
     archiving = asyncio.create_task(archiver.run()) if archiver else None
     micro = await add_service(
         nc, name="qserver-history", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
-    await add_methods(micro, subjects.api, svc.handlers(), nc=nc)
+    await add_methods(micro, subjects.api, {**svc.handlers(), **console.handlers()}, nc=nc)
     await nc.subscribe(subjects.history_info, cb=svc.on_history_info)
     await svc.publish_info()
     logger.info("history service ready on %s (prefix %s)", args.nats_url, args.prefix)

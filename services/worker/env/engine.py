@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 import traceback
@@ -173,6 +172,8 @@ class Environment:
         self.notify()
         try:
             ns = load_startup(self.startup)
+            logger.info("Startup code was successfully loaded.")
+            logger.info("Instantiating and configuring Run Engine ...")
             run_engine = find_run_engine(ns)
             self._persist_metadata(run_engine)
             self._attach(run_engine)
@@ -180,7 +181,10 @@ class Environment:
             self.store_lists()
         except Exception as e:
             tb = traceback.format_exc()
-            print(tb, file=sys.stderr, flush=True)
+            logger.error(
+                "Failed to start RE Worker environment. Error while loading startup code:\n%s\n",
+                tb,
+            )
             msg = (
                 str(e)
                 if isinstance(e, StartupError)
@@ -196,6 +200,7 @@ class Environment:
             return False
         with self.lock:
             self.env_state = "idle"
+        logger.info("RE Environment is ready")
         self.notify()
         return True
 
@@ -277,10 +282,10 @@ class Environment:
         try:
             call = self._prepare(cur)
         except Exception as e:
-            logger.error("item %s failed before it started: %s", cur.uid, e)
+            logger.error("The plan failed: %s", f"Plan failed: {e}", extra={"item_uid": cur.uid})
             self._finish(cur, "failed", f"Plan failed: {e}", traceback.format_exc())
             return
-        logger.info("item %s: starting plan '%s'", cur.uid, cur.item.get("name"))
+        logger.info("Starting a plan '%s'.", cur.item.get("name"), extra={"item_uid": cur.uid})
         self._execute(cur, call, "completed")
 
     def _prepare(self, cur: Running) -> Callable[[], Any]:
@@ -313,7 +318,9 @@ class Environment:
         if cur is None:
             return
         self.notify()
-        logger.info("item %s: %s", cur.uid, action)
+        logger.info(
+            "Continue plan execution with the option '%s'", action, extra={"item_uid": cur.uid}
+        )
         self._execute(cur, getattr(self.RE, action), CONTINUE_STATUS[action])
 
     def _execute(self, cur: Running, call: Callable[[], Any], status: ExitStatus) -> None:
@@ -324,11 +331,11 @@ class Environment:
             with self.lock:
                 self.env_state = "idle"
                 self.pause_pending = False
-            logger.info("item %s: paused", cur.uid)
+            logger.info("The plan is paused ...", extra={"item_uid": cur.uid})
             self.notify()
             return
         except Exception as e:
-            logger.error("item %s: plan failed: %s", cur.uid, e)
+            logger.error("The plan failed: %s", f"Plan failed: {e}", extra={"item_uid": cur.uid})
             self._finish(cur, "failed", f"Plan failed: {e}", traceback.format_exc())
             return
         self._finish(cur, status)
@@ -352,7 +359,8 @@ class Environment:
         with self.lock:
             self.result_pending = True
         self.link.call(self._store_result(result))
-        logger.info("item %s: %s", cur.uid, status)
+        if status != "failed":  # a failure was said with its reason
+            logger.info("The plan was exited. Plan state: %s", status, extra={"item_uid": cur.uid})
 
     async def _store_result(self, result: PlanResult) -> None:
         # The item's documents are stored before its result: a run of an item that history
@@ -423,4 +431,5 @@ class Environment:
     def closed(self) -> None:
         with self.lock:
             self.env_state = "closed"
+        logger.info("Run Engine environment was closed successfully")
         self.notify()
