@@ -405,8 +405,9 @@ class Executor:
         running = msgspec.structs.replace(item, properties=props)
         if not from_queue:
             logger.info("Processing the plan submitted for immediate execution ...")
-        await self.svc.commit(ItemStarted(item=running, from_queue=from_queue, queue_uid=_uid()))
+        # Logged before the commit yields: the line goes out before the environment's own.
         logger.info("Starting the plan:\n%s.", _pretty(_plan_info(item)))
+        await self.svc.commit(ItemStarted(item=running, from_queue=from_queue, queue_uid=_uid()))
         try:
             # Permissions may have changed since the item was added.
             self.svc.catalog.validate(item)

@@ -356,11 +356,12 @@ class Environment:
                 traceback=tb,
             ),
         )
+        # Said before the result goes out: whoever reads it may print the next lines.
+        if status != "failed":  # a failure was said with its reason
+            logger.info("The plan was exited. Plan state: %s", status, extra={"item_uid": cur.uid})
         with self.lock:
             self.result_pending = True
         self.link.call(self._store_result(result))
-        if status != "failed":  # a failure was said with its reason
-            logger.info("The plan was exited. Plan state: %s", status, extra={"item_uid": cur.uid})
 
     async def _store_result(self, result: PlanResult) -> None:
         # The item's documents are stored before its result: a run of an item that history
