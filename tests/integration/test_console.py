@@ -283,7 +283,11 @@ def reference_client_session(url: str) -> str:
             if "Run Engine environment was closed successfully" in text:
                 break
             time.sleep(0.25)
-        return RM.console_monitor.text()  # type: ignore[no-any-return]
+        text = RM.console_monitor.text()
+        # As the reference client's test_console_monitor_07: enough lines for 3.
+        RM.console_monitor.text_max_lines = 3
+        assert len(RM.console_monitor.text().split("\n")) == 3
+        return text
     finally:
         RM.console_monitor.disable()
         RM.close()
