@@ -17,10 +17,10 @@ from qserver.connect import connect_options, servers
 from qserver.errors import Conflict, Refused
 from qserver.jsutil import patiently, transient
 from qserver.protocol.subjects import Subjects
-from services.queue.console_lines import logged
 from services.queue.leader import Lease, default_instance
 from services.queue.service import QueueService
 from services.runtime.console import ServiceConsole
+from services.runtime.console_lines import logged
 from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     add_methods,

@@ -78,11 +78,11 @@ def _pretty(obj: Any) -> str:
     return pprint.pformat(_shorten(obj), sort_dicts=False)
 
 
-def _shorten(obj: Any, depth: int = 0) -> Any:
+def _shorten(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _shorten(v, depth + 1) for k, v in list(obj.items())[:30]}
+        return {k: _shorten(v) for k, v in list(obj.items())[:30]}
     if isinstance(obj, list):
-        out = [_shorten(v, depth + 1) for v in obj[:10]]
+        out = [_shorten(v) for v in obj[:10]]
         return [*out, "..."] if len(obj) > 10 else out
     if isinstance(obj, str) and len(obj) > 1024:
         return obj[:512] + " ...\n... " + obj[-512:]

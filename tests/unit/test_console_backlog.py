@@ -6,8 +6,8 @@ import logging
 import threading
 
 from services.history.console_backlog import ConsoleBacklog, ConsoleText
-from services.queue.console_lines import outcome_line
 from services.runtime.console import ConsoleLogHandler, ConsoleSink
+from services.runtime.console_lines import outcome_line
 
 
 def rendered(*msgs: str, max_lines: int = 1000) -> ConsoleText:

@@ -1,4 +1,4 @@
-"""What the queue service logs (and so prints on the console) for each request it gets.
+"""What the services log (and so print on the console) for each request they get.
 
 The reference's RE Manager logs a line when a request arrives ("Adding new item to the
 queue ...") and, for item edits, one with the outcome ("Item added: success=True ...");
@@ -17,7 +17,7 @@ import msgspec
 from qserver.errors import QServerError
 from services.runtime.service_base import Handler
 
-logger = logging.getLogger("services.queue.manager")
+logger = logging.getLogger("services.manager")
 
 # The reference's words, method by method.
 REQUEST_LINES = {
