@@ -88,7 +88,11 @@ async def main(args: argparse.Namespace) -> int:
     # A group of its own: should a hung former leader still hold its subscriptions, both
     # get every request and the live leader's answer comes first (the stale one refuses).
     await add_methods(
-        micro, subjects.api, logged(svc.handlers()), queue_group=f"leader-{args.instance}", nc=nc
+        micro,
+        subjects.api,
+        logged(svc.handlers(), console.flush),
+        queue_group=f"leader-{args.instance}",
+        nc=nc,
     )
     await nc.subscribe(subjects.history_changed, cb=svc.on_history_changed)
     await nc.subscribe(subjects.lock_check, cb=svc.on_lock_check)

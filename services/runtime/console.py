@@ -191,6 +191,11 @@ class ServiceConsole:
         logging.getLogger().addHandler(self.handler)
         self._task = loop.create_task(self.publisher.run(self.nc))
 
+    async def flush(self) -> None:
+        """Publish what is buffered now, ahead of whatever this service sends next."""
+        if self.publisher is not None:
+            await self.publisher.send(self.nc)
+
     async def stop(self) -> None:
         """Publish what is left (before the connection drains) and stop taking records."""
         if self.handler is not None:

@@ -10,6 +10,7 @@ each would bury the lines that matter.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -77,13 +78,23 @@ def _get(obj: Any, key: str) -> Any:
     return None if value is msgspec.UNSET else value
 
 
-def _logged(method: str, handler: Handler) -> Handler:
+Flush = Callable[[], Awaitable[None]]
+
+
+async def _no_flush() -> None:
+    return None
+
+
+def _logged(method: str, handler: Handler, flush: Flush) -> Handler:
     request_line = REQUEST_LINES.get(method)
     outcome = OUTCOME_LINES.get(method)
 
     async def handle(req: Any) -> msgspec.Struct | None:
         if request_line is not None:
             logger.info("%s", request_line)
+            # Out before the requests the handler sends on: the lines those cause elsewhere
+            # (the worker's, the environment's) then come after it on the console.
+            await flush()
         if outcome is None:
             return await handler(req)
         asked = _get(req, "item")
@@ -109,9 +120,12 @@ def _logged(method: str, handler: Handler) -> Handler:
     return handle
 
 
-def logged(handlers: dict[str, Handler]) -> dict[str, Handler]:
-    """The handlers, each logging the reference's lines for the requests it gets."""
+def logged(handlers: dict[str, Handler], flush: Flush = _no_flush) -> dict[str, Handler]:
+    """The handlers, each logging the reference's lines for the requests it gets.
+
+    `flush` publishes the console lines logged so far (`ServiceConsole.flush`).
+    """
     return {
-        m: _logged(m, h) if m in REQUEST_LINES or m in OUTCOME_LINES else h
+        m: _logged(m, h, flush) if m in REQUEST_LINES or m in OUTCOME_LINES else h
         for m, h in handlers.items()
     }

@@ -203,14 +203,16 @@ class WorkerService:
     async def close(self, data: bytes) -> CmdReply:
         if self.proc is None:
             return CmdReply(success=False, msg="RE Worker environment does not exist.")
-        logger.info("Waiting for exit confirmation from RE worker ...")
         try:
             reply = await self.nc.request(
                 self.subjects.env_cmd("close"), b"{}", timeout=ENV_REQUEST_TIMEOUT_S
             )
         except Exception as e:
             return CmdReply(success=False, msg=f"The environment did not answer 'close' ({e!r})")
-        return msgspec.json.decode(reply.data, type=CmdReply)
+        answer = msgspec.json.decode(reply.data, type=CmdReply)
+        if answer.success:
+            logger.info("Waiting for exit confirmation from RE worker ...")
+        return answer
 
     async def destroy(self, data: bytes) -> CmdReply:
         proc = self.proc
