@@ -87,6 +87,18 @@ class DocumentsSection(Section):
     ] = None
 
 
+class ConsoleSection(Section):
+    max_msgs: Annotated[
+        Annotated[int, Meta(gt=0)] | None, _d("the console stream keeps at most this many messages")
+    ] = None
+    max_mib: Annotated[
+        Annotated[float, Meta(gt=0)] | None, _d("the console stream keeps at most this many MiB")
+    ] = None
+    max_age_days: Annotated[
+        Annotated[float, Meta(gt=0)] | None, _d("the console stream keeps messages this long")
+    ] = None
+
+
 class TiledSection(Section):
     url: Annotated[str | None, _d("Tiled server the runs are saved to; empty = off")] = None
     api_key: Annotated[str | None, _d("its API key")] = None
@@ -168,6 +180,7 @@ class Config(Section):
     log: LogSection = msgspec.field(default_factory=LogSection)
     kafka: KafkaSection = msgspec.field(default_factory=KafkaSection)
     documents: DocumentsSection = msgspec.field(default_factory=DocumentsSection)
+    console: ConsoleSection = msgspec.field(default_factory=ConsoleSection)
     tiled: TiledSection = msgspec.field(default_factory=TiledSection)
     queue: QueueSection = msgspec.field(default_factory=QueueSection)
     worker: WorkerSection = msgspec.field(default_factory=WorkerSection)
@@ -200,6 +213,9 @@ ENV: dict[tuple[str, str], str] = {
     ("documents", "max_age_days"): "QSERVER_DOCS_MAX_AGE_DAYS",
     ("documents", "max_gib"): "QSERVER_DOCS_MAX_GIB",
     ("documents", "max_doc_mib"): "QSERVER_DOCS_MAX_DOC_MIB",
+    ("console", "max_msgs"): "QSERVER_CONSOLE_MAX_MSGS",
+    ("console", "max_mib"): "QSERVER_CONSOLE_MAX_MIB",
+    ("console", "max_age_days"): "QSERVER_CONSOLE_MAX_AGE_DAYS",
     ("tiled", "url"): "QSERVER_TILED_URL",
     ("tiled", "api_key"): "QSERVER_TILED_API_KEY",
     ("tiled", "catalog"): "QSERVER_TILED_CATALOG",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pprint
 import time
 import uuid
 from typing import Any
@@ -62,6 +63,40 @@ def _uid() -> str:
 def _typed_in_kernel(env: EnvState) -> bool:
     """Kernel mode: the kernel is busy, and not with the queue's execution loop."""
     return env.ip_kernel_state not in (None, "idle") and not env.ip_kernel_captured
+
+
+# ----- the reference's console lines of the queue runner -----
+
+
+def _say_next(left: int) -> None:
+    if left:
+        logger.info("Processing the next queue item: %d plans are left in the queue.", left)
+    else:
+        logger.info("No items are left in the queue.")
+
+
+def _plan_info(item: QueueItem) -> dict[str, Any]:
+    """What the reference logs of a plan it starts."""
+    d = msgspec.to_builtins(item)
+    keys = ("name", "args", "kwargs", "user", "user_group", "meta", "item_uid")
+    defaults: dict[str, Any] = {"args": [], "kwargs": {}, "meta": {}}
+    return {k: d.get(k, defaults.get(k)) for k in keys}
+
+
+def _pretty(obj: Any) -> str:
+    """Short and readable: long lists and strings are cut, as in the reference's log."""
+    return pprint.pformat(_shorten(obj), sort_dicts=False)
+
+
+def _shorten(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _shorten(v) for k, v in list(obj.items())[:30]}
+    if isinstance(obj, list):
+        out = [_shorten(v) for v in obj[:10]]
+        return [*out, "..."] if len(obj) > 10 else out
+    if isinstance(obj, str) and len(obj) > 1024:
+        return obj[:512] + " ...\n... " + obj[-512:]
+    return obj
 
 
 class Executor:
@@ -479,6 +514,10 @@ class Executor:
         if not from_queue:
             props["immediate_execution"] = True
         running = msgspec.structs.replace(item, properties=props)
+        if not from_queue:
+            logger.info("Processing the plan submitted for immediate execution ...")
+        # Logged before the commit yields: the line goes out before the environment's own.
+        logger.info("Starting the plan:\n%s.", _pretty(_plan_info(item)))
         await self.svc.commit(ItemStarted(item=running, from_queue=from_queue, queue_uid=_uid()))
         try:
             # Permissions may have changed since the item was added.
@@ -489,6 +528,7 @@ class Executor:
         except QServerError as e:
             ok, why = False, e.msg
         if not ok:
+            logger.error("Failed to start the plan %s.\nError: %s", _pretty(_plan_info(item)), why)
             asyncio.get_running_loop().create_task(
                 self.finish_locally(running, "failed", f"The environment refused the plan: {why}")
             )
@@ -564,6 +604,7 @@ class Executor:
             record = HistoryRecord(record_uid=res.record_uid, item=record_item, result=result)
             event = self._finished_event(running, record, outside=res.completed_outside)
             event = finished.fit(event, finished.limit_for(self.svc.nc.max_payload))
+            stopping = m.flags.stop_pending and event.flags is not None
             try:
                 await self.svc.commit(event)
             except Exception as e:
@@ -576,6 +617,9 @@ class Executor:
                 await self.svc.commit(event)
             assert event.record is not None
             record = event.record
+            if stopping and record.result.exit_status == "completed":
+                _say_next(len(m.items))
+                logger.info("Queue is stopped.")
         else:
             logger.info("result for %s was already recorded", res.item_uid)
             return
@@ -647,15 +691,21 @@ class Executor:
             await self.set_flags(queue_running=True)
         while m.flags.queue_running and m.running_item is None and not self.op:
             if m.flags.stop_pending or not len(m.items):
+                _say_next(len(m.items))
+                logger.info(
+                    "%s", "Queue is stopped." if m.flags.stop_pending else "Queue is empty."
+                )
                 await self.set_flags(queue_running=False, stop_pending=False)
                 return
             if not self.env_idle:
                 logger.debug("queue waits: the environment is not idle (%s)", self.env)
                 return
+            _say_next(len(m.items))
             item = m.items[0]
             if item.item_type != "instruction":
                 await self.start_item(item, from_queue=True)
                 return
+            logger.info("Executing instruction:\n%s.", _pretty(msgspec.to_builtins(item)))
             await self.svc.commit(ItemsRemoved(uids=[item.item_uid], queue_uid=_uid()))  # type: ignore[list-item]
             if item.name == "queue_stop":
                 await self.set_flags(queue_running=False, stop_pending=False)

@@ -32,6 +32,9 @@ READ_ONLY_METHODS = (
     "permissions_get",
     "lock_info",
     "re_runs",
+    "console_output",
+    "console_output_uid",
+    "console_output_update",
 )
 # JetStream API, acks, flow control, KV and object store, inside the account only.
 JETSTREAM = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>")

@@ -198,6 +198,7 @@ class WorkerService:
             await self.records.clear()
             return CmdReply(success=False, msg=f"Failed to start the environment process: {e}")
         logger.info("environment %s started (pid %d)", env_uid, proc.pid)
+        logger.info("Waiting for RE worker to start ...")
         self.proc, self.item_since, self._exited_uid = proc, None, None
         initial = EnvState(env_uid=env_uid, pid=proc.pid, env_state="initializing")
         self.state = self._worker_state(
@@ -216,7 +217,10 @@ class WorkerService:
             )
         except Exception as e:
             return CmdReply(success=False, msg=f"The environment did not answer 'close' ({e!r})")
-        return msgspec.json.decode(reply.data, type=CmdReply)
+        answer = msgspec.json.decode(reply.data, type=CmdReply)
+        if answer.success:
+            logger.info("Waiting for exit confirmation from RE worker ...")
+        return answer
 
     async def destroy(self, data: bytes) -> CmdReply:
         proc = self.proc
@@ -226,6 +230,7 @@ class WorkerService:
         proc.kill("destroy")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.exited.wait(), KILL_WAIT_S)
+        logger.info("RE Worker environment is destroyed")
         return CmdReply()
 
     async def get_state(self, data: bytes) -> WorkerState:
@@ -265,6 +270,11 @@ class WorkerService:
         if st.running_item_uid != (old.running_item_uid if old else None):
             self.item_since = time.time() if st.running_item_uid else None
         changes: dict[str, object] = {"env": st}
+        if old is not None and old.env_state == "initializing":  # the reference's words
+            if st.env_state == "idle":
+                logger.info("Worker started successfully.")
+            elif st.env_state == "failed":
+                logger.error("Error occurred while opening RE Worker environment.")
         if st.env_state == "failed":
             changes.update(last_error=st.msg, last_traceback=st.traceback)
         self._set(**changes)

@@ -101,7 +101,7 @@ def test_a_full_session_with_the_threaded_client(gateway: Gateway) -> None:
         assert RM.config_get()["config"] == {"ip_connect_info": {}}  # the reference's, no kernel
         # The console monitor polls /api/console_output_update twice a second.
         deadline = time.monotonic() + 5
-        while "starting plan 'count'" not in RM.console_monitor.text():
+        while "Starting a plan 'count'" not in RM.console_monitor.text():
             assert time.monotonic() < deadline, RM.console_monitor.text()
             time.sleep(0.1)
 
