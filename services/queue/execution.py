@@ -327,7 +327,9 @@ class Executor:
                 timeout=WORKER_TIMEOUT_S,
             )
         except Exception as e:
-            raise Refused(f"The environment did not answer '{cmd}' ({type(e).__name__})") from None
+            raise Refused(
+                f"The environment did not answer '{cmd}' ({type(e).__name__})", bare=True
+            ) from None
         return _cmd_reply.decode(reply.data)
 
     async def environment_open(self) -> CmdReply:
@@ -335,12 +337,13 @@ class Executor:
         state = self.manager_state()
         if state == CREATING:
             raise Refused(
-                "Manager is already in the process of creating the RE Worker environment."
+                "Manager is already in the process of creating the RE Worker environment.",
+                bare=True,
             )
         if self.env_exists or self.worker.env_exists:
-            raise Refused("RE Worker environment already exists.")
+            raise Refused("RE Worker environment already exists.", bare=True)
         if state != "idle":
-            raise Refused(f"Manager state is not idle. Current state: {state}")
+            raise Refused(f"Manager state is not idle. Current state: {state}", bare=True)
         env_uid = _uid()
         self._opening_uid = env_uid
         return await self._operate(CREATING, env_uid, "open", encode(OpenRequest(env_uid=env_uid)))
@@ -348,15 +351,17 @@ class Executor:
     async def environment_close(self) -> CmdReply:
         state = self.manager_state()
         if not self.env_exists and state != CLOSING:
-            raise Refused("RE Worker environment does not exist.")
+            raise Refused("RE Worker environment does not exist.", bare=True)
         if state == CLOSING:
-            raise Refused("Manager is already in the process of closing the RE Worker environment.")
+            raise Refused(
+                "Manager is already in the process of closing the RE Worker environment.", bare=True
+            )
         if state in ("executing_queue", "starting_queue"):
-            raise Refused("Queue execution is in progress.")
+            raise Refused("Queue execution is in progress.", bare=True)
         if state == "executing_task":
-            raise Refused("Foreground task execution is in progress.")
+            raise Refused("Foreground task execution is in progress.", bare=True)
         if state != "idle":
-            raise Refused(f"Manager state is not idle. Current state: {state}")
+            raise Refused(f"Manager state is not idle. Current state: {state}", bare=True)
         return await self._operate(CLOSING, self.worker.env_uid, "close")
 
     async def environment_destroy(self) -> CmdReply:
@@ -366,7 +371,7 @@ class Executor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(op.answered), ACCEPT_WAIT_S)
         if not self.worker.env_exists:
-            raise Refused("RE environment does not exist")
+            raise Refused("RE environment does not exist", bare=True)
         return await self._operate(DESTROYING, self.worker.env_uid, "destroy")
 
     async def _operate(
@@ -389,7 +394,7 @@ class Executor:
             logger.warning("the worker has not answered '%s' yet: it goes on meanwhile", cmd)
             return CmdReply()
         if not reply.success:
-            raise Refused(reply.msg)
+            raise Refused(reply.msg, bare=True)
         return CmdReply()
 
     async def _run_op(self, op: Operation, cmd: str, body: bytes) -> None:
@@ -422,11 +427,12 @@ class Executor:
                 await self.svc.publish_status()
 
     async def env_request(self, cmd: str, body: msgspec.Struct | None = None) -> CmdReply:
+        """A command to the environment; its refusal in its own words (no prefix)."""
         if not self.env_exists:
-            raise Refused("RE Worker environment does not exist.")
+            raise Refused("RE Worker environment does not exist.", bare=True)
         reply = await self._env(cmd, body)
         if not reply.success:
-            raise Refused(reply.msg)
+            raise Refused(reply.msg, bare=True)
         return reply
 
     async def env_raw(self, cmd: str, body: msgspec.Struct | None = None) -> bytes:

@@ -39,6 +39,7 @@ from services.queue.execution import Executor
 from services.queue.leader import Lease, Renewal
 from services.queue.model import QueueModel
 from services.queue.store import EventLog
+from services.runtime.refusals import refusal_text
 from services.runtime.service_base import Handler, encode
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 # A finished item's status waits this long at most for the history to hold its record.
 HISTORY_SYNC_S = 2.5
-BUSY_STATES = ("executing_queue", "paused", "starting_queue", "executing_task")
 
 
 def _uid() -> str:
@@ -404,20 +404,37 @@ class QueueService:
             return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
 
     async def on_lock_info(self, req: api.LockInfoRequest) -> api.LockReply:
-        self.model.check_lock_key(req.lock_key)
+        try:
+            self.model.check_lock_key(req.lock_key)
+        except QServerError as e:
+            return self._lock_refused("lock_info", e)
         return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
 
     async def on_unlock(self, req: api.UnlockRequest) -> api.LockReply:
         async with self.write_lock:
             await self._locked_edit(None, target=None)
-            await self.commit(self.model.plan_unlock(req))
+            try:
+                event = self.model.plan_unlock(req)
+            except QServerError as e:
+                return self._lock_refused("unlock", e)
+            await self.commit(event)
             return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
+
+    def _lock_refused(self, method: str, e: QServerError) -> api.LockReply:
+        """A wrong key: the reference's reply carries the lock as it stands."""
+        return api.LockReply(
+            success=False,
+            msg=refusal_text(method, e),
+            lock_info=self.model.lock,
+            lock_info_uid=self.model.lock_info_uid,
+        )
 
     async def on_manager_stop(self, req: api.ManagerStop) -> api.Reply:
         state = self.executor.manager_state()
-        if req.option == "safe_on" and state in BUSY_STATES:
+        if req.option == "safe_on" and state != "idle":
             raise Refused(
-                f"Manager is busy ({state}): stop the queue first, or use option 'safe_off'"
+                f"Closing RE Manager with option '{req.option}' is allowed only in 'idle' "
+                f"state. Current state: '{state}'"
             )
         if req.option == "safe_off" and self.executor.worker.env_exists:
             await self.executor.environment_destroy()
