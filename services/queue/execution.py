@@ -108,6 +108,7 @@ class Executor:
             and self.env is not None
             and self.env.env_state == "idle"
             and not self.worker.destroying
+            and self._lists_loading is None
             and self.worker_alive
         )
 
