@@ -366,14 +366,16 @@ class Executor:
         return await self._operate(CLOSING, self.worker.env_uid, "close")
 
     async def environment_destroy(self) -> CmdReply:
+        # As the reference, a destroy also ends an open in progress: once the worker has it.
+        opening: str | None = None
         op = self.op
-        if op is not None and op.name == CREATING and not op.answered.done():
-            # As the reference, a destroy cancels an open: once the worker has it.
+        if op is not None and op.name == CREATING:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(op.answered), ACCEPT_WAIT_S)
-        if not self.worker.env_exists:
+                reply = await asyncio.wait_for(asyncio.shield(op.answered), ACCEPT_WAIT_S)
+                opening = op.env_uid if reply.success else None
+        if not self.worker.env_exists and opening is None:
             raise Refused("RE environment does not exist", bare=True)
-        return await self._operate(DESTROYING, self.worker.env_uid, "destroy")
+        return await self._operate(DESTROYING, self.worker.env_uid or opening, "destroy")
 
     async def _operate(
         self, name: str, env_uid: str | None, cmd: str, body: bytes = b""

@@ -156,6 +156,19 @@ async def test_refusals_while_opening_and_closing_carry_the_reference_texts(
     await client.wait_for(closed_and_idle, T)
 
 
+async def test_a_destroy_while_opening_ends_the_open(client: Client) -> None:
+    """As the reference: an environment that hangs in its startup code can be destroyed."""
+    log = await watch(client)
+    assert (await client.request("environment_open", timeout=CLIENT_TIMEOUT_S))["success"]
+    r = await client.request("environment_destroy", timeout=CLIENT_TIMEOUT_S)
+    assert r == {"success": True, "msg": ""}
+    st = await client.wait_for(closed_and_idle, T)
+    assert st["worker_environment_state"] == "closed"
+    assert only(log.seen, "destroying_environment"), log.seen
+    assert (await client.request("environment_open", timeout=CLIENT_TIMEOUT_S))["success"]
+    await client.wait_for(open_and_idle, T)  # and it opens again
+
+
 def slow_profile(tmp_path: Path, seconds: float) -> Path:
     """The simulated profile, with startup code that takes `seconds` first."""
     profile = tmp_path / "slow-profile"
