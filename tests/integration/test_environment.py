@@ -34,7 +34,7 @@ async def test_without_known_lists_adding_a_plan_says_why(
 
 async def test_environment_update_reads_the_namespace_again(client: Client) -> None:
     r = await client.request("environment_update")
-    assert r == {"success": False, "msg": "RE Worker environment is not open"}
+    assert r == {"success": False, "msg": "RE Worker environment is not open", "task_uid": None}
     await open_env(client)
     r = await client.request("environment_update")
     assert r["success"] and r["task_uid"]

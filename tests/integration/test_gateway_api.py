@@ -161,6 +161,8 @@ def test_refusals_carry_the_reference_texts_its_client_matches(gateway: Gateway)
         assert r == {
             "success": False,
             "msg": "Failed to add an item: Incorrect request format: request contains no item info",
+            "qsize": None,
+            "item": None,
         }
         r = RM.item_remove_batch(uids=["some-uid"], ignore_missing=False)
         assert r == {
