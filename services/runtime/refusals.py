@@ -61,6 +61,7 @@ ERROR_PREFIXED = frozenset(
         "lock_info",
         "unlock",
         "manager_stop",
+        "re_metadata",
     }
 )
 
@@ -96,6 +97,7 @@ FAILURE_FIELDS: dict[str, dict[str, Any]] = {
     "permissions_get": {"user_group_permissions": {}},
     "environment_update": {"task_uid": None},
     "re_runs": {"run_list": [], "run_list_uid": ""},
+    "re_metadata": {"re_metadata": {}},
     "lock": {"lock_info": {}, "lock_info_uid": None},
     "lock_info": {"lock_info": {}, "lock_info_uid": None},
     "unlock": {"lock_info": {}, "lock_info_uid": None},
