@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime
 import logging
 import os
@@ -45,6 +46,8 @@ from services.runtime.service_base import Handler, encode
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
+# Set inside `status_held` (and in the tasks it starts): this code holds the status.
+_holding: contextvars.ContextVar[bool] = contextvars.ContextVar("status_holding", default=False)
 # A finished item's status waits this long at most for the history to hold its record.
 HISTORY_SYNC_S = 2.5
 
@@ -202,17 +205,29 @@ class QueueService:
         """No status goes out inside; the one after shows every change made inside."""
         self._holds += 1
         self._unheld.clear()
+        token = _holding.set(True)
         try:
             yield
         finally:
+            _holding.reset(token)
             self._holds -= 1
             if not self._holds:
                 self._unheld.set()
                 await self.publish_status()
 
     async def publish_status(self) -> None:
-        """Publish the status event; a new `time` and `status_uid` only when something changed."""
-        if not self.leading or self._holds:
+        """Publish the status event; a new `time` and `status_uid` only when something changed.
+
+        While the status is held, the holder's changes wait for its end (which publishes
+        them); anyone else waits for that end too, so that a reply never goes out before the
+        status that shows its change (HISTORY_SYNC_S at most).
+        """
+        if not self.leading:
+            return
+        if self._holds and not _holding.get():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._unheld.wait(), HISTORY_SYNC_S)
+        if self._holds:
             return
         st = self.status()
         prev = self._status
