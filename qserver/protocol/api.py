@@ -222,7 +222,8 @@ class ConsoleOutputUpdate(Request, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class Reply(msgspec.Struct, kw_only=True):
-    """Every reply carries `success` and `msg`; failures carry only these two."""
+    """Every reply carries `success` and `msg`; a failure also carries the reference's other
+    keys of the method, empty (services/runtime/refusals.py)."""
 
     success: bool = True
     msg: str = ""

@@ -27,6 +27,33 @@ STATUS_FRESH_S = 1.5
 # Without a fresh event, `status` is asked of the queue service with this bound, which
 # answers it from memory in a millisecond: a hung one is a 503 within 2 s of its last event.
 STATUS_TIMEOUT_S = 0.5
+# Methods that change nothing. After any other reply, the next `status` is asked of the queue
+# service (which publishes before it answers) rather than taken from the last event, which
+# may have been sent before the change (history_clear's news reaches the queue service from
+# the history service): what a reply says is done shows in the status read next.
+READ_METHODS = frozenset(
+    {
+        "status",
+        "ping",
+        "queue_get",
+        "queue_item_get",
+        "history_get",
+        "history_runs",
+        "history_run_item",
+        "history_result_get",
+        "re_runs",
+        "plans_allowed",
+        "devices_allowed",
+        "plans_existing",
+        "devices_existing",
+        "permissions_get",
+        "lock_info",
+        "config_get",
+        "task_status",
+        "task_result",
+        "re_metadata",
+    }
+)
 
 
 class Bridge:
@@ -122,11 +149,17 @@ class Bridge:
                 return pushed
             timeout = STATUS_TIMEOUT_S
         try:
-            return await client.request_raw(method, body, timeout)
+            reply = await client.request_raw(method, body, timeout)
         except NoAnswer as e:
             raise Unavailable(str(e)) from None
         except NatsError as e:
             raise Unavailable(f"NATS request '{method}' failed: {e or type(e).__name__}") from None
+        finally:
+            if method not in READ_METHODS:
+                self._status_at = -STATUS_FRESH_S  # a write may have been answered
+        if method in ("status", "ping") and timeout is not None:
+            self._status, self._status_at = reply, time.monotonic()
+        return reply
 
     async def publish(self, method: str, body: bytes) -> None:
         """A request that gets no reply (the manager_kill test hook)."""

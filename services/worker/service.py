@@ -95,6 +95,7 @@ class WorkerService:
         self.instance = instance or new_instance()
         self.proc: Env | None = None
         self.state = self._worker_state()
+        self._seq = 0
         self.item_since: float | None = None  # when the running item was first seen
         self.stop_requested = asyncio.Event()
         self.lost = False  # another worker adopted the environment: exit with LOST
@@ -227,6 +228,8 @@ class WorkerService:
         if proc is None:
             return CmdReply(success=False, msg="RE environment does not exist")
         logger.warning("destroying environment %s (pid %d)", proc.env_uid, proc.pid)
+        self._set(destroying=True)
+        await self.publish_state()
         proc.kill("destroy")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.exited.wait(), KILL_WAIT_S)
@@ -234,7 +237,12 @@ class WorkerService:
         return CmdReply()
 
     async def get_state(self, data: bytes) -> WorkerState:
-        return self.state
+        return self._stamped()
+
+    def _stamped(self) -> WorkerState:
+        """The state, numbered: the receiver can tell an older one that arrives late."""
+        self._seq += 1
+        return msgspec.structs.replace(self.state, seq=self._seq)
 
     # ----- watching -----
 
@@ -242,7 +250,7 @@ class WorkerService:
         if self.export is not None:
             self._set(kafka_pending=self.export.pending, kafka_failed=self.export.failed)
         try:
-            await self.nc.publish(self.subjects.worker_state, encode(self.state))
+            await self.nc.publish(self.subjects.worker_state, encode(self._stamped()))
         except Exception as e:  # reconnecting: the heartbeat sends it again
             logger.debug("worker state not published: %r", e)
 

@@ -379,6 +379,9 @@ async def test_the_stack_publishes_documents_to_kafka_and_saves_runs_in_its_cata
     assert info["tiled_catalog"] == "raw"
     async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         assert (await client.request("environment_open"))["success"]
+        await client.wait_for(
+            lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", 60
+        )
         item = {"item_type": "plan", "name": "count", "args": [["det1"]], "kwargs": {"num": 2}}
         await client.request("queue_item_add", {"item": item, "user": "u", "user_group": "primary"})
         await client.request("queue_start")
