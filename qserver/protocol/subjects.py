@@ -149,6 +149,11 @@ class Subjects:
         return f"QS_{self._token}_SNAPSHOTS"
 
     @property
+    def auth_bucket(self) -> str:
+        """KV bucket of logins: principals, identities, sessions, API keys (hashed)."""
+        return f"QS_{self._token}_AUTH"
+
+    @property
     def result_texts_bucket(self) -> str:
         """Object store of the whole `msg`/`traceback` of results cut for storage (ADR 8)."""
         return f"QS_{self._token}_RESULT_TEXTS"

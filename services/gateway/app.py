@@ -15,11 +15,12 @@ from litestar.exceptions import InternalServerException
 from litestar.handlers import BaseRouteHandler
 from litestar.response import File, Stream
 
-from qserver.errors import NotFound, QServerError
+from qserver.errors import BadRequest, NotFound, QServerError
 from qserver.protocol.api import MAX_REQUEST_BYTES
 from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, NoParams
 from services.gateway.accesslog import log_refusals
-from services.gateway.auth import Authenticator, Principal
+from services.gateway.auth import Authenticates, Principal
+from services.gateway.authroutes import auth_handlers, credentials_of
 from services.gateway.bodies import decode_body, request_params
 from services.gateway.bridge import Bridge
 from services.gateway.errors import (
@@ -74,19 +75,17 @@ async def no_params(request: Request[Any, Any, Any]) -> None:
 class Gateway:
     """What the handlers share: the NATS bridge and the authenticator."""
 
-    def __init__(self, bridge: Bridge, auth: Authenticator) -> None:
+    def __init__(self, bridge: Bridge, auth: Authenticates) -> None:
         self.bridge = bridge
         self.auth = auth
 
-    def principal(self, conn: ASGIConnection[Any, Any, Any, Any], scope: str) -> Principal:
-        principal = self.auth.authenticate(
-            conn.headers.get("authorization"), conn.query_params.get("api_key")
-        )
+    async def principal(self, conn: ASGIConnection[Any, Any, Any, Any], scope: str) -> Principal:
+        principal = await self.auth.principal(credentials_of(conn))
         principal.require(scope)
         return principal
 
     async def forward(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
-        principal = self.principal(request, route.scope)
+        principal = await self.principal(request, route.scope)
         params = request_params(route, await body_of(request), principal)
         if route.method == "manager_kill":
             await self.bridge.publish(route.method, params)  # the service never replies
@@ -98,12 +97,16 @@ class Gateway:
         """Push each NATS event of `kind` to the socket until the client goes away."""
         await socket.accept()
         try:
-            self.principal(socket, scope)
+            principal = await self.auth.principal(credentials_of(socket))
+            if scope not in principal.scopes:
+                # The reference's text, closed with 4003 (the key is valid, its scope is not).
+                await socket.close(WS_FORBIDDEN, f"Not enough permissions: needs {scope}"[:120])
+                return
             self.bridge.connected()
         except Unauthorized as e:
             await socket.close(WS_UNAUTHORIZED, e.msg[:120])
             return
-        except Forbidden as e:
+        except (Forbidden, BadRequest) as e:
             await socket.close(WS_FORBIDDEN, e.msg[:120])
             return
         except Unavailable as e:
@@ -144,20 +147,20 @@ def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
 
     @get("/api/console_output", status_code=200)
     async def console_output(request: Request[Any, Any, Any]) -> Response[bytes]:
-        gw.principal(request, "read:console")
+        await gw.principal(request, "read:console")
         body = decode_body(await body_of(request), ConsoleOutput, "/api/console_output")
         nlines = min(max(body.nlines, 0), 2000)
         return json_response({"success": True, "msg": "", "text": console.text(nlines)})
 
     @get("/api/console_output/uid", status_code=200)
     async def console_output_uid(request: Request[Any, Any, Any]) -> Response[bytes]:
-        gw.principal(request, "read:console")
+        await gw.principal(request, "read:console")
         await no_params(request)
         return json_response({"success": True, "msg": "", "console_output_uid": console.uid})
 
     @get("/api/console_output_update", status_code=200)
     async def console_output_update(request: Request[Any, Any, Any]) -> Response[bytes]:
-        gw.principal(request, "read:console")
+        await gw.principal(request, "read:console")
         where = "/api/console_output_update"
         body = decode_body(await body_of(request), ConsoleOutputUpdate, where)
         msgs = console.since(body.last_msg_uid)
@@ -166,7 +169,7 @@ def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
 
     @get("/api/stream_console_output", status_code=200)
     async def stream_console_output(request: Request[Any, Any, Any]) -> Stream:
-        gw.principal(request, "read:console")
+        await gw.principal(request, "read:console")
         await no_params(request)
         gw.bridge.connected()
 
@@ -212,29 +215,9 @@ def docs_handlers(gw: Gateway) -> list[Any]:
 
     @get("/api/config/get", status_code=200)
     async def config_get(request: Request[Any, Any, Any]) -> Response[bytes]:
-        gw.principal(request, "read:config")
+        await gw.principal(request, "read:config")
         await no_params(request)
         return json_response({"success": True, "msg": "", "config": {}})
-
-    @get("/api/auth/whoami", status_code=200)
-    async def whoami(request: Request[Any, Any, Any]) -> Response[bytes]:
-        who = gw.principal(request, "")
-        await no_params(request)
-        return json_response(
-            {
-                "type": "user",
-                "identities": [{"id": who.name, "provider": "api_key"}],
-                "user_group": who.user_group,
-                "roles": list(who.roles),
-                "scopes": sorted(who.scopes),
-            }
-        )
-
-    @get("/api/auth/scopes", status_code=200)
-    async def scopes(request: Request[Any, Any, Any]) -> Response[bytes]:
-        who = gw.principal(request, "")
-        await no_params(request)
-        return json_response({"roles": list(who.roles), "scopes": sorted(who.scopes)})
 
     # A fixed set of files, looked up by name: no path from the client reaches the disk.
     files = {p.name: p for p in swagger_assets().iterdir() if p.is_file()}
@@ -245,13 +228,14 @@ def docs_handlers(gw: Gateway) -> list[Any]:
             raise NotFound(f"No such file in the docs' assets: {name[:100]!r}")
         return File(files[name])
 
-    return [openapi_json, docs, ui, config_get, whoami, scopes, asset]
+    return [openapi_json, docs, ui, config_get, asset]
 
 
-def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
+def build_app(bridge: Bridge, auth: Authenticates) -> Litestar:
     gw = Gateway(bridge, auth)
     handlers: list[Any] = [route_handler(gw, r) for r in ROUTES]
     handlers += console_handlers(gw) + stream_handlers(gw) + docs_handlers(gw)
+    handlers += auth_handlers(gw)
     metrics = Metrics()
     handlers.append(metrics_handler(metrics, lambda r: gw.principal(r, "read:status")))
 

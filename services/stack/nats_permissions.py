@@ -44,6 +44,26 @@ DIAGNOSTICS = ("$SRV.>",)
 ALL_INBOXES = "_INBOX.>"
 
 
+def kv_bucket_access(bucket: str) -> tuple[str, ...]:
+    """The JetStream API of one KV bucket only: open or create it, read, write, watch.
+
+    What the gateway needs for its logins (ADR 23); its requests cannot reach other streams.
+    """
+    stream = f"KV_{bucket}"
+    return (
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+        f"$KV.{bucket}.>",
+    )
+
+
 def inbox_prefix(user: str) -> str:
     """The inbox prefix of a NATS user: it may subscribe to `<inbox_prefix>.>` only."""
     return f"_INBOX.{user}"
@@ -132,8 +152,9 @@ def roles(prefix: str = DEFAULT_PREFIX, user_suffix: str = "") -> list[Role]:
         ),
         role(
             "gateway",
-            "the HTTP gateway (it checks API keys itself and may call every method)",
-            publish=(api,),
+            "the HTTP gateway (it checks API keys and logins itself and may call every method; "
+            "its logins live in one KV bucket)",
+            publish=(api, *kv_bucket_access(s.auth_bucket)),
             subscribe=(events,),
         ),
         role(
