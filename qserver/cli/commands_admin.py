@@ -106,6 +106,12 @@ def stack() -> None:
     help="The HTTP gateway takes no API keys (for a closed machine; loopback only). NATS "
     "still refuses anonymous clients: its keys are in the data dir, readable by you only.",
 )
+@click.option(
+    "--http-config",
+    type=click.Path(exists=True, path_type=Path),
+    help="bluesky-httpserver's YAML configuration: the gateway takes logins (authentication, "
+    "api_access, resource_access) instead of the single-user key (docs/http.md).",
+)
 def stack_up(
     data_dir: Path | None,
     nats_port: int,
@@ -118,6 +124,7 @@ def stack_up(
     tiled_port: int,
     config_file: str | None,
     no_auth: bool,
+    http_config: Path | None,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
     from qserver.protocol.subjects import DEFAULT_PREFIX
@@ -143,6 +150,7 @@ def stack_up(
         http_auth=not no_auth,
         catalog=not no_catalog,
         tiled_port=tiled_port,
+        http_config=http_config,
     )
     click.get_current_context().exit(code)
 
