@@ -17,6 +17,7 @@ from litestar.handlers import BaseRouteHandler
 
 from qserver.errors import NotFound, QServerError
 from qserver.protocol.auth import ApiKeyParams, RefreshToken
+from qserver.protocol.http import NoParams
 from services.gateway.auth import API_KEY_COOKIE, Credentials, Principal
 from services.gateway.bodies import decode_body
 from services.gateway.errors import Unauthorized
@@ -246,6 +247,7 @@ def auth_handlers(gw: Gateway) -> list[BaseRouteHandler]:
     @get("/api/auth/whoami", status_code=200)
     async def whoami(request: Request[Any, Any, Any]) -> Response[bytes]:
         who = await gw.principal(request, "")
+        decode_body(await request.body(), NoParams, "/api/auth/whoami")
         if not isinstance(gw.auth, LoginAuthenticator) or not who.uuid:
             if who.anonymous and not who.scopes:
                 raise Unauthorized("Not authenticated: no token or API key came with the request")
@@ -258,6 +260,7 @@ def auth_handlers(gw: Gateway) -> list[BaseRouteHandler]:
     @get("/api/auth/scopes", status_code=200)
     async def scopes(request: Request[Any, Any, Any]) -> Response[bytes]:
         who = await gw.principal(request, "")
+        decode_body(await request.body(), NoParams, "/api/auth/scopes")
         return json_response({"roles": sorted(who.roles), "scopes": sorted(who.scopes)})
 
     @get("/api/auth/principal", status_code=200)
