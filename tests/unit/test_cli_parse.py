@@ -366,6 +366,7 @@ def test_stack_commands_call_the_stack_module(
             "http_auth": True,
             "catalog": True,
             "tiled_port": 0,
+            "http_config": None,
         }
     ]
     assert cli.run(["stack", "up", "--no-kafka", "--kafka-port", "9"]) == 7
