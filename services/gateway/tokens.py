@@ -46,10 +46,13 @@ class TokenKeys:
         else:
             raise Unauthorized(INVALID)
         if claims.get("type") != kind:
-            other = claims.get("type", "unknown")
-            article = "an" if kind[:1] in "aeiou" else "a"
-            raise Unauthorized(f"{INVALID}: this is a {other} token, not {article} {kind} token")
+            other = str(claims.get("type", "unknown"))
+            raise Unauthorized(f"{INVALID}: this is {_a(other)} token, not {_a(kind)} token")
         return claims
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def access_claims(
