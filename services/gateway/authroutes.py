@@ -261,6 +261,8 @@ def auth_handlers(gw: Gateway) -> list[BaseRouteHandler]:
     async def scopes(request: Request[Any, Any, Any]) -> Response[bytes]:
         who = await gw.principal(request, "")
         decode_body(await request.body(), NoParams, "/api/auth/scopes")
+        if who.anonymous and not who.scopes:
+            raise Unauthorized("Not authenticated: no token or API key came with the request")
         return json_response({"roles": sorted(who.roles), "scopes": sorted(who.scopes)})
 
     @get("/api/auth/principal", status_code=200)
