@@ -85,6 +85,11 @@ class Blocking:
     def close(self) -> None:
         try:
             self._loop.run_until_complete(self._rm.close())
+            # The client's status tasks outlive close(): end them on their own loop.
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         finally:
             self._loop.close()
 

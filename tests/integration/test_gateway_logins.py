@@ -6,12 +6,14 @@ API keys, whoami, logout, principal info), each with the threaded and the asynci
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bluesky_queueserver_api.http.aio import REManagerAPI as AsyncREManagerAPI
 
 from tests.conftest import Services, unique_prefix
 from tests.integration.gateway_support import Gateway, gateway_for, running_gateway
@@ -233,8 +235,6 @@ async def test_principal_info_lists_the_logged_in_users(
             assert everyone == [who]
             assert RM.principal_info(principal_uid=who["uuid"]) == who
 
-        import asyncio
-
         await asyncio.to_thread(with_client, library, gw.url, test)
 
 
@@ -257,6 +257,63 @@ async def test_expired_access_tokens_are_refreshed_by_the_client(
                 time.sleep(1)
             assert expired > 0
 
-        import asyncio
-
         await asyncio.to_thread(with_client, library, gw.url, test)
+
+
+def test_the_system_info_monitor_authenticates_with_a_key_or_a_token(
+    gateway: Gateway, library: str
+) -> None:
+    for option in ("APIKEY", "TOKEN"):
+        if library == "ASYNC":
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(async_monitor(gateway.url, option))
+            finally:
+                loop.close()
+            continue
+
+        def test(RM: Any, option: str = option) -> None:
+            RM.login("bob", password="bob_password")
+            if option == "APIKEY":
+                RM.set_authorization_key(api_key=RM.apikey_new(expires_in=600)["secret"])
+            keys_before = len(RM.whoami()["api_keys"])
+            RM.system_info_monitor.enable()
+            try:
+                deadline = time.monotonic() + 30
+                while True:
+                    assert time.monotonic() < deadline, "no status from /api/info/ws"
+                    try:
+                        status = RM.system_info_monitor.next_msg(timeout=0.5)["msg"]["status"]
+                        break
+                    except RM.RequestTimeoutError:
+                        continue
+                assert status["manager_state"] in ("idle", "executing_queue", "paused")
+                # With a token the monitor makes a short-lived key to connect, then deletes it.
+                assert len(RM.whoami()["api_keys"]) == keys_before
+            finally:
+                RM.system_info_monitor.disable_wait(timeout=10)
+
+        with_client(library, gateway.url, test)
+
+
+async def async_monitor(url: str, option: str) -> None:
+    RM = AsyncREManagerAPI(http_server_uri=url, http_auth_provider="/toy/token")
+    try:
+        await RM.login("bob", password="bob_password")
+        if option == "APIKEY":
+            RM.set_authorization_key(api_key=(await RM.apikey_new(expires_in=600))["secret"])
+        keys_before = len((await RM.whoami())["api_keys"])
+        RM.system_info_monitor.enable()
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, "no status from /api/info/ws"
+            try:
+                msg = await RM.system_info_monitor.next_msg(timeout=0.5)
+                break
+            except RM.RequestTimeoutError:
+                continue
+        assert msg["msg"]["status"]["manager_state"] in ("idle", "executing_queue", "paused")
+        assert len((await RM.whoami())["api_keys"]) == keys_before
+    finally:
+        await RM.system_info_monitor.disable_wait(timeout=10)
+        await RM.close()
