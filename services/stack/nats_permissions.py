@@ -313,10 +313,28 @@ SAMPLE_HEADER = """\
 """
 
 
-def sample_config(prefix: str = DEFAULT_PREFIX) -> str:
-    """The committed `deploy/nats/accounts.conf`."""
-    passwords = {r.name: env_reference(r.name) for r in roles(prefix)}
-    return SAMPLE_HEADER.format(prefix=prefix) + render_accounts(passwords, prefix=prefix)
+def sample_config(
+    prefix: str = DEFAULT_PREFIX, people: Mapping[str, Sequence[str]] | None = None
+) -> str:
+    """The committed `deploy/nats/accounts.conf` (with `people`: one user each, ADR 24)."""
+    passwords = {
+        r.name: env_reference(r.name.replace("-", "_")) for r in roles(prefix, people=people)
+    }
+    return SAMPLE_HEADER.format(prefix=prefix) + render_accounts(
+        passwords, prefix=prefix, people=people
+    )
+
+
+def person_groups(text: str) -> tuple[str, list[str]]:
+    name, sep, groups = text.partition("=")
+    try:
+        identity_token(name)
+        listed = [identity_token(g, "user group") for g in groups.split(",") if g]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not sep or not listed:
+        raise argparse.ArgumentTypeError(f"expected NAME=GROUP[,GROUP...], not {text!r}")
+    return name, listed
 
 
 def several_config(pairs: list[tuple[str, str]]) -> str:
@@ -365,8 +383,17 @@ def main(argv: list[str] | None = None) -> None:
         metavar="ACCOUNT=PREFIX",
         help="one account per queue server sharing the NATS server (repeat it); replaces --prefix",
     )
+    p.add_argument(
+        "--person",
+        action="append",
+        type=person_groups,
+        metavar="NAME=GROUP[,GROUP...]",
+        help="a user who acts as NAME in these user groups only (repeat it; password from "
+        "$NATS_<NAME>_PASSWORD)",
+    )
     args = p.parse_args(argv)
-    out = several_config(args.beamline) if args.beamline else sample_config(args.prefix)
+    people = dict(args.person or [])
+    out = several_config(args.beamline) if args.beamline else sample_config(args.prefix, people)
     print(out, end="")
 
 
