@@ -35,6 +35,7 @@ from services.gateway.hsconfig import ConfigError, is_reference, load_reference,
 
 SINGLE_USER_KEY_ENV = "QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY"  # the name bluesky-httpserver uses
 CONFIG_ENV = "QSERVER_HTTP_CONFIG"
+REFERENCE_CONFIG_ENV = "QSERVER_HTTP_SERVER_CONFIG"  # bluesky-httpserver's name, also read
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,7 +99,9 @@ def load_authenticator(
     if opts.no_auth:
         return Authenticator(open_access=True)
     path = opts.config_file or (
-        Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None
+        Path(env)
+        if (env := os.environ.get(CONFIG_ENV) or os.environ.get(REFERENCE_CONFIG_ENV))
+        else None
     )
     data = _read_file(path) if path else {}
     if is_reference(data):

@@ -174,3 +174,14 @@ def test_role_scopes_are_set_added_and_removed_as_the_reference_does() -> None:
     assert access.scopes_of("o") == frozenset()
     assert access.scopes_of("c") == {"read:history"}
     assert not access.is_known("nobody") and access.scopes_of("nobody") == frozenset()
+
+
+def test_the_references_config_variable_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "http.yml"
+    path.write_text(yaml.safe_dump({"authentication": {"providers": [TOY_PROVIDER]}}))
+    monkeypatch.delenv("QSERVER_HTTP_CONFIG", raising=False)
+    monkeypatch.setenv("QSERVER_HTTP_SERVER_CONFIG", str(path))
+    auth = load_authenticator(AuthOptions(), lambda: AuthStore(offline, "b"))
+    assert isinstance(auth, LoginAuthenticator) and list(auth.settings.providers) == ["toy"]
