@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,11 @@ async def main(args: argparse.Namespace) -> int:
         return 2
     bridge = Bridge(args.nats_url, args.prefix, args.timeout, connect_options(args))
     bucket = Subjects(args.prefix).auth_bucket
+    if args.auth_store:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", args.auth_store):
+            logger.error("--auth-store must be letters, digits, - and _: %r", args.auth_store)
+            return 2
+        bucket = f"{bucket}_{args.auth_store}"
     try:
         auth = load_authenticator(opts, lambda: AuthStore(bridge.connected, bucket, args.timeout))
     except ConfigError as e:
@@ -118,6 +124,12 @@ def cli() -> None:
         default=None,
         help="YAML file: bluesky-httpserver's configuration (logins: authentication, api_access, "
         "resource_access), or the gateway's own API keys (or $QSERVER_HTTP_CONFIG)",
+    )
+    p.add_argument(
+        "--auth-store",
+        default=os.environ.get("QSERVER_HTTP_AUTH_STORE", ""),
+        help="a separate set of logins on this queue server: the bucket QS_<PREFIX>_AUTH_<NAME> "
+        "(tests; or $QSERVER_HTTP_AUTH_STORE). Gateways that share logins share it",
     )
     p.add_argument(
         "--single-user-key-file",
