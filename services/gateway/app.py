@@ -30,6 +30,7 @@ from services.gateway.errors import (
     Unavailable,
     http_status,
 )
+from services.gateway.logins import LoginAuthenticator
 from services.gateway.metrics import Metrics, metrics_handler
 from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
 from services.gateway.routes import ROUTES, Route
@@ -199,7 +200,10 @@ def stream_handlers(gw: Gateway) -> list[BaseRouteHandler]:
 
 
 def docs_handlers(gw: Gateway) -> list[Any]:
-    schema = _encoder.encode(openapi_document())
+    logins = None
+    if isinstance(gw.auth, LoginAuthenticator):
+        logins = {name: p.mode for name, p in gw.auth.settings.providers.items()}
+    schema = _encoder.encode(openapi_document(logins))
 
     @get("/openapi.json", status_code=200, include_in_schema=False)
     async def openapi_json() -> Response[bytes]:

@@ -16,6 +16,7 @@ import msgspec
 import qserver
 from qserver.protocol.api import REQUEST_TYPES
 from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, ErrorDetail, NoParams
+from services.gateway.openapi_auth import auth_paths
 from services.gateway.routes import ROUTES, Route
 
 REF = "#/components/schemas/{name}"
@@ -104,7 +105,8 @@ def _operation(
     return op
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(logins: dict[str, str] | None = None) -> dict[str, Any]:
+    """The document; `logins` (provider name -> mode) adds the `/api/auth/` login routes."""
     schemas = _schemas()
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
@@ -116,6 +118,19 @@ def openapi_document() -> dict[str, Any]:
     for path, http, scope, body, summary in LOCAL_ROUTES:
         op_id = f"{http}{path.replace('/', '_')}"
         paths.setdefault(path, {})[http] = _operation(summary, scope, body, op_id, schemas)
+    security: dict[str, Any] = {
+        "ApiKey": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`ApiKey <key>`",
+        }
+    }
+    if logins is not None:
+        auth_paths_, auth_schemas = auth_paths(logins)
+        paths.update(auth_paths_)
+        schemas.update(auth_schemas)
+        security["Bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -126,18 +141,8 @@ def openapi_document() -> dict[str, Any]:
             "WebSockets (not listed): /api/status/ws, /api/info/ws, /api/console_output/ws.",
         },
         "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {
-                "ApiKey": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "Authorization",
-                    "description": "`ApiKey <key>`",
-                }
-            },
-        },
-        "security": [{"ApiKey": []}],
+        "components": {"schemas": schemas, "securitySchemes": security},
+        "security": [{name: []} for name in security],
     }
 
 
