@@ -12,7 +12,8 @@ REF = "#/components/schemas/{name}"
 ERROR = {"application/json": {"schema": {"$ref": REF.format(name="ErrorDetail")}}}
 # Routes that answer without credentials too (as the reference's): authentication optional.
 OPTIONAL_AUTH: list[dict[str, Any]] = [{}, {"ApiKey": []}, {"Bearer": []}]
-JSON_OK = {"application/json": {"schema": {}}}  # an object, or a token string (`code`)
+# An object, or a token string (`code`).
+JSON_OK: dict[str, Any] = {"application/json": {"schema": {}}}
 COMMON = {
     "400": "Malformed body, unknown fields or wrong types (the detail names the problem)",
     "401": "No valid credentials, or not enough permissions",
