@@ -64,9 +64,15 @@ class AuthStore:
         client = self._client()  # Unavailable (503) while NATS is away
         if self._kv is None or self._kv_nc is not client.nc:
             js = client.nc.jetstream(timeout=self._timeout)
-            self._kv = await asyncio.wait_for(
-                ensure_key_value(js, self._bucket, replicas=default_replicas()), self._timeout
-            )
+            try:
+                self._kv = await asyncio.wait_for(
+                    ensure_key_value(js, self._bucket, replicas=default_replicas()), self._timeout
+                )
+            except (TimeoutError, nats.errors.Error) as e:
+                raise Unavailable(
+                    f"The login store {self._bucket} cannot be opened ({e!r}): is JetStream "
+                    "there, and may the gateway's NATS user use the bucket? (deploy.md)"
+                ) from None
             self._kv_nc = client.nc
         return self._kv
 
