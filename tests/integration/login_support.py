@@ -87,9 +87,13 @@ class Blocking:
             self._loop.run_until_complete(self._rm.close())
             # The client's status tasks outlive close(): end them on their own loop.
             pending = asyncio.all_tasks(self._loop)
-            for task in pending:
-                task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+            async def drain() -> None:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+
+            self._loop.run_until_complete(drain())
         finally:
             self._loop.close()
 
