@@ -10,7 +10,7 @@ import click
 
 from qserver.cli.errors import NoReply
 from qserver.cli.options import CONTEXT, lock_key_option, required_key, simple
-from qserver.cli.runner import current_settings, run_manager_kill, send
+from qserver.cli.runner import current_settings, nats_url, run_manager_kill, send
 from qserver.cli.words import parse_manager_stop
 from qserver.legacy import CLI_USER
 
@@ -112,6 +112,26 @@ def stack() -> None:
     help="bluesky-httpserver's YAML configuration: the gateway takes logins (authentication, "
     "api_access, resource_access) instead of the single-user key (docs/http.md).",
 )
+@click.option(
+    "--use-ipython-kernel",
+    "ipython_kernel",
+    is_flag=False,
+    flag_value="ON",
+    default=None,
+    metavar="[ON|OFF]",
+    help="Run the environment in an IPython kernel that `jupyter console --existing` attaches "
+    "to (connection file in the data dir) [the configuration's worker.use_ipython_kernel, "
+    "else OFF].",
+)
+@click.option(
+    "--no-zmq",
+    is_flag=True,
+    help="Do not run the 0MQ bridge (the reference's control protocol and console feed).",
+)
+@click.option("--zmq-port", type=int, default=60615, show_default=True, help="0MQ control port.")
+@click.option(
+    "--zmq-info-port", type=int, default=60625, show_default=True, help="0MQ console/info port."
+)
 def stack_up(
     data_dir: Path | None,
     nats_port: int,
@@ -125,12 +145,24 @@ def stack_up(
     config_file: str | None,
     no_auth: bool,
     http_config: Path | None,
+    ipython_kernel: str | None,
+    no_zmq: bool,
+    zmq_port: int,
+    zmq_info_port: int,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
     from qserver.protocol.subjects import DEFAULT_PREFIX
     from services.stack.embedded import run_stack, use_config
 
     use_config(config_file)
+    kernel = None
+    if ipython_kernel is not None:
+        from qserver.config import switch
+
+        try:
+            kernel = switch(ipython_kernel)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--use-ipython-kernel") from None
 
     # Not `default_prefix()`: that is the prefix of a stack already running.
     prefix = (
@@ -151,18 +183,30 @@ def stack_up(
         catalog=not no_catalog,
         tiled_port=tiled_port,
         http_config=http_config,
+        ipython_kernel=kernel,
+        zmq=not no_zmq,
+        zmq_port=zmq_port,
+        zmq_info_port=zmq_info_port,
     )
     click.get_current_context().exit(code)
 
 
 @stack.command("info", context_settings=CONTEXT)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The stack's data dir [$QSERVER_DATA_DIR; the default one; a stack on another data "
+    "dir whose NATS is $QSERVER_NATS_URL or -a].",
+)
 def stack_info(data_dir: Path | None) -> None:
     """Print what a running stack reports about itself."""
-    from services.stack.embedded import StackNotRunning, read_stack_info
+    from qserver.localstack import find_stack
 
-    try:
-        info = read_stack_info(data_dir)
-    except StackNotRunning as e:
-        raise NoReply(e.msg) from None
-    click.echo(json.dumps(info, indent=2, default=str))
+    url = nats_url(current_settings().address) or os.environ.get("QSERVER_NATS_URL")
+    lookup = find_stack(data_dir, url)
+    if lookup.info is None:
+        raise NoReply(
+            f"no running stack found: looked at {lookup.explain()}. Start one with "
+            "`qserver stack up`"
+        )
+    click.echo(json.dumps(lookup.info, indent=2, default=str))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from qserver.cli.errors import (
     NoReply,
     RequestRefused,
 )
-from qserver.cli.output import check, monitor_line, show
+from qserver.cli.output import check, monitor_fields, monitor_line, show
 from qserver.legacy import (
     CLI_USER,
     CLI_USER_GROUP,
@@ -126,6 +127,14 @@ def send(method: str, params: dict[str, Any] | None = None) -> None:
     show(asyncio.run(_request(settings, method, params)), settings.fmt)
 
 
+def ask(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Send one request and return its reply, refused or not (the caller prints it)."""
+    settings = current_settings()
+    return asyncio.run(
+        _request(settings, method, with_lock_key(method, params or {}, settings.lock_key))
+    )
+
+
 def latest_window(total: int, skip: int, count: int | None) -> tuple[int, int]:
     """The wire's (offset, limit) for the latest `count` items after skipping the `skip` latest."""
     end = max(0, total - skip)
@@ -183,16 +192,17 @@ def run_legacy(command: str, values: Sequence[str]) -> None:
 async def _monitor(settings: Settings, once: bool) -> None:
     async with connected(settings) as client:
         status = await client.request("status")
+        last = monitor_fields(status)
         click.echo(monitor_line(status))
         if once:
             return
-        # Status events also come once a second without a change: print changes only.
-        last = {k: v for k, v in status.items() if k != "time"}
+        # Status events also come once a second without a change, and change in keys the
+        # line does not show: print the line when it changes.
         async for event in client.status_events():
-            current = {k: v for k, v in event.items() if k != "time"}
-            if current != last:
+            fields = monitor_fields(event)
+            if fields != last:
                 click.echo(monitor_line(event))
-                last = current
+                last = fields
 
 
 def run_monitor(once: bool) -> None:
@@ -200,17 +210,30 @@ def run_monitor(once: bool) -> None:
         asyncio.run(_monitor(current_settings(), once))
 
 
-async def _console_monitor(settings: Settings, once: bool) -> None:
+async def _console_monitor(settings: Settings, once: bool, backlog: int) -> None:
+    """As the reference's `qserver-console-monitor`: each message written as it came (its
+    carriage returns and cursor moves redraw progress bars in a terminal), after the last
+    `backlog` ones the server kept (ADR 18)."""
     async with connected(settings) as client:
-        async for line in client.console_events():
-            click.echo(line.get("msg", ""), nl=False)
-            if once:
-                return
+        if once:
+            params = {"last_msg_uid": "ALL"}
+            kept = (await client.request("console_output_update", params))["console_output_msgs"]
+            for m in kept[-backlog:] if backlog else []:
+                _write(m)
+            return
+        async for m in client.console_feed(backlog):
+            _write(m)
 
 
-def run_console_monitor(once: bool) -> None:
+def _write(m: dict[str, Any]) -> None:
+    # Not click.echo: it strips escape sequences when the output is not a terminal.
+    sys.stdout.write(str(m.get("msg", "")))
+    sys.stdout.flush()
+
+
+def run_console_monitor(once: bool, backlog: int = 200) -> None:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_console_monitor(current_settings(), once))
+        asyncio.run(_console_monitor(current_settings(), once, backlog))
 
 
 async def _manager_kill(settings: Settings) -> dict[str, Any] | None:

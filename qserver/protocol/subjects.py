@@ -36,7 +36,7 @@ IDENTITY_METHODS: dict[str, tuple[bool, bool]] = {  # method: (sets user, sets u
 NO_GROUP = "_"  # the group token of methods that take no group (`lock`)
 # NATS users that may send identity methods on `<prefix>.api.`: they set identities
 # themselves (the gateway from its logins) or are services.
-TRUSTED_ROLES = ("queue", "history", "worker", "gateway")
+TRUSTED_ROLES = ("queue", "history", "worker", "gateway", "zmq_bridge")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -153,6 +153,11 @@ class Subjects:
     @property
     def results_stream(self) -> str:
         return f"QS_{self._token}_RESULTS"
+
+    @property
+    def console_stream(self) -> str:
+        """The recent console output (`events.console`), bounded: the backlog every reader gets."""
+        return f"QS_{self._token}_CONSOLE"
 
     @property
     def docs_stream(self) -> str:

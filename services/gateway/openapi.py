@@ -15,7 +15,8 @@ import msgspec
 
 import qserver
 from qserver.protocol.api import REQUEST_TYPES
-from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, ErrorDetail, NoParams
+from qserver.protocol.http import ErrorDetail, NoParams, ServerSleep
+from services.gateway.extra_routes import UPLOAD_PATH, upload_operation
 from services.gateway.openapi_auth import auth_paths
 from services.gateway.routes import ROUTES, Route
 
@@ -32,15 +33,6 @@ _ERRORS = {
 
 # Routes the gateway answers itself: (path, http method, scope, body type, summary).
 LOCAL_ROUTES: tuple[tuple[str, str, str, type[msgspec.Struct] | None, str], ...] = (
-    ("/api/console_output", "get", "read:console", ConsoleOutput, "The last lines of output"),
-    ("/api/console_output/uid", "get", "read:console", NoParams, "Changes with the output"),
-    (
-        "/api/console_output_update",
-        "get",
-        "read:console",
-        ConsoleOutputUpdate,
-        "Console messages after a uid",
-    ),
     (
         "/api/stream_console_output",
         "get",
@@ -48,9 +40,23 @@ LOCAL_ROUTES: tuple[tuple[str, str, str, type[msgspec.Struct] | None, str], ...]
         NoParams,
         "Console output as a stream of JSON lines",
     ),
-    ("/api/config/get", "get", "read:config", NoParams, "Configuration ({} outside IPython)"),
+    (
+        "/api/config/get",
+        "get",
+        "read:config",
+        NoParams,
+        "The kernel's connection info in kernel mode ({} otherwise); its key only with "
+        "write:scripts",
+    ),
     ("/api/auth/whoami", "get", "", NoParams, "Who the key belongs to: name, roles, scopes"),
     ("/api/auth/scopes", "get", "", NoParams, "The roles and scopes of the key"),
+    (
+        "/api/test/server/sleep",
+        "get",
+        "read:testing",
+        ServerSleep,
+        "Answers after `time` seconds (at most 600): for testing clients' timeouts",
+    ),
 )
 
 
@@ -118,6 +124,9 @@ def openapi_document(logins: dict[str, str] | None = None) -> dict[str, Any]:
     for path, http, scope, body, summary in LOCAL_ROUTES:
         op_id = f"{http}{path.replace('/', '_')}"
         paths.setdefault(path, {})[http] = _operation(summary, scope, body, op_id, schemas)
+    errors = _operation("", "", None, "", schemas)["responses"]
+    del errors["200"]
+    paths[UPLOAD_PATH] = {"post": upload_operation(f"post{UPLOAD_PATH.replace('/', '_')}", errors)}
     security: dict[str, Any] = {
         "ApiKey": {
             "type": "apiKey",

@@ -85,12 +85,17 @@ def _api() -> list[Route]:
         r("/api/queue/autostart", "POST", "queue_autostart", "write:queue:control"),
         r("/api/queue/mode/set", "POST", "queue_mode_set", "write:queue:control"),
         r("/api/history/get", "GET", "history_get", "read:history"),
+        # The console's backlog, kept by the history service (ADR 18).
+        r("/api/console_output", "GET", "console_output", "read:console"),
+        r("/api/console_output/uid", "GET", "console_output_uid", "read:console"),
+        r("/api/console_output_update", "GET", "console_output_update", "read:console"),
         r("/api/history/clear", "POST", "history_clear", "write:history:edit"),
         r("/api/history/result/get", "GET", "history_result_get", "read:history"),
         r("/api/environment/open", "POST", "environment_open", "write:manager:control"),
         r("/api/environment/close", "POST", "environment_close", "write:manager:control"),
         r("/api/environment/destroy", "POST", "environment_destroy", "write:manager:control"),
         r("/api/environment/update", "POST", "environment_update", "write:queue:control"),
+        r("/api/kernel/interrupt", "POST", "kernel_interrupt", "write:queue:control"),
         r("/api/re/pause", "POST", "re_pause", "write:plan:control"),
         r("/api/re/resume", "POST", "re_resume", "write:plan:control"),
         r("/api/re/stop", "POST", "re_stop", "write:plan:control"),
@@ -108,6 +113,7 @@ def _api() -> list[Route]:
             )
             for o in ("active", "open", "closed")
         ),
+        r("/api/re/metadata", "GET", "re_metadata", "read:monitor"),
         r("/api/plans/allowed", "GET", "plans_allowed", "read:resources", "group"),
         r("/api/devices/allowed", "GET", "devices_allowed", "read:resources", "group"),
         r("/api/plans/existing", "GET", "plans_existing", "read:resources"),

@@ -39,6 +39,9 @@ READ_ONLY_METHODS = (
     "permissions_get",
     "lock_info",
     "re_runs",
+    "console_output",
+    "console_output_uid",
+    "console_output_update",
 )
 READ_IDENTITY = ("plans_allowed", "devices_allowed")  # read-only, but per group
 # JetStream API, acks, flow control, KV and object store, inside the account only.
@@ -203,6 +206,12 @@ def roles(
             "the HTTP gateway (it checks API keys and logins itself and may call every method; "
             "its logins live in one KV bucket)",
             publish=(api, *kv_bucket_access(s.auth_bucket)),
+            subscribe=(events,),
+        ),
+        role(
+            "zmq_bridge",
+            "the 0MQ bridge (it checks who connects itself and may call every method)",
+            publish=(api,),
             subscribe=(events,),
         ),
         person(
