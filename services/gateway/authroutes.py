@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from litestar import Request, Response, delete, get, post
+from litestar import Request, Response, delete, get, post, route
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
@@ -20,7 +20,7 @@ from qserver.protocol.auth import ApiKeyParams, RefreshToken
 from qserver.protocol.http import NoParams
 from services.gateway.auth import API_KEY_COOKIE, Credentials, Principal
 from services.gateway.bodies import decode_body
-from services.gateway.errors import Unauthorized
+from services.gateway.errors import Forbidden, Unauthorized
 from services.gateway.logins import (
     ANONYMOUS_PROVIDER,
     LoginAuthenticator,
@@ -36,6 +36,15 @@ if TYPE_CHECKING:
 JSON = "application/json"
 OK = {"success": True, "msg": ""}
 NO_SESSION_OF_YOURS = "Sessions does not exist or requester has insufficient permissions"
+# Without login providers: keys are configured, not made over HTTP (ADR 6).
+CONFIGURED = (
+    "API keys are configured for this gateway (its key file, `http.config`, or the "
+    "single-user key), not made or revoked over HTTP"
+)
+NO_SESSIONS = (
+    "This gateway has no logins, sessions or tokens: send 'Authorization: ApiKey <key>' "
+    "with each request (logins: a bluesky-httpserver configuration, docs/http.md)"
+)
 _encoder = msgspec.json.Encoder()
 
 
@@ -49,11 +58,12 @@ def json_response(obj: Any, status: int = 200) -> Response[bytes]:
     return Response(_encoder.encode(obj), status_code=status, media_type=JSON)
 
 
-def logins(gw: Gateway) -> LoginAuthenticator:
+def logins(gw: Gateway, without: QServerError | None = None) -> LoginAuthenticator:
+    """The login authenticator; `without` (or a 404 saying why) on a gateway without logins."""
     if not isinstance(gw.auth, LoginAuthenticator):
-        raise NotFound(
-            "This gateway has no logins: its configuration names no authentication provider "
-            "(bluesky-httpserver's 'authentication: providers:')"
+        raise without or NotFound(
+            f"{CONFIGURED}, and there are no sessions or principals to manage (ADR 6; logins: "
+            "bluesky-httpserver's 'authentication: providers:', docs/http.md)"
         )
     return gw.auth
 
@@ -120,7 +130,8 @@ def auth_handlers(gw: Gateway) -> list[BaseRouteHandler]:
 
     @post("/api/auth/provider/{provider:str}/token", status_code=200)
     async def token(request: Request[Any, Any, Any], provider: str) -> Response[bytes]:
-        auth = logins(gw)
+        no_login = f"{NO_SESSIONS} (no login with provider {provider[:60]!r})"
+        auth = logins(gw, Unauthorized(no_login))
         p = auth.settings.providers.get(provider)
         if p is None or p.mode != "password":
             raise NotFound(f"No password provider '{provider[:100]}' (see /api/auth/providers)")
@@ -186,7 +197,7 @@ def auth_handlers(gw: Gateway) -> list[BaseRouteHandler]:
 
     @post("/api/auth/session/refresh", status_code=200)
     async def refresh(request: Request[Any, Any, Any]) -> Response[bytes]:
-        auth = logins(gw)
+        auth = logins(gw, Unauthorized(NO_SESSIONS))
         body = decode_body(await request.body(), RefreshToken, "/api/auth/session/refresh")
         return json_response(await auth.refresh(body.refresh_token))
 
@@ -216,7 +227,10 @@ def auth_handlers(gw: Gateway) -> list[BaseRouteHandler]:
 
     @post("/api/auth/apikey", status_code=200)
     async def apikey_new(request: Request[Any, Any, Any]) -> Response[bytes]:
-        auth = logins(gw)
+        if not isinstance(gw.auth, LoginAuthenticator):
+            await gw.principal(request, "")
+        configured = Forbidden(f"{CONFIGURED}: ask the gateway's administrator for a key (ADR 6)")
+        auth = logins(gw, configured)
         who = await gw.principal(request, "user:apikeys")
         params = decode_body(await request.body(), ApiKeyParams, "/api/auth/apikey")
         source = None if who.api_key_scopes is None else set(who.api_key_scopes)
@@ -224,10 +238,22 @@ def auth_handlers(gw: Gateway) -> list[BaseRouteHandler]:
 
     @get("/api/auth/apikey", status_code=200)
     async def apikey_get(request: Request[Any, Any, Any]) -> Response[bytes]:
-        auth = logins(gw)
         key = credentials_of(request).api_key
         if key is None:
             raise Unauthorized("No API key was provided with this request.")
+        if not isinstance(gw.auth, LoginAuthenticator):
+            # A configured key: what there is to say about it.
+            who = await gw.principal(request, "")
+            return json_response(
+                {
+                    "first_eight": key[:8],
+                    "expiration_time": None,
+                    "note": None,
+                    "scopes": sorted(who.scopes),
+                    "latest_activity": None,
+                }
+            )
+        auth = logins(gw)
         record = await auth.store.apikey(secret_of(key))
         if record is None:
             raise Unauthorized("Invalid API key")
@@ -235,7 +261,10 @@ def auth_handlers(gw: Gateway) -> list[BaseRouteHandler]:
 
     @delete("/api/auth/apikey", status_code=200)
     async def apikey_delete(request: Request[Any, Any, Any]) -> Response[bytes]:
-        auth = logins(gw)
+        if not isinstance(gw.auth, LoginAuthenticator):
+            await gw.principal(request, "")
+        revoke = Forbidden(f"{CONFIGURED}: a key is revoked by removing it from the key file")
+        auth = logins(gw, revoke)
         who = await gw.principal(request, "user:apikeys")
         first_eight = request.query_params.get("first_eight")
         if not first_eight:
@@ -296,7 +325,16 @@ def auth_handlers(gw: Gateway) -> list[BaseRouteHandler]:
         allowed = set().union(*(auth.access.scopes_of(u) for u in users)) if users else set()
         return json_response(await new_apikey(auth, p.uuid, params, allowed, None))
 
+    @route(
+        "/api/auth/{rest:path}",
+        http_method=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        status_code=200,
+    )
+    async def other(rest: str) -> None:
+        raise NotFound(f"No route /api/auth{rest[:100]} (the routes: docs/http.md#logins)")
+
     return [
+        other,
         token,
         code_get,
         code_post,
