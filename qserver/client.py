@@ -44,6 +44,8 @@ def acting_user(inbox: str) -> str | None:
     if user.split("-")[0] in TRUSTED_ROLES:
         return None
     return user
+
+
 # NATS says at once when nothing is subscribed to a method (the request was delivered to
 # no one, so sending it again is safe): the request is sent again for this long, which
 # rides through a leader failover (~0.6 s) and a quick restart (ADR 13).

@@ -594,6 +594,7 @@ class Stack:
 
     def _single_user_key(self) -> bool:
         return self.cfg.http_auth and self.cfg.http_config is None
+
     def _zmq_line(self) -> str:
         if not self.cfg.zmq:
             return ""
