@@ -190,7 +190,9 @@ def upload_operation(op_id: str, error_responses: dict[str, Any]) -> dict[str, A
                         "type": "object",
                         "properties": {
                             "spreadsheet": {"type": "string", "format": "binary"},
-                            "data_type": {"type": "string"},
+                            # A form field is text whatever it looks like: no type that a
+                            # client could be told it broke.
+                            "data_type": {"description": "passed to custom conversions"},
                         },
                         "required": ["spreadsheet"],
                         "additionalProperties": False,
