@@ -159,6 +159,38 @@ class EnvironmentUpdate(Locked, frozen=True, kw_only=True, forbid_unknown_fields
     run_in_background: bool = False
 
 
+class FunctionExecute(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Run a function of the environment's namespace as a task.
+
+    `item`, `user` and `user_group` are checked by the queue service, so that a bad value
+    gets the reference's words (its clients match them), not a decoder's.
+    """
+
+    item: Any = UNSET
+    user: Any = UNSET
+    user_group: Any = UNSET
+    run_in_background: bool = False
+
+
+class ScriptUpload(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Execute Python code in the environment's namespace as a task."""
+
+    script: Any = UNSET  # a string; checked by the queue service
+    update_lists: bool = True
+    update_re: bool = False
+    run_in_background: bool = False
+
+
+class TaskStatus(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`task_uid`: one uid (the status is a string) or a list of them (a dict)."""
+
+    task_uid: Any = UNSET
+
+
+class TaskResult(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    task_uid: Any = UNSET
+
+
 class QueueAutostart(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enable: bool
 
@@ -278,7 +310,8 @@ class HistoryRunItemReply(Reply, kw_only=True):
 
 
 class TaskReply(Reply, kw_only=True):
-    task_uid: str
+    # None when no task was started (a failure), as the reference sends it.
+    task_uid: str | None = None
 
 
 class RunsReply(Reply, kw_only=True):
@@ -358,6 +391,10 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "permissions_get": Empty,
     "permissions_set": PermissionsSetRequest,
     "permissions_reload": PermissionsReload,
+    "function_execute": FunctionExecute,
+    "script_upload": ScriptUpload,
+    "task_status": TaskStatus,
+    "task_result": TaskResult,
 }
 
 # The methods the history service answers; the queue service answers all the others.

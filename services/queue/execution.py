@@ -33,6 +33,7 @@ from qserver.protocol.worker import (
 from services.queue import finished
 from services.queue.core import QueueCore
 from services.queue.results import ResultFeed
+from services.queue.tasks import TaskTracker
 from services.runtime.service_base import encode
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Executor:
         self._op_done = asyncio.Event()
         self._worker_seen = -WORKER_STALE_S  # monotonic time of the last worker state
         self.open_error = ""
+        self.tasks = TaskTracker()  # functions and scripts in the environment (ADR 16)
         self._tasks: list[asyncio.Task[None]] = []
         self.results = ResultFeed(
             svc.nc,
@@ -87,6 +89,7 @@ class Executor:
             self.env_exists
             and self.env is not None
             and self.env.env_state == "idle"
+            and self.tasks.foreground is None
             and self.worker_alive
         )
 
@@ -104,6 +107,8 @@ class Executor:
             return "executing_queue"
         if m.flags.queue_running and len(m.items):
             return "executing_queue"
+        if self.tasks.foreground is not None:
+            return "executing_task"
         return "idle"
 
     def status_fields(self) -> dict[str, Any]:
@@ -121,6 +126,8 @@ class Executor:
             "docs_failed": env.docs_failed if env else 0,
             "kafka_pending": self.worker.kafka_pending,
             "kafka_failed": self.worker.kafka_failed,
+            "worker_background_tasks": self.tasks.background_tasks if env else 0,
+            "task_results_uid": self.tasks.task_results_uid,
         }
 
     # ----- subscriptions -----
@@ -207,6 +214,7 @@ class Executor:
             await self._set_env(state.env)
         if not state.env_exists:
             self.env = None
+            self.tasks.on_env(None)
             # Only the end of the environment the operation is about finishes it: a state
             # sent before the open (a heartbeat, a late reply) says nothing about the new one.
             if (
@@ -237,6 +245,8 @@ class Executor:
         old, self.env = self.env, env
         if old is not None and old.lists_uid != env.lists_uid and env.lists_uid:
             await self.svc.catalog.reload_lists()
+        # After the lists: a script's task ends once the lists it changed are read.
+        self.tasks.on_env(env)
         if (
             env.env_state == "idle"
             and self.op == "creating_environment"

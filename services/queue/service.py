@@ -39,6 +39,7 @@ from services.queue.execution import Executor
 from services.queue.leader import Lease, Renewal
 from services.queue.model import QueueModel
 from services.queue.store import EventLog
+from services.queue.task_handlers import TaskHandlers
 from services.runtime.service_base import Handler, encode
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,6 @@ class QueueService:
         self._needs_resync = False
         self._status: Status | None = None
         self._run_list_uid = _uid()
-        self._task_results_uid = _uid()
         # Only the leader writes, runs items and publishes status (see services/queue/leader.py).
         self.leading = False
         self.lease: Lease | None = None
@@ -174,7 +174,6 @@ class QueueService:
             items_in_history=self.history.items_in_history,
             running_item_uid=m.running_item.item_uid if m.running_item else None,  # type: ignore[arg-type]
             manager_state=self.executor.manager_state(),  # type: ignore[arg-type]
-            worker_background_tasks=0,
             status_uid=self._status.status_uid if self._status else _uid(),
             run_list_uid=self.run_list_uid(),
             plan_queue_uid=m.plan_queue_uid,
@@ -184,7 +183,6 @@ class QueueService:
             devices_allowed_uid=cat.devices_allowed_uid,
             plans_allowed_uid=cat.plans_allowed_uid,
             plan_queue_mode=m.mode,
-            task_results_uid=self._task_results_uid,
             lock_info_uid=m.lock_info_uid,
             lock=LockStatus(environment=m.lock.environment, queue=m.lock.queue),
             **self.executor.status_fields(),
@@ -260,26 +258,31 @@ class QueueService:
     # ----- handlers -----
 
     def handlers(self) -> dict[str, Handler]:
-        return ExecutionHandlers(self, self.executor).handlers() | {
-            "ping": self.on_status,
-            "status": self.on_status,
-            "queue_get": self.on_queue_get,
-            "queue_item_add": self.on_item_add,
-            "queue_item_add_batch": self.on_item_add_batch,
-            "queue_item_get": self.on_item_get,
-            "queue_item_remove": self.on_item_remove,
-            "queue_item_remove_batch": self.on_item_remove_batch,
-            "queue_item_move": self.on_item_move,
-            "queue_item_move_batch": self.on_item_move_batch,
-            "queue_item_update": self.on_item_update,
-            "queue_clear": self.on_queue_clear,
-            "queue_mode_set": self.on_mode_set,
-            "lock": self.on_lock,
-            "lock_info": self.on_lock_info,
-            "unlock": self.on_unlock,
-            "manager_stop": self.on_manager_stop,
-            "manager_kill": self.on_manager_kill,
-        }
+        tasks = TaskHandlers(self, self.executor).handlers()
+        return (
+            ExecutionHandlers(self, self.executor).handlers()
+            | tasks
+            | {
+                "ping": self.on_status,
+                "status": self.on_status,
+                "queue_get": self.on_queue_get,
+                "queue_item_add": self.on_item_add,
+                "queue_item_add_batch": self.on_item_add_batch,
+                "queue_item_get": self.on_item_get,
+                "queue_item_remove": self.on_item_remove,
+                "queue_item_remove_batch": self.on_item_remove_batch,
+                "queue_item_move": self.on_item_move,
+                "queue_item_move_batch": self.on_item_move_batch,
+                "queue_item_update": self.on_item_update,
+                "queue_clear": self.on_queue_clear,
+                "queue_mode_set": self.on_mode_set,
+                "lock": self.on_lock,
+                "lock_info": self.on_lock_info,
+                "unlock": self.on_unlock,
+                "manager_stop": self.on_manager_stop,
+                "manager_kill": self.on_manager_kill,
+            }
+        )
 
     async def on_status(self, req: api.Empty) -> Status:
         return self._status or self.status()

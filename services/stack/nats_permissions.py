@@ -32,6 +32,8 @@ READ_ONLY_METHODS = (
     "permissions_get",
     "lock_info",
     "re_runs",
+    "task_status",
+    "task_result",
 )
 # JetStream API, acks, flow control, KV and object store, inside the account only.
 JETSTREAM = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>")

@@ -13,10 +13,12 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from qserver.protocol.tasks import TaskRequest
 from qserver.protocol.worker import CmdReply, RunPlan, RunsReply
 from services.runtime.service_base import encode
 from services.worker.env.console import ConsoleSink
 from services.worker.env.engine import CONTINUE_STATUS, Environment, Running
+from services.worker.env.tasks import Tasks
 from services.worker.results import ensure_results_stream
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ PAUSE_OPTIONS = ("deferred", "immediate")
 RUNS_OPTIONS = ("active", "open", "closed")
 Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
 _run_decoder = msgspec.json.Decoder(RunPlan)
+_task_decoder = msgspec.json.Decoder(TaskRequest)
 
 
 def _options(data: bytes) -> dict[str, Any]:
@@ -49,6 +52,7 @@ class EnvCommands:
         self.subjects = env.subjects
         self._console_wake = asyncio.Event()
         self.sink = ConsoleSink(lambda: env.link.soon(self._console_wake.set))
+        self.tasks = Tasks(env)
         self._tasks: list[asyncio.Task[None]] = []
 
     def handlers(self) -> dict[str, Handler]:
@@ -59,6 +63,7 @@ class EnvCommands:
             "update": self.update,
             "state": self.state,
             "close": self.close,
+            "task": self.task,
         }
         for action in CONTINUE_STATUS:
             h[action] = functools.partial(self._continue, action)
@@ -191,6 +196,16 @@ class EnvCommands:
         await env.put_lists(lists)
         env.notify()
         return CmdReply()
+
+    async def task(self, data: bytes) -> msgspec.Struct:
+        req = _task_decoder.decode(data)
+        await self._settle()
+        accepted = self.tasks.start(req)
+        if accepted.success:
+            # Published before the reply, as for `run`: whoever gets the reply may then see
+            # the task in the state.
+            await self.env.publish_state()
+        return accepted
 
     async def state(self, data: bytes) -> msgspec.Struct:
         await self._settle()
