@@ -104,6 +104,10 @@ class WorkerSection(Section):
         Annotated[float, Meta(gt=0)] | None,
         _d("seconds an idle environment with no worker service waits, then closes itself"),
     ] = None
+    task_results_keep_s: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        _d("seconds the result of a finished task (function, script) is kept"),
+    ] = None
 
 
 class HttpSection(Section):
@@ -172,6 +176,7 @@ ENV: dict[tuple[str, str], str] = {
     ("queue", "permissions"): "QSERVER_PERMISSIONS",
     ("queue", "emergency_lock_key"): "QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER",
     ("worker", "orphan_timeout"): "QSERVER_ENV_ORPHAN_TIMEOUT",
+    ("worker", "task_results_keep_s"): "QSERVER_TASK_RESULTS_KEEP_S",
     ("http", "host"): "QSERVER_HTTP_HOST",
     ("http", "port"): "QSERVER_HTTP_PORT",
     ("http", "timeout"): "QSERVER_HTTP_TIMEOUT",

@@ -15,7 +15,6 @@ from typing import Any
 
 import msgspec
 from msgspec import UNSET
-from nats.js.kv import KeyValue
 
 from qserver.errors import BadRequest, QServerError, Refused
 from qserver.protocol import api
@@ -35,8 +34,8 @@ from qserver.protocol.tasks import (
 from services.queue.core import QueueCore
 from services.queue.execution import Executor
 from services.queue.tasks import Started
-from services.runtime import task_results
 from services.runtime.service_base import Handler
+from services.runtime.task_results import TaskResults
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ class TaskHandlers:
     def __init__(self, svc: QueueCore, executor: Executor) -> None:
         self.svc = svc
         self.ex = executor
-        self._kv: KeyValue | None = None
+        self.results = TaskResults(svc.nc.jetstream(), svc.subjects)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -236,7 +235,7 @@ class TaskHandlers:
         may still show it running), then the running tasks."""
         if _KEY.match(task_uid):
             try:
-                outcome = await asyncio.wait_for(self._get(task_uid), READ_TIMEOUT_S)
+                outcome = await asyncio.wait_for(self.results.get(task_uid), READ_TIMEOUT_S)
             except Exception as e:
                 logger.warning("task results not readable: %r", e)
                 raise Refused(f"The task results cannot be read now ({e!r}): try again") from None
@@ -246,9 +245,3 @@ class TaskHandlers:
         if info is not None:
             return "running", info
         return "not_found", {}
-
-    async def _get(self, task_uid: str) -> TaskOutcome | None:
-        if self._kv is None:
-            js = self.svc.nc.jetstream()
-            self._kv = await task_results.open_bucket(js, self.svc.subjects)
-        return await task_results.get(self._kv, task_uid)

@@ -73,48 +73,60 @@ async def open_bucket(js: JetStreamContext, subjects: Subjects) -> KeyValue:
     return await patiently(f"opening the bucket {bucket}", opened)
 
 
-async def put(
-    js: JetStreamContext, subjects: Subjects, outcome: TaskOutcome, retry_every: float = 0.5
-) -> None:
-    """Store a task's outcome, retrying until it is stored (a result is never dropped).
+class TaskResults:
+    """The bucket, opened once per process (and again if it went away)."""
 
-    An outcome too large for one message is stored without its return value, failed, with
-    a message saying so.
-    """
-    data = msgspec.json.encode(outcome)
-    kv: KeyValue | None = None
-    while True:
+    def __init__(self, js: JetStreamContext, subjects: Subjects) -> None:
+        self._js = js
+        self._subjects = subjects
+        self._kv: KeyValue | None = None
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await open_bucket(self._js, self._subjects)
+        return self._kv
+
+    async def put(self, outcome: TaskOutcome, retry_every: float = 0.5) -> None:
+        """Store a task's outcome, retrying until it is stored (a result is never dropped).
+
+        An outcome too large for one message is stored failed, without its return value,
+        with a message saying so.
+        """
+        data = msgspec.json.encode(outcome)
+        while True:
+            try:
+                kv = await self._bucket()
+                await asyncio.wait_for(kv.put(outcome.task_uid, data), PUT_TIMEOUT_S)
+                return
+            except Exception as e:
+                if size_refused(e):
+                    logger.error(
+                        "task %s: result too large (%d bytes)", outcome.task_uid, len(data)
+                    )
+                    outcome = msgspec.structs.replace(
+                        outcome,
+                        success=False,
+                        return_value=None,
+                        msg=f"The task's result is too large to store ({len(data):,} bytes)",
+                        traceback="",
+                    )
+                    data = msgspec.json.encode(outcome)
+                    continue
+                logger.warning("task %s: result not stored yet (%r); retrying", outcome.task_uid, e)
+                self._kv = None  # opened again: the bucket may have been deleted
+                await asyncio.sleep(retry_every)
+
+    async def get(self, task_uid: str) -> TaskOutcome | None:
+        """The outcome of a finished task; None if there is none (running, unknown, expired)."""
+        kv = await self._bucket()
         try:
-            if kv is None:
-                kv = await open_bucket(js, subjects)
-            await asyncio.wait_for(kv.put(outcome.task_uid, data), PUT_TIMEOUT_S)
-            return
-        except Exception as e:
-            if size_refused(e):
-                logger.error("result of task %s too large (%d bytes)", outcome.task_uid, len(data))
-                outcome = msgspec.structs.replace(
-                    outcome,
-                    success=False,
-                    return_value=None,
-                    msg=f"The task's result is too large to store ({len(data):,} bytes)",
-                    traceback="",
-                )
-                data = msgspec.json.encode(outcome)
-                continue
-            logger.warning("result of task %s not stored yet (%r); retrying", outcome.task_uid, e)
-            await asyncio.sleep(retry_every)
-
-
-async def get(kv: KeyValue, task_uid: str) -> TaskOutcome | None:
-    """The outcome of a finished task; None if there is none (running, unknown, expired)."""
-    try:
-        entry = await kv.get(task_uid)
-    except KeyNotFoundError:
-        return None
-    if not entry.value:
-        return None
-    try:
-        return _decoder.decode(entry.value)
-    except msgspec.DecodeError:
-        logger.warning("ignoring a malformed result of task %s", task_uid)
-        return None
+            entry = await kv.get(task_uid)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        try:
+            return _decoder.decode(entry.value)
+        except msgspec.DecodeError:
+            logger.warning("ignoring a malformed result of task %s", task_uid)
+            return None

@@ -33,7 +33,7 @@ from qserver.protocol.tasks import (
     TaskRequest,
 )
 from qserver.result_texts import MSG_KEPT, TRACEBACK_KEPT, cut
-from services.runtime import task_results
+from services.runtime.task_results import TaskResults
 
 if TYPE_CHECKING:
     from services.worker.env.engine import Environment
@@ -59,6 +59,7 @@ class Tasks:
 
     def __init__(self, env: Environment) -> None:
         self.env = env
+        self.results = TaskResults(env.link.js, env.subjects)
 
     # ----- starting (on the NATS thread) -----
 
@@ -177,7 +178,7 @@ class Tasks:
         env = self.env
         stored = True
         try:
-            env.link.call(task_results.put(env.link.js, env.subjects, outcome))
+            env.link.call(self.results.put(outcome))
         except Exception as e:  # the connection is gone: the process is ending
             stored = False
             logger.error("the result of task %s was not stored: %r", req.task_uid, e)
