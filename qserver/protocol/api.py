@@ -162,13 +162,13 @@ class EnvironmentUpdate(Locked, frozen=True, kw_only=True, forbid_unknown_fields
 class FunctionExecute(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Run a function of the environment's namespace as a task.
 
-    `item`, `user` and `user_group` are checked by the queue service, so that a bad value
-    gets the reference's words (its clients match them), not a decoder's.
+    `item`, and whether `user` and `user_group` are there, are checked by the queue service,
+    so that a bad value gets the reference's words (its clients match them), not a decoder's.
     """
 
     item: Any = UNSET
-    user: Any = UNSET
-    user_group: Any = UNSET
+    user: str | UnsetType = UNSET
+    user_group: str | UnsetType = UNSET
     run_in_background: bool = False
 
 

@@ -167,8 +167,6 @@ class TaskHandlers:
         if req.user is UNSET:
             raise BadRequest(f"{FORMAT}user name is not specified")
         user, group = req.user, req.user_group
-        if not isinstance(user, str) or not isinstance(group, str):
-            raise BadRequest(f"{FORMAT}'user' and 'user_group' must be strings")
         unknown = sorted(set(item) - ITEM_KEYS - DROPPED_ITEM_KEYS)
         if unknown:
             raise BadRequest(f"{FORMAT}unknown keys in the function item: {unknown}")
