@@ -301,3 +301,39 @@ async def test_a_foreground_script_blocks_close_and_the_queue_and_destroy_ends_i
     await open_env(env)
     assert (await env.request("queue_start"))["success"]
     await until(env, lambda s: idle(s) and s["items_in_queue"] == 0)
+
+
+async def test_the_status_that_brings_a_result_shows_everything_the_task_did(
+    env: Client,
+) -> None:
+    """The reference's clients check this: when `task_results_uid` changes, the manager is
+    idle again, the background count is down and the lists a script changed are read."""
+    for n, background in enumerate((False, True)):
+        before = await env.request("status")
+        seen: list[dict[str, Any]] = []
+
+        async def watch(old: str, seen: list[dict[str, Any]] = seen) -> None:
+            async for ev in env.status_events():
+                seen.append(ev)
+                if ev["task_results_uid"] != old:
+                    return
+
+        watching = asyncio.create_task(watch(before["task_results_uid"]))
+        await asyncio.sleep(0.2)  # subscribed
+        script = SCRIPT.replace("dev_test", f"dev_watched_{n}") + "import time\ntime.sleep(1)\n"
+        r = await env.request("script_upload", {"script": script, "run_in_background": background})
+        assert r["success"], r
+        await asyncio.wait_for(watching, 60)
+        first = seen[-1]
+        assert first["manager_state"] == "idle" and first["worker_environment_state"] == "idle"
+        assert first["worker_background_tasks"] == 0
+        # The task was seen running (a status of the task), and the new lists came with
+        # the result, not after it.
+        running = "executing_task" if not background else "idle"
+        assert any(ev["manager_state"] == running for ev in seen[:-1]), seen
+        if background:
+            assert any(ev["worker_background_tasks"] == 1 for ev in seen[:-1]), seen
+        assert first["devices_allowed_uid"] != before["devices_allowed_uid"]
+        assert (await env.request("task_status", {"task_uid": r["task_uid"]}))["status"] == (
+            "completed"
+        )
