@@ -258,31 +258,30 @@ class QueueService:
     # ----- handlers -----
 
     def handlers(self) -> dict[str, Handler]:
-        tasks = TaskHandlers(self, self.executor).handlers()
-        return (
-            ExecutionHandlers(self, self.executor).handlers()
-            | tasks
-            | {
-                "ping": self.on_status,
-                "status": self.on_status,
-                "queue_get": self.on_queue_get,
-                "queue_item_add": self.on_item_add,
-                "queue_item_add_batch": self.on_item_add_batch,
-                "queue_item_get": self.on_item_get,
-                "queue_item_remove": self.on_item_remove,
-                "queue_item_remove_batch": self.on_item_remove_batch,
-                "queue_item_move": self.on_item_move,
-                "queue_item_move_batch": self.on_item_move_batch,
-                "queue_item_update": self.on_item_update,
-                "queue_clear": self.on_queue_clear,
-                "queue_mode_set": self.on_mode_set,
-                "lock": self.on_lock,
-                "lock_info": self.on_lock_info,
-                "unlock": self.on_unlock,
-                "manager_stop": self.on_manager_stop,
-                "manager_kill": self.on_manager_kill,
-            }
-        )
+        return self._execution_handlers() | {
+            "ping": self.on_status,
+            "status": self.on_status,
+            "queue_get": self.on_queue_get,
+            "queue_item_add": self.on_item_add,
+            "queue_item_add_batch": self.on_item_add_batch,
+            "queue_item_get": self.on_item_get,
+            "queue_item_remove": self.on_item_remove,
+            "queue_item_remove_batch": self.on_item_remove_batch,
+            "queue_item_move": self.on_item_move,
+            "queue_item_move_batch": self.on_item_move_batch,
+            "queue_item_update": self.on_item_update,
+            "queue_clear": self.on_queue_clear,
+            "queue_mode_set": self.on_mode_set,
+            "lock": self.on_lock,
+            "lock_info": self.on_lock_info,
+            "unlock": self.on_unlock,
+            "manager_stop": self.on_manager_stop,
+            "manager_kill": self.on_manager_kill,
+        }
+
+    def _execution_handlers(self) -> dict[str, Handler]:
+        tasks = TaskHandlers(self, self.executor)  # functions and scripts: ADR 16
+        return ExecutionHandlers(self, self.executor).handlers() | tasks.handlers()
 
     async def on_status(self, req: api.Empty) -> Status:
         return self._status or self.status()
