@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "Incorrect request format: "
 READ_TIMEOUT_S = 5.0
+LOOKUPS_AT_ONCE = 64  # results read at once for a list of uids
 # What a KV key may be (nats.py's rule); anything else cannot name a stored result.
 _KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
 _accepted = msgspec.json.Decoder(TaskAccepted)
@@ -206,7 +207,12 @@ class TaskHandlers:
             if isinstance(uid, str):
                 return TaskStatusReply(task_uid=uid, status=(await self._find(uid))[0])
             if isinstance(uid, list) and all(isinstance(u, str) for u in uid):
-                status = {u: (await self._find(u))[0] for u in uid}
+                uids = list(dict.fromkeys(uid))
+                found: list[tuple[TaskStatusName, Any]] = []
+                for at in range(0, len(uids), LOOKUPS_AT_ONCE):
+                    chunk = uids[at : at + LOOKUPS_AT_ONCE]
+                    found += await asyncio.gather(*(self._find(u) for u in chunk))
+                status = {u: f[0] for u, f in zip(uids, found, strict=True)}
                 return TaskStatusReply(task_uid=uid, status=status)
             raise BadRequest(
                 f"'task_uid' must be a string or a list of strings: type(task_uid)={type(uid)!r}"
