@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from tests.conftest import Services
 from tests.integration.gateway_support import Gateway, gateway_for
 from tests.integration.test_cli import ok, qs
 from tests.integration.test_execution import idle, open_env, until
+from tests.integration.test_stack import Stacks
+from tests.integration.test_stack_security import clean_env, qserver
 
 KEY = "SingleUserKeyForTaskTests1"
 SINGLE_USER = "UNAUTHENTICATED_SINGLE_USER"
@@ -146,3 +150,31 @@ async def wait_completed(services: Services, task_uid: str) -> dict[str, Any]:
             return r
         await asyncio.sleep(0.1)
     raise AssertionError(f"task {task_uid} did not complete")
+
+
+async def test_tasks_on_the_secure_embedded_stack(stacks: Stacks) -> None:
+    """With a NATS user per role: the environment (as the worker) writes results that the
+    queue service reads, and the CLI (as the operator) runs tasks."""
+    proc = stacks.start("--no-kafka")
+    info = await proc.wait_info(timeout=60)
+    env = clean_env(Path(info["data_dir"]))
+    try:
+        rc, out = await qserver(env, "environment", "open")
+        assert rc == 0, out
+        for _ in range(600):
+            rc, out = await qserver(env, "status")
+            if '"worker_environment_exists": true' in out and '"manager_state": "idle"' in out:
+                break
+            await asyncio.sleep(0.1)
+        rc, out = await qserver(env, "function", "execute", '{"name":"function_sleep","args":[0]}')
+        assert rc == 0, out
+        task_uid = json.loads(out)["task_uid"]
+        for _ in range(600):
+            rc, out = await qserver(env, "task", "result", task_uid)
+            if json.loads(out)["status"] == "completed":
+                break
+            await asyncio.sleep(0.1)
+        assert json.loads(out)["result"]["return_value"] == {"success": True, "time": 0}, out
+    finally:
+        proc.proc.send_signal(signal.SIGTERM)
+        await proc.wait_exit(30)
