@@ -10,7 +10,7 @@ import click
 
 from qserver.cli.errors import NoReply
 from qserver.cli.options import CONTEXT, lock_key_option, required_key, simple
-from qserver.cli.runner import current_settings, run_manager_kill, send
+from qserver.cli.runner import current_settings, nats_url, run_manager_kill, send
 from qserver.cli.words import parse_manager_stop
 from qserver.legacy import CLI_USER
 
@@ -106,6 +106,17 @@ def stack() -> None:
     help="The HTTP gateway takes no API keys (for a closed machine; loopback only). NATS "
     "still refuses anonymous clients: its keys are in the data dir, readable by you only.",
 )
+@click.option(
+    "--use-ipython-kernel",
+    "ipython_kernel",
+    is_flag=False,
+    flag_value="ON",
+    default=None,
+    metavar="[ON|OFF]",
+    help="Run the environment in an IPython kernel that `jupyter console --existing` attaches "
+    "to (connection file in the data dir) [the configuration's worker.use_ipython_kernel, "
+    "else OFF].",
+)
 def stack_up(
     data_dir: Path | None,
     nats_port: int,
@@ -118,12 +129,21 @@ def stack_up(
     tiled_port: int,
     config_file: str | None,
     no_auth: bool,
+    ipython_kernel: str | None,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
     from qserver.protocol.subjects import DEFAULT_PREFIX
     from services.stack.embedded import run_stack, use_config
 
     use_config(config_file)
+    kernel = None
+    if ipython_kernel is not None:
+        from qserver.config import switch
+
+        try:
+            kernel = switch(ipython_kernel)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--use-ipython-kernel") from None
 
     # Not `default_prefix()`: that is the prefix of a stack already running.
     prefix = (
@@ -143,18 +163,27 @@ def stack_up(
         http_auth=not no_auth,
         catalog=not no_catalog,
         tiled_port=tiled_port,
+        ipython_kernel=kernel,
     )
     click.get_current_context().exit(code)
 
 
 @stack.command("info", context_settings=CONTEXT)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The stack's data dir [$QSERVER_DATA_DIR; the default one; a stack on another data "
+    "dir whose NATS is $QSERVER_NATS_URL or -a].",
+)
 def stack_info(data_dir: Path | None) -> None:
     """Print what a running stack reports about itself."""
-    from services.stack.embedded import StackNotRunning, read_stack_info
+    from qserver.localstack import find_stack
 
-    try:
-        info = read_stack_info(data_dir)
-    except StackNotRunning as e:
-        raise NoReply(e.msg) from None
-    click.echo(json.dumps(info, indent=2, default=str))
+    url = nats_url(current_settings().address) or os.environ.get("QSERVER_NATS_URL")
+    lookup = find_stack(data_dir, url)
+    if lookup.info is None:
+        raise NoReply(
+            f"no running stack found: looked at {lookup.explain()}. Start one with "
+            "`qserver stack up`"
+        )
+    click.echo(json.dumps(lookup.info, indent=2, default=str))

@@ -159,6 +159,14 @@ class EnvironmentUpdate(Locked, frozen=True, kw_only=True, forbid_unknown_fields
     run_in_background: bool = False
 
 
+class KernelInterrupt(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Ctrl-C to the environment's IPython kernel; also while a task or a plan runs only
+    if these allow it."""
+
+    interrupt_task: bool = False
+    interrupt_plan: bool = False
+
+
 class FunctionExecute(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Run a function of the environment's namespace as a task.
 
@@ -309,6 +317,12 @@ class HistoryRunItemReply(Reply, kw_only=True):
     url: str | None = None
 
 
+class ConfigGetReply(Reply, kw_only=True):
+    # `ip_connect_info`: the kernel's connection info in kernel mode with an environment
+    # open (what `jupyter console --existing` reads), else {}.
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class TaskReply(Reply, kw_only=True):
     # None when no task was started (a failure), as the reference sends it.
     task_uid: str | None = None
@@ -317,6 +331,11 @@ class TaskReply(Reply, kw_only=True):
 class RunsReply(Reply, kw_only=True):
     run_list: list[Any]
     run_list_uid: str
+
+
+class ReMetadataReply(Reply, kw_only=True):
+    # Also on failure (`{}`), as the reference replies.
+    re_metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class PlansAllowedReply(Reply, kw_only=True):
@@ -384,6 +403,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "re_abort": EmptyLocked,
     "re_halt": EmptyLocked,
     "re_runs": ReRuns,
+    "re_metadata": Empty,
     "plans_allowed": UserGroup,
     "devices_allowed": UserGroup,
     "plans_existing": Existing,
@@ -391,6 +411,8 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "permissions_get": Empty,
     "permissions_set": PermissionsSetRequest,
     "permissions_reload": PermissionsReload,
+    "kernel_interrupt": KernelInterrupt,
+    "config_get": Empty,
     "function_execute": FunctionExecute,
     "script_upload": ScriptUpload,
     "task_status": TaskStatus,

@@ -5,7 +5,9 @@ Subjects (all under `<prefix>.internal.`):
 - `worker.events.state` event: `WorkerState`, published by the worker service on every change
   and once a second.
 - `env.<cmd>` request-reply to the environment process: `run`, `pause`, `resume`, `stop`,
-  `abort`, `halt`, `update`, `runs`, `state`, `close`, `task` (`qserver.protocol.tasks`).
+  `abort`, `halt`, `update`, `runs`, `metadata`, `state`, `close`, `task`
+  (`qserver.protocol.tasks`); in kernel mode (ADR 20) also `reserve`, `release`,
+  `interrupt` and `connect_info`.
 - `env.events.state` event: `EnvState`, published by the environment process on every change and
   once a second.
 - `results`: the JetStream stream `QS_<PREFIX>_RESULTS`, one `PlanResult` per finished
@@ -80,6 +82,10 @@ class EnvState(msgspec.Struct, frozen=True, kw_only=True):
     background: list[TaskInfo] = msgspec.field(default_factory=list)
     tasks_started: int = 0
     tasks_done: int = 0
+    # Kernel mode (ADR 20): the IPython kernel's state (`starting`, `idle`, `busy`,
+    # `disabled` once shut down) and whether the execution loop holds it. None: no kernel.
+    ip_kernel_state: str | None = None
+    ip_kernel_captured: bool | None = None
 
 
 class WorkerState(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,6 +106,8 @@ class WorkerState(msgspec.Struct, frozen=True, kw_only=True):
     # large for the broker, or dropped by the stream's limits before they were sent).
     kafka_pending: int = 0
     kafka_failed: int = 0
+    # The worker starts its environments in an IPython kernel (ADR 20).
+    use_ipython_kernel: bool = False
 
 
 class RunPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,6 +121,18 @@ class PauseRequest(msgspec.Struct, frozen=True, kw_only=True):
     option: Literal["deferred", "immediate"] = "deferred"
 
 
+class KernelInterruptRequest(msgspec.Struct, frozen=True, kw_only=True):
+    interrupt_task: bool = False
+    interrupt_plan: bool = False
+
+
+class ConnectInfoReply(CmdReply, kw_only=True):
+    """The kernel's connection info (the connection file's content); {} without a kernel."""
+
+    ip_connect_info: dict[str, Any] = msgspec.field(default_factory=dict)
+    connection_file: str = ""
+
+
 class RunsRequest(msgspec.Struct, frozen=True, kw_only=True):
     option: Literal["active", "open", "closed"] = "active"
 
@@ -122,6 +142,12 @@ class RunsReply(CmdReply, kw_only=True):
     run_list_uid: str = ""
 
 
+class MetadataReply(CmdReply, kw_only=True):
+    """`env.metadata`: `RE.md`, filtered by the permitted keys, as JSON values."""
+
+    re_metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class PlanResult(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome of one item, from the environment process (or the worker if it died)."""
 
@@ -129,6 +155,9 @@ class PlanResult(msgspec.Struct, frozen=True, kw_only=True):
     item_uid: str
     env_uid: str
     result: HistoryResult
+    # Kernel mode: the paused plan was finished from a console, not by the queue; the item
+    # is not put back in the queue whatever its outcome says, and the queue stops.
+    completed_outside: bool = False
 
 
 class ExistingLists(msgspec.Struct, frozen=True, kw_only=True):

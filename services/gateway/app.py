@@ -20,6 +20,7 @@ from qserver.protocol.api import MAX_REQUEST_BYTES
 from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, NoParams
 from services.gateway.accesslog import log_refusals
 from services.gateway.auth import Authenticator, Principal
+from services.gateway.auth_routes import auth_handlers
 from services.gateway.bodies import decode_body, request_params
 from services.gateway.bridge import Bridge
 from services.gateway.errors import (
@@ -29,6 +30,7 @@ from services.gateway.errors import (
     Unavailable,
     http_status,
 )
+from services.gateway.extra_routes import custom_modules, upload_handlers
 from services.gateway.metrics import Metrics, metrics_handler
 from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
 from services.gateway.routes import ROUTES, Route
@@ -129,6 +131,23 @@ class Gateway:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# Attaching to the kernel runs any code in the environment, as `script_upload` does: the
+# connection info's HMAC key goes only to those who may upload scripts (ADR 20).
+KERNEL_KEY_SCOPE = "write:scripts"
+
+
+def without_kernel_key(reply: bytes, who: Principal) -> bytes:
+    """`config_get`'s reply, without the kernel's key unless `who` may run code there."""
+    if KERNEL_KEY_SCOPE in who.scopes:
+        return reply
+    body = msgspec.json.decode(reply)
+    info = body.get("config", {}).get("ip_connect_info") if isinstance(body, dict) else None
+    if not isinstance(info, dict) or "key" not in info:
+        return reply
+    info["key"] = ""
+    return _encoder.encode(body)
+
+
 def route_handler(gw: Gateway, route: Route) -> BaseRouteHandler:
     async def handle(request: Request[Any, Any, Any]) -> Response[bytes]:
         return await gw.forward(route, request)
@@ -212,9 +231,10 @@ def docs_handlers(gw: Gateway) -> list[Any]:
 
     @get("/api/config/get", status_code=200)
     async def config_get(request: Request[Any, Any, Any]) -> Response[bytes]:
-        gw.principal(request, "read:config")
+        who = gw.principal(request, "read:config")
         await no_params(request)
-        return json_response({"success": True, "msg": "", "config": {}})
+        reply = await gw.bridge.request("config_get", b"{}")
+        return Response(without_kernel_key(reply, who), media_type=JSON)
 
     @get("/api/auth/whoami", status_code=200)
     async def whoami(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -252,6 +272,7 @@ def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
     gw = Gateway(bridge, auth)
     handlers: list[Any] = [route_handler(gw, r) for r in ROUTES]
     handlers += console_handlers(gw) + stream_handlers(gw) + docs_handlers(gw)
+    handlers += upload_handlers(gw, custom_modules(), body_of) + auth_handlers(gw)
     metrics = Metrics()
     handlers.append(metrics_handler(metrics, lambda r: gw.principal(r, "read:status")))
 

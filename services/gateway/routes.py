@@ -91,6 +91,7 @@ def _api() -> list[Route]:
         r("/api/environment/close", "POST", "environment_close", "write:manager:control"),
         r("/api/environment/destroy", "POST", "environment_destroy", "write:manager:control"),
         r("/api/environment/update", "POST", "environment_update", "write:queue:control"),
+        r("/api/kernel/interrupt", "POST", "kernel_interrupt", "write:queue:control"),
         r("/api/re/pause", "POST", "re_pause", "write:plan:control"),
         r("/api/re/resume", "POST", "re_resume", "write:plan:control"),
         r("/api/re/stop", "POST", "re_stop", "write:plan:control"),
@@ -108,6 +109,7 @@ def _api() -> list[Route]:
             )
             for o in ("active", "open", "closed")
         ),
+        r("/api/re/metadata", "GET", "re_metadata", "read:monitor"),
         r("/api/plans/allowed", "GET", "plans_allowed", "read:resources", "group"),
         r("/api/devices/allowed", "GET", "devices_allowed", "read:resources", "group"),
         r("/api/plans/existing", "GET", "plans_existing", "read:resources"),

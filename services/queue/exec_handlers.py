@@ -5,16 +5,19 @@ from __future__ import annotations
 import functools
 
 import msgspec
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.errors import Refused
 from qserver.protocol import api
-from qserver.protocol.worker import PauseRequest, RunsReply, RunsRequest
+from qserver.protocol.worker import MetadataReply, PauseRequest, RunsReply, RunsRequest
 from services.queue.core import QueueCore
 from services.queue.execution import Executor
 from services.queue.model import new_uid, normalize_item
 from services.runtime.service_base import Handler
 
 _runs_decoder = msgspec.json.Decoder(RunsReply)
+_metadata_decoder = msgspec.json.Decoder(MetadataReply)
 
 
 class ExecutionHandlers:
@@ -38,6 +41,7 @@ class ExecutionHandlers:
             "re_abort": functools.partial(self._control, "abort"),
             "re_halt": functools.partial(self._control, "halt"),
             "re_runs": self.on_re_runs,
+            "re_metadata": self.on_re_metadata,
             "plans_allowed": self.on_plans_allowed,
             "devices_allowed": self.on_devices_allowed,
             "plans_existing": self.on_plans_existing,
@@ -45,6 +49,8 @@ class ExecutionHandlers:
             "permissions_get": self.on_permissions_get,
             "permissions_set": self.on_permissions_set,
             "permissions_reload": self.on_permissions_reload,
+            "kernel_interrupt": self.on_kernel_interrupt,
+            "config_get": self.on_config_get,
         }
 
     def _env_lock(self, lock_key: str | None) -> None:
@@ -76,6 +82,7 @@ class ExecutionHandlers:
         async with self.svc.write_lock:
             if self.ex.manager_state() != "idle":
                 raise Refused("RE Manager is busy.")
+            await self.ex.reserve_kernel()
             await self.ex.set_flags(queue_running=True, stop_pending=False)
             await self.ex.advance()
         return api.Reply()
@@ -118,6 +125,7 @@ class ExecutionHandlers:
                 raise Refused(f"RE Manager is busy: the manager state is '{state}'")
             if item.item_type == "instruction":
                 return api.ItemReply(item=item, qsize=len(self.svc.model.items))
+            await self.ex.reserve_kernel()
             await self.ex.start_item(item, from_queue=False)
         return api.ItemReply(item=item, qsize=len(self.svc.model.items))
 
@@ -135,6 +143,8 @@ class ExecutionHandlers:
         state = self.ex.manager_state()
         if state != "paused":
             raise Refused(f"RE Manager is not paused: current state is '{state}'")
+        if self.ex.kernel_busy_elsewhere():
+            raise Refused("IPython kernel (RE Worker) is busy.")
         await self.ex.env_request(cmd)
         return api.Reply()
 
@@ -147,6 +157,38 @@ class ExecutionHandlers:
         return api.RunsReply(
             run_list=msgspec.to_builtins(reply.run_list), run_list_uid=reply.run_list_uid
         )
+
+    # ----- IPython kernel (ADR 20) -----
+
+    async def on_kernel_interrupt(self, req: api.KernelInterrupt) -> api.Reply:
+        self._env_lock(req.lock_key)
+        try:
+            reply = await self.ex.kernel_interrupt(req.interrupt_task, req.interrupt_plan)
+        except Refused as e:
+            raise Refused(f"Failed to interrupt IPython kernel: {e.msg}") from None
+        if not reply.success:
+            raise Refused(reply.msg)
+        await self.svc.publish_status()
+        return api.Reply()
+
+    async def on_config_get(self, req: api.Empty) -> api.ConfigGetReply:
+        return api.ConfigGetReply(config={"ip_connect_info": await self.ex.connect_info()})
+
+    async def on_re_metadata(self, req: api.Empty) -> api.ReMetadataReply:
+        """`RE.md` of the environment, as it is now (the reference's texts on failure)."""
+        if not self.ex.env_exists:
+            return api.ReMetadataReply(
+                success=False, msg="Environment does not exist. Cannot retrieve RE metadata."
+            )
+        try:
+            reply = _metadata_decoder.decode(await self.ex.env_raw("metadata"))
+        except (NatsTimeout, NoRespondersError):
+            return api.ReMetadataReply(
+                success=False, msg="Timeout occurred while processing the request"
+            )
+        if not reply.success:
+            return api.ReMetadataReply(success=False, msg=reply.msg)
+        return api.ReMetadataReply(re_metadata=reply.re_metadata)
 
     # ----- plans, devices, permissions -----
 

@@ -24,7 +24,9 @@ from qserver.protocol.items import HistoryRecord, HistoryResult, QueueItem, uid_
 from qserver.protocol.queue_log import FlagsSet, ItemFinished, ItemsRemoved, ItemStarted
 from qserver.protocol.worker import (
     CmdReply,
+    ConnectInfoReply,
     EnvState,
+    KernelInterruptRequest,
     OpenRequest,
     PlanResult,
     RunPlan,
@@ -47,12 +49,20 @@ OPEN_WAIT_S = 5.0
 # be on their way: they are awaited this long before a running item is called unknown.
 SETTLE_S = 0.5
 DRAIN_WAIT_S = 10.0
+# Kernel mode: "release" is repeated at most this often while the kernel stays held.
+RELEASE_EVERY_S = 0.5
 _result_decoder = msgspec.json.Decoder(PlanResult)
 _cmd_reply = msgspec.json.Decoder(CmdReply)
+_connect_info = msgspec.json.Decoder(ConnectInfoReply)
 
 
 def _uid() -> str:
     return str(uuid.uuid4())
+
+
+def _typed_in_kernel(env: EnvState) -> bool:
+    """Kernel mode: the kernel is busy, and not with the queue's execution loop."""
+    return env.ip_kernel_state not in (None, "idle") and not env.ip_kernel_captured
 
 
 class Executor:
@@ -64,6 +74,7 @@ class Executor:
         self.op_env_uid: str | None = None  # the environment the operation is about
         self._op_done = asyncio.Event()
         self._worker_seen = -WORKER_STALE_S  # monotonic time of the last worker state
+        self._released_at = -RELEASE_EVERY_S  # monotonic time of the last kernel release
         self.open_error = ""
         self.tasks = TaskTracker()  # functions and scripts in the environment (ADR 16)
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,6 +102,7 @@ class Executor:
             and self.env.env_state == "idle"
             and self.tasks.foreground is None
             and self.worker_alive
+            and not self.kernel_busy_elsewhere()
         )
 
     @property
@@ -101,11 +113,22 @@ class Executor:
         m = self.svc.model
         if self.op:
             return self.op
+        # Kernel mode: the manager is idle (or paused) only once the kernel is released, as
+        # in the reference; and a paused plan that a console resumed stays "paused" for it.
+        held = self.kernel_held()
         if m.running_item is not None:
-            if self.env is not None and self.env.re_state == "paused":
-                return "paused"
+            env = self.env
+            if env is not None and (
+                env.re_state == "paused"
+                or (
+                    env.ip_kernel_state is not None
+                    and env.env_state == "idle"
+                    and env.running_item_uid == m.running_item.item_uid
+                )
+            ):
+                return "executing_queue" if held else "paused"
             return "executing_queue"
-        if m.flags.queue_running and len(m.items):
+        if (m.flags.queue_running and len(m.items)) or held:
             return "executing_queue"
         if self.tasks.foreground is not None:
             return "executing_task"
@@ -113,12 +136,16 @@ class Executor:
 
     def status_fields(self) -> dict[str, Any]:
         env = self.env if self.env_exists else None
+        kernel_state, captured = None, None
+        if env is not None:  # without a kernel: the reference's values for a Python worker
+            kernel_state = env.ip_kernel_state or "disabled"
+            captured = True if env.ip_kernel_captured is None else env.ip_kernel_captured
         return {
             "worker_environment_exists": env is not None,
             "worker_environment_state": env.env_state if env else "closed",
             "re_state": env.re_state if env else None,
-            "ip_kernel_state": "disabled" if env else None,
-            "ip_kernel_captured": True if env else None,
+            "ip_kernel_state": kernel_state,
+            "ip_kernel_captured": captured,
             "pause_pending": bool(env and env.pause_pending),
             "queue_stop_pending": self.svc.model.flags.stop_pending,
             "queue_autostart_enabled": self.svc.model.flags.autostart,
@@ -265,8 +292,92 @@ class Executor:
             # item can start now (the result may have been recorded before this event).
             logger.debug("environment idle: looking for the next item")
             self.svc.kick()
+        elif old is not None and _typed_in_kernel(old) and not _typed_in_kernel(env):
+            self.svc.kick()  # a command typed in the kernel ended: the queue may go on
+        if env.ip_kernel_captured and env.env_state == "idle":
+            if self.svc.write_lock.locked():
+                self.svc.kick()  # looked at again (and released) after the current change
+            else:
+                self.release_kernel_if_done()
         if old != env:
             await self.svc.publish_status()
+
+    # ----- kernel mode (ADR 20) -----
+
+    def _kernel_env(self) -> EnvState | None:
+        env = self.env if self.env_exists else None
+        return env if env is not None and env.ip_kernel_state is not None else None
+
+    @property
+    def kernel_mode(self) -> bool:
+        """The worker runs its environments in an IPython kernel."""
+        return self.worker.use_ipython_kernel or self._kernel_env() is not None
+
+    def kernel_busy_elsewhere(self) -> bool:
+        """A command typed in the kernel (not the queue's execution loop) keeps it busy."""
+        env = self._kernel_env()
+        return env is not None and _typed_in_kernel(env)
+
+    def kernel_held(self) -> bool:
+        """The kernel's execution loop holds it (with nothing to run: released soon)."""
+        env = self._kernel_env()
+        return env is not None and bool(env.ip_kernel_captured)
+
+    async def reserve_kernel(self) -> None:
+        """Before an item runs: capture the kernel, or say why not (the reference's texts)."""
+        if self._kernel_env() is None:
+            return
+        if self.kernel_busy_elsewhere():
+            raise Refused("IPython kernel (RE Worker) is busy.")
+        reply = await self._env("reserve")
+        if not reply.success:
+            raise Refused(reply.msg)
+
+    def release_kernel_if_done(self) -> None:
+        """Nothing more to run now: have the environment give the kernel back to its users."""
+        m = self.svc.model
+        env = self._kernel_env()
+        if not self.kernel_held() or self.op or m.running_item is not None:
+            return
+        if env is None or env.env_state != "idle":
+            return  # still busy with its last job: its next state comes soon
+        if m.flags.queue_running and len(m.items) and not m.flags.stop_pending:
+            return  # the next item goes to the loop that holds the kernel
+        now = time.monotonic()
+        if now - self._released_at < RELEASE_EVERY_S:
+            return
+        self._released_at = now
+        asyncio.get_running_loop().create_task(self._release_kernel())
+
+    async def _release_kernel(self) -> None:
+        with contextlib.suppress(Exception):  # it also lets go by itself after a while
+            await self.svc.nc.request(self.svc.subjects.env_cmd("release"), b"{}", timeout=2.0)
+
+    async def kernel_interrupt(self, interrupt_task: bool, interrupt_plan: bool) -> CmdReply:
+        """Ctrl-C to the kernel, with the reference's checks and texts."""
+        if not self.kernel_mode:
+            raise Refused("RE Manager is not in IPython mode: IPython kernel is not used")
+        if not self.env_exists:
+            raise Refused("Worker environment does not exist")
+        state = self.manager_state()
+        if not interrupt_plan and state in ("starting_queue", "executing_queue"):
+            raise Refused("Not allowed to interrupt running plan")
+        if not interrupt_task and state == "executing_task":
+            raise Refused("Not allowed to interrupt running task")
+        req = KernelInterruptRequest(interrupt_task=interrupt_task, interrupt_plan=interrupt_plan)
+        return await self._env("interrupt", req)
+
+    async def connect_info(self) -> dict[str, Any]:
+        """The kernel's connection info (kernel mode, environment open), else {}."""
+        if not self.kernel_mode or not self.env_exists:
+            return {}
+        reply = await self.svc.nc.request(
+            self.svc.subjects.env_cmd("connect_info"), b"{}", timeout=WORKER_TIMEOUT_S
+        )
+        info = _connect_info.decode(reply.data)
+        if not info.success:
+            raise Refused(info.msg)
+        return info.ip_connect_info
 
     def _begin_op(self, op: str, env_uid: str | None) -> None:
         self.op, self.op_env_uid = op, env_uid
@@ -461,7 +572,7 @@ class Executor:
             record_item = msgspec.to_builtins(running)
             record_item.pop("properties", None)
             record = HistoryRecord(record_uid=res.record_uid, item=record_item, result=result)
-            event = self._finished_event(running, record)
+            event = self._finished_event(running, record, outside=res.completed_outside)
             event = finished.fit(event, finished.limit_for(self.svc.nc.max_payload))
             try:
                 await self.svc.commit(event)
@@ -484,7 +595,9 @@ class Executor:
             headers={"Nats-Msg-Id": record.record_uid},
         )
 
-    def _finished_event(self, item: QueueItem, record: HistoryRecord) -> ItemFinished:
+    def _finished_event(
+        self, item: QueueItem, record: HistoryRecord, *, outside: bool = False
+    ) -> ItemFinished:
         """The queue change of a finished item, flags included, as one atomic event.
 
         As in the reference: a completed item (or a failed one with `ignore_failures`) lets
@@ -498,7 +611,14 @@ class Executor:
         clean = msgspec.structs.replace(item, properties=msgspec.UNSET)
         front = back = None
         flags = m.flags
-        if not immediate:
+        if outside and not immediate:
+            # Finished from a console (kernel mode): it ran, so it is not run again; the
+            # queue stops, as the reference's does for such a plan.
+            flags = msgspec.structs.replace(flags, queue_running=False, stop_pending=False)
+            if status in ("aborted", "halted", "failed"):
+                front = msgspec.structs.replace(clean, item_uid=_uid())
+                flags = msgspec.structs.replace(flags, autostart=False)
+        elif not immediate:
             go_on = status == "completed" or (status == "failed" and m.mode.ignore_failures)
             if status in ("aborted", "halted", "unknown") or (status == "failed" and not go_on):
                 front = msgspec.structs.replace(clean, item_uid=_uid())
@@ -522,6 +642,10 @@ class Executor:
 
     async def advance(self) -> None:
         """Start the next item if the queue runs and nothing else does (lock held)."""
+        await self._advance()
+        self.release_kernel_if_done()
+
+    async def _advance(self) -> None:
         m = self.svc.model
         if (
             m.flags.autostart

@@ -24,13 +24,13 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.client import AccessDenied, Client, NoAnswer
-from qserver.config import CONFIG_ENV, ConfigError, config_path
+from qserver.config import CONFIG_ENV, ConfigError, config_path, switch
 from qserver.config import add_argument as add_config_argument
 from qserver.config import load_file as load_config_file
 from qserver.connect import NatsAuth
 from qserver.documents import DEFAULT_TOPIC
 from qserver.errors import QServerError
-from qserver.localstack import DATA_DIR_ENV
+from qserver.localstack import DATA_DIR_ENV, register_stack, registered_stacks, unregister_stack
 from qserver.localstack import default_data_dir as _default_data_dir
 from qserver.localstack import lock_is_held as _lock_is_held
 from qserver.protocol.subjects import DEFAULT_PREFIX, check_prefix
@@ -87,6 +87,8 @@ class StackConfig:
     kafka_topic: str = DEFAULT_TOPIC
     catalog: bool = True  # serve the run catalog with Tiled, filled from the document stream
     tiled_port: int = 0  # 0: a free port
+    # Kernel mode (ADR 20): True/False from --use-ipython-kernel; None: the configuration's.
+    ipython_kernel: bool | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -116,6 +118,11 @@ class StackConfig:
     @property
     def http_url(self) -> str:
         return f"http://{self.http_host}:{self.http_port}"
+
+    @property
+    def kernel_dir(self) -> Path:
+        """Kernel mode: the kernel's connection file (0600) and IPython's files."""
+        return self.data_dir / "kernel"
 
 
 def ensure_http_key(cfg: StackConfig) -> str:
@@ -206,6 +213,7 @@ class Stack:
                 self.cfg.prefix,
                 self.cfg.logs_dir / f"{name}.log",
                 *(self._gateway_args() if name == GATEWAY else ()),
+                *(self._worker_args() if name == "worker" else ()),
                 env={**self._service_env(), **self._nats_env(name)},
                 death_signal=self._service_death_signal(),
             ).start()
@@ -222,6 +230,15 @@ class Stack:
         else:
             auth = ["--no-auth"]
         return ["--host", self.cfg.http_host, "--port", str(self.cfg.http_port), *auth]
+
+    def _worker_args(self) -> list[str]:
+        """Kernel mode on or off as asked, and its files in the data dir (unless configured)."""
+        args = []
+        if self.cfg.ipython_kernel is not None:
+            args += ["--use-ipython-kernel", "ON" if self.cfg.ipython_kernel else "OFF"]
+        if not os.environ.get("QSERVER_IPYTHON_DIR"):
+            args += ["--ipython-dir", str(self.cfg.kernel_dir)]
+        return args
 
     def _service_death_signal(self) -> signal.Signals:
         """What a service gets from the kernel if this process is killed without cleaning up.
@@ -438,6 +455,8 @@ class Stack:
             "tiled_catalog": DEFAULT_CATALOG if self.tiled else None,
             "tiled_pid": self.tiled.proc.pid if self.tiled and self.tiled.proc else None,
             "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
+            # Kernel mode's connection files are here (`config_get` names the current one).
+            "kernel_dir": str(self.cfg.kernel_dir),
         }
 
     def _client_credentials(self) -> dict[str, str] | None:
@@ -454,6 +473,11 @@ class Stack:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(json.dumps(self.info(), indent=2) + "\n")
         os.replace(tmp, self.cfg.info_file)
+        # So that clients find a stack on any data dir by its NATS address (ADR 21).
+        try:
+            register_stack(self.cfg.data_dir)
+        except OSError as e:
+            say(f"warning: this stack is not registered for clients to find ({e})")
 
     def announce(self) -> None:
         # Clients find the stack (address, prefix, NATS key) in the default data dir.
@@ -584,6 +608,7 @@ class Stack:
         if self.nats is not None:
             self.nats.stop(timeout=STOP_TIMEOUT)
         self.cfg.info_file.unlink(missing_ok=True)
+        unregister_stack(self.cfg.data_dir)
         if procs or self.nats is not None:
             say("stack stopped")
 
@@ -600,6 +625,7 @@ def run_stack(
     http_auth: bool = True,
     catalog: bool = True,
     tiled_port: int = 0,
+    ipython_kernel: bool | None = None,
 ) -> int:
     """Run the stack in the foreground until a stop signal or `manager_stop`; the exit code."""
     cfg = StackConfig(
@@ -613,6 +639,7 @@ def run_stack(
         kafka_port=kafka_port,
         catalog=catalog,
         tiled_port=tiled_port,
+        ipython_kernel=ipython_kernel,
     )
     stack = Stack(cfg)
     previous = {sig: signal.signal(sig, stack.request_stop) for sig in STOP_SIGNALS}
@@ -627,6 +654,7 @@ def run_stack(
         with hold_lock(cfg):
             # Left behind by a stack that was killed; it would name dead processes.
             cfg.info_file.unlink(missing_ok=True)
+            registered_stacks(prune=True)  # and the registry entries of killed stacks
             try:
                 stack.start()
                 stack.announce()
@@ -701,9 +729,27 @@ def main(argv: list[str] | None = None) -> None:
         help="do not serve the run catalog (Tiled) nor save runs to it",
     )
     p.add_argument("--tiled-port", type=int, default=0, help="port of the catalog's Tiled server")
+    p.add_argument(
+        "--use-ipython-kernel",
+        dest="ipython_kernel",
+        nargs="?",
+        const=True,
+        default=None,
+        type=_on_off,
+        metavar="ON|OFF",
+        help="run the environment in an IPython kernel (`jupyter console --existing`); "
+        "default: the configuration's (worker.use_ipython_kernel), else OFF",
+    )
     args = p.parse_args(argv)
     del args.config  # loaded above
     raise SystemExit(run_stack(**vars(args)))
+
+
+def _on_off(text: str) -> bool:
+    try:
+        return switch(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def use_config(path: str | None) -> None:

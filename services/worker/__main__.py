@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import logging
 import os
+from pathlib import Path
 
 import nats
 from nats.micro import add_service
 
 import qserver
 import sim_profile
+from qserver.config import switch
 from qserver.connect import NatsAuth, connect_options, servers
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
@@ -53,6 +55,7 @@ async def main(args: argparse.Namespace) -> int:
             "--orphan-timeout",
             str(args.env_orphan_timeout),
         ),
+        ipython_dir=ipython_dir(args),
     )
     # The environment process, started by this one, connects with the same settings.
     os.environ.update(NatsAuth.from_args(args).environ(), QSERVER_LOG_FORMAT=args.log_format)
@@ -89,6 +92,25 @@ async def main(args: argparse.Namespace) -> int:
 KILL_TIMEOUT_S = 6.0
 
 
+def ipython_dir(args: argparse.Namespace) -> Path | None:
+    """Kernel mode's directory (the connection files), or None without kernel mode."""
+    if not args.use_ipython_kernel:
+        return None
+    if args.ipython_dir:
+        return Path(args.ipython_dir).resolve()
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    # Where `jupyter console --existing kernel-<id>.json` looks for a file given by name.
+    return Path(jupyter_runtime_dir())
+
+
+def _on_off(text: str) -> bool:
+    try:
+        return switch(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def make_export(nc: nats.NATS, subjects: Subjects) -> kafka_export.KafkaExport | None:
     """The export of the document stream to Kafka, when Kafka is configured (ADR 10)."""
     try:
@@ -115,6 +137,22 @@ def cli() -> None:
         default=float(os.environ.get("QSERVER_ENV_ORPHAN_TIMEOUT") or ORPHAN_TIMEOUT_S),
         help="seconds an idle environment left without a worker service waits to be adopted "
         f"before it closes itself ($QSERVER_ENV_ORPHAN_TIMEOUT; {ORPHAN_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--use-ipython-kernel",
+        nargs="?",
+        const=True,
+        default=_on_off(os.environ.get("QSERVER_USE_IPYTHON_KERNEL", "")),
+        type=_on_off,
+        metavar="ON|OFF",
+        help="run the environment in an IPython kernel that `jupyter console --existing` "
+        "attaches to ($QSERVER_USE_IPYTHON_KERNEL; OFF)",
+    )
+    p.add_argument(
+        "--ipython-dir",
+        default=os.environ.get("QSERVER_IPYTHON_DIR") or None,
+        help="kernel mode: where the kernel's connection file (0600) and IPython's files go "
+        "($QSERVER_IPYTHON_DIR; Jupyter's runtime directory)",
     )
     args = p.parse_args()
     setup_logging(args.log_level, args.log_format)

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -38,6 +39,7 @@ from qserver.protocol.worker import (
 )
 from services.runtime.service_base import encode
 from services.worker.adopt import Attached, Busy, fail_lost_item, find_env
+from services.worker.env.kernel import connection_file
 from services.worker.kafka_export import KafkaExport
 from services.worker.messages import EnvRecord, EnvStatus
 from services.worker.pids import new_instance
@@ -75,6 +77,9 @@ class WorkerConfig:
     nats_url: str
     default_startup: StartupConfig
     env_args: tuple[str, ...] = ()  # passed on to the environment (log level, depth)
+    # Kernel mode (ADR 20): environments run in an IPython kernel whose connection file
+    # is written in this directory. None: plain Python.
+    ipython_dir: Path | None = None
 
 
 class WorkerService:
@@ -89,7 +94,7 @@ class WorkerService:
         self.config = config
         self.instance = instance or new_instance()
         self.proc: Env | None = None
-        self.state = WorkerState(worker=self.instance)
+        self.state = self._worker_state()
         self.item_since: float | None = None  # when the running item was first seen
         self.stop_requested = asyncio.Event()
         self.lost = False  # another worker adopted the environment: exit with LOST
@@ -156,7 +161,8 @@ class WorkerService:
         task.add_done_callback(self._tasks.discard)
 
     def _worker_state(self, **fields: object) -> WorkerState:
-        return WorkerState(worker=self.instance, **fields)  # type: ignore[arg-type]
+        kernel = self.config.ipython_dir is not None
+        return WorkerState(worker=self.instance, use_ipython_kernel=kernel, **fields)  # type: ignore[arg-type]
 
     # ----- commands -----
 
@@ -184,6 +190,8 @@ class WorkerService:
             startup,
             *self.config.env_args,
         )
+        if self.config.ipython_dir is not None:
+            argv += ["--ipython-kernel-dir", str(self.config.ipython_dir)]
         try:
             proc = EnvProcess.spawn(argv, env_uid, self._on_exit, asyncio.get_running_loop())
         except OSError as e:
@@ -322,6 +330,8 @@ class WorkerService:
         self.state = self._worker_state(
             env_exists=False, last_error=error, last_traceback=tb, ended_env_uid=proc.env_uid
         )
+        if self.config.ipython_dir is not None:  # killed: it could not remove its own
+            connection_file(self.config.ipython_dir, proc.env_uid).unlink(missing_ok=True)
         proc.exited.set()
         await self.publish_state()
         if last is not None and last.running_item_uid:

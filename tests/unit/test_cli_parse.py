@@ -366,12 +366,28 @@ def test_stack_commands_call_the_stack_module(
             "http_auth": True,
             "catalog": True,
             "tiled_port": 0,
+            "ipython_kernel": None,
         }
     ]
+    assert cli.run(["stack", "up", "--use-ipython-kernel"]) == 7
+    assert calls[-1]["ipython_kernel"] is True
+    assert cli.run(["stack", "up", "--use-ipython-kernel=OFF"]) == 7
+    assert calls[-1]["ipython_kernel"] is False
+    n = len(calls)
+    assert cli.run(["stack", "up", "--use-ipython-kernel=maybe"]) != 7
+    assert len(calls) == n  # refused before the stack starts
     assert cli.run(["stack", "up", "--no-kafka", "--kafka-port", "9"]) == 7
     assert (calls[-1]["kafka"], calls[-1]["kafka_port"]) == (False, 9)
     assert cli.run(["--prefix", "qs.b", "stack", "up", "--data-dir", "/tmp/x"]) == 7
     assert calls[-1]["prefix"] == "qs.b"
     assert str(calls[-1]["data_dir"]) == "/tmp/x"
+    import qserver.localstack as localstack
+
+    def find(data_dir: object, url: object) -> localstack.StackLookup:
+        return localstack.StackLookup(info={"data_dir": data_dir, "url": url})
+
+    monkeypatch.setattr(localstack, "find_stack", find)
+    monkeypatch.setenv("QSERVER_NATS_URL", "nats://h:1")
     assert cli.run(["stack", "info"]) == 0
-    assert '"data_dir": null' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '"data_dir": null' in out and '"url": "nats://h:1"' in out

@@ -14,10 +14,18 @@ import msgspec
 from nats.aio.msg import Msg
 
 from qserver.protocol.tasks import TaskRequest
-from qserver.protocol.worker import CmdReply, RunPlan, RunsReply
+from qserver.protocol.worker import (
+    CmdReply,
+    ConnectInfoReply,
+    KernelInterruptRequest,
+    MetadataReply,
+    RunPlan,
+    RunsReply,
+)
 from services.runtime.service_base import encode
 from services.worker.env.console import ConsoleSink
 from services.worker.env.engine import CONTINUE_STATUS, Environment, Running
+from services.worker.env.metadata import metadata_reply
 from services.worker.env.tasks import Tasks
 from services.worker.results import ensure_results_stream
 
@@ -34,6 +42,7 @@ PAUSE_OPTIONS = ("deferred", "immediate")
 RUNS_OPTIONS = ("active", "open", "closed")
 Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
 _run_decoder = msgspec.json.Decoder(RunPlan)
+_interrupt_decoder = msgspec.json.Decoder(KernelInterruptRequest)
 _task_decoder = msgspec.json.Decoder(TaskRequest)
 
 
@@ -60,9 +69,14 @@ class EnvCommands:
             "run": self.run,
             "pause": self.pause,
             "runs": self.runs,
+            "metadata": self.metadata,
             "update": self.update,
             "state": self.state,
             "close": self.close,
+            "reserve": self.reserve,
+            "release": self.release,
+            "interrupt": self.interrupt,
+            "connect_info": self.connect_info,
             "task": self.task,
         }
         for action in CONTINUE_STATUS:
@@ -113,6 +127,8 @@ class EnvCommands:
         uid = req.item.get("item_uid")
         if not isinstance(uid, str) or not uid:
             return CmdReply(success=False, msg="The item has no 'item_uid'")
+        if env.kernel is not None and env.kernel.busy_elsewhere():
+            return CmdReply(success=False, msg="IPython kernel (RE Worker) is busy.")
         re_state = env.re_state()
         with env.lock:
             if env.env_state != "idle" or env.running is not None or re_state != "idle":
@@ -128,8 +144,20 @@ class EnvCommands:
         # Published before the reply: if this process dies from here on, the worker knows
         # which item it was running.
         await env.publish_state()
-        env.start_run(running)
+        refused = await self._submit(env.start_run, running)
+        if refused is not None:
+            with env.lock:
+                env.running = None
+                env.env_state = "idle"
+            await env.publish_state()
+            return CmdReply(success=False, msg=refused)
         return CmdReply()
+
+    async def _submit(self, start: Callable[[Any], str | None], arg: Any) -> str | None:
+        """Hand a job to the main thread; in kernel mode capturing the kernel may take time."""
+        if self.env.kernel is None:
+            return start(arg)
+        return await asyncio.get_running_loop().run_in_executor(None, start, arg)
 
     async def pause(self, data: bytes) -> CmdReply:
         option = _options(data).get("option", "deferred")
@@ -163,6 +191,8 @@ class EnvCommands:
     async def _continue(self, action: str, data: bytes) -> CmdReply:
         env = self.env
         re_state = env.re_state()
+        if env.kernel is not None and env.kernel.busy_elsewhere():
+            return CmdReply(success=False, msg="IPython kernel (RE Worker) is busy.")
         with env.lock:
             if env.running is None or re_state != "paused" or env.continue_pending:
                 shown = "executing_plan" if env.continue_pending else re_state
@@ -170,7 +200,11 @@ class EnvCommands:
                     success=False, msg=f"Run Engine is not paused: current state is '{shown}'"
                 )
             env.continue_pending = True
-        env.start_continue(action)
+        refused = await self._submit(env.start_continue, action)
+        if refused is not None:
+            with env.lock:
+                env.continue_pending = False
+            return CmdReply(success=False, msg=refused)
         return CmdReply()
 
     async def runs(self, data: bytes) -> RunsReply:
@@ -187,6 +221,9 @@ class EnvCommands:
         elif option == "closed":
             runs = [r for r in runs if not r.is_open]
         return RunsReply(run_list=runs, run_list_uid=self.env.runs.list_uid)
+
+    async def metadata(self, data: bytes) -> MetadataReply:
+        return metadata_reply(self.env.RE)
 
     async def update(self, data: bytes) -> CmdReply:
         env = self.env
@@ -210,6 +247,54 @@ class EnvCommands:
     async def state(self, data: bytes) -> msgspec.Struct:
         await self._settle()
         return self.env.snapshot()
+
+    # ----- kernel mode (ADR 20) -----
+
+    async def reserve(self, data: bytes) -> CmdReply:
+        """Capture the kernel for an item or a task about to be sent (held for a while)."""
+        kernel = self.env.kernel
+        if kernel is None:
+            return CmdReply()  # without a kernel the main thread is always ours
+        refused = await asyncio.get_running_loop().run_in_executor(None, kernel.reserve)
+        return CmdReply(success=refused is None, msg=refused or "")
+
+    async def release(self, data: bytes) -> CmdReply:
+        """The queue has nothing more to run: let the kernel go back to its users."""
+        if self.env.kernel is not None:
+            self.env.kernel.release()
+        return CmdReply()
+
+    async def interrupt(self, data: bytes) -> CmdReply:
+        """Send Ctrl-C to the kernel, as `kernel_interrupt` asks (the reference's checks)."""
+        req = _interrupt_decoder.decode(data.strip() or b"{}")
+        env = self.env
+        if env.kernel is None:
+            return CmdReply(
+                success=False, msg="RE Manager is not in IPython mode: IPython kernel is not used"
+            )
+        state = env.env_state
+        if not req.interrupt_plan and state == "executing_plan":
+            return CmdReply(success=False, msg="Error: Not allowed to interrupt running plan")
+        if not req.interrupt_task and state == "executing_task":
+            return CmdReply(success=False, msg="Error: Not allowed to interrupt running task")
+        try:
+            env.kernel.interrupt()
+        except Exception as e:
+            return CmdReply(success=False, msg=f"Error: {e}")
+        logger.info(
+            "kernel interrupt sent (interrupt_task=%s, interrupt_plan=%s)",
+            req.interrupt_task,
+            req.interrupt_plan,
+        )
+        return CmdReply()
+
+    async def connect_info(self, data: bytes) -> ConnectInfoReply:
+        kernel = self.env.kernel
+        if kernel is None or kernel.app is None:
+            return ConnectInfoReply()
+        return ConnectInfoReply(
+            ip_connect_info=kernel.connect_info(), connection_file=str(kernel.connection_file)
+        )
 
     async def close(self, data: bytes) -> CmdReply:
         env = self.env
