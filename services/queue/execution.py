@@ -128,10 +128,13 @@ class Executor:
             ):
                 return "executing_queue" if held else "paused"
             return "executing_queue"
-        if (m.flags.queue_running and len(m.items)) or held:
-            return "executing_queue"
         if self.tasks.foreground is not None:
             return "executing_task"
+        queue_runs = m.flags.queue_running and len(m.items)
+        if held and not queue_runs and self.tasks.after_task:
+            return "executing_task"  # kernel mode: the task's loop lets the kernel go
+        if queue_runs or held:
+            return "executing_queue"
         return "idle"
 
     def status_fields(self) -> dict[str, Any]:

@@ -36,6 +36,11 @@ class TaskTracker:
         # still show it running).
         self._done = 0
         self._ended_at = 0
+        # Kernel mode: a foreground task ended and its execution loop still holds the kernel.
+        # The manager stays `executing_task`, and the result is news, only once it is let go
+        # (the reference's order: the loop stops, the manager is idle, the result comes).
+        self.after_task = False
+        self._news = False
 
     @property
     def background_tasks(self) -> int:
@@ -73,6 +78,11 @@ class TaskTracker:
         if env is None:
             self._env, self.foreground, self._done, self._ended_at = None, None, 0, 0
             self.pending.clear()
+            self.after_task = False
+            if self._news:  # a result came while the kernel was held: it is news now
+                self._news = False
+                self.task_results_uid = str(uuid.uuid4())
+                return True
             return False
         if self._env is None or self._env.env_uid != env.env_uid:
             # A new environment, or the first state since this service started: what it
@@ -91,6 +101,9 @@ class TaskTracker:
             or (env.tasks_started >= fg.seq and running != fg.info.task_uid)
         ):
             self.foreground, self._ended_at = None, env.tasks_started
+            self.after_task = bool(env.ip_kernel_captured)
+        if not env.ip_kernel_captured or env.running_item_uid is not None:
+            self.after_task = False
         # Adopted from a state (after a restart of this service), unless the state is from
         # before the task was seen ended.
         if (
@@ -100,7 +113,9 @@ class TaskTracker:
         ):
             self.foreground = Started(env.running_task, env.tasks_started, env.env_uid)
         if env.tasks_done > self._done:
-            self._done = env.tasks_done
+            self._done, self._news = env.tasks_done, True
+        if self._news and not self.after_task:
+            self._news = False
             self.task_results_uid = str(uuid.uuid4())
             return True
         return False

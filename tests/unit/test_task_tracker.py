@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from qserver.protocol.tasks import TaskInfo
 from qserver.protocol.worker import EnvState
 from services.queue.tasks import Started, TaskTracker
@@ -98,3 +100,18 @@ def test_background_tasks_are_running_while_a_state_lists_them() -> None:
     assert t.running("b") is not None and t.background_tasks == 1 and not t.pending
     t.on_env(state(1, 1))
     assert t.running("b") is None and t.background_tasks == 0
+
+
+def test_in_kernel_mode_the_task_ends_when_its_loop_lets_the_kernel_go() -> None:
+    """The reference's order: the execution loop stops, the manager is idle, the result
+    comes (its `task_results_uid`)."""
+    t = TaskTracker()
+    t.on_env(state(0, 0))
+    t.accepted(Started(info("a"), 1, ENV))
+    uid = t.task_results_uid
+    held = msgspec.structs.replace(state(1, 1), ip_kernel_state="busy", ip_kernel_captured=True)
+    assert t.on_env(held) is False
+    assert t.foreground is None and t.after_task and t.task_results_uid == uid
+    released = msgspec.structs.replace(held, ip_kernel_state="idle", ip_kernel_captured=False)
+    assert t.on_env(released) is True
+    assert not t.after_task and t.task_results_uid != uid

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
-from qserver.protocol.tasks import TaskRequest
+from qserver.protocol.tasks import TaskAccepted, TaskRequest
 from qserver.protocol.worker import (
     CmdReply,
     ConnectInfoReply,
@@ -236,12 +236,23 @@ class EnvCommands:
 
     async def task(self, data: bytes) -> msgspec.Struct:
         req = _task_decoder.decode(data)
+        env = self.env
         await self._settle()
-        accepted = self.tasks.start(req)
+        if not req.run_in_background and env.kernel is not None and env.kernel.busy_elsewhere():
+            # The reference's text: a command typed in the kernel runs.
+            msg = "Failed to start the task: IPython kernel (RE Worker) is busy."
+            return TaskAccepted(success=False, msg=msg)
+        accepted, job = self.tasks.start(req)
+        if job is not None:
+            refused = await self._submit(env.submit, job)
+            if refused is not None:
+                self.tasks.not_started(req.task_uid)
+                await env.publish_state()
+                return TaskAccepted(success=False, msg=refused)
         if accepted.success:
             # Published before the reply, as for `run`: whoever gets the reply may then see
             # the task in the state.
-            await self.env.publish_state()
+            await env.publish_state()
         return accepted
 
     async def state(self, data: bytes) -> msgspec.Struct:

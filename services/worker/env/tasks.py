@@ -36,7 +36,7 @@ from qserver.result_texts import MSG_KEPT, TRACEBACK_KEPT, cut
 from services.runtime.task_results import TaskResults
 
 if TYPE_CHECKING:
-    from services.worker.env.engine import Environment
+    from services.worker.env.engine import Environment, Job
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +63,21 @@ class Tasks:
 
     # ----- starting (on the NATS thread) -----
 
-    def start(self, req: TaskRequest) -> TaskAccepted:
+    def start(self, req: TaskRequest) -> tuple[TaskAccepted, Job | None]:
+        """Register the task and start it if it runs in the background; for a foreground
+        one, the job to hand to the main thread (`Environment.submit`), then `started`."""
         env = self.env
         name = "Execute function" if req.function is not None else "Load script"
         if (req.function is None) == (req.script is None):
-            return TaskAccepted(success=False, msg="A task is a function or a script")
+            return TaskAccepted(success=False, msg="A task is a function or a script"), None
         info = TaskInfo(
             task_uid=req.task_uid, time_start=time.time(), run_in_background=req.run_in_background
         )
         with env.lock:
             refused = self._refusal(req)
             if refused:
-                return TaskAccepted(
-                    success=False, msg=f"Task {name!r} was rejected by the environment: {refused}"
-                )
+                msg = f"Task {name!r} was rejected by the environment: {refused}"
+                return TaskAccepted(success=False, msg=msg), None
             env.tasks_started += 1
             seq = env.tasks_started
             if req.run_in_background:
@@ -85,13 +86,21 @@ class Tasks:
                 env.running_task = info
                 env.env_state = "executing_task"
         job = functools.partial(self._run, req, info, name)
-        if req.run_in_background:
-            thread_name = f"qserver task {req.task_uid.split('-')[-1]}"
-            threading.Thread(target=job, name=thread_name, daemon=True).start()
-        else:
-            env.jobs.put(job)
         logger.info("task %s started (%s%s)", req.task_uid, name, self._what(req))
-        return TaskAccepted(task=info, seq=seq)
+        if not req.run_in_background:
+            return TaskAccepted(task=info, seq=seq), job
+        thread_name = f"qserver task {req.task_uid.split('-')[-1]}"
+        threading.Thread(target=job, name=thread_name, daemon=True).start()
+        return TaskAccepted(task=info, seq=seq), None
+
+    def not_started(self, task_uid: str) -> None:
+        """The main thread did not take the foreground task (kernel mode: the kernel could not
+        be captured): the environment is idle again."""
+        with self.env.lock:
+            if self.env.running_task is not None and self.env.running_task.task_uid == task_uid:
+                self.env.running_task = None
+                if self.env.env_state == "executing_task":
+                    self.env.env_state = "idle"
 
     def _refusal(self, req: TaskRequest) -> str:
         """Why the task cannot start now ("" if it can); called with the lock held."""
