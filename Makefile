@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test test-busy lint bench clean
+REF_VENV ?= .venv-reference
+REF_V001_VENV ?= .venv-reference-v001
+
+.PHONY: run test test-busy lint bench clean reference-clients
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +24,27 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --progress-bar on -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+# The reference's clients, each in a venv of its own (bluesky-queueserver's `qserver` script
+# would replace ours in .venv), for the tests that drive the 0MQ bridge and the gateway with
+# them: made once (~1 minute from pip's cache), again only when their requirements change.
+$(REF_VENV)/.installed: tests/reference/requirements.txt
+	@echo "installing the reference's clients into $(REF_VENV) (the first run takes ~1 minute)..."
+	rm -rf $(REF_VENV)
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/pip install -q --upgrade pip
+	$(REF_VENV)/bin/pip install -q -r tests/reference/requirements.txt
+	touch $@
+
+$(REF_V001_VENV)/.installed: tests/reference/requirements-v001.txt tests/reference/v001_sitecustomize.py
+	rm -rf $(REF_V001_VENV)
+	$(PYTHON) -m venv $(REF_V001_VENV)
+	$(REF_V001_VENV)/bin/pip install -q --no-deps -r tests/reference/requirements-v001.txt
+	cp tests/reference/v001_sitecustomize.py "$$($(REF_V001_VENV)/bin/python -c \
+	  'import sysconfig; print(sysconfig.get_paths()["purelib"])')/sitecustomize.py"
+	touch $@
+
+reference-clients: $(REF_VENV)/.installed $(REF_V001_VENV)/.installed
+
 run: $(VENV)/.installed  ## install, then start the embedded stack (Ctrl-C stops it)
 	$(BIN)/qserver stack up $(ARGS)
 
@@ -28,7 +52,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check qserver services tests bench
 	$(BIN)/mypy qserver services
 
-test: $(VENV)/.installed-test  ## install with test extras, lint, run the whole suite
+test: $(VENV)/.installed-test reference-clients  ## install with test extras, lint, run the whole suite
 	$(MAKE) lint
 	$(BIN)/pytest $(ARGS)
 
@@ -39,4 +63,4 @@ bench: $(VENV)/.installed  ## print the benchmark figures as JSON
 	$(BIN)/python -m bench.bench_core
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(REF_VENV) $(REF_V001_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -117,6 +117,15 @@ def stack() -> None:
     "to (connection file in the data dir) [the configuration's worker.use_ipython_kernel, "
     "else OFF].",
 )
+@click.option(
+    "--no-zmq",
+    is_flag=True,
+    help="Do not run the 0MQ bridge (the reference's control protocol and console feed).",
+)
+@click.option("--zmq-port", type=int, default=60615, show_default=True, help="0MQ control port.")
+@click.option(
+    "--zmq-info-port", type=int, default=60625, show_default=True, help="0MQ console/info port."
+)
 def stack_up(
     data_dir: Path | None,
     nats_port: int,
@@ -130,6 +139,9 @@ def stack_up(
     config_file: str | None,
     no_auth: bool,
     ipython_kernel: str | None,
+    no_zmq: bool,
+    zmq_port: int,
+    zmq_info_port: int,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
     from qserver.protocol.subjects import DEFAULT_PREFIX
@@ -164,6 +176,9 @@ def stack_up(
         catalog=not no_catalog,
         tiled_port=tiled_port,
         ipython_kernel=kernel,
+        zmq=not no_zmq,
+        zmq_port=zmq_port,
+        zmq_info_port=zmq_info_port,
     )
     click.get_current_context().exit(code)
 

@@ -235,11 +235,27 @@ class PermissionsReload(Locked, frozen=True, kw_only=True, forbid_unknown_fields
     restore_permissions: bool = True
 
 
+class ConsoleOutput(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The last `nlines` lines of the console text (the reference's default: 200)."""
+
+    nlines: int = 200
+
+
+class ConsoleOutputUpdate(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The console messages after `last_msg_uid` ("ALL": every one kept)."""
+
+    last_msg_uid: str = "ALL"
+    # Each message also carries its `uid` (the live event's `Qs-Console-Uid` header), so a
+    # reader can join the backlog to the live events without a gap or a repeat.
+    with_uids: bool = False
+
+
 # ----- replies -----
 
 
 class Reply(msgspec.Struct, kw_only=True):
-    """Every reply carries `success` and `msg`; failures carry only these two."""
+    """Every reply carries `success` and `msg`; a failure also carries the reference's other
+    keys of the method, empty (services/runtime/refusals.py)."""
 
     success: bool = True
     msg: str = ""
@@ -362,6 +378,19 @@ class PermissionsReply(Reply, kw_only=True):
     user_group_permissions: dict[str, Any]
 
 
+class ConsoleOutputReply(Reply, kw_only=True):
+    text: str
+
+
+class ConsoleOutputUidReply(Reply, kw_only=True):
+    console_output_uid: str  # changes whenever the text does
+
+
+class ConsoleOutputUpdateReply(Reply, kw_only=True):
+    last_msg_uid: str  # send it back to get what comes after
+    console_output_msgs: list[dict[str, Any]]  # `{time, msg}` each (and `uid` if asked)
+
+
 # The request type of every method of the core services. Methods absent from this table are
 # reported as unknown.
 REQUEST_TYPES: dict[str, type[Request]] = {
@@ -413,6 +442,9 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "permissions_reload": PermissionsReload,
     "kernel_interrupt": KernelInterrupt,
     "config_get": Empty,
+    "console_output": ConsoleOutput,
+    "console_output_uid": Empty,
+    "console_output_update": ConsoleOutputUpdate,
     "function_execute": FunctionExecute,
     "script_upload": ScriptUpload,
     "task_status": TaskStatus,
@@ -422,6 +454,8 @@ REQUEST_TYPES: dict[str, type[Request]] = {
 # The methods the history service answers; the queue service answers all the others.
 HISTORY_METHODS = frozenset(
     {"history_get", "history_clear", "history_runs", "history_run_item", "history_result_get"}
+    # The console's backlog (ADR 18): kept by the history service, like the plan history.
+    | {"console_output", "console_output_uid", "console_output_update"}
 )
 
 

@@ -102,6 +102,13 @@ class WorkerState(msgspec.Struct, frozen=True, kw_only=True):
     ended_env_uid: str | None = None
     # The worker service instance that publishes this (`<host>:<pid>:<random>`).
     worker: str = ""
+    # The environment is being killed (`destroy`): until its end is seen, whoever reads this
+    # (a queue service that took over meanwhile too) says `destroying_environment`.
+    destroying: bool = False
+    # Counts up with every state the worker instance sends (events and replies): a state
+    # older than one already seen from the same instance is stale (it was sent before the
+    # newer one but arrived after it) and is ignored.
+    seq: int = 0
     # Documents from the document stream to Kafka: not delivered yet / lost for good (too
     # large for the broker, or dropped by the stream's limits before they were sent).
     kafka_pending: int = 0

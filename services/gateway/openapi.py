@@ -15,13 +15,7 @@ import msgspec
 
 import qserver
 from qserver.protocol.api import REQUEST_TYPES
-from qserver.protocol.http import (
-    ConsoleOutput,
-    ConsoleOutputUpdate,
-    ErrorDetail,
-    NoParams,
-    ServerSleep,
-)
+from qserver.protocol.http import ErrorDetail, NoParams, ServerSleep
 from services.gateway.extra_routes import UPLOAD_PATH, upload_operation
 from services.gateway.routes import ROUTES, Route
 
@@ -38,15 +32,6 @@ _ERRORS = {
 
 # Routes the gateway answers itself: (path, http method, scope, body type, summary).
 LOCAL_ROUTES: tuple[tuple[str, str, str, type[msgspec.Struct] | None, str], ...] = (
-    ("/api/console_output", "get", "read:console", ConsoleOutput, "The last lines of output"),
-    ("/api/console_output/uid", "get", "read:console", NoParams, "Changes with the output"),
-    (
-        "/api/console_output_update",
-        "get",
-        "read:console",
-        ConsoleOutputUpdate,
-        "Console messages after a uid",
-    ),
     (
         "/api/stream_console_output",
         "get",

@@ -85,6 +85,10 @@ def _api() -> list[Route]:
         r("/api/queue/autostart", "POST", "queue_autostart", "write:queue:control"),
         r("/api/queue/mode/set", "POST", "queue_mode_set", "write:queue:control"),
         r("/api/history/get", "GET", "history_get", "read:history"),
+        # The console's backlog, kept by the history service (ADR 18).
+        r("/api/console_output", "GET", "console_output", "read:console"),
+        r("/api/console_output/uid", "GET", "console_output_uid", "read:console"),
+        r("/api/console_output_update", "GET", "console_output_update", "read:console"),
         r("/api/history/clear", "POST", "history_clear", "write:history:edit"),
         r("/api/history/result/get", "GET", "history_result_get", "read:history"),
         r("/api/environment/open", "POST", "environment_open", "write:manager:control"),

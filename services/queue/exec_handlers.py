@@ -78,10 +78,10 @@ class ExecutionHandlers:
     async def on_queue_start(self, req: api.EmptyLocked) -> api.Reply:
         self._env_lock(req.lock_key)
         if not self.ex.env_exists:
-            raise Refused("RE Worker environment does not exist.")
+            raise Refused("RE Worker environment does not exist.", bare=True)
         async with self.svc.write_lock:
             if self.ex.manager_state() != "idle":
-                raise Refused("RE Manager is busy.")
+                raise Refused("RE Manager is busy.", bare=True)
             await self.ex.reserve_kernel()
             await self.ex.set_flags(queue_running=True, stop_pending=False)
             await self.ex.advance()
@@ -90,9 +90,12 @@ class ExecutionHandlers:
     async def on_queue_stop(self, req: api.EmptyLocked) -> api.Reply:
         self._env_lock(req.lock_key)
         state = self.ex.manager_state()
-        if state not in ("executing_queue", "paused"):
+        if state not in ("executing_queue", "paused", "starting_queue"):
             raise Refused(
-                f"Failed to stop the queue: the queue is not running. Manager state: {state}"
+                # The state as the reference prints it (its enum's repr), verbatim.
+                "Failed to pause the queue. Queue is not running. "
+                f"Manager state: MState.{state.upper()}",
+                bare=True,
             )
         async with self.svc.write_lock:
             await self.ex.set_flags(stop_pending=True)
@@ -122,7 +125,7 @@ class ExecutionHandlers:
         async with self.svc.write_lock:
             state = self.ex.manager_state()
             if state != "idle":
-                raise Refused(f"RE Manager is busy: the manager state is '{state}'")
+                raise Refused("RE Manager is busy.")
             if item.item_type == "instruction":
                 return api.ItemReply(item=item, qsize=len(self.svc.model.items))
             await self.ex.reserve_kernel()
@@ -134,7 +137,7 @@ class ExecutionHandlers:
     async def on_re_pause(self, req: api.RePause) -> api.Reply:
         self._env_lock(req.lock_key)
         if not self.ex.env_exists:
-            raise Refused("Environment does not exist. Can not pause Run Engine.")
+            raise Refused("Environment does not exist. Can not pause Run Engine.", bare=True)
         await self.ex.env_request("pause", PauseRequest(option=req.option))
         return api.Reply()
 
@@ -142,9 +145,9 @@ class ExecutionHandlers:
         self._env_lock(req.lock_key)
         state = self.ex.manager_state()
         if state != "paused":
-            raise Refused(f"RE Manager is not paused: current state is '{state}'")
+            raise Refused(f"RE Manager is not paused: current state is '{state}'", bare=True)
         if self.ex.kernel_busy_elsewhere():
-            raise Refused("IPython kernel (RE Worker) is busy.")
+            raise Refused("IPython kernel (RE Worker) is busy.", bare=True)
         await self.ex.env_request(cmd)
         return api.Reply()
 
@@ -153,7 +156,7 @@ class ExecutionHandlers:
             return api.RunsReply(run_list=[], run_list_uid=self.svc.run_list_uid())
         reply = _runs_decoder.decode(await self.ex.env_raw("runs", RunsRequest(option=req.option)))
         if not reply.success:
-            raise Refused(reply.msg)
+            raise Refused(reply.msg, bare=True)
         return api.RunsReply(
             run_list=msgspec.to_builtins(reply.run_list), run_list_uid=reply.run_list_uid
         )

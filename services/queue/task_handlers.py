@@ -34,6 +34,7 @@ from qserver.protocol.tasks import (
 from services.queue.core import QueueCore
 from services.queue.execution import Executor
 from services.queue.tasks import Started
+from services.runtime.refusals import refusal_text
 from services.runtime.service_base import Handler
 from services.runtime.task_results import TaskResults
 
@@ -81,7 +82,8 @@ class TaskHandlers:
             )
             await self._start(task)
         except QServerError as e:
-            return FunctionExecuteReply(success=False, msg=e.msg, item=item)
+            msg = refusal_text("function_execute", e)
+            return FunctionExecuteReply(success=False, msg=msg, item=item)
         return FunctionExecuteReply(item=item, task_uid=item["item_uid"])
 
     async def on_script_upload(self, req: api.ScriptUpload) -> api.TaskReply:
@@ -99,7 +101,7 @@ class TaskHandlers:
             )
             return await self._script(run, req.run_in_background)
         except QServerError as e:
-            return api.TaskReply(success=False, msg=e.msg)
+            return api.TaskReply(success=False, msg=refusal_text("script_upload", e))
 
     async def on_environment_update(self, req: api.EnvironmentUpdate) -> api.TaskReply:
         # As the reference: an empty script that reads the lists and `RE` again.
@@ -108,7 +110,7 @@ class TaskHandlers:
             run = ScriptRun(script="", update_lists=True, update_re=True)
             return await self._script(run, req.run_in_background)
         except QServerError as e:
-            return api.TaskReply(success=False, msg=e.msg)
+            return api.TaskReply(success=False, msg=refusal_text("environment_update", e))
 
     async def _script(self, run: ScriptRun, background: bool) -> api.TaskReply:
         task_uid = str(uuid.uuid4())
@@ -127,20 +129,22 @@ class TaskHandlers:
     async def _send(self, task: TaskRequest) -> None:
         ex = self.ex
         if not ex.env_exists:
-            raise Refused("RE Worker environment is not open")
+            raise Refused("RE Worker environment is not open", bare=True)
         state = ex.manager_state()
         if not task.run_in_background and state != "idle":
             raise Refused(
                 "Failed to start the task: RE Manager must be in idle state. "
-                f"Current state: '{state}'"
+                f"Current state: '{state}'",
+                bare=True,
             )
         env_uid = ex.worker.env_uid or ""
         try:
             reply = _accepted.decode(await ex.env_raw("task", task))
         except Exception as e:
-            raise Refused(f"The environment did not answer 'task' ({type(e).__name__})") from None
+            msg = f"The environment did not answer 'task' ({type(e).__name__})"
+            raise Refused(msg, bare=True) from None
         if not reply.success or reply.task is None:
-            raise Refused(reply.msg or "The environment refused the task")
+            raise Refused(reply.msg or "The environment refused the task", bare=True)
         ex.tasks.accepted(Started(reply.task, reply.seq, env_uid))
         # Before the reply: whoever reads the status next sees the task (executing_task).
         await self.svc.publish_status()
@@ -218,7 +222,8 @@ class TaskHandlers:
                 f"'task_uid' must be a string or a list of strings: type(task_uid)={type(uid)!r}"
             )
         except QServerError as e:
-            return TaskStatusReply(success=False, msg=e.msg, task_uid=None if uid is UNSET else uid)
+            msg = refusal_text("task_status", e)
+            return TaskStatusReply(success=False, msg=msg, task_uid=None if uid is UNSET else uid)
 
     async def on_task_result(self, req: api.TaskResult) -> TaskResultReply:
         uid = req.task_uid
@@ -230,7 +235,8 @@ class TaskHandlers:
             status, result = await self._find(uid)
             return TaskResultReply(task_uid=uid, status=status, result=result)
         except QServerError as e:
-            return TaskResultReply(success=False, msg=e.msg, task_uid=None if uid is UNSET else uid)
+            msg = refusal_text("task_result", e)
+            return TaskResultReply(success=False, msg=msg, task_uid=None if uid is UNSET else uid)
 
     async def _find(
         self, task_uid: str

@@ -19,6 +19,7 @@ from qserver.connect import NatsAuth, connect_options, servers
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
 from services.runtime import doc_stream
+from services.runtime.console import ServiceConsole
 from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     run_loop,
@@ -69,6 +70,8 @@ async def main(args: argparse.Namespace) -> int:
         **connect_options(args),
     )
     reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
+    console = ServiceConsole(nc, subjects)  # its log records on the console (ADR 18)
+    await console.start()
     svc = WorkerService(nc, subjects, config)
     export = make_export(nc, subjects)
     exporting = asyncio.create_task(export.run()) if export else None
@@ -84,7 +87,7 @@ async def main(args: argparse.Namespace) -> int:
         exporting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await exporting
-    await shutdown(svc.stop(), micro.stop(), nc.drain(), timeout=KILL_TIMEOUT_S)
+    await shutdown(svc.stop(), micro.stop(), console.stop(), nc.drain(), timeout=KILL_TIMEOUT_S)
     logger.info("worker service stopped")
     return LOST if svc.lost else 0
 

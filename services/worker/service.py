@@ -95,6 +95,7 @@ class WorkerService:
         self.instance = instance or new_instance()
         self.proc: Env | None = None
         self.state = self._worker_state()
+        self._seq = 0
         self.item_since: float | None = None  # when the running item was first seen
         self.stop_requested = asyncio.Event()
         self.lost = False  # another worker adopted the environment: exit with LOST
@@ -198,6 +199,7 @@ class WorkerService:
             await self.records.clear()
             return CmdReply(success=False, msg=f"Failed to start the environment process: {e}")
         logger.info("environment %s started (pid %d)", env_uid, proc.pid)
+        logger.info("Waiting for RE worker to start ...")
         self.proc, self.item_since, self._exited_uid = proc, None, None
         initial = EnvState(env_uid=env_uid, pid=proc.pid, env_state="initializing")
         self.state = self._worker_state(
@@ -216,20 +218,31 @@ class WorkerService:
             )
         except Exception as e:
             return CmdReply(success=False, msg=f"The environment did not answer 'close' ({e!r})")
-        return msgspec.json.decode(reply.data, type=CmdReply)
+        answer = msgspec.json.decode(reply.data, type=CmdReply)
+        if answer.success:
+            logger.info("Waiting for exit confirmation from RE worker ...")
+        return answer
 
     async def destroy(self, data: bytes) -> CmdReply:
         proc = self.proc
         if proc is None:
             return CmdReply(success=False, msg="RE environment does not exist")
         logger.warning("destroying environment %s (pid %d)", proc.env_uid, proc.pid)
+        self._set(destroying=True)
+        await self.publish_state()
         proc.kill("destroy")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.exited.wait(), KILL_WAIT_S)
+        logger.info("RE Worker environment is destroyed")
         return CmdReply()
 
     async def get_state(self, data: bytes) -> WorkerState:
-        return self.state
+        return self._stamped()
+
+    def _stamped(self) -> WorkerState:
+        """The state, numbered: the receiver can tell an older one that arrives late."""
+        self._seq += 1
+        return msgspec.structs.replace(self.state, seq=self._seq)
 
     # ----- watching -----
 
@@ -237,7 +250,7 @@ class WorkerService:
         if self.export is not None:
             self._set(kafka_pending=self.export.pending, kafka_failed=self.export.failed)
         try:
-            await self.nc.publish(self.subjects.worker_state, encode(self.state))
+            await self.nc.publish(self.subjects.worker_state, encode(self._stamped()))
         except Exception as e:  # reconnecting: the heartbeat sends it again
             logger.debug("worker state not published: %r", e)
 
@@ -265,6 +278,11 @@ class WorkerService:
         if st.running_item_uid != (old.running_item_uid if old else None):
             self.item_since = time.time() if st.running_item_uid else None
         changes: dict[str, object] = {"env": st}
+        if old is not None and old.env_state == "initializing":  # the reference's words
+            if st.env_state == "idle":
+                logger.info("Worker started successfully.")
+            elif st.env_state == "failed":
+                logger.error("Error occurred while opening RE Worker environment.")
         if st.env_state == "failed":
             changes.update(last_error=st.msg, last_traceback=st.traceback)
         self._set(**changes)

@@ -232,7 +232,9 @@ async def test_count_completes_with_its_run(env: Any) -> None:
     assert res.result.time_start <= res.result.time_stop
     assert res.env_uid == w.worker.env_uid
     await w.until(lambda: w.env.running_item_uid is None and w.env.run_list == [], "idle")
-    await w.until(lambda: any(uid in c["msg"] for c in w.console), "console line")
+    # The reference worker's lines (the item's uid is in the queue service's "Starting the plan").
+    said = ("Starting a plan 'count'.", "The plan was exited. Plan state: completed")
+    await w.until(lambda: all(any(t in c["msg"] for c in w.console) for t in said), "console lines")
 
 
 async def test_bad_device_name_fails_the_plan(env: Any) -> None:

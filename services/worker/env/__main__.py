@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         link.call(journal.start(), timeout=10.0)
     code = 2
     if env.open():
-        logger.info("environment %s is ready (pid %d)", args.env_uid, os.getpid())
+        logger.debug("environment %s is ready (pid %d)", args.env_uid, os.getpid())
         env.serve()
         env.closed()
         code = 0

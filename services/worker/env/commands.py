@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -22,8 +21,8 @@ from qserver.protocol.worker import (
     RunPlan,
     RunsReply,
 )
+from services.runtime.console import ConsolePublisher
 from services.runtime.service_base import encode
-from services.worker.env.console import ConsoleSink
 from services.worker.env.engine import CONTINUE_STATUS, Environment, Running
 from services.worker.env.metadata import metadata_reply
 from services.worker.env.tasks import Tasks
@@ -59,8 +58,8 @@ class EnvCommands:
     def __init__(self, env: Environment) -> None:
         self.env = env
         self.subjects = env.subjects
-        self._console_wake = asyncio.Event()
-        self.sink = ConsoleSink(lambda: env.link.soon(self._console_wake.set))
+        self.console = ConsolePublisher(self.subjects.console_event, env.link.soon)
+        self.sink = self.console.sink
         self.tasks = Tasks(env)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -93,7 +92,10 @@ class EnvCommands:
 
             await nc.subscribe(self.subjects.env_cmd(cmd), cb=cb)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._publish_states()), loop.create_task(self._console())]
+        self._tasks = [
+            loop.create_task(self._publish_states()),
+            loop.create_task(self.console.run(nc)),
+        ]
 
     async def _serve(self, cmd: str, handler: Handler, msg: Msg) -> None:
         if not msg.reply:  # `env.state` also carries the state events
@@ -176,6 +178,7 @@ class EnvCommands:
                     f"Current state: '{re_state}'",
                 )
             env.pause_pending = True
+        logger.info("Pausing Run Engine ...")
         env.notify()
         loop = asyncio.get_running_loop()
         try:
@@ -313,6 +316,7 @@ class EnvCommands:
         refused = env.begin_close()
         if refused is not None:
             return CmdReply(success=False, msg=refused)
+        logger.info("Closing RE Worker environment ...")
         env.notify()
         env.request_close()
         return CmdReply()
@@ -329,21 +333,8 @@ class EnvCommands:
                 pass
             await self.env.publish_state()
 
-    async def _console(self) -> None:
-        while True:
-            await self._console_wake.wait()
-            self._console_wake.clear()
-            await self._send_console()
-
-    async def _send_console(self) -> None:
-        nc, subject = self.env.link.nc, self.subjects.console_event
-        for t, line in self.sink.take():
-            # Never log a failure here: the log line would come back as console output.
-            with contextlib.suppress(Exception):
-                await nc.publish(subject, encode({"time": t, "msg": line}))
-
     async def flush(self) -> None:
         """Publish every queued state and console line, then flush the connection."""
         await self.env.publish_state()
-        await self._send_console()
+        await self.console.send(self.env.link.nc)
         await self.env.link.nc.flush(timeout=2)

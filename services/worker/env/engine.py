@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 import traceback
@@ -270,6 +269,8 @@ class Environment:
         self.notify()
         try:
             ns = load_startup(self.startup, self._kernel_namespace())
+            logger.info("Startup code was successfully loaded.")
+            logger.info("Instantiating and configuring Run Engine ...")
             run_engine = find_run_engine(ns)
             self._persist_metadata(run_engine)
             self._attach(run_engine)
@@ -279,7 +280,10 @@ class Environment:
             self.store_lists()
         except Exception as e:
             tb = traceback.format_exc()
-            print(tb, file=sys.stderr, flush=True)
+            logger.error(
+                "Failed to start RE Worker environment. Error while loading startup code:\n%s\n",
+                tb,
+            )
             msg = (
                 str(e)
                 if isinstance(e, StartupError)
@@ -299,6 +303,7 @@ class Environment:
                 self.env_state = "idle"
         else:  # idle once the kernel is (it may run a command a user sent meanwhile)
             self._kernel_changed()
+        logger.info("RE Environment is ready")
         self.notify()
         return True
 
@@ -444,10 +449,10 @@ class Environment:
         try:
             call = self._prepare(cur)
         except (Exception, KeyboardInterrupt) as e:  # an interrupt in kernel mode
-            logger.error("item %s failed before it started: %r", cur.uid, e)
+            logger.error("The plan failed: %s", f"Plan failed: {e}", extra={"item_uid": cur.uid})
             self._finish(cur, "failed", f"Plan failed: {e}", traceback.format_exc())
             return
-        logger.info("item %s: starting plan '%s'", cur.uid, cur.item.get("name"))
+        logger.info("Starting a plan '%s'.", cur.item.get("name"), extra={"item_uid": cur.uid})
         self._execute(cur, call, "completed")
 
     def _prepare(self, cur: Running) -> Callable[[], Any]:
@@ -480,7 +485,9 @@ class Environment:
         if cur is None:
             return
         self.notify()
-        logger.info("item %s: %s", cur.uid, action)
+        logger.info(
+            "Continue plan execution with the option '%s'", action, extra={"item_uid": cur.uid}
+        )
         self._execute(cur, getattr(self.RE, action), CONTINUE_STATUS[action])
 
     def _execute(self, cur: Running, call: Callable[[], Any], status: ExitStatus) -> None:
@@ -491,12 +498,12 @@ class Environment:
             with self.lock:
                 self.env_state = "idle"
                 self.pause_pending = False
-            logger.info("item %s: paused", cur.uid)
+            logger.info("The plan is paused ...", extra={"item_uid": cur.uid})
             self.notify()
             return
         except (Exception, KeyboardInterrupt) as e:
-            logger.error("item %s: plan failed: %r", cur.uid, e)
-            self._finish(cur, "failed", f"Plan failed: {e!r}", traceback.format_exc())
+            logger.error("The plan failed: %s", f"Plan failed: {e}", extra={"item_uid": cur.uid})
+            self._finish(cur, "failed", f"Plan failed: {e}", traceback.format_exc())
             return
         self._finish(cur, status)
 
@@ -525,10 +532,12 @@ class Environment:
             ),
             completed_outside=outside,
         )
+        # Said before the result goes out: whoever reads it may print the next lines.
+        if status != "failed":  # a failure was said with its reason
+            logger.info("The plan was exited. Plan state: %s", status, extra={"item_uid": cur.uid})
         with self.lock:
             self.result_pending = True
         self.link.call(self._store_result(result))
-        logger.info("item %s: %s", cur.uid, status)
 
     async def _store_result(self, result: PlanResult) -> None:
         # The item's documents are stored before its result: a run of an item that history
@@ -609,4 +618,5 @@ class Environment:
     def closed(self) -> None:
         with self.lock:
             self.env_state = "closed"
+        logger.info("Run Engine environment was closed successfully")
         self.notify()
