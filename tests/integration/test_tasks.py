@@ -242,13 +242,15 @@ async def test_a_function_the_namespace_lacks_fails_as_a_task(env: Client) -> No
 async def test_tasks_need_an_open_environment_and_uids_of_tasks(services: Services) -> None:
     client = services.client
     assert client is not None
-    for method, params in (
-        ("function_execute", {"item": func("function_sleep", 1), **TEST_USER}),
-        ("script_upload", {"script": "x = 1"}),
-        ("environment_update", {}),
+    # The reference's texts: function_execute prefixes every refusal, the others return
+    # this one as it is.
+    for method, params, prefix in (
+        ("function_execute", {"item": func("function_sleep", 1), **TEST_USER}, "Error: "),
+        ("script_upload", {"script": "x = 1"}, ""),
+        ("environment_update", {}, ""),
     ):
         r = await client.request(method, params)
-        assert not r["success"] and r["msg"] == "RE Worker environment is not open", r
+        assert not r["success"] and r["msg"] == f"{prefix}RE Worker environment is not open", r
         assert r["task_uid"] is None
     r = await client.request("task_status", {"task_uid": "some_uid"})
     assert r == {"success": True, "msg": "", "task_uid": "some_uid", "status": "not_found"}

@@ -20,6 +20,7 @@ from tests.integration.test_cli import ok, qs
 from tests.integration.test_execution import idle, open_env, until
 from tests.integration.test_stack import Stacks
 from tests.integration.test_stack_security import clean_env, qserver
+from tests.integration.zmq_support import running_bridge, zmq_client
 
 KEY = "SingleUserKeyForTaskTests1"
 SINGLE_USER = "UNAUTHENTICATED_SINGLE_USER"
@@ -178,3 +179,29 @@ async def test_tasks_on_the_secure_embedded_stack(stacks: Stacks) -> None:
     finally:
         proc.proc.send_signal(signal.SIGTERM)
         await proc.wait_exit(30)
+
+
+async def test_tasks_over_the_zmq_bridge(services: Services) -> None:
+    """The reference's wire (0MQ `{method, params}`), through the bridge in front of NATS."""
+    assert services.client is not None
+    await open_env(services.client)
+    async with running_bridge(services) as bridge, zmq_client(bridge.control) as z:
+        item = {"item_type": "function", "name": "function_sleep", "args": [1]}
+        r = await z.request(
+            "function_execute", {"item": item, "user": "z", "user_group": "primary"}
+        )
+        assert r["success"] and r["item"]["user"] == "z", r
+        assert (await z.request("status"))["manager_state"] == "executing_task"
+        for _ in range(600):
+            done = await z.request("task_result", {"task_uid": r["task_uid"]})
+            if done["status"] == "completed":
+                break
+            await asyncio.sleep(0.1)
+        assert done["result"]["return_value"] == {"success": True, "time": 1}, done
+        r = await z.request("script_upload", {"script": "zmq_value = 1", "run_in_background": True})
+        assert r["success"], r
+        status = await z.request("task_status", {"task_uid": [r["task_uid"]]})
+        assert status["status"][r["task_uid"]] in ("running", "completed")
+        refused = await z.request("task_status", {"task_uid": 5})
+        assert refused["success"] is False and refused["status"] is None
+        assert refused["msg"].startswith("Error: 'task_uid' must be a string")
