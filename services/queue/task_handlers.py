@@ -241,8 +241,14 @@ class TaskHandlers:
     async def _find(
         self, task_uid: str
     ) -> tuple[TaskStatusName, TaskOutcome | TaskInfo | dict[str, Any]]:
-        """The task's status and what is known of it: its outcome first (a state seen here
-        may still show it running), then the running tasks."""
+        """The task's status and what is known of it.
+
+        Whether it runs is taken before its result is read: a task seen running, then
+        finished while its result was read, is "running" (true a moment ago), never "not
+        found"; one not seen running had its result stored before the state that ended
+        it, so the read finds it. A result found wins over a state that still shows it.
+        """
+        info = self.ex.tasks.running(task_uid)
         if _KEY.match(task_uid):
             try:
                 outcome = await asyncio.wait_for(self.results.get(task_uid), READ_TIMEOUT_S)
@@ -251,7 +257,6 @@ class TaskHandlers:
                 raise Refused(f"The task results cannot be read now ({e!r}): try again") from None
             if outcome is not None:
                 return "completed", outcome
-        info = self.ex.tasks.running(task_uid)
         if info is not None:
             return "running", info
         return "not_found", {}
