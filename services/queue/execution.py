@@ -399,10 +399,10 @@ class Executor:
         if self._kernel_env() is None:
             return
         if self.kernel_busy_elsewhere():
-            raise Refused("IPython kernel (RE Worker) is busy.")
+            raise Refused("IPython kernel (RE Worker) is busy.", bare=True)
         reply = await self._env("reserve")
         if not reply.success:
-            raise Refused(reply.msg)
+            raise Refused(reply.msg, bare=True)
 
     def release_kernel_if_done(self) -> None:
         """Nothing more to run now: have the environment give the kernel back to its users."""

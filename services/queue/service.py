@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 
 import qserver
 from qserver.errors import Conflict, QServerError, Refused
-from qserver.protocol import api
+from qserver.protocol import api, console
 from qserver.protocol.internal import HistoryInfo, HistoryInfoRequest, LockCheck, LockCheckReply
 from qserver.protocol.queue_log import (
     AnyEvent,
@@ -242,10 +242,9 @@ class QueueService:
         its own messages among the environment's (the leader only)."""
         if not self.leading:
             return
+        data, headers = console.encode(text)  # with its uid, as every console message
         with contextlib.suppress(Exception):
-            await self.nc.publish(
-                self.subjects.console_event, encode({"time": time.time(), "msg": text})
-            )
+            await self.nc.publish(self.subjects.console_event, data, headers=headers)
 
     async def heartbeat(self) -> None:
         while True:
