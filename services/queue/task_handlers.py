@@ -137,6 +137,9 @@ class TaskHandlers:
                 f"Current state: '{state}'",
                 bare=True,
             )
+        if not task.run_in_background and ex.kernel_busy_elsewhere():
+            # Raised, not returned, by the reference: it goes out with its `Error: ` prefix.
+            raise Refused("Failed to start the task: IPython kernel (RE Worker) is busy.")
         env_uid = ex.worker.env_uid or ""
         try:
             reply = _accepted.decode(await ex.env_raw("task", task))

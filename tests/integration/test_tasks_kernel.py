@@ -61,7 +61,8 @@ async def test_tasks_run_in_the_kernel_and_share_its_namespace(
             "function_execute",
             {"item": func("function_sleep", 1), "user": "u", "user_group": "primary"},
         )
-        assert not r["success"] and "IPython kernel (RE Worker) is busy" in r["msg"], r
+        assert not r["success"], r
+        assert r["msg"] == "Error: Failed to start the task: IPython kernel (RE Worker) is busy."
         r = await execute(client, func("function_sleep", 0.5), run_in_background=True)
         assert (await completed(client, r["task_uid"]))["success"]
         assert "typed done" in await typing.leave()
