@@ -196,3 +196,8 @@ class Subjects:
     def result_texts_bucket(self) -> str:
         """Object store of the whole `msg`/`traceback` of results cut for storage (ADR 8)."""
         return f"QS_{self._token}_RESULT_TEXTS"
+
+    @property
+    def task_results_bucket(self) -> str:
+        """KV bucket of finished tasks' results (`function_execute`, `script_upload`, ...)."""
+        return f"QS_{self._token}_TASKS"

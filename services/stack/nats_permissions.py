@@ -42,6 +42,8 @@ READ_ONLY_METHODS = (
     "console_output",
     "console_output_uid",
     "console_output_update",
+    "task_status",
+    "task_result",
 )
 READ_IDENTITY = ("plans_allowed", "devices_allowed")  # read-only, but per group
 # JetStream API, acks, flow control, KV and object store, inside the account only.
