@@ -445,6 +445,20 @@ class Client:
         """Each console message (`{time, msg}`) as it is published, live."""
         return self.events(self.subjects.console_event)
 
+    def progress_feed(self) -> AsyncIterator[dict[str, Any]]:
+        """The open run's last progress event first (if a run is open), then each new one
+        (`<prefix>.events.progress`, ADR 25)."""
+        from qserver.feeds import progress_feed
+
+        return progress_feed(self)
+
+    def documents_feed(self, current: bool = True) -> AsyncIterator[dict[str, Any]]:
+        """`{"name", "doc"}` of each run document; with `current`, the open run's documents
+        from its start first (from the document stream), then every new one (ADR 25)."""
+        from qserver.feeds import documents_feed
+
+        return documents_feed(self, current)
+
     async def console_feed(self, backlog: int = 0) -> AsyncIterator[dict[str, Any]]:
         """The last `backlog` console messages kept, then each new one: none twice, none missed.
 

@@ -15,7 +15,13 @@ from qserver.cli import (
 )
 from qserver.cli.errors import BadParams
 from qserver.cli.options import CONTEXT, lock_key_option, nats_auth_options, simple
-from qserver.cli.runner import Settings, run_console_monitor, run_legacy, run_monitor
+from qserver.cli.runner import (
+    Settings,
+    run_console_monitor,
+    run_legacy,
+    run_monitor,
+    run_progress_monitor,
+)
 from qserver.cli.words import normalize_legacy_argv
 
 EPILOG = """\b
@@ -127,7 +133,9 @@ simple(cli, "config", "config_get", "Print the manager configuration.")
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("what", type=click.Choice(["status", "console"]), default="status")
+@click.argument(
+    "what", type=click.Choice(["status", "console", "progress"]), default="status"
+)
 @click.option(
     "--once",
     is_flag=True,
@@ -147,9 +155,13 @@ def monitor(what: str, once: bool, backlog: int) -> None:
     \b
     qserver monitor            status changes, as they are pushed
     qserver monitor console    what the server prints: the recent output, then live
+    qserver monitor progress   a progress bar of the running plan (point n of N, ETA,
+                               motor positions), then of each next run
     """
     if what == "console":
         run_console_monitor(once, backlog)
+    elif what == "progress":
+        run_progress_monitor(once)
     else:
         run_monitor(once)
 

@@ -24,7 +24,7 @@ from qserver.cli.errors import (
     NoReply,
     RequestRefused,
 )
-from qserver.cli.output import check, monitor_fields, monitor_line, show
+from qserver.cli.output import check, monitor_fields, monitor_line, progress_bar, show
 from qserver.legacy import (
     CLI_USER,
     CLI_USER_GROUP,
@@ -208,6 +208,31 @@ async def _monitor(settings: Settings, once: bool) -> None:
 def run_monitor(once: bool) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_monitor(current_settings(), once))
+
+
+async def _progress_monitor(settings: Settings, once: bool) -> None:
+    """A progress bar of the running plan's run (ADR 25): redrawn in place on a terminal, a
+    line per event otherwise; a line of its own for each run that ends."""
+    from qserver.feeds import last_progress
+
+    tty = sys.stdout.isatty()
+    async with connected(settings) as client:
+        if once:
+            ev = await last_progress(client)
+            click.echo(progress_bar(ev) if ev and not ev.get("done") else "no run in progress")
+            return
+        async for ev in client.progress_feed():
+            line = progress_bar(ev)
+            if tty and not ev.get("done"):
+                sys.stdout.write("\r\x1b[K" + line)
+            else:
+                sys.stdout.write(("\r\x1b[K" if tty else "") + line + "\n")
+            sys.stdout.flush()
+
+
+def run_progress_monitor(once: bool) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_progress_monitor(current_settings(), once))
 
 
 async def _console_monitor(settings: Settings, once: bool, backlog: int) -> None:

@@ -86,6 +86,11 @@ class Subjects:
         """A run is complete in the catalog: `{run_uid, scan_id, item_uid, user, url, ...}`."""
         return f"{self.prefix}.events.run_saved"
 
+    @property
+    def progress_event(self) -> str:
+        """Live progress of the running plan's runs (`qserver.protocol.progress`, ADR 25)."""
+        return f"{self.prefix}.events.progress"
+
     def docs(self, name: str) -> str:
         """Run documents, live: `<prefix>.docs.start`, `.descriptor`, `.event`, `.stop`, ..."""
         return f"{self.prefix}.docs.{name}"
@@ -153,6 +158,11 @@ class Subjects:
     @property
     def results_stream(self) -> str:
         return f"QS_{self._token}_RESULTS"
+
+    @property
+    def progress_stream(self) -> str:
+        """Keeps the last progress event (ADR 25)."""
+        return f"QS_{self._token}_PROGRESS"
 
     @property
     def console_stream(self) -> str:

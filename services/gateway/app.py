@@ -41,6 +41,15 @@ logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 _encoder = msgspec.json.Encoder()
+
+
+def _array_hook(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars of run documents, as lists
+        return obj.tolist()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_doc_encoder = msgspec.json.Encoder(enc_hook=_array_hook)
 # WebSocket close codes: 4001 as bluesky-httpserver for a bad key, 4003 for a missing scope.
 WS_UNAUTHORIZED, WS_FORBIDDEN, WS_UNAVAILABLE, WS_BAD_REQUEST = 4001, 4003, 1011, 1008
 # The most console messages a WebSocket may ask for first (`?backlog=N`): what is kept.
@@ -127,10 +136,22 @@ class Gateway:
             await socket.close(WS_UNAVAILABLE, e.msg[:120])
             return
 
+        if kind == "documents":
+            run = socket.query_params.get("run")
+            if run not in (None, "", "current"):
+                await socket.close(WS_BAD_REQUEST, "run may only be 'current'")
+                return
+            kind = "documents:current" if run == "current" else kind
+
         async def feed() -> None:
             async for ev in self.bridge.events(kind, backlog):
-                msg = ev if kind == "console" else {"time": time.time(), "msg": {"status": ev}}
-                await socket.send_text(_encoder.encode(msg).decode())
+                if kind == "console":
+                    msg = ev
+                elif kind == "status":
+                    msg = {"time": time.time(), "msg": {"status": ev}}
+                else:  # progress events and `{name, doc}` of documents
+                    msg = {"time": time.time(), "msg": ev}
+                await socket.send_text(_doc_encoder.encode(msg).decode())
 
         async def until_closed() -> None:
             while (await socket.receive())["type"] != "websocket.disconnect":
@@ -204,7 +225,15 @@ def stream_handlers(gw: Gateway) -> list[BaseRouteHandler]:
     async def console_ws(socket: WebSocket[Any, Any, Any]) -> None:
         await gw.stream_ws(socket, "console", "read:console")
 
-    return [status_ws, info_ws, console_ws]
+    @websocket("/api/progress/ws")
+    async def progress_ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await gw.stream_ws(socket, "progress", "read:monitor")
+
+    @websocket("/api/documents/ws")
+    async def documents_ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await gw.stream_ws(socket, "documents", "read:monitor")
+
+    return [status_ws, info_ws, console_ws, progress_ws, documents_ws]
 
 
 def docs_handlers(gw: Gateway) -> list[Any]:

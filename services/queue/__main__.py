@@ -64,6 +64,7 @@ async def main(args: argparse.Namespace) -> int:
     )
     await patiently("loading the queue", svc.load)
     await svc.executor.watch()
+    await svc.progress.watch()
     lease = Lease(js, subjects, args.instance, replicas=args.replicas)
     await lease.open()
     if not await patiently("reading the leader lease", lease.try_acquire):

@@ -39,6 +39,7 @@ from services.queue.exec_handlers import ExecutionHandlers
 from services.queue.execution import Executor
 from services.queue.leader import Lease, Renewal
 from services.queue.model import QueueModel
+from services.queue.progress import ProgressWatch
 from services.queue.store import EventLog
 from services.queue.task_handlers import TaskHandlers
 from services.runtime.refusals import refusal_text
@@ -88,6 +89,7 @@ class QueueService:
         )
         self.model.validate = self.catalog.validate
         self.executor = Executor(self)
+        self.progress = ProgressWatch(nc, js, subjects, self.publish_status)
         self.log = EventLog(js, subjects, replicas=replicas, snapshot_every=snapshot_every)
         self.stop_requested = asyncio.Event()
         self.history = HistoryInfo(items_in_history=0, plan_history_uid=_uid())
@@ -195,6 +197,7 @@ class QueueService:
             plan_queue_mode=m.mode,
             lock_info_uid=m.lock_info_uid,
             lock=LockStatus(environment=m.lock.environment, queue=m.lock.queue),
+            progress=self.progress.summary(m.running_item.item_uid if m.running_item else None),  # type: ignore[arg-type]
             **self.executor.status_fields(),
         )
 

@@ -57,6 +57,24 @@ DIAGNOSTICS = ("$SRV.>",)
 ALL_INBOXES = "_INBOX.>"
 
 
+def stream_read_access(stream: str) -> tuple[str, ...]:
+    """The JetStream API to read one stream: its info, a message, an ordered consumer.
+
+    What the gateway needs to replay the open run's documents and read the last progress
+    event (ADR 25); no other stream, and no write.
+    """
+    return (
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    )
+
+
 def kv_bucket_access(bucket: str) -> tuple[str, ...]:
     """The JetStream API of one KV bucket only: open or create it, read, write, watch.
 
@@ -207,8 +225,13 @@ def roles(
             "gateway",
             "the HTTP gateway (it checks API keys and logins itself and may call every method; "
             "its logins live in one KV bucket)",
-            publish=(api, *kv_bucket_access(s.auth_bucket)),
-            subscribe=(events,),
+            publish=(
+                api,
+                *kv_bucket_access(s.auth_bucket),
+                *stream_read_access(s.docs_stream),
+                *stream_read_access(s.progress_stream),
+            ),
+            subscribe=(events, docs),
         ),
         role(
             "zmq_bridge",

@@ -1,0 +1,129 @@
+"""Subscriptions that begin with what was published before them: progress and run documents.
+
+`progress_feed`: the last progress event of a run still open, then each new one (ADR 25).
+`documents_feed`: the open run's documents from its start (read back from the document
+stream `QS_<PREFIX>_DOCS`), then every later document, live, in the stream's order, with
+no gap and none twice between the two: one ordered consumer reads both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from qserver.protocol.progress import progress_decoder
+
+if TYPE_CHECKING:
+    from qserver.client import Client
+
+logger = logging.getLogger(__name__)
+
+# How long to wait for the stream's answer about what it kept (an old server, or no right
+# to read it: then the feed goes live only).
+LOOKUP_TIMEOUT_S = 5.0
+_decoder = msgspec.json.Decoder()
+
+
+async def last_progress(client: Client) -> dict[str, Any] | None:
+    """The last progress event kept (the open run's, or the last run's last), if any."""
+    s = client.subjects
+    js = client.nc.jetstream(timeout=LOOKUP_TIMEOUT_S)
+    get = asyncio.ensure_future(js.get_last_msg(s.progress_stream, s.progress_event))
+    try:
+        if client.denials is not None:  # a user without the right: no reply would come
+            with client.denials.watch(f"$JS.API.STREAM.MSG.GET.{s.progress_stream}") as denied:
+                await asyncio.wait({get, denied}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                return None
+        msg = await get
+    except NotFoundError:
+        return None
+    except Exception as e:  # the live events still come
+        logger.debug("the last progress event could not be read: %r", e)
+        return None
+    if not msg.data:
+        return None
+    try:
+        return msgspec.to_builtins(progress_decoder.decode(msg.data))  # type: ignore[no-any-return]
+    except msgspec.ValidationError:
+        return None
+
+
+async def progress_feed(client: Client) -> AsyncIterator[dict[str, Any]]:
+    """The open run's last progress event (if a run is open), then each new one, live."""
+    async with client.subscription(client.subjects.progress_event) as live:
+        first = await last_progress(client)
+        if first is not None and not first.get("done"):
+            yield first
+        async for msg in live:
+            ev = _decoder.decode(msg.data)
+            if first is not None:
+                same = ev.get("run_uid") == first.get("run_uid")
+                if same and (ev.get("time") or 0) <= (first.get("time") or 0):
+                    continue  # published before it was read back: already given
+                first = None
+            yield ev
+
+
+async def _first_seq(client: Client) -> int | None:
+    """Where the open run begins in the document stream: after the last finished run, or at
+    the open one's first document; None when no run was ever followed (live from now)."""
+    from qserver.documents import run_token
+
+    s = client.subjects
+    js = client.nc.jetstream(timeout=LOOKUP_TIMEOUT_S)
+    last = await last_progress(client)
+    if last is None:
+        return None
+    subject = s.run_docs(run_token(str(last.get("run_uid"))))
+    try:
+        if last.get("done"):
+            # Everything after the last finished run's stop: a run that began since
+            # (its first progress event is not out yet) comes whole.
+            return int((await js.get_last_msg(s.docs_stream, subject)).seq) + 1
+        return int((await js.get_msg(s.docs_stream, seq=1, next=True, subject=subject)).seq)
+    except NotFoundError:
+        return None  # the run's documents are gone from the stream (its limits)
+
+
+async def documents_feed(client: Client, current: bool = True) -> AsyncIterator[dict[str, Any]]:
+    """`{"name", "doc"}` of each run document: with `current`, the open run's from its start
+    first; then every new one. Without the document stream, live documents only."""
+    from qserver.documents import Reassembler, decode
+
+    s = client.subjects
+    js = client.nc.jetstream(timeout=LOOKUP_TIMEOUT_S)
+    start = await _first_seq(client) if current else None
+    config = api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start else api.DeliverPolicy.NEW,
+        opt_start_seq=start,
+    )
+    try:
+        sub = await js.subscribe(
+            s.run_docs_wildcard, stream=s.docs_stream, ordered_consumer=True, config=config
+        )
+    except NotFoundError:  # no document stream (QSERVER_DOCS_STREAM=0): the live subjects
+        async for ev in client.events(s.docs("*")):
+            yield ev
+        return
+    parts = Reassembler()
+    try:
+        async for msg in sub.messages:
+            whole = parts.add(msg.metadata.sequence.stream, msg.subject, msg.headers, msg.data)
+            if whole is None:
+                continue
+            try:
+                name, doc = decode(whole.value)
+            except ValueError as e:
+                logger.warning("a message of the document stream is no document: %s", e)
+                continue
+            yield {"name": name, "doc": doc}
+    finally:
+        await sub.unsubscribe()
