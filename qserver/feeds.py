@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from nats.js import api
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from qserver.client import Client
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How long to wait for the stream's answer about what it kept (an old server, or no right
 # to read it: then the feed goes live only).
@@ -30,30 +31,62 @@ LOOKUP_TIMEOUT_S = 5.0
 _decoder = msgspec.json.Decoder()
 
 
+class _Denied(Exception):
+    """NATS refused this user the JetStream request."""
+
+
+async def _unless_denied(client: Client, api_subject: str, call: Awaitable[T]) -> T:
+    """`await call`, or _Denied as soon as NATS refuses `api_subject` to this user (a request
+    it may not publish gets no reply, only an asynchronous permission error)."""
+    task = asyncio.ensure_future(call)
+    if client.denials is None:
+        return await task
+    with client.denials.watch(api_subject) as denied:
+        either: set[asyncio.Future[Any]] = {task, denied}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()
+        raise _Denied(api_subject)
+    return task.result()
+
+
 async def last_progress(client: Client) -> dict[str, Any] | None:
-    """The last progress event kept (the open run's, or the last run's last), if any."""
+    """The last progress event kept (the open run's, or the last run's last), if any.
+
+    A user without the right to read the stream (people and observers, ADR 25) gets the
+    status's compact `progress` instead: the same numbers, without positions and names.
+    """
     s = client.subjects
     js = client.nc.jetstream(timeout=LOOKUP_TIMEOUT_S)
-    get = asyncio.ensure_future(js.get_last_msg(s.progress_stream, s.progress_event))
     try:
-        if client.denials is not None:  # a user without the right: no reply would come
-            with client.denials.watch(f"$JS.API.STREAM.MSG.GET.{s.progress_stream}") as denied:
-                await asyncio.wait({get, denied}, return_when=asyncio.FIRST_COMPLETED)
-            if not get.done():
-                get.cancel()
-                return None
-        msg = await get
+        msg = await _unless_denied(
+            client,
+            f"$JS.API.STREAM.MSG.GET.{s.progress_stream}",
+            js.get_last_msg(s.progress_stream, s.progress_event),
+        )
     except NotFoundError:
         return None
     except Exception as e:  # the live events still come
         logger.debug("the last progress event could not be read: %r", e)
-        return None
+        return await _from_status(client)
     if not msg.data:
         return None
     try:
         return msgspec.to_builtins(progress_decoder.decode(msg.data))  # type: ignore[no-any-return]
     except msgspec.ValidationError:
         return None
+
+
+async def _from_status(client: Client) -> dict[str, Any] | None:
+    """The status's `progress` as a (partial) progress event: `time` 0, so that no live
+    event of the same run is taken for one already given."""
+    try:
+        summary = (await client.request("status")).get("progress")
+    except Exception:
+        return None
+    if not isinstance(summary, dict):
+        return None
+    return {"time": 0.0, "done": False, "exit_status": None, **summary}
 
 
 async def progress_feed(client: Client) -> AsyncIterator[dict[str, Any]]:
@@ -83,12 +116,15 @@ async def _first_seq(client: Client) -> int | None:
     if last is None:
         return None
     subject = s.run_docs(run_token(str(last.get("run_uid"))))
+    get = f"$JS.API.STREAM.MSG.GET.{s.docs_stream}"
     try:
         if last.get("done"):
             # Everything after the last finished run's stop: a run that began since
             # (its first progress event is not out yet) comes whole.
-            return int((await js.get_last_msg(s.docs_stream, subject)).seq) + 1
-        return int((await js.get_msg(s.docs_stream, seq=1, next=True, subject=subject)).seq)
+            msg = await _unless_denied(client, get, js.get_last_msg(s.docs_stream, subject))
+            return (msg.seq or 0) + 1
+        first = js.get_msg(s.docs_stream, seq=1, next=True, subject=subject)
+        return (await _unless_denied(client, get, first)).seq
     except NotFoundError:
         return None  # the run's documents are gone from the stream (its limits)
 
@@ -100,16 +136,24 @@ async def documents_feed(client: Client, current: bool = True) -> AsyncIterator[
 
     s = client.subjects
     js = client.nc.jetstream(timeout=LOOKUP_TIMEOUT_S)
-    start = await _first_seq(client) if current else None
+    try:
+        start = await _first_seq(client) if current else None
+    except _Denied:
+        start = None
     config = api.ConsumerConfig(
         deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start else api.DeliverPolicy.NEW,
         opt_start_seq=start,
     )
     try:
-        sub = await js.subscribe(
-            s.run_docs_wildcard, stream=s.docs_stream, ordered_consumer=True, config=config
+        sub = await _unless_denied(
+            client,
+            f"$JS.API.CONSUMER.CREATE.{s.docs_stream}",
+            js.subscribe(
+                s.run_docs_wildcard, stream=s.docs_stream, ordered_consumer=True, config=config
+            ),
         )
-    except NotFoundError:  # no document stream (QSERVER_DOCS_STREAM=0): the live subjects
+    except (NotFoundError, _Denied):
+        # No document stream (QSERVER_DOCS_STREAM=0), or no right to read it: live only.
         async for ev in client.events(s.docs("*")):
             yield ev
         return

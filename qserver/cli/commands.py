@@ -133,9 +133,7 @@ simple(cli, "config", "config_get", "Print the manager configuration.")
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument(
-    "what", type=click.Choice(["status", "console", "progress"]), default="status"
-)
+@click.argument("what", type=click.Choice(["status", "console", "progress"]), default="status")
 @click.option(
     "--once",
     is_flag=True,

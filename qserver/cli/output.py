@@ -132,7 +132,12 @@ def progress_bar(ev: dict[str, Any], width: int = 30) -> str:
     else:
         bar, count = "[" + "?" * width + "]", f"{point}/?"
     scan = f"scan {ev['scan_id']} " if ev.get("scan_id") is not None else ""
-    parts = [f"{scan}{ev.get('plan_name') or 'run'}", bar, count, f"elapsed {_seconds(ev.get('elapsed'))}"]
+    parts = [
+        f"{scan}{ev.get('plan_name') or 'run'}",
+        bar,
+        count,
+        f"elapsed {_seconds(ev.get('elapsed'))}",
+    ]
     if ev.get("done"):
         parts.append(f"done: {ev.get('exit_status') or 'unknown'}")
     elif ev.get("eta") is not None:

@@ -75,9 +75,9 @@ class ProgressWatch:
         except msgspec.ValidationError as e:
             logger.warning("a progress event was not understood: %s", e)
             return False
-        if self.latest is not None and self.latest.run_uid == p.run_uid:
-            if p.time < self.latest.time:
-                return False  # an older one, come late
+        last = self.latest
+        if last is not None and last.run_uid == p.run_uid and p.time < last.time:
+            return False  # an older one, come late
         self.latest = p
         return True
 

@@ -177,6 +177,7 @@ class ProgressPublisher:
         self._changed: dict[str, None] = {}  # run uids, in order
         self._armed = False
         self._last = 0.0  # time.monotonic() of the last publication
+        self._sending: set[asyncio.Future[None]] = set()
         self.failed = 0
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
@@ -209,19 +210,22 @@ class ProgressPublisher:
             runs, self._changed = list(self._changed), {}
             events = [p for uid in runs if (p := self._tracker.progress(uid, now)) is not None]
         self._last = time.monotonic()
+        data = []
         for p in events:
             try:
-                data = _encoder.encode(p)
+                data.append(_encoder.encode(p))
             except Exception as e:
                 self._count_failure(e)
-                continue
-            asyncio.ensure_future(self._publish(data))
+        task = asyncio.ensure_future(self._publish(data))
+        self._sending.add(task)  # a reference, until it is done
+        task.add_done_callback(self._sending.discard)
 
-    async def _publish(self, data: bytes) -> None:
-        try:
-            await self._link.nc.publish(self._subject, data)
-        except Exception as e:
-            self._count_failure(e)
+    async def _publish(self, data: list[bytes]) -> None:
+        for d in data:
+            try:
+                await self._link.nc.publish(self._subject, d)
+            except Exception as e:
+                self._count_failure(e)
 
     def _count_failure(self, e: Exception) -> None:
         self.failed += 1
