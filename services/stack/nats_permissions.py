@@ -198,7 +198,8 @@ def roles(
                 *JETSTREAM,
                 *service_pub,
             ),
-            subscribe=(api, vouched, internal, "$SRV.>"),
+            # progress: the status's `progress` (ADR 25)
+            subscribe=(api, vouched, internal, s.progress_event, "$SRV.>"),
         ),
         role(
             "history",
