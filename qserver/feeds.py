@@ -9,6 +9,7 @@ no gap and none twice between the two: one ordered consumer reads both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,6 +32,19 @@ LOOKUP_TIMEOUT_S = 5.0
 _decoder = msgspec.json.Decoder()
 
 
+def _cancelled_meanwhile() -> None:
+    """Raise CancelledError if this task was cancelled while a request was answered.
+
+    Python 3.11's `asyncio.wait_for` (nats-py's requests use it) returns the answer and
+    drops a cancellation that comes as the answer does; the feed would then wait on its
+    subscription for ever, and a closed WebSocket would keep it (found by
+    `test_closed_streams_release_their_subscriptions`).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class _Denied(Exception):
     """NATS refused this user the JetStream request."""
 
@@ -41,13 +55,18 @@ async def _unless_denied(client: Client, api_subject: str, call: Awaitable[T]) -
     task = asyncio.ensure_future(call)
     if client.denials is None:
         return await task
-    with client.denials.watch(api_subject) as denied:
-        either: set[asyncio.Future[Any]] = {task, denied}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    if not task.done():
-        task.cancel()
-        raise _Denied(api_subject)
-    return task.result()
+    try:
+        with client.denials.watch(api_subject) as denied:
+            either: set[asyncio.Future[Any]] = {task, denied}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            raise _Denied(api_subject)
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 async def last_progress(client: Client) -> dict[str, Any] | None:
@@ -93,6 +112,7 @@ async def progress_feed(client: Client) -> AsyncIterator[dict[str, Any]]:
     """The open run's last progress event (if a run is open), then each new one, live."""
     async with client.subscription(client.subjects.progress_event) as live:
         first = await last_progress(client)
+        _cancelled_meanwhile()
         if first is not None and not first.get("done"):
             yield first
         async for msg in live:
@@ -140,6 +160,7 @@ async def documents_feed(client: Client, current: bool = True) -> AsyncIterator[
         start = await _first_seq(client) if current else None
     except _Denied:
         start = None
+    _cancelled_meanwhile()
     config = api.ConsumerConfig(
         deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start else api.DeliverPolicy.NEW,
         opt_start_seq=start,
@@ -154,11 +175,13 @@ async def documents_feed(client: Client, current: bool = True) -> AsyncIterator[
         )
     except (NotFoundError, _Denied):
         # No document stream (QSERVER_DOCS_STREAM=0), or no right to read it: live only.
+        _cancelled_meanwhile()
         async for ev in client.events(s.docs("*")):
             yield ev
         return
     parts = Reassembler()
     try:
+        _cancelled_meanwhile()
         async for msg in sub.messages:
             whole = parts.add(msg.metadata.sequence.stream, msg.subject, msg.headers, msg.data)
             if whole is None:
