@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -231,3 +233,59 @@ async def test_a_restarted_queue_service_shows_the_progress_of_a_paused_plan(
     assert (await client.request("status"))["progress"] is None
     done = (await client.request("history_get"))["items"][-1]
     assert done["item_uid"] == uid and done["result"]["exit_status"] == "completed"
+
+
+def monitor_argv(svc: Services) -> list[str]:
+    return [sys.executable, "-m", "qserver.cli", "-a", svc.nats.url, "--prefix", svc.prefix]
+
+
+async def test_qserver_monitor_progress_draws_a_bar_per_event_until_done(
+    module_services: Services, client: Client
+) -> None:
+    argv = [*monitor_argv(module_services), "monitor", "progress"]
+    idle_once = await asyncio.create_subprocess_exec(
+        *argv, "--once", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(idle_once.communicate(), 60)
+    assert idle_once.returncode == 0, err
+    assert out.decode().strip() == "no run in progress"
+
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        # Whether the monitor is subscribed before the run starts or not, it shows the open
+        # run (its last event first) and follows it.
+        await add_and_start(client, slow_count(10, 0.5))
+        lines = []
+        async with asyncio.timeout(60):
+            while not lines or "done:" not in lines[-1]:
+                lines.append((await proc.stdout.readline()).decode())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 60)
+    await idle(client)
+    assert lines[-1].startswith("scan ") and " count  [" in lines[-1]
+    assert "10/10 100%" in lines[-1] and "done: success" in lines[-1]
+    assert all("count" in line for line in lines)
+
+
+async def test_the_status_drops_the_progress_of_a_run_whose_environment_was_destroyed(
+    services: Services,
+) -> None:
+    """No stop document ever comes (so no `done` event): the item's end clears it."""
+    client = services.client
+    assert client is not None
+    assert (await client.request("environment_open", timeout=30))["success"]
+    await client.wait_for(
+        lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", timeout=60
+    )
+    await add_and_start(client, slow_count(20, 0.5))
+    await client.wait_for(lambda st: (st.get("progress") or {}).get("point", 0) >= 2, 60)
+    assert (await client.request("environment_destroy", timeout=30))["success"]
+    st = await client.wait_for(
+        lambda st: not st["worker_environment_exists"] and st["running_item_uid"] is None, 60
+    )
+    assert st["progress"] is None
+    assert (await client.request("status"))["progress"] is None
