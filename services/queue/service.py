@@ -232,8 +232,12 @@ class QueueService:
             return
         st = self.status()
         prev = self._status
-        if prev is not None and msgspec.structs.replace(prev, time=st.time) == st:
-            st = prev  # nothing changed: same time and status_uid
+        if prev is not None and (
+            msgspec.structs.replace(prev, time=st.time, progress=st.progress) == st
+        ):
+            # Nothing changed: same time and status_uid. The run's progress is a reading
+            # like the time, not a change of state (ADR 25).
+            st = msgspec.structs.replace(prev, progress=st.progress)
         elif prev is not None:
             st = msgspec.structs.replace(st, status_uid=_uid())
         self._status = st
