@@ -108,10 +108,25 @@ async def _from_status(client: Client) -> dict[str, Any] | None:
     return {"time": 0.0, "done": False, "exit_status": None, **summary}
 
 
+async def open_run_progress(client: Client) -> dict[str, Any] | None:
+    """`last_progress`, marked `done` when its run cannot be open any more: no item runs (the
+    environment was killed before the run's stop document, so no `done` event came)."""
+    last = await last_progress(client)
+    if last is None or last.get("done") or not last.get("time"):
+        return last  # (no time: it came from the status)
+    try:
+        status = await client.request("status")
+    except Exception:
+        return last  # no queue service to ask: the stream's word
+    if status.get("running_item_uid") is None:
+        return {**last, "done": True}
+    return last
+
+
 async def progress_feed(client: Client) -> AsyncIterator[dict[str, Any]]:
     """The open run's last progress event (if a run is open), then each new one, live."""
     async with client.subscription(client.subjects.progress_event) as live:
-        first = await last_progress(client)
+        first = await open_run_progress(client)
         _cancelled_meanwhile()
         if first is not None and not first.get("done"):
             yield first
@@ -132,7 +147,7 @@ async def _first_seq(client: Client) -> int | None:
 
     s = client.subjects
     js = client.nc.jetstream(timeout=LOOKUP_TIMEOUT_S)
-    last = await last_progress(client)
+    last = await open_run_progress(client)
     if last is None:
         return None
     subject = s.run_docs(run_token(str(last.get("run_uid"))))

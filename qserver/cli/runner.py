@@ -213,12 +213,12 @@ def run_monitor(once: bool) -> None:
 async def _progress_monitor(settings: Settings, once: bool) -> None:
     """A progress bar of the running plan's run (ADR 25): redrawn in place on a terminal, a
     line per event otherwise; a line of its own for each run that ends."""
-    from qserver.feeds import last_progress
+    from qserver.feeds import open_run_progress
 
     tty = sys.stdout.isatty()
     async with connected(settings) as client:
         if once:
-            ev = await last_progress(client)
+            ev = await open_run_progress(client)
             click.echo(progress_bar(ev) if ev and not ev.get("done") else "no run in progress")
             return
         async for ev in client.progress_feed():

@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from qserver.client import Client
+from qserver.feeds import last_progress, open_run_progress
 from tests.conftest import USER, Services
 from tests.integration.gateway_support import Gateway, gateway_for
 
@@ -289,3 +290,8 @@ async def test_the_status_drops_the_progress_of_a_run_whose_environment_was_dest
     )
     assert st["progress"] is None
     assert (await client.request("status"))["progress"] is None
+    # The stream's last event is that run's, never `done`; the feeds know it is over.
+    last = await last_progress(client)
+    assert last is not None and not last["done"]
+    ended = await open_run_progress(client)
+    assert ended is not None and ended["done"] and ended["run_uid"] == last["run_uid"]
