@@ -137,7 +137,8 @@ simple(cli, "config", "config_get", "Print the manager configuration.")
 @click.option(
     "--once",
     is_flag=True,
-    help="Print the current status (or the console's recent output) and exit.",
+    help="Print the current status (or the console's recent output, or the open run's "
+    "progress) and exit.",
 )
 @click.option(
     "--backlog",
@@ -148,7 +149,7 @@ simple(cli, "config", "config_get", "Print the manager configuration.")
     "(0: only new ones).",
 )
 def monitor(what: str, once: bool, backlog: int) -> None:
-    """Watch the server until Ctrl-C: a line per status change, or the console output.
+    """Watch the server until Ctrl-C: a line per status change, the console, or progress.
 
     \b
     qserver monitor            status changes, as they are pushed
