@@ -295,3 +295,41 @@ async def test_the_status_drops_the_progress_of_a_run_whose_environment_was_dest
     assert last is not None and not last["done"]
     ended = await open_run_progress(client)
     assert ended is not None and ended["done"] and ended["run_uid"] == last["run_uid"]
+
+
+@pytest.mark.timeout(240)
+async def test_progress_goes_on_to_the_end_while_the_worker_service_is_killed(
+    services: Services,
+) -> None:
+    """The environment publishes progress itself: the worker service SIGKILLed mid-run
+    changes nothing for its subscribers (ADR 12: the environment outlives it)."""
+    client = services.client
+    assert client is not None
+    assert (await client.request("environment_open", timeout=30))["success"]
+    await client.wait_for(
+        lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", timeout=60
+    )
+    async with client.subscription(client.subjects.progress_event) as live:
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            async for msg in live:
+                yield json.loads(msg.data)
+
+        feed = events()
+        uid = await add_and_start(client, slow_count(10, 0.5))
+        async with asyncio.timeout(60):
+            while (await anext(feed))["point"] < 1:
+                pass
+        services.kill("worker")
+        rest = await asyncio.wait_for(collect_until_done(feed), 60)
+    assert rest[-1]["done"] and rest[-1]["exit_status"] == "success"
+    assert rest[-1]["point"] == 10 and rest[-1]["item_uid"] == uid
+    services.start("worker")
+    await services.wait_ready()
+
+    def recorded(st: dict[str, Any]) -> bool:
+        return st["running_item_uid"] is None and st["items_in_history"] >= 1
+
+    await client.wait_for(recorded, 90)
+    done = (await client.request("history_get"))["items"][-1]
+    assert done["item_uid"] == uid and done["result"]["exit_status"] == "completed"
