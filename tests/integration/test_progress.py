@@ -159,13 +159,19 @@ async def test_documents_websocket_replays_the_open_run_from_its_start_then_goes
 ) -> None:
     url = gateway.url.replace("http://", "ws://") + "/api/documents/ws?run=current"
     await add_and_start(client, slow_count(8, 0.5))
+    r = await client.request("queue_item_add", {"item": slow_count(2, 0.0), **USER})
+    assert r["success"], r  # the next run, after the one the socket opens in
     st = await client.wait_for(lambda st: (st.get("progress") or {}).get("point", 0) >= 3, 60)
     run_uid = st["progress"]["run_uid"]
     docs: list[dict[str, Any]] = []
     async with connect(url) as ws:
-        while not docs or docs[-1]["name"] != "stop":
+        while [d["name"] for d in docs].count("stop") < 2:
             docs.append(json.loads(await asyncio.wait_for(ws.recv(), 30))["msg"])
     await idle(client)
+    second = next(i for i, d in enumerate(docs) if d["name"] == "start" and i > 0)
+    nxt, docs = docs[second:], docs[:second]
+    assert nxt[0]["doc"]["uid"] != run_uid and nxt[-1]["name"] == "stop"
+    assert len([d for d in nxt if d["name"] == "event"]) == 2  # the next run, live
     assert docs[0]["name"] == "start" and docs[0]["doc"]["uid"] == run_uid
     assert docs[-1]["doc"]["run_start"] == run_uid and docs[-1]["doc"]["exit_status"] == "success"
     events = [d["doc"] for d in docs if d["name"] == "event"]
