@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test test-busy lint bench clean
+.PHONY: run test test-busy test-reference lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,26 @@ test: $(VENV)/.installed-test  ## install with test extras, lint, run the whole 
 test-busy: $(VENV)/.installed-test  ## the whole suite beside two CPU-bound busy loops
 	$(BIN)/python -m tests.run_busy -- $(MAKE) test ARGS="$(ARGS)"
 
+# bluesky-queueserver-api's own tests against our stack (docs/reference-tests.md), from a
+# scratch venv: its bluesky-queueserver dependency installs another `qserver` script.
+REF_VENV ?= .venv-reference
+REF_SITE = $(REF_VENV)/lib/python$(shell $(REF_VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)/site-packages
+REF_WORKERS ?= 6
+REF_ARGS ?=
+
+$(REF_VENV)/.installed: tests/reference/requirements.txt
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/pip install -q --upgrade pip
+	$(REF_VENV)/bin/pip install --progress-bar on -r tests/reference/requirements.txt
+	touch $@
+
+test-reference: $(VENV)/.installed $(REF_VENV)/.installed  ## the reference client's tests (HTTP; REFTESTS_ZMQ=1: 0MQ too)
+	PYTHONPATH=tests/reference REFTESTS_QSERVER_PYTHON=$(abspath $(BIN)/python) \
+	$(REF_VENV)/bin/python -m pytest -c tests/reference/pytest.ini --rootdir $(REF_SITE) \
+		-n $(REF_WORKERS) --pyargs bluesky_queueserver_api.tests $(REF_ARGS)
+
 bench: $(VENV)/.installed  ## print the benchmark figures as JSON
 	$(BIN)/python -m bench.bench_core
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(REF_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -47,7 +47,16 @@ AUTH_SERVER_REASON = (
     "needs bluesky-httpserver's logins (an authentication provider: passwords, tokens, "
     "sessions, keys made over HTTP); the gateway has configured API keys only"
 )
+# Cases that cannot be played here, and why (the reason is printed with the skip).
+SKIPS = {
+    "test_system_info_monitor_02": (
+        "runs no manager at all (re_manager_cmd is never called) and expects silence on "
+        "/api/info/ws; a stack always runs its manager, which publishes its status every "
+        "second, as the reference's does"
+    ),
+}
 # The reference's start-re-manager options that change nothing here.
+SERVER_FIXTURES = frozenset({"re_manager", "re_manager_cmd", "fastapi_server", "fastapi_server_fs"})
 IGNORED_OPTIONS = ("--verbose", "--quiet", "--silent", "--redis-name-prefix", "--redis-addr")
 
 # ----- options -----
@@ -83,7 +92,9 @@ class Harness:
 
     def __init__(self, config: pytest.Config, workdir: Path) -> None:
         self.zmq = bool(config.getoption("--reftests-zmq"))
-        self.runner = StackRunner(config.getoption("--qserver-python"), REPO, workdir)
+        self.runner = StackRunner(
+            config.getoption("--qserver-python"), REPO, workdir, http_port=config.stash[_HTTP_PORT]
+        )
         self.closed_http = ClosedPort()
         self.closed_zmq = ClosedPort()
         self.closed_zmq_info = ClosedPort()
@@ -141,7 +152,12 @@ _HARNESS = pytest.StashKey[Harness]()
 
 
 def harness(request: pytest.FixtureRequest) -> Harness:
-    return request.config.stash[_HARNESS]
+    """The session's harness, made at first use (an xdist controller never needs one)."""
+    config = request.config
+    if _HARNESS not in config.stash:
+        workdir = Path(tempfile.mkdtemp(prefix="qserver-reftests-"))
+        config.stash[_HARNESS] = Harness(config, workdir)
+    return config.stash[_HARNESS]
 
 
 def parse_manager_options(params: list[str], env: dict[str, str], zmq: bool) -> StackOptions:
@@ -303,9 +319,31 @@ def ip_kernel_simple_client(request: pytest.FixtureRequest) -> Iterator[IPKernel
 # ----- wiring -----
 
 
-def _install_fixtures() -> None:
+def _map_default_address(comm_base: Any, uri: str) -> None:
+    """The reference's default address (http://localhost:60610) is this session's gateway.
+
+    Tests that pass that address explicitly reach the stack, as they reach the reference's
+    server there. (Test ids keep the literal address, so xdist workers agree on them.)
+    """
+    base = comm_base.ReManagerAPI_HTTP_Base
+    original = base.__init__
+    reference = f"http://localhost:{REFERENCE_HTTP_PORT}"
+
+    def __init__(self: Any, *, http_server_uri: str | None = None, **kw: Any) -> None:
+        if http_server_uri is not None and http_server_uri.rstrip("/") == reference:
+            http_server_uri = uri
+        original(self, http_server_uri=http_server_uri, **kw)
+
+    base.__init__ = __init__
+    comm_base.default_http_server_uri = uri
+
+
+def _install_fixtures(http_port: int) -> None:
     """Put our fixtures where the test modules import theirs from, before they are imported."""
     import bluesky_queueserver.manager.tests.common as qs_common
+    import bluesky_queueserver_api.comm_base as comm_base
+
+    _map_default_address(comm_base, f"http://localhost:{http_port}")
 
     qs_common.re_manager = re_manager
     qs_common.re_manager_cmd = re_manager_cmd
@@ -325,10 +363,14 @@ def _install_fixtures() -> None:
         sys.modules[name] = mod
 
 
+_HTTP_PORT = pytest.StashKey[int]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    _install_fixtures()
-    workdir = Path(tempfile.mkdtemp(prefix="qserver-reftests-"))
-    config.stash[_HARNESS] = Harness(config, workdir)
+    # The session's gateway port, fixed now: the test modules read the default address
+    # when they are imported.
+    config.stash[_HTTP_PORT] = free_port()
+    _install_fixtures(config.stash[_HTTP_PORT])
     config.addinivalue_line("markers", "reftests_known(owner, cause): a known failure")
 
 
@@ -364,12 +406,22 @@ def _load_expected(path: str | None) -> dict[str, tuple[str, str]]:
     return out
 
 
+# The cases that talk to a server (the others test the client alone).
+_SERVER_CASES: set[str] = set()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    h = config.stash[_HARNESS]
+    zmq = bool(config.getoption("--reftests-zmq"))
     expected = _load_expected(config.getoption("--reftests-expected"))
     for item in items:
-        if not h.zmq and _is_zmq_case(item):
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            _SERVER_CASES.add(item.nodeid)
+        if not zmq and _is_zmq_case(item):
             item.add_marker(pytest.mark.skip(reason=ZMQ_OFF_REASON))
+            continue
+        reason = SKIPS.get(item.name.split("[")[0])
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
             continue
         known = expected.get(_short_id(item.nodeid))
         if known is not None:
@@ -379,7 +431,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _short_id(nodeid: str) -> str:
     """`test_api.py::test_x[HTTP-THREADS]`, wherever the package was collected from."""
-    return nodeid.rsplit("/", 1)[-1]
+    path, sep, rest = nodeid.partition("::")
+    return path.rsplit("/", 1)[-1] + sep + rest
 
 
 @pytest.fixture(autouse=True)
@@ -418,6 +471,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         outcome = "xfailed" if report.skipped else "xpassed"
     line = {
         "nodeid": _short_id(report.nodeid),
+        "server": report.nodeid in _SERVER_CASES,
         "when": report.when,
         "outcome": outcome,
         "duration": round(report.duration, 2),
@@ -430,7 +484,13 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    path = session.config.getoption("--reftests-report")
-    if path:
+    """The report is written where the cases run: by the process, or by each xdist worker."""
+    config = session.config
+    path = config.getoption("--reftests-report")
+    if not path:
+        return
+    worker = hasattr(config, "workerinput")
+    if not worker:
         Path(path).write_text("")
+    if worker or not config.pluginmanager.hasplugin("dsession"):
         pytest_runtest_logreport.path = path  # type: ignore[attr-defined]

@@ -285,11 +285,11 @@ def _clean_env() -> dict[str, str]:
 class StackRunner:
     """Starts the stack the tests need, restarts it when they need other options."""
 
-    def __init__(self, python: str, repo: Path, workdir: Path) -> None:
+    def __init__(self, python: str, repo: Path, workdir: Path, *, http_port: int) -> None:
         self.python = python
         self.repo = repo
         self.workdir = workdir
-        self.ports = Ports()
+        self.ports = Ports(http=http_port)
         self.emergency_key = os.urandom(12).hex()
         self.stack: RunningStack | None = None
         self.starts = 0
@@ -324,6 +324,11 @@ class StackRunner:
     def ensure(self, opts: StackOptions) -> RunningStack:
         if self.stack is not None and self.stack.opts == opts and self.stack.proc.poll() is None:
             return self.stack
+        # Options we cannot map fail here, before the running stack is stopped.
+        option_args = [
+            *self.zmq_flags.args(opts, self.control_address(opts), self.info_address(opts)),
+            *self._kernel_args(opts),
+        ]
         self.stop()
         self.starts += 1
         data_dir = self.workdir / f"stack-{self.starts}"
@@ -350,8 +355,7 @@ class StackRunner:
             str(self.ports.http),
             "--no-kafka",
             "--no-catalog",
-            *self.zmq_flags.args(opts, self.control_address(opts), self.info_address(opts)),
-            *self._kernel_args(opts),
+            *option_args,
         ]
         out_file = self.workdir / f"stack-{self.starts}.out"
         with open(out_file, "wb") as out:
