@@ -3,9 +3,10 @@
 The tests (`bluesky_queueserver_api/tests/` of the wheel) start the reference's servers with
 fixtures of bluesky-queueserver (`re_manager`, `re_manager_cmd`, ...) and bluesky-httpserver
 (`fastapi_server`, `fastapi_server_fs`, ...). This plugin puts ours in their place before
-the test modules import them: one stack per module, its state reset at the start of each
-test as a fresh manager's (queue and history empty, environment closed, no lock, default
-queue mode and permissions), restarted only when a test asks for other manager options.
+the test modules import them: one stack per session (per xdist worker), its state reset at
+the start of each test as a fresh manager's (queue and history empty, environment closed, no
+lock, default queue mode and permissions), restarted only when a test asks for other manager
+options.
 
 Where a test expects no server (the reference's fixtures not requested), the default
 addresses point to a closed port. Docs: docs/reference-tests.md.
@@ -193,6 +194,9 @@ def parse_manager_options(params: list[str], env: dict[str, str], zmq: bool) -> 
             opts = _replace(opts, permissions_file=value)
         else:
             raise ValueError(f"start-re-manager option {arg!r} has no equivalent in qserver's stack")
+    if not zmq:
+        # Without the bridge its options change nothing: the same stack serves.
+        opts = StackOptions(ipython_kernel=opts.ipython_kernel, permissions_file=opts.permissions_file)
     return opts
 
 
@@ -389,8 +393,8 @@ def _is_zmq_case(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
     if callspec is not None and callspec.params.get("protocol") == "ZMQ":
         return True
-    # test_comm.py's 0MQ tests that start a manager with 0MQ options.
-    return "_ZMQ_" in item.name and "re_manager_cmd" in getattr(item, "fixturenames", ())
+    # test_comm.py's 0MQ tests (test_ReManagerComm_ZMQ_*).
+    return "_ZMQ_" in item.name
 
 
 def _load_expected(path: str | None) -> dict[str, tuple[str, str]]:
@@ -442,13 +446,6 @@ def _reftests_addresses(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
     names = request.fixturenames
     h.point_http(monkeypatch, h.http_default if "fastapi_server" in names else None)
     h.point_zmq(monkeypatch, h.default_options() if "re_manager" in names else None)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _reftests_module_stack(request: pytest.FixtureRequest) -> Iterator[None]:
-    """One stack per module: stopped at its end (started by the first test that needs it)."""
-    yield
-    harness(request).runner.stop()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

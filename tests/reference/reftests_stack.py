@@ -124,10 +124,11 @@ class StackOptions:
 
 @dataclass
 class ZmqFlags:
-    """The stack's command-line flags for the 0MQ bridge, read from its `--help`.
+    """The stack's 0MQ bridge options (ADR 19), read from its `--help`.
 
-    The bridge comes from another branch (issue 11, the `zmq` helper); until its flags are
-    there, 0MQ mode cannot start and says so.
+    Its flags set the ports (it listens on loopback); encoding, key and console feed come
+    from the reference manager's variable names (QSERVER_ZMQ_*_FOR_SERVER). Until a stack
+    has the bridge, 0MQ mode cannot start and says so.
     """
 
     available: set[str] = field(default_factory=set)
@@ -135,23 +136,24 @@ class ZmqFlags:
     def args(self, opts: StackOptions, control: tuple[str, int], info: tuple[str, int]) -> list[str]:
         if not opts.zmq:
             return ["--no-zmq"] if "--no-zmq" in self.available else []
-        missing = {"--zmq-control-addr", "--zmq-info-addr"} - self.available
+        missing = {"--zmq-port", "--zmq-info-port"} - self.available
         if missing:
             raise RuntimeError(
-                "0MQ mode: the stack has no 0MQ bridge flags yet "
+                "0MQ mode: the stack has no 0MQ bridge yet "
                 f"({', '.join(sorted(missing))} missing from `stack up --help`)"
             )
-        out = [
-            "--zmq-control-addr",
-            f"tcp://{control[0]}:{control[1]}",
-            "--zmq-info-addr",
-            f"tcp://{info[0]}:{info[1]}",
-        ]
-        if "--zmq-encoding" in self.available:
-            out += ["--zmq-encoding", opts.zmq_encoding]
-        if not opts.zmq_publish_console and "--zmq-no-console" in self.available:
-            out.append("--zmq-no-console")
-        return out
+        return ["--zmq-port", str(control[1]), "--zmq-info-port", str(info[1])]
+
+    @staticmethod
+    def env(opts: StackOptions) -> dict[str, str]:
+        if not opts.zmq:
+            return {}
+        env = {
+            "QSERVER_ZMQ_ENCODING_FOR_SERVER": opts.zmq_encoding,
+            "QSERVER_ZMQ_PUBLISH_CONSOLE": "ON" if opts.zmq_publish_console else "OFF",
+        }
+        env.update(self.zmq_flags.env(opts))
+        return env
 
 
 @dataclass
@@ -313,7 +315,7 @@ class StackRunner:
             raise RuntimeError(
                 "IPython kernel mode (--use-ipython-kernel=ON): the stack has no such flag yet"
             )
-        return ["--use-ipython-kernel"]
+        return ["--use-ipython-kernel", "ON"]
 
     def control_address(self, opts: StackOptions) -> tuple[str, int]:
         return opts.zmq_control or ("127.0.0.1", self.ports.zmq_control)
@@ -339,8 +341,7 @@ class StackRunner:
         key_file.chmod(0o600)
         env = _clean_env()
         env["QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER"] = self.emergency_key
-        if opts.zmq_private_key:
-            env["QSERVER_ZMQ_PRIVATE_KEY_FOR_SERVER"] = opts.zmq_private_key
+        env.update(self.zmq_flags.env(opts))
         if opts.permissions_file:
             env["QSERVER_PERMISSIONS"] = opts.permissions_file
         argv = [
