@@ -154,7 +154,7 @@ def default_prefix(url: str | None = None) -> str:
     given, is its NATS), else qs.default."""
     if given := os.environ.get("QSERVER_PREFIX"):
         return given
-    stack = running_stack()
+    stack = running_stack(url=url)
     if stack is None or (url is not None and not is_stack_nats(url, stack)):
         return DEFAULT_PREFIX
     return _setting(stack, "prefix", DEFAULT_PREFIX)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
@@ -104,6 +105,10 @@ class WorkerSection(Section):
         Annotated[float, Meta(gt=0)] | None,
         _d("seconds an idle environment with no worker service waits, then closes itself"),
     ] = None
+    permitted_re_metadata_keys: Annotated[
+        list[str] | None,
+        _d("the RE.md keys `re_metadata` shows, as paths: /key, /key/subkey; / is all"),
+    ] = None
 
 
 class HttpSection(Section):
@@ -124,6 +129,10 @@ class HttpSection(Section):
     ] = None
     config: Annotated[str | None, _d("API keys, roles, anonymous access (YAML)")] = None
     single_user_api_key: Annotated[str | None, _d("the single-user key")] = None
+    custom_modules: Annotated[
+        list[str] | None,
+        _d("modules whose spreadsheet_to_plan_list converts uploaded spreadsheets"),
+    ] = None
 
 
 class Config(Section):
@@ -172,6 +181,7 @@ ENV: dict[tuple[str, str], str] = {
     ("queue", "permissions"): "QSERVER_PERMISSIONS",
     ("queue", "emergency_lock_key"): "QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER",
     ("worker", "orphan_timeout"): "QSERVER_ENV_ORPHAN_TIMEOUT",
+    ("worker", "permitted_re_metadata_keys"): "QSERVER_PERMITTED_RE_METADATA_KEYS",
     ("http", "host"): "QSERVER_HTTP_HOST",
     ("http", "port"): "QSERVER_HTTP_PORT",
     ("http", "timeout"): "QSERVER_HTTP_TIMEOUT",
@@ -180,7 +190,10 @@ ENV: dict[tuple[str, str], str] = {
     ("http", "ws_ping_interval"): "QSERVER_HTTP_WS_PING_INTERVAL",
     ("http", "config"): "QSERVER_HTTP_CONFIG",
     ("http", "single_user_api_key"): "QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY",
+    ("http", "custom_modules"): "QSERVER_CUSTOM_MODULES",
 }
+# Lists are given to the variables as the reference's do: items joined by a colon.
+LIST_VARS = {"QSERVER_PERMITTED_RE_METADATA_KEYS": ":", "QSERVER_CUSTOM_MODULES": ":|,"}
 CONFIG_ENV = "QSERVER_CONFIG"
 
 
@@ -210,6 +223,8 @@ def _env_text(value: Any) -> str:
         return "1" if value else "0"
     if isinstance(value, dict):
         return json.dumps(value)
+    if isinstance(value, list):
+        return ":".join(str(v) for v in value)
     return str(value)
 
 
@@ -219,6 +234,8 @@ def _env_value(var: str, text: str) -> Any:
             return json.loads(text) if text else None
         except ValueError:
             raise ConfigError(f"{var} must be a JSON object, not {text!r}") from None
+    if var in LIST_VARS:
+        return [v.strip() for v in re.split(LIST_VARS[var], text) if v.strip()]
     if var in ("QSERVER_NATS_DOCS", "QSERVER_DOCS_STREAM"):
         return text.lower() not in ("0", "false", "off", "no")
     return text

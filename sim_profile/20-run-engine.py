@@ -3,7 +3,8 @@ import os
 
 from bluesky import RunEngine
 
-RE = RunEngine(context_managers=[])
+# `metadata_key` as the reference's simulated profile has it (its clients' tests read it back).
+RE = RunEngine({"metadata_key": "metadata_value"}, context_managers=[])
 
 # Table output is off by default: bluesky's table callback sleeps 0.1 s per run.
 if os.environ.get("QSERVER_SIM_TABLE", "") not in ("", "0"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,14 @@ from qserver.client import Client
 from services.runtime.procs import CORE_SERVICES, ServiceProcess, readiness_probe
 from services.stack.kafka_broker import KafkaBroker
 from services.stack.natsserver import NatsServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background (nohup, `&` in a script) inherits SIGINT ignored,
+    # and so would every process it starts: the tests that stop a child with Ctrl-C's signal
+    # (`qserver monitor`, the stack) need the default back in their children.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

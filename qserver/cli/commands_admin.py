@@ -10,7 +10,7 @@ import click
 
 from qserver.cli.errors import NoReply
 from qserver.cli.options import CONTEXT, lock_key_option, required_key, simple
-from qserver.cli.runner import current_settings, run_manager_kill, send
+from qserver.cli.runner import current_settings, nats_url, run_manager_kill, send
 from qserver.cli.words import parse_manager_stop
 from qserver.legacy import CLI_USER
 
@@ -148,13 +148,21 @@ def stack_up(
 
 
 @stack.command("info", context_settings=CONTEXT)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The stack's data dir [$QSERVER_DATA_DIR; the default one; a stack on another data "
+    "dir whose NATS is $QSERVER_NATS_URL or -a].",
+)
 def stack_info(data_dir: Path | None) -> None:
     """Print what a running stack reports about itself."""
-    from services.stack.embedded import StackNotRunning, read_stack_info
+    from qserver.localstack import find_stack
 
-    try:
-        info = read_stack_info(data_dir)
-    except StackNotRunning as e:
-        raise NoReply(e.msg) from None
-    click.echo(json.dumps(info, indent=2, default=str))
+    url = nats_url(current_settings().address) or os.environ.get("QSERVER_NATS_URL")
+    lookup = find_stack(data_dir, url)
+    if lookup.info is None:
+        raise NoReply(
+            f"no running stack found: looked at {lookup.explain()}. Start one with "
+            "`qserver stack up`"
+        )
+    click.echo(json.dumps(lookup.info, indent=2, default=str))

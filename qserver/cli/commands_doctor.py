@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,12 +13,24 @@ from qserver.cli.errors import EXIT_ERROR, EXIT_OK
 from qserver.cli.options import CONTEXT
 from qserver.cli.runner import current_settings, nats_url
 
+if TYPE_CHECKING:
+    from qserver.doctor import Check
+    from qserver.localstack import StackLookup
 
-def stack_info(data_dir: Path | None) -> dict[str, Any]:
-    """What a local stack wrote to stack.json, or nothing if none runs."""
-    from qserver.localstack import running_stack
 
-    return running_stack(data_dir) or {}
+def stack_check(lookup: StackLookup) -> Check:
+    """Which local stack the addresses come from, or everywhere one was looked for."""
+    from qserver.doctor import Check
+
+    if lookup.info is None:
+        return Check("local stack", "skip", f"none found: looked at {lookup.explain()}")
+    info = lookup.info
+    return Check(
+        "local stack",
+        "ok",
+        f"{lookup.data_dir} (pid {info.get('pid', '?')}, NATS {info.get('nats_url')}, prefix "
+        f"'{info.get('prefix')}'): addresses and the NATS key from its stack.json",
+    )
 
 
 @click.command(context_settings=CONTEXT)
@@ -37,7 +49,8 @@ def stack_info(data_dir: Path | None) -> dict[str, Any]:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Data dir of a local stack to read addresses from [the default one, if running].",
+    help="Data dir of a local stack to read addresses from [$QSERVER_DATA_DIR; the default "
+    "one; a stack on another data dir whose NATS is $QSERVER_NATS_URL].",
 )
 def doctor(
     kafka_bootstrap: str | None,
@@ -52,19 +65,16 @@ def doctor(
     from qserver.connect import NatsAuth
     from qserver.doctor import DoctorConfig, healthy, report, run_checks
     from qserver.documents import configured_topic
-    from qserver.localstack import is_stack_nats, stack_credentials
+    from qserver.localstack import find_stack, is_stack_nats, stack_credentials
     from qserver.protocol.subjects import DEFAULT_PREFIX
 
     settings = current_settings()
     env = os.environ
-    stack = stack_info(data_dir)
-    # As every client does (qserver.client), but with the stack of --data-dir.
-    url = (
-        nats_url(settings.address)
-        or env.get("QSERVER_NATS_URL")
-        or stack.get("nats_url")
-        or DEFAULT_NATS_URL
-    )
+    given_url = nats_url(settings.address) or env.get("QSERVER_NATS_URL")
+    # As every client does (qserver.client), but also with the stack of --data-dir.
+    lookup = find_stack(data_dir, given_url)
+    stack = lookup.info or {}
+    url = given_url or stack.get("nats_url") or DEFAULT_NATS_URL
     stack_prefix = stack.get("prefix") if stack and is_stack_nats(url, stack) else None
     prefix = settings.prefix or env.get("QSERVER_PREFIX") or stack_prefix or DEFAULT_PREFIX
     bootstrap = (
@@ -85,6 +95,6 @@ def doctor(
         http_url=http_url or stack.get("http_url"),
         timeout=settings.timeout or 3.0,
     )
-    checks = asyncio.run(run_checks(cfg))
+    checks = [stack_check(lookup), *asyncio.run(run_checks(cfg))]
     click.echo(report(checks))
     click.get_current_context().exit(EXIT_OK if healthy(checks) else EXIT_ERROR)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from qserver.cli.errors import BadParams
+from qserver.cli.errors import BadParams, RequestRefused
 from qserver.cli.options import CONTEXT, FREE_ARGS, lock_key_option, simple
-from qserver.cli.runner import USER, send
+from qserver.cli.output import show
+from qserver.cli.runner import USER, ask, current_settings, send
 from qserver.cli.words import (
     batch_items,
     make_item,
@@ -43,6 +46,33 @@ def queue_add(kind: str, words: tuple[str, ...]) -> None:
         send("queue_item_add_batch", {"items": batch_items(text), **dest, **USER})
     else:
         send("queue_item_add", {"item": make_item(kind, text), **dest, **USER})
+
+
+@queue.command("upload", context_settings=FREE_ARGS)
+@lock_key_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("where", nargs=-1, metavar="[front|back|POS|before UID|after UID]")
+def queue_upload(file: Path, where: tuple[str, ...]) -> None:
+    """Add the plans of a spreadsheet (.xlsx, .xls, .csv), all or none (default: at the back).
+
+    Row 1 names the columns: plan name, args, then one keyword argument each; every further
+    row is a plan, its cells Python literals ('det1', 10, [1, 2]). See docs/http.md.
+    """
+    from qserver.spreadsheet import MAX_FILE_BYTES, SpreadsheetError, explain_batch, read_plans
+
+    dest = parse_dest(list(where))
+    if file.stat().st_size > MAX_FILE_BYTES:
+        raise BadParams(f"{file} is larger than the {MAX_FILE_BYTES} bytes a spreadsheet may be")
+    try:
+        plans = read_plans(file.read_bytes(), file.name)
+    except SpreadsheetError as e:
+        raise BadParams(str(e)) from None
+    reply = explain_batch(
+        ask("queue_item_add_batch", {"items": plans.items, **dest, **USER}), plans.rows
+    )
+    if reply.get("success") is False:
+        raise RequestRefused(f"Request failed: {reply.get('msg', '')}")
+    show(reply, current_settings().fmt)
 
 
 def _update(kind: str, uid: str, text: str, replace: bool) -> None:

@@ -102,6 +102,10 @@ def format_lists(reply: dict[str, Any], key: str, names_only: bool) -> str:
     return "\n".join(device_line(n, entries[n]) for n in sorted(entries))
 
 
+def monitor_fields(status: dict[str, Any]) -> str:
+    """What `qserver monitor` shows of a status, without its time."""
+    return " ".join(f"{k}={_compact(status.get(k))}" for k in WATCHED)
+
+
 def monitor_line(status: dict[str, Any]) -> str:
-    fields = " ".join(f"{k}={_compact(status.get(k))}" for k in WATCHED)
-    return f"{status.get('time', '')}  {fields}"
+    return f"{status.get('time', '')}  {monitor_fields(status)}"

@@ -23,7 +23,7 @@ from qserver.cli.errors import (
     NoReply,
     RequestRefused,
 )
-from qserver.cli.output import check, monitor_line, show
+from qserver.cli.output import check, monitor_fields, monitor_line, show
 from qserver.legacy import (
     CLI_USER,
     CLI_USER_GROUP,
@@ -126,6 +126,14 @@ def send(method: str, params: dict[str, Any] | None = None) -> None:
     show(asyncio.run(_request(settings, method, params)), settings.fmt)
 
 
+def ask(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Send one request and return its reply, refused or not (the caller prints it)."""
+    settings = current_settings()
+    return asyncio.run(
+        _request(settings, method, with_lock_key(method, params or {}, settings.lock_key))
+    )
+
+
 def latest_window(total: int, skip: int, count: int | None) -> tuple[int, int]:
     """The wire's (offset, limit) for the latest `count` items after skipping the `skip` latest."""
     end = max(0, total - skip)
@@ -183,16 +191,17 @@ def run_legacy(command: str, values: Sequence[str]) -> None:
 async def _monitor(settings: Settings, once: bool) -> None:
     async with connected(settings) as client:
         status = await client.request("status")
+        last = monitor_fields(status)
         click.echo(monitor_line(status))
         if once:
             return
-        # Status events also come once a second without a change: print changes only.
-        last = {k: v for k, v in status.items() if k != "time"}
+        # Status events also come once a second without a change, and change in keys the
+        # line does not show: print the line when it changes.
         async for event in client.status_events():
-            current = {k: v for k, v in event.items() if k != "time"}
-            if current != last:
+            fields = monitor_fields(event)
+            if fields != last:
                 click.echo(monitor_line(event))
-                last = current
+                last = fields
 
 
 def run_monitor(once: bool) -> None:

@@ -286,6 +286,11 @@ class RunsReply(Reply, kw_only=True):
     run_list_uid: str
 
 
+class ReMetadataReply(Reply, kw_only=True):
+    # Also on failure (`{}`), as the reference replies.
+    re_metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class PlansAllowedReply(Reply, kw_only=True):
     plans_allowed: dict[str, Any]
     plans_allowed_uid: str
@@ -351,6 +356,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "re_abort": EmptyLocked,
     "re_halt": EmptyLocked,
     "re_runs": ReRuns,
+    "re_metadata": Empty,
     "plans_allowed": UserGroup,
     "devices_allowed": UserGroup,
     "plans_existing": Existing,

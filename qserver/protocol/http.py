@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -51,6 +51,12 @@ class ConsoleOutputUpdate(HttpBody, frozen=True, kw_only=True, forbid_unknown_fi
     """`GET /api/console_output_update`: messages after `last_msg_uid` ("ALL": every one kept)."""
 
     last_msg_uid: str = "ALL"
+
+
+class ServerSleep(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`GET /api/test/server/sleep`: answer after `time` seconds (clients test timeouts)."""
+
+    time: Annotated[float, msgspec.Meta(le=600)]
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True):

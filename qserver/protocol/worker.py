@@ -5,7 +5,7 @@ Subjects (all under `<prefix>.internal.`):
 - `worker.events.state` event: `WorkerState`, published by the worker service on every change
   and once a second.
 - `env.<cmd>` request-reply to the environment process: `run`, `pause`, `resume`, `stop`,
-  `abort`, `halt`, `update`, `runs`, `state`, `close`.
+  `abort`, `halt`, `update`, `runs`, `metadata`, `state`, `close`.
 - `env.events.state` event: `EnvState`, published by the environment process on every change and
   once a second.
 - `results`: the JetStream stream `QS_<PREFIX>_RESULTS`, one `PlanResult` per finished
@@ -112,6 +112,12 @@ class RunsRequest(msgspec.Struct, frozen=True, kw_only=True):
 class RunsReply(CmdReply, kw_only=True):
     run_list: list[RunInfo] = msgspec.field(default_factory=list)
     run_list_uid: str = ""
+
+
+class MetadataReply(CmdReply, kw_only=True):
+    """`env.metadata`: `RE.md`, filtered by the permitted keys, as JSON values."""
+
+    re_metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class PlanResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,6 +20,7 @@ from qserver.protocol.api import MAX_REQUEST_BYTES
 from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, NoParams
 from services.gateway.accesslog import log_refusals
 from services.gateway.auth import Authenticator, Principal
+from services.gateway.auth_routes import auth_handlers
 from services.gateway.bodies import decode_body, request_params
 from services.gateway.bridge import Bridge
 from services.gateway.errors import (
@@ -29,6 +30,7 @@ from services.gateway.errors import (
     Unavailable,
     http_status,
 )
+from services.gateway.extra_routes import custom_modules, upload_handlers
 from services.gateway.metrics import Metrics, metrics_handler
 from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
 from services.gateway.routes import ROUTES, Route
@@ -252,6 +254,7 @@ def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
     gw = Gateway(bridge, auth)
     handlers: list[Any] = [route_handler(gw, r) for r in ROUTES]
     handlers += console_handlers(gw) + stream_handlers(gw) + docs_handlers(gw)
+    handlers += upload_handlers(gw, custom_modules(), body_of) + auth_handlers(gw)
     metrics = Metrics()
     handlers.append(metrics_handler(metrics, lambda r: gw.principal(r, "read:status")))
 

@@ -15,7 +15,14 @@ import msgspec
 
 import qserver
 from qserver.protocol.api import REQUEST_TYPES
-from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, ErrorDetail, NoParams
+from qserver.protocol.http import (
+    ConsoleOutput,
+    ConsoleOutputUpdate,
+    ErrorDetail,
+    NoParams,
+    ServerSleep,
+)
+from services.gateway.extra_routes import UPLOAD_PATH, upload_operation
 from services.gateway.routes import ROUTES, Route
 
 REF = "#/components/schemas/{name}"
@@ -50,6 +57,13 @@ LOCAL_ROUTES: tuple[tuple[str, str, str, type[msgspec.Struct] | None, str], ...]
     ("/api/config/get", "get", "read:config", NoParams, "Configuration ({} outside IPython)"),
     ("/api/auth/whoami", "get", "", NoParams, "Who the key belongs to: name, roles, scopes"),
     ("/api/auth/scopes", "get", "", NoParams, "The roles and scopes of the key"),
+    (
+        "/api/test/server/sleep",
+        "get",
+        "read:testing",
+        ServerSleep,
+        "Answers after `time` seconds (at most 600): for testing clients' timeouts",
+    ),
 )
 
 
@@ -116,6 +130,9 @@ def openapi_document() -> dict[str, Any]:
     for path, http, scope, body, summary in LOCAL_ROUTES:
         op_id = f"{http}{path.replace('/', '_')}"
         paths.setdefault(path, {})[http] = _operation(summary, scope, body, op_id, schemas)
+    errors = _operation("", "", None, "", schemas)["responses"]
+    del errors["200"]
+    paths[UPLOAD_PATH] = {"post": upload_operation(f"post{UPLOAD_PATH.replace('/', '_')}", errors)}
     return {
         "openapi": "3.1.0",
         "info": {

@@ -108,6 +108,7 @@ def _api() -> list[Route]:
             )
             for o in ("active", "open", "closed")
         ),
+        r("/api/re/metadata", "GET", "re_metadata", "read:monitor"),
         r("/api/plans/allowed", "GET", "plans_allowed", "read:resources", "group"),
         r("/api/devices/allowed", "GET", "devices_allowed", "read:resources", "group"),
         r("/api/plans/existing", "GET", "plans_existing", "read:resources"),

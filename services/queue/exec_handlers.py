@@ -6,16 +6,19 @@ import functools
 import uuid
 
 import msgspec
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.errors import Refused
 from qserver.protocol import api
-from qserver.protocol.worker import PauseRequest, RunsReply, RunsRequest
+from qserver.protocol.worker import MetadataReply, PauseRequest, RunsReply, RunsRequest
 from services.queue.core import QueueCore
 from services.queue.execution import Executor
 from services.queue.model import new_uid, normalize_item
 from services.runtime.service_base import Handler
 
 _runs_decoder = msgspec.json.Decoder(RunsReply)
+_metadata_decoder = msgspec.json.Decoder(MetadataReply)
 
 
 class ExecutionHandlers:
@@ -40,6 +43,7 @@ class ExecutionHandlers:
             "re_abort": functools.partial(self._control, "abort"),
             "re_halt": functools.partial(self._control, "halt"),
             "re_runs": self.on_re_runs,
+            "re_metadata": self.on_re_metadata,
             "plans_allowed": self.on_plans_allowed,
             "devices_allowed": self.on_devices_allowed,
             "plans_existing": self.on_plans_existing,
@@ -165,6 +169,22 @@ class ExecutionHandlers:
         return api.RunsReply(
             run_list=msgspec.to_builtins(reply.run_list), run_list_uid=reply.run_list_uid
         )
+
+    async def on_re_metadata(self, req: api.Empty) -> api.ReMetadataReply:
+        """`RE.md` of the environment, as it is now (the reference's texts on failure)."""
+        if not self.ex.env_exists:
+            return api.ReMetadataReply(
+                success=False, msg="Environment does not exist. Cannot retrieve RE metadata."
+            )
+        try:
+            reply = _metadata_decoder.decode(await self.ex.env_raw("metadata"))
+        except (NatsTimeout, NoRespondersError):
+            return api.ReMetadataReply(
+                success=False, msg="Timeout occurred while processing the request"
+            )
+        if not reply.success:
+            return api.ReMetadataReply(success=False, msg=reply.msg)
+        return api.ReMetadataReply(re_metadata=reply.re_metadata)
 
     # ----- plans, devices, permissions -----
 

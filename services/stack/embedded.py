@@ -30,7 +30,7 @@ from qserver.config import load_file as load_config_file
 from qserver.connect import NatsAuth
 from qserver.documents import DEFAULT_TOPIC
 from qserver.errors import QServerError
-from qserver.localstack import DATA_DIR_ENV
+from qserver.localstack import DATA_DIR_ENV, register_stack, registered_stacks, unregister_stack
 from qserver.localstack import default_data_dir as _default_data_dir
 from qserver.localstack import lock_is_held as _lock_is_held
 from qserver.protocol.subjects import DEFAULT_PREFIX, check_prefix
@@ -454,6 +454,11 @@ class Stack:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(json.dumps(self.info(), indent=2) + "\n")
         os.replace(tmp, self.cfg.info_file)
+        # So that clients find a stack on any data dir by its NATS address (ADR 21).
+        try:
+            register_stack(self.cfg.data_dir)
+        except OSError as e:
+            say(f"warning: this stack is not registered for clients to find ({e})")
 
     def announce(self) -> None:
         # Clients find the stack (address, prefix, NATS key) in the default data dir.
@@ -584,6 +589,7 @@ class Stack:
         if self.nats is not None:
             self.nats.stop(timeout=STOP_TIMEOUT)
         self.cfg.info_file.unlink(missing_ok=True)
+        unregister_stack(self.cfg.data_dir)
         if procs or self.nats is not None:
             say("stack stopped")
 
@@ -627,6 +633,7 @@ def run_stack(
         with hold_lock(cfg):
             # Left behind by a stack that was killed; it would name dead processes.
             cfg.info_file.unlink(missing_ok=True)
+            registered_stacks(prune=True)  # and the registry entries of killed stacks
             try:
                 stack.start()
                 stack.announce()

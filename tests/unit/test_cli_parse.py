@@ -373,5 +373,13 @@ def test_stack_commands_call_the_stack_module(
     assert cli.run(["--prefix", "qs.b", "stack", "up", "--data-dir", "/tmp/x"]) == 7
     assert calls[-1]["prefix"] == "qs.b"
     assert str(calls[-1]["data_dir"]) == "/tmp/x"
+    import qserver.localstack as localstack
+
+    def find(data_dir: object, url: object) -> localstack.StackLookup:
+        return localstack.StackLookup(info={"data_dir": data_dir, "url": url})
+
+    monkeypatch.setattr(localstack, "find_stack", find)
+    monkeypatch.setenv("QSERVER_NATS_URL", "nats://h:1")
     assert cli.run(["stack", "info"]) == 0
-    assert '"data_dir": null' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '"data_dir": null' in out and '"url": "nats://h:1"' in out

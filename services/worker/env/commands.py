@@ -13,10 +13,11 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
-from qserver.protocol.worker import CmdReply, RunPlan, RunsReply
+from qserver.protocol.worker import CmdReply, MetadataReply, RunPlan, RunsReply
 from services.runtime.service_base import encode
 from services.worker.env.console import ConsoleSink
 from services.worker.env.engine import CONTINUE_STATUS, Environment, Running
+from services.worker.env.metadata import metadata_reply
 from services.worker.results import ensure_results_stream
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class EnvCommands:
             "run": self.run,
             "pause": self.pause,
             "runs": self.runs,
+            "metadata": self.metadata,
             "update": self.update,
             "state": self.state,
             "close": self.close,
@@ -182,6 +184,9 @@ class EnvCommands:
         elif option == "closed":
             runs = [r for r in runs if not r.is_open]
         return RunsReply(run_list=runs, run_list_uid=self.env.runs.list_uid)
+
+    async def metadata(self, data: bytes) -> MetadataReply:
+        return metadata_reply(self.env.RE)
 
     async def update(self, data: bytes) -> CmdReply:
         env = self.env

@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,6 +28,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.kv import KeyValue
 
 from qserver.jsutil import default_replicas, transient
+from qserver.protocol.worker import MetadataReply
 
 if TYPE_CHECKING:
     from services.worker.env.link import NatsLink
@@ -302,3 +304,61 @@ def persist(run_engine: Any, link: NatsLink, bucket: str) -> PersistentMetadata:
     run_engine.md = md
     logger.info("RE.md is kept in %s (scan_id %s)", bucket, md.get(SCAN_ID))
     return md
+
+
+# ----- `re_metadata`: what clients may read of RE.md -----
+
+PERMITTED_KEYS_ENV = "QSERVER_PERMITTED_RE_METADATA_KEYS"  # the reference's name
+
+
+def permitted_paths(text: str) -> set[tuple[str, ...]]:
+    """`/a/b:/c` -> {("a", "b"), ("c",)}; `/` (the default) is the empty path: everything."""
+    paths = set()
+    for entry in text.split(":"):
+        entry = entry.strip()
+        if entry:
+            paths.add(tuple(part for part in entry.strip("/").split("/") if part))
+    return paths
+
+
+def filter_md(values: Mapping[str, Any], paths: set[tuple[str, ...]]) -> dict[str, Any]:
+    """The keys of `values` that a permitted path names, with all below them; a mapping on
+    the way to a permitted path keeps only what the path leads to (and is left out when
+    nothing is)."""
+    if () in paths:
+        return dict(values)
+
+    def walk(d: Mapping[Any, Any], at: tuple[str, ...]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in d.items():
+            path = (*at, str(key))
+            if path in paths:
+                out[key] = value
+            elif isinstance(value, Mapping):
+                below = walk(value, path)
+                if below:
+                    out[key] = below
+        return out
+
+    return walk(values, ())
+
+
+def metadata_reply(run_engine: Any, permitted: str | None = None) -> MetadataReply:
+    """The reply to `env.metadata`, with the reference's texts for what can go wrong."""
+    if run_engine is None:
+        return MetadataReply(success=False, msg="Run Engine does not exist in worker environment")
+    if not hasattr(run_engine, "md"):
+        return MetadataReply(success=False, msg="Run Engine does not have a metadata attribute")
+    try:
+        values = dict(run_engine.md)
+    except Exception as e:
+        return MetadataReply(
+            success=False, msg=f"Failed to convert Run Engine metadata to dictionary: {e}"
+        )
+    text = (os.environ.get(PERMITTED_KEYS_ENV) or "/") if permitted is None else permitted
+    try:
+        # Through JSON: what a client gets (numpy values as lists, dates as ISO text).
+        jsonable = msgspec.json.decode(_encoder.encode(filter_md(values, permitted_paths(text))))
+    except (TypeError, msgspec.EncodeError) as e:
+        return MetadataReply(success=False, msg=f"Failed to serialize RE metadata with JSON: {e}")
+    return MetadataReply(re_metadata=jsonable)
