@@ -28,7 +28,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-
 from reftests_stack import (
     API_KEY_FOR_TESTS,
     ClosedPort,
@@ -46,7 +45,7 @@ REFERENCE_HTTP_PORT = 60610  # bluesky-httpserver's default: "the" HTTP server o
 ZMQ_OFF_REASON = "0MQ mode is off (make test-reference REFTESTS_ZMQ=1 turns it on)"
 AUTH_SERVER_REASON = (
     "needs bluesky-httpserver's logins (an authentication provider: passwords, tokens, "
-    "sessions, keys made over HTTP); the gateway has configured API keys only"
+    "sessions, keys made over HTTP), which this gateway does not have (no --auth-store)"
 )
 # Cases that cannot be played here, and why (the reason is printed with the skip).
 SKIPS = {
@@ -153,12 +152,28 @@ _HARNESS = pytest.StashKey[Harness]()
 
 
 def harness(request: pytest.FixtureRequest) -> Harness:
+    return _harness_of(request.config)
+
+
+def _harness_of(config: pytest.Config) -> Harness:
     """The session's harness, made at first use (an xdist controller never needs one)."""
-    config = request.config
     if _HARNESS not in config.stash:
         workdir = Path(tempfile.mkdtemp(prefix="qserver-reftests-"))
         config.stash[_HARNESS] = Harness(config, workdir)
     return config.stash[_HARNESS]
+
+
+class _Current:
+    """This process's pytest config, for helpers the tests call outside fixtures."""
+
+    config: pytest.Config | None = None
+
+    def harness(self) -> Harness:
+        assert self.config is not None
+        return _harness_of(self.config)
+
+
+_CURRENT = _Current()
 
 
 def parse_manager_options(params: list[str], env: dict[str, str], zmq: bool) -> StackOptions:
@@ -174,9 +189,9 @@ def parse_manager_options(params: list[str], env: dict[str, str], zmq: bool) -> 
     while args:
         arg = args.pop(0)
         name, eq, value = arg.partition("=")
-        if not eq and name.startswith("--") and args and not args[0].startswith("--"):
-            if name not in ("--verbose", "--quiet", "--silent"):
-                value = args.pop(0)
+        takes_value = name not in ("--verbose", "--quiet", "--silent")
+        if not eq and takes_value and args and not args[0].startswith("--"):
+            value = args.pop(0)
         if name.startswith(IGNORED_OPTIONS):
             continue
         if name in ("--zmq-addr", "--zmq-control-addr"):
@@ -193,10 +208,14 @@ def parse_manager_options(params: list[str], env: dict[str, str], zmq: bool) -> 
         elif name == "--user-group-permissions":
             opts = _replace(opts, permissions_file=value)
         else:
-            raise ValueError(f"start-re-manager option {arg!r} has no equivalent in qserver's stack")
+            raise ValueError(
+                f"start-re-manager option {arg!r} has no equivalent in qserver's stack"
+            )
     if not zmq:
         # Without the bridge its options change nothing: the same stack serves.
-        opts = StackOptions(ipython_kernel=opts.ipython_kernel, permissions_file=opts.permissions_file)
+        opts = StackOptions(
+            ipython_kernel=opts.ipython_kernel, permissions_file=opts.permissions_file
+        )
     return opts
 
 
@@ -217,7 +236,9 @@ class Manager:
 
 
 @pytest.fixture
-def re_manager(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Manager]:
+def re_manager(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Manager]:
     h = harness(request)
     opts = h.default_options()
     stack = h.fresh_manager(opts)
@@ -257,16 +278,17 @@ def fastapi_server_fs(
         http_server_port: int | str = REFERENCE_HTTP_PORT,
         api_key: str | None = API_KEY_FOR_TESTS,
     ) -> None:
-        if api_key is None:
-            raise ValueError("fastapi_server_fs(api_key=None): no equivalent gateway mode mapped")
         stack = h.stack()
+        # Set by setup_server_with_config_file, as bluesky-httpserver reads it.
+        config_file = os.environ.get("QSERVER_HTTP_SERVER_CONFIG")
         default_port = int(http_server_port) == REFERENCE_HTTP_PORT
-        if default_port and api_key == API_KEY_FOR_TESTS:
+        if default_port and api_key == API_KEY_FOR_TESTS and not config_file:
             h.point_http(monkeypatch, h.http_default)
             return
         host = "127.0.0.1" if http_server_host == "localhost" else http_server_host
         port = free_port() if default_port else int(http_server_port)
-        gw = ExtraGateway(request.config.getoption("--qserver-python"), stack, host, port, api_key)
+        python = request.config.getoption("--qserver-python")
+        gw = ExtraGateway(python, stack, host, port, key=api_key, config_file=config_file)
         h.gateways.append(gw)
         h.point_http(monkeypatch, f"http://localhost:{port}" if default_port else None)
 
@@ -275,11 +297,20 @@ def fastapi_server_fs(
 
 
 def setup_server_with_config_file(*, config_file_str: str, tmpdir: Any, monkeypatch: Any) -> str:
-    """bluesky-httpserver's config files: only logins are in these tests, and we have none."""
+    """bluesky-httpserver's config file, given to the gateway as bluesky-httpserver gets it.
+
+    Its logins need a gateway that has them (ADR 23); without, the case is skipped.
+    """
     config = yaml.safe_load(config_file_str) or {}
-    if "authentication" in config:
+    if "authentication" in config and not _CURRENT.harness().runner.gateway_has_logins():
         pytest.skip(AUTH_SERVER_REASON)
-    raise ValueError(f"bluesky-httpserver config not mapped to the gateway: {sorted(config)}")
+    config_dir = Path(str(tmpdir)) / "config"
+    config_dir.mkdir(parents=True)
+    path = config_dir / "config_httpserver.yml"
+    path.write_text(config_file_str)
+    monkeypatch.setenv("QSERVER_HTTP_SERVER_CONFIG", str(path))
+    monkeypatch.chdir(str(tmpdir))
+    return str(path)
 
 
 class IPKernelClient:
@@ -375,6 +406,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # when they are imported.
     config.stash[_HTTP_PORT] = free_port()
     _install_fixtures(config.stash[_HTTP_PORT])
+    _CURRENT.config = config
     config.addinivalue_line("markers", "reftests_known(owner, cause): a known failure")
 
 

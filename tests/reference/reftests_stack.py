@@ -133,7 +133,9 @@ class ZmqFlags:
 
     available: set[str] = field(default_factory=set)
 
-    def args(self, opts: StackOptions, control: tuple[str, int], info: tuple[str, int]) -> list[str]:
+    def args(
+        self, opts: StackOptions, control: tuple[str, int], info: tuple[str, int]
+    ) -> list[str]:
         if not opts.zmq:
             return ["--no-zmq"] if "--no-zmq" in self.available else []
         missing = {"--zmq-port", "--zmq-info-port"} - self.available
@@ -152,7 +154,8 @@ class ZmqFlags:
             "QSERVER_ZMQ_ENCODING_FOR_SERVER": opts.zmq_encoding,
             "QSERVER_ZMQ_PUBLISH_CONSOLE": "ON" if opts.zmq_publish_console else "OFF",
         }
-        env.update(self.zmq_flags.env(opts))
+        if opts.zmq_private_key:
+            env["QSERVER_ZMQ_PRIVATE_KEY_FOR_SERVER"] = opts.zmq_private_key
         return env
 
 
@@ -216,19 +219,35 @@ def _tail(path: Path, n: int = 30) -> str:
 
 class ExtraGateway:
     """Another gateway process on the stack's NATS: bluesky-httpserver started with other
-    settings (a port, a key) beside the manager, as `fastapi_server_fs` does."""
+    settings beside the manager, as `fastapi_server_fs` does.
 
-    def __init__(self, python: str, stack: RunningStack, host: str, port: int, key: str) -> None:
+    It gets them as bluesky-httpserver does, from the environment: the single-user key
+    (QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY) and the config file (QSERVER_HTTP_SERVER_CONFIG,
+    with its logins in a store of its own).
+    """
+
+    def __init__(
+        self,
+        python: str,
+        stack: RunningStack,
+        host: str,
+        port: int,
+        *,
+        key: str | None,
+        config_file: str | None = None,
+    ) -> None:
         self.url = f"http://{host}:{port}"
         data_dir = stack.data_dir
-        key_file = data_dir / f"gateway-{port}.key"
-        key_file.write_text(key + "\n")
-        key_file.chmod(0o600)
         log = data_dir / "logs" / f"gateway-{port}.log"
         env = _clean_env()
         # The stack's gateway role: its NATS key and inbox prefix (services.stack.credentials).
         env["QSERVER_NATS_NKEY"] = str(data_dir / "nats-keys" / "gateway.nk")
         env["QSERVER_NATS_INBOX_PREFIX"] = "_INBOX.gateway"
+        if key:
+            env["QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY"] = key
+        if config_file:
+            env["QSERVER_HTTP_SERVER_CONFIG"] = config_file
+            env["QSERVER_HTTP_AUTH_STORE"] = f"reftests{port}x{os.getpid()}"
         argv = [
             python,
             "-m",
@@ -241,8 +260,6 @@ class ExtraGateway:
             host,
             "--port",
             str(port),
-            "--single-user-key-file",
-            str(key_file),
         ]
         self.log = log
         with open(log, "ab") as out:
@@ -295,11 +312,13 @@ class StackRunner:
         self.emergency_key = os.urandom(12).hex()
         self.stack: RunningStack | None = None
         self.starts = 0
-        self.zmq_flags = ZmqFlags(self._stack_flags())
+        self.zmq_flags = ZmqFlags(self.flags("services.stack.embedded"))
+        self._gateway_flags: set[str] | None = None
 
-    def _stack_flags(self) -> set[str]:
+    def flags(self, module: str) -> set[str]:
+        """The command-line flags `python -m <module> --help` lists."""
         out = subprocess.run(
-            [self.python, "-m", "services.stack.embedded", "--help"],
+            [self.python, "-m", module, "--help"],
             cwd=self.repo,
             capture_output=True,
             text=True,
@@ -307,6 +326,12 @@ class StackRunner:
             env=_clean_env(),
         ).stdout
         return {w.strip(",[]") for w in out.split() if w.startswith("--")}
+
+    def gateway_has_logins(self) -> bool:
+        """Whether the gateway serves bluesky-httpserver's logins (ADR 23: --auth-store)."""
+        if self._gateway_flags is None:
+            self._gateway_flags = self.flags("services.gateway")
+        return "--auth-store" in self._gateway_flags
 
     def _kernel_args(self, opts: StackOptions) -> list[str]:
         if not opts.ipython_kernel:
@@ -392,7 +417,9 @@ class Resetter:
     emergency_key: str
     log: list[str] = field(default_factory=list)
 
-    def _call(self, client: httpx.Client, verb: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(
+        self, client: httpx.Client, verb: str, path: str, body: dict[str, Any] | None = None
+    ) -> Any:
         r = client.request(verb, f"/api{path}", json=body or {})
         r.raise_for_status()
         return r.json()
@@ -414,9 +441,7 @@ class Resetter:
     def reset(self) -> None:
         headers = {"Authorization": f"ApiKey {API_KEY_FOR_TESTS}"}
         with httpx.Client(base_url=self.url, headers=headers, timeout=30.0) as c:
-            st = self.settle(
-                c, lambda s: s["manager_state"] not in TRANSIENT_STATES, "steady"
-            )
+            st = self.settle(c, lambda s: s["manager_state"] not in TRANSIENT_STATES, "steady")
             lock = st.get("lock") or {}
             if lock.get("environment") or lock.get("queue"):
                 self._call(c, "POST", "/unlock", {"lock_key": self.emergency_key})
