@@ -68,6 +68,7 @@ def embedded_stack(*args: str, timeout: float = 90.0) -> Iterator[dict[str, Any]
     """The embedded stack in a temporary data dir on free ports; yields its stack.json."""
     with tempfile.TemporaryDirectory(prefix="qs-bench-stack-") as tmp:
         ports = ["--nats-port", str(free_port()), "--http-port", str(free_port())]
+        ports += ["--zmq-port", str(free_port()), "--zmq-info-port", str(free_port())]
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.stack.embedded", "--data-dir", tmp, *ports, *args],
             stdout=subprocess.DEVNULL,

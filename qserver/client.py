@@ -18,6 +18,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from qserver.connect import NatsAuth, servers
 from qserver.localstack import is_stack_nats, running_stack, stack_credentials
 from qserver.protocol.api import service_of, unknown_method_reply
+from qserver.protocol.console import UID_HEADER as CONSOLE_UID
 from qserver.protocol.reply_parts import PART_HEADER, PARTS_HEADER, SIZE_HEADER, TOKEN_HEADER
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 
@@ -167,6 +168,28 @@ def _stack_setting(key: str, default: str) -> str:
 def _setting(stack: dict[str, Any], key: str, default: str) -> str:
     value = stack.get(key)
     return value if isinstance(value, str) and value else default
+
+
+async def _unless_denied(
+    messages: AsyncIterator[Any], denied: asyncio.Future[str]
+) -> AsyncIterator[Any]:
+    """The messages of a subscription; AccessDenied as soon as NATS refuses it."""
+    it = messages.__aiter__()
+    nxt: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            nxt = asyncio.ensure_future(anext(it))
+            either: set[asyncio.Future[Any]] = {nxt, denied}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not nxt.done():
+                raise AccessDenied(
+                    f"Permission denied: {denied.result()} (ask for credentials of a "
+                    "role that may read it)"
+                )
+            yield nxt.result()
+    finally:
+        if nxt is not None and not nxt.done():
+            nxt.cancel()
 
 
 class Client:
@@ -339,32 +362,30 @@ class Client:
 
         AccessDenied if NATS refuses this user the subscription (instead of silence).
         """
+        async for msg in self.messages(subject):
+            yield _decoder.decode(msg.data)
+
+    async def messages(self, subject: str) -> AsyncIterator[Any]:
+        """Yield each message (`nats.aio.msg.Msg`) published on `subject`, as `events`."""
+        async with self.subscription(subject) as messages:
+            async for msg in messages:
+                yield msg
+
+    @contextlib.asynccontextmanager
+    async def subscription(self, subject: str) -> AsyncIterator[AsyncIterator[Any]]:
+        """Subscribed on entry (what is published from then on is kept); yields its messages."""
         if self.denials is None:
             sub = await self.nc.subscribe(subject)
             try:
-                async for msg in sub.messages:
-                    yield _decoder.decode(msg.data)
+                yield sub.messages
             finally:
                 await sub.unsubscribe()
             return
         with self.denials.watch(subject) as denied:
             sub = await self.nc.subscribe(subject)
-            messages = sub.messages.__aiter__()
-            nxt: asyncio.Future[Any] | None = None
             try:
-                while True:
-                    nxt = asyncio.ensure_future(anext(messages))
-                    either: set[asyncio.Future[Any]] = {nxt, denied}
-                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                    if not nxt.done():
-                        raise AccessDenied(
-                            f"Permission denied: {denied.result()} (ask for credentials of a "
-                            "role that may read it)"
-                        )
-                    yield _decoder.decode(nxt.result().data)
+                yield _unless_denied(sub.messages, denied)
             finally:
-                if nxt is not None and not nxt.done():
-                    nxt.cancel()
                 await sub.unsubscribe()
 
     def status_events(self) -> AsyncIterator[dict[str, Any]]:
@@ -372,8 +393,34 @@ class Client:
         return self.events(self.subjects.status_event)
 
     def console_events(self) -> AsyncIterator[dict[str, Any]]:
-        """Each console line of the environment as `{time, msg}`, live."""
+        """Each console message (`{time, msg}`) as it is published, live."""
         return self.events(self.subjects.console_event)
+
+    async def console_feed(self, backlog: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """The last `backlog` console messages kept, then each new one: none twice, none missed.
+
+        The backlog comes from the history service (`console_output_update`, ADR 18); the
+        live messages from a subscription made before it is asked, each matched by its uid
+        (`Qs-Console-Uid`) against the backlog. Without a history service: live only.
+        """
+        async with self.subscription(self.subjects.console_event) as live:
+            seen: set[Any] = set()
+            if backlog > 0:
+                params = {"last_msg_uid": "ALL", "with_uids": True}
+                try:
+                    reply = await self.request("console_output_update", params)
+                except (NoAnswer, AccessDenied):
+                    reply = {}
+                kept = reply.get("console_output_msgs") or []
+                seen = {m.get("uid") for m in kept}
+                for m in kept[-backlog:]:
+                    yield {"time": m.get("time"), "msg": m.get("msg", "")}
+            async for msg in live:
+                uid = (msg.headers or {}).get(CONSOLE_UID)
+                if uid in seen:
+                    seen.discard(uid)  # printed before it started, and already in the backlog
+                    continue
+                yield _decoder.decode(msg.data)
 
     async def wait_for(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
         """Wait until a status event satisfies `predicate`; the current status counts too."""

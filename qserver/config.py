@@ -87,6 +87,18 @@ class DocumentsSection(Section):
     ] = None
 
 
+class ConsoleSection(Section):
+    max_msgs: Annotated[
+        Annotated[int, Meta(gt=0)] | None, _d("the console stream keeps at most this many messages")
+    ] = None
+    max_mib: Annotated[
+        Annotated[float, Meta(gt=0)] | None, _d("the console stream keeps at most this many MiB")
+    ] = None
+    max_age_days: Annotated[
+        Annotated[float, Meta(gt=0)] | None, _d("the console stream keeps messages this long")
+    ] = None
+
+
 class TiledSection(Section):
     url: Annotated[str | None, _d("Tiled server the runs are saved to; empty = off")] = None
     api_key: Annotated[str | None, _d("its API key")] = None
@@ -104,6 +116,12 @@ class WorkerSection(Section):
     orphan_timeout: Annotated[
         Annotated[float, Meta(gt=0)] | None,
         _d("seconds an idle environment with no worker service waits, then closes itself"),
+    ] = None
+    use_ipython_kernel: Annotated[
+        bool | None, _d("run the environment in an IPython kernel (jupyter console attaches)")
+    ] = None
+    ipython_dir: Annotated[
+        str | None, _d("where the kernel's connection file (0600) and IPython files go")
     ] = None
     permitted_re_metadata_keys: Annotated[
         list[str] | None,
@@ -135,6 +153,26 @@ class HttpSection(Section):
     ] = None
 
 
+class ZmqSection(Section):
+    control_addr: Annotated[str | None, _d("0MQ control socket, tcp://host:port")] = None
+    info_addr: Annotated[str | None, _d("0MQ console/status PUB socket, tcp://host:port")] = None
+    private_key: Annotated[str | None, _d("CurveZMQ private key (z85); unset: no encryption")] = (
+        None
+    )
+    encoding: Annotated[Literal["json", "msgpack"] | None, _d("0MQ message encoding")] = None
+    publish_console: Annotated[bool | None, _d("publish console output and status")] = None
+    client_keys: Annotated[str | None, _d("CurveZMQ client public keys mapped to users (YAML)")] = (
+        None
+    )
+    local_users: Annotated[
+        Literal["owner", "any"] | None, _d("loopback clients: this OS user (and root), or any")
+    ] = None
+    info_public: Annotated[bool | None, _d("allow a non-loopback info address")] = None
+    timeout: Annotated[Annotated[float, Meta(gt=0)] | None, _d("seconds to wait for a service")] = (
+        None
+    )
+
+
 class Config(Section):
     """The whole tree; every key is optional (a service's own default applies)."""
 
@@ -142,10 +180,12 @@ class Config(Section):
     log: LogSection = msgspec.field(default_factory=LogSection)
     kafka: KafkaSection = msgspec.field(default_factory=KafkaSection)
     documents: DocumentsSection = msgspec.field(default_factory=DocumentsSection)
+    console: ConsoleSection = msgspec.field(default_factory=ConsoleSection)
     tiled: TiledSection = msgspec.field(default_factory=TiledSection)
     queue: QueueSection = msgspec.field(default_factory=QueueSection)
     worker: WorkerSection = msgspec.field(default_factory=WorkerSection)
     http: HttpSection = msgspec.field(default_factory=HttpSection)
+    zmq: ZmqSection = msgspec.field(default_factory=ZmqSection)
 
 
 # Each key and its environment variable: the names the services read.
@@ -173,6 +213,9 @@ ENV: dict[tuple[str, str], str] = {
     ("documents", "max_age_days"): "QSERVER_DOCS_MAX_AGE_DAYS",
     ("documents", "max_gib"): "QSERVER_DOCS_MAX_GIB",
     ("documents", "max_doc_mib"): "QSERVER_DOCS_MAX_DOC_MIB",
+    ("console", "max_msgs"): "QSERVER_CONSOLE_MAX_MSGS",
+    ("console", "max_mib"): "QSERVER_CONSOLE_MAX_MIB",
+    ("console", "max_age_days"): "QSERVER_CONSOLE_MAX_AGE_DAYS",
     ("tiled", "url"): "QSERVER_TILED_URL",
     ("tiled", "api_key"): "QSERVER_TILED_API_KEY",
     ("tiled", "catalog"): "QSERVER_TILED_CATALOG",
@@ -181,6 +224,8 @@ ENV: dict[tuple[str, str], str] = {
     ("queue", "permissions"): "QSERVER_PERMISSIONS",
     ("queue", "emergency_lock_key"): "QSERVER_EMERGENCY_LOCK_KEY_FOR_SERVER",
     ("worker", "orphan_timeout"): "QSERVER_ENV_ORPHAN_TIMEOUT",
+    ("worker", "use_ipython_kernel"): "QSERVER_USE_IPYTHON_KERNEL",
+    ("worker", "ipython_dir"): "QSERVER_IPYTHON_DIR",
     ("worker", "permitted_re_metadata_keys"): "QSERVER_PERMITTED_RE_METADATA_KEYS",
     ("http", "host"): "QSERVER_HTTP_HOST",
     ("http", "port"): "QSERVER_HTTP_PORT",
@@ -191,10 +236,26 @@ ENV: dict[tuple[str, str], str] = {
     ("http", "config"): "QSERVER_HTTP_CONFIG",
     ("http", "single_user_api_key"): "QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY",
     ("http", "custom_modules"): "QSERVER_CUSTOM_MODULES",
+    # The 0MQ bridge: the reference manager's names where it has them.
+    ("zmq", "control_addr"): "QSERVER_ZMQ_CONTROL_ADDRESS_FOR_SERVER",
+    ("zmq", "info_addr"): "QSERVER_ZMQ_INFO_ADDRESS_FOR_SERVER",
+    ("zmq", "private_key"): "QSERVER_ZMQ_PRIVATE_KEY_FOR_SERVER",
+    ("zmq", "encoding"): "QSERVER_ZMQ_ENCODING_FOR_SERVER",
+    ("zmq", "publish_console"): "QSERVER_ZMQ_PUBLISH_CONSOLE",
+    ("zmq", "client_keys"): "QSERVER_ZMQ_CLIENT_KEYS",
+    ("zmq", "local_users"): "QSERVER_ZMQ_LOCAL_USERS",
+    ("zmq", "info_public"): "QSERVER_ZMQ_INFO_PUBLIC",
+    ("zmq", "timeout"): "QSERVER_ZMQ_TIMEOUT",
 }
 # Lists are given to the variables as the reference's do: items joined by a colon.
 LIST_VARS = {"QSERVER_PERMITTED_RE_METADATA_KEYS": ":", "QSERVER_CUSTOM_MODULES": ":|,"}
 CONFIG_ENV = "QSERVER_CONFIG"
+BOOLEAN_VARS = (
+    "QSERVER_NATS_DOCS",
+    "QSERVER_DOCS_STREAM",
+    "QSERVER_ZMQ_PUBLISH_CONSOLE",
+    "QSERVER_ZMQ_INFO_PUBLIC",
+)
 
 
 class ConfigError(ValueError):
@@ -236,9 +297,24 @@ def _env_value(var: str, text: str) -> Any:
             raise ConfigError(f"{var} must be a JSON object, not {text!r}") from None
     if var in LIST_VARS:
         return [v.strip() for v in re.split(LIST_VARS[var], text) if v.strip()]
-    if var in ("QSERVER_NATS_DOCS", "QSERVER_DOCS_STREAM"):
+    if var in BOOLEAN_VARS:
         return text.lower() not in ("0", "false", "off", "no")
+    if var == "QSERVER_USE_IPYTHON_KERNEL":
+        try:
+            return switch(text)
+        except ValueError as e:
+            raise ConfigError(f"{var}: {e}") from None
     return text
+
+
+def switch(text: str) -> bool:
+    """An on/off value as the reference's options take it (`ON`, `OFF`, `true`, `0`, ...)."""
+    value = text.strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no", ""):
+        return False
+    raise ValueError(f"expected ON or OFF, not {text!r}")
 
 
 def from_environ(environ: Mapping[str, str]) -> Config:

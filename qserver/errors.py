@@ -13,9 +13,12 @@ class QServerError(Exception):
 
     code = "error"
 
-    def __init__(self, msg: str) -> None:
+    def __init__(self, msg: str, *, bare: bool = False) -> None:
         super().__init__(msg)
         self.msg = msg
+        # Sent without the method's prefix (`Error: `): the reference's state refusals,
+        # which its manager returns rather than raises (services/runtime/refusals.py).
+        self.bare = bare
 
 
 class BadRequest(QServerError):

@@ -150,6 +150,14 @@ async def read_stream(
     js: JetStreamContext, stream: str, subject: str, start_seq: int, batch: int = 1000
 ) -> AsyncIterator[tuple[int, bytes]]:
     """Yield (sequence, data) of every message on `subject` from `start_seq` to the current end."""
+    async for seq, data, _ in read_stream_with_headers(js, stream, subject, start_seq, batch):
+        yield seq, data
+
+
+async def read_stream_with_headers(
+    js: JetStreamContext, stream: str, subject: str, start_seq: int, batch: int = 1000
+) -> AsyncIterator[tuple[int, bytes, dict[str, str] | None]]:
+    """`read_stream`, with each message's headers."""
     info = await js.stream_info(stream)
     last = info.state.last_seq
     if last < start_seq or info.state.messages == 0:
@@ -176,6 +184,6 @@ async def read_stream(
                 seq = msg.metadata.sequence.stream
                 if seq > last:
                     break
-                yield seq, msg.data
+                yield seq, msg.data, msg.headers
     finally:
         await sub.unsubscribe()

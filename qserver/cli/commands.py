@@ -123,17 +123,27 @@ simple(cli, "config", "config_get", "Print the manager configuration.")
 @cli.command(context_settings=CONTEXT)
 @click.argument("what", type=click.Choice(["status", "console"]), default="status")
 @click.option(
-    "--once", is_flag=True, help="Print the current status (or one console line) and exit."
+    "--once",
+    is_flag=True,
+    help="Print the current status (or the console's recent output) and exit.",
 )
-def monitor(what: str, once: bool) -> None:
+@click.option(
+    "--backlog",
+    type=click.IntRange(0, 2000),
+    default=200,
+    show_default=True,
+    help="Console: how many messages printed before the monitor started come first "
+    "(0: only new ones).",
+)
+def monitor(what: str, once: bool, backlog: int) -> None:
     """Watch the server until Ctrl-C: a line per status change, or the console output.
 
     \b
     qserver monitor            status changes, as they are pushed
-    qserver monitor console    what the environment prints, live
+    qserver monitor console    what the server prints: the recent output, then live
     """
     if what == "console":
-        run_console_monitor(once)
+        run_console_monitor(once, backlog)
     else:
         run_monitor(once)
 

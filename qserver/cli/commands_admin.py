@@ -106,6 +106,26 @@ def stack() -> None:
     help="The HTTP gateway takes no API keys (for a closed machine; loopback only). NATS "
     "still refuses anonymous clients: its keys are in the data dir, readable by you only.",
 )
+@click.option(
+    "--use-ipython-kernel",
+    "ipython_kernel",
+    is_flag=False,
+    flag_value="ON",
+    default=None,
+    metavar="[ON|OFF]",
+    help="Run the environment in an IPython kernel that `jupyter console --existing` attaches "
+    "to (connection file in the data dir) [the configuration's worker.use_ipython_kernel, "
+    "else OFF].",
+)
+@click.option(
+    "--no-zmq",
+    is_flag=True,
+    help="Do not run the 0MQ bridge (the reference's control protocol and console feed).",
+)
+@click.option("--zmq-port", type=int, default=60615, show_default=True, help="0MQ control port.")
+@click.option(
+    "--zmq-info-port", type=int, default=60625, show_default=True, help="0MQ console/info port."
+)
 def stack_up(
     data_dir: Path | None,
     nats_port: int,
@@ -118,12 +138,24 @@ def stack_up(
     tiled_port: int,
     config_file: str | None,
     no_auth: bool,
+    ipython_kernel: str | None,
+    no_zmq: bool,
+    zmq_port: int,
+    zmq_info_port: int,
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
     from qserver.protocol.subjects import DEFAULT_PREFIX
     from services.stack.embedded import run_stack, use_config
 
     use_config(config_file)
+    kernel = None
+    if ipython_kernel is not None:
+        from qserver.config import switch
+
+        try:
+            kernel = switch(ipython_kernel)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--use-ipython-kernel") from None
 
     # Not `default_prefix()`: that is the prefix of a stack already running.
     prefix = (
@@ -143,6 +175,10 @@ def stack_up(
         http_auth=not no_auth,
         catalog=not no_catalog,
         tiled_port=tiled_port,
+        ipython_kernel=kernel,
+        zmq=not no_zmq,
+        zmq_port=zmq_port,
+        zmq_info_port=zmq_info_port,
     )
     click.get_current_context().exit(code)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -209,17 +210,30 @@ def run_monitor(once: bool) -> None:
         asyncio.run(_monitor(current_settings(), once))
 
 
-async def _console_monitor(settings: Settings, once: bool) -> None:
+async def _console_monitor(settings: Settings, once: bool, backlog: int) -> None:
+    """As the reference's `qserver-console-monitor`: each message written as it came (its
+    carriage returns and cursor moves redraw progress bars in a terminal), after the last
+    `backlog` ones the server kept (ADR 18)."""
     async with connected(settings) as client:
-        async for line in client.console_events():
-            click.echo(line.get("msg", ""), nl=False)
-            if once:
-                return
+        if once:
+            params = {"last_msg_uid": "ALL"}
+            kept = (await client.request("console_output_update", params))["console_output_msgs"]
+            for m in kept[-backlog:] if backlog else []:
+                _write(m)
+            return
+        async for m in client.console_feed(backlog):
+            _write(m)
 
 
-def run_console_monitor(once: bool) -> None:
+def _write(m: dict[str, Any]) -> None:
+    # Not click.echo: it strips escape sequences when the output is not a terminal.
+    sys.stdout.write(str(m.get("msg", "")))
+    sys.stdout.flush()
+
+
+def run_console_monitor(once: bool, backlog: int = 200) -> None:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_console_monitor(current_settings(), once))
+        asyncio.run(_console_monitor(current_settings(), once, backlog))
 
 
 async def _manager_kill(settings: Settings) -> dict[str, Any] | None:

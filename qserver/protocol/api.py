@@ -159,6 +159,14 @@ class EnvironmentUpdate(Locked, frozen=True, kw_only=True, forbid_unknown_fields
     run_in_background: bool = False
 
 
+class KernelInterrupt(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Ctrl-C to the environment's IPython kernel; also while a task or a plan runs only
+    if these allow it."""
+
+    interrupt_task: bool = False
+    interrupt_plan: bool = False
+
+
 class QueueAutostart(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enable: bool
 
@@ -195,11 +203,27 @@ class PermissionsReload(Locked, frozen=True, kw_only=True, forbid_unknown_fields
     restore_permissions: bool = True
 
 
+class ConsoleOutput(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The last `nlines` lines of the console text (the reference's default: 200)."""
+
+    nlines: int = 200
+
+
+class ConsoleOutputUpdate(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The console messages after `last_msg_uid` ("ALL": every one kept)."""
+
+    last_msg_uid: str = "ALL"
+    # Each message also carries its `uid` (the live event's `Qs-Console-Uid` header), so a
+    # reader can join the backlog to the live events without a gap or a repeat.
+    with_uids: bool = False
+
+
 # ----- replies -----
 
 
 class Reply(msgspec.Struct, kw_only=True):
-    """Every reply carries `success` and `msg`; failures carry only these two."""
+    """Every reply carries `success` and `msg`; a failure also carries the reference's other
+    keys of the method, empty (services/runtime/refusals.py)."""
 
     success: bool = True
     msg: str = ""
@@ -277,6 +301,12 @@ class HistoryRunItemReply(Reply, kw_only=True):
     url: str | None = None
 
 
+class ConfigGetReply(Reply, kw_only=True):
+    # `ip_connect_info`: the kernel's connection info in kernel mode with an environment
+    # open (what `jupyter console --existing` reads), else {}.
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class TaskReply(Reply, kw_only=True):
     task_uid: str
 
@@ -313,6 +343,19 @@ class DevicesExistingReply(Reply, kw_only=True):
 
 class PermissionsReply(Reply, kw_only=True):
     user_group_permissions: dict[str, Any]
+
+
+class ConsoleOutputReply(Reply, kw_only=True):
+    text: str
+
+
+class ConsoleOutputUidReply(Reply, kw_only=True):
+    console_output_uid: str  # changes whenever the text does
+
+
+class ConsoleOutputUpdateReply(Reply, kw_only=True):
+    last_msg_uid: str  # send it back to get what comes after
+    console_output_msgs: list[dict[str, Any]]  # `{time, msg}` each (and `uid` if asked)
 
 
 # The request type of every method of the core services. Methods absent from this table are
@@ -364,11 +407,18 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "permissions_get": Empty,
     "permissions_set": PermissionsSetRequest,
     "permissions_reload": PermissionsReload,
+    "kernel_interrupt": KernelInterrupt,
+    "config_get": Empty,
+    "console_output": ConsoleOutput,
+    "console_output_uid": Empty,
+    "console_output_update": ConsoleOutputUpdate,
 }
 
 # The methods the history service answers; the queue service answers all the others.
 HISTORY_METHODS = frozenset(
     {"history_get", "history_clear", "history_runs", "history_run_item", "history_result_get"}
+    # The console's backlog (ADR 18): kept by the history service, like the plan history.
+    | {"console_output", "console_output_uid", "console_output_update"}
 )
 
 

@@ -41,18 +41,6 @@ class LegacyPosition(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=
     pos: Pos | UnsetType = UNSET
 
 
-class ConsoleOutput(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`GET /api/console_output`: the last `nlines` lines of console output."""
-
-    nlines: int = msgspec.field(default=200)
-
-
-class ConsoleOutputUpdate(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`GET /api/console_output_update`: messages after `last_msg_uid` ("ALL": every one kept)."""
-
-    last_msg_uid: str = "ALL"
-
-
 class ServerSleep(HttpBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`GET /api/test/server/sleep`: answer after `time` seconds (clients test timeouts)."""
 

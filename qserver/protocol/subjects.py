@@ -121,6 +121,11 @@ class Subjects:
         return f"QS_{self._token}_RESULTS"
 
     @property
+    def console_stream(self) -> str:
+        """The recent console output (`events.console`), bounded: the backlog every reader gets."""
+        return f"QS_{self._token}_CONSOLE"
+
+    @property
     def docs_stream(self) -> str:
         """Every run document, durable: what the catalog and the Kafka export read."""
         return f"QS_{self._token}_DOCS"

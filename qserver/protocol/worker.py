@@ -5,7 +5,8 @@ Subjects (all under `<prefix>.internal.`):
 - `worker.events.state` event: `WorkerState`, published by the worker service on every change
   and once a second.
 - `env.<cmd>` request-reply to the environment process: `run`, `pause`, `resume`, `stop`,
-  `abort`, `halt`, `update`, `runs`, `metadata`, `state`, `close`.
+  `abort`, `halt`, `update`, `runs`, `metadata`, `state`, `close`; in kernel mode (ADR 20)
+  also `reserve`, `release`, `interrupt` and `connect_info`.
 - `env.events.state` event: `EnvState`, published by the environment process on every change and
   once a second.
 - `results`: the JetStream stream `QS_<PREFIX>_RESULTS`, one `PlanResult` per finished
@@ -72,6 +73,10 @@ class EnvState(msgspec.Struct, frozen=True, kw_only=True):
     # (too large, or no room while the stream did not answer).
     docs_pending: int = 0
     docs_failed: int = 0
+    # Kernel mode (ADR 20): the IPython kernel's state (`starting`, `idle`, `busy`,
+    # `disabled` once shut down) and whether the execution loop holds it. None: no kernel.
+    ip_kernel_state: str | None = None
+    ip_kernel_captured: bool | None = None
 
 
 class WorkerState(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,10 +93,19 @@ class WorkerState(msgspec.Struct, frozen=True, kw_only=True):
     ended_env_uid: str | None = None
     # The worker service instance that publishes this (`<host>:<pid>:<random>`).
     worker: str = ""
+    # The environment is being killed (`destroy`): until its end is seen, whoever reads this
+    # (a queue service that took over meanwhile too) says `destroying_environment`.
+    destroying: bool = False
+    # Counts up with every state the worker instance sends (events and replies): a state
+    # older than one already seen from the same instance is stale (it was sent before the
+    # newer one but arrived after it) and is ignored.
+    seq: int = 0
     # Documents from the document stream to Kafka: not delivered yet / lost for good (too
     # large for the broker, or dropped by the stream's limits before they were sent).
     kafka_pending: int = 0
     kafka_failed: int = 0
+    # The worker starts its environments in an IPython kernel (ADR 20).
+    use_ipython_kernel: bool = False
 
 
 class RunPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,6 +117,18 @@ class RunPlan(msgspec.Struct, frozen=True, kw_only=True):
 
 class PauseRequest(msgspec.Struct, frozen=True, kw_only=True):
     option: Literal["deferred", "immediate"] = "deferred"
+
+
+class KernelInterruptRequest(msgspec.Struct, frozen=True, kw_only=True):
+    interrupt_task: bool = False
+    interrupt_plan: bool = False
+
+
+class ConnectInfoReply(CmdReply, kw_only=True):
+    """The kernel's connection info (the connection file's content); {} without a kernel."""
+
+    ip_connect_info: dict[str, Any] = msgspec.field(default_factory=dict)
+    connection_file: str = ""
 
 
 class RunsRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,6 +153,9 @@ class PlanResult(msgspec.Struct, frozen=True, kw_only=True):
     item_uid: str
     env_uid: str
     result: HistoryResult
+    # Kernel mode: the paused plan was finished from a console, not by the queue; the item
+    # is not put back in the queue whatever its outcome says, and the queue stops.
+    completed_outside: bool = False
 
 
 class ExistingLists(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,7 +17,7 @@ from litestar.response import File, Stream
 
 from qserver.errors import NotFound, QServerError
 from qserver.protocol.api import MAX_REQUEST_BYTES
-from qserver.protocol.http import ConsoleOutput, ConsoleOutputUpdate, NoParams
+from qserver.protocol.http import NoParams
 from services.gateway.accesslog import log_refusals
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.auth_routes import auth_handlers
@@ -41,7 +41,9 @@ logger = logging.getLogger(__name__)
 JSON = "application/json"
 _encoder = msgspec.json.Encoder()
 # WebSocket close codes: 4001 as bluesky-httpserver for a bad key, 4003 for a missing scope.
-WS_UNAUTHORIZED, WS_FORBIDDEN, WS_UNAVAILABLE = 4001, 4003, 1011
+WS_UNAUTHORIZED, WS_FORBIDDEN, WS_UNAVAILABLE, WS_BAD_REQUEST = 4001, 4003, 1011, 1008
+# The most console messages a WebSocket may ask for first (`?backlog=N`): what is kept.
+MAX_BACKLOG = 2000
 
 
 def json_response(obj: Any, status: int = 200) -> Response[bytes]:
@@ -97,8 +99,18 @@ class Gateway:
         return Response(reply, media_type=JSON)
 
     async def stream_ws(self, socket: WebSocket[Any, Any, Any], kind: str, scope: str) -> None:
-        """Push each NATS event of `kind` to the socket until the client goes away."""
+        """Push each NATS event of `kind` to the socket until the client goes away.
+
+        The console's socket takes `?backlog=N`: the last N messages kept come first.
+        """
         await socket.accept()
+        try:
+            backlog = int(socket.query_params.get("backlog") or 0)
+        except ValueError:
+            backlog = -1
+        if not 0 <= backlog <= MAX_BACKLOG:
+            await socket.close(WS_BAD_REQUEST, f"backlog must be 0 to {MAX_BACKLOG} messages")
+            return
         try:
             self.principal(socket, scope)
             self.bridge.connected()
@@ -113,7 +125,7 @@ class Gateway:
             return
 
         async def feed() -> None:
-            async for ev in self.bridge.events(kind):
+            async for ev in self.bridge.events(kind, backlog):
                 msg = ev if kind == "console" else {"time": time.time(), "msg": {"status": ev}}
                 await socket.send_text(_encoder.encode(msg).decode())
 
@@ -131,6 +143,23 @@ class Gateway:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# Attaching to the kernel runs any code in the environment, as `script_upload` does: the
+# connection info's HMAC key goes only to those who may upload scripts (ADR 20).
+KERNEL_KEY_SCOPE = "write:scripts"
+
+
+def without_kernel_key(reply: bytes, who: Principal) -> bytes:
+    """`config_get`'s reply, without the kernel's key unless `who` may run code there."""
+    if KERNEL_KEY_SCOPE in who.scopes:
+        return reply
+    body = msgspec.json.decode(reply)
+    info = body.get("config", {}).get("ip_connect_info") if isinstance(body, dict) else None
+    if not isinstance(info, dict) or "key" not in info:
+        return reply
+    info["key"] = ""
+    return _encoder.encode(body)
+
+
 def route_handler(gw: Gateway, route: Route) -> BaseRouteHandler:
     async def handle(request: Request[Any, Any, Any]) -> Response[bytes]:
         return await gw.forward(route, request)
@@ -141,30 +170,8 @@ def route_handler(gw: Gateway, route: Route) -> BaseRouteHandler:
 
 
 def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
-    """The console routes, answered from this gateway's buffer or its own subscription."""
-    console = gw.bridge.console
-
-    @get("/api/console_output", status_code=200)
-    async def console_output(request: Request[Any, Any, Any]) -> Response[bytes]:
-        gw.principal(request, "read:console")
-        body = decode_body(await body_of(request), ConsoleOutput, "/api/console_output")
-        nlines = min(max(body.nlines, 0), 2000)
-        return json_response({"success": True, "msg": "", "text": console.text(nlines)})
-
-    @get("/api/console_output/uid", status_code=200)
-    async def console_output_uid(request: Request[Any, Any, Any]) -> Response[bytes]:
-        gw.principal(request, "read:console")
-        await no_params(request)
-        return json_response({"success": True, "msg": "", "console_output_uid": console.uid})
-
-    @get("/api/console_output_update", status_code=200)
-    async def console_output_update(request: Request[Any, Any, Any]) -> Response[bytes]:
-        gw.principal(request, "read:console")
-        where = "/api/console_output_update"
-        body = decode_body(await body_of(request), ConsoleOutputUpdate, where)
-        msgs = console.since(body.last_msg_uid)
-        reply = {"success": True, "msg": "", "last_msg_uid": console.last_uid}
-        return json_response({**reply, "console_output_msgs": msgs})
+    """The live console stream, from a subscription of its own (the backlog routes are rows
+    of the route table: the history service keeps it, ADR 18)."""
 
     @get("/api/stream_console_output", status_code=200)
     async def stream_console_output(request: Request[Any, Any, Any]) -> Stream:
@@ -178,7 +185,7 @@ def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
 
         return Stream(lines(), media_type="text/plain")
 
-    return [console_output, console_output_uid, console_output_update, stream_console_output]
+    return [stream_console_output]
 
 
 def stream_handlers(gw: Gateway) -> list[BaseRouteHandler]:
@@ -214,9 +221,10 @@ def docs_handlers(gw: Gateway) -> list[Any]:
 
     @get("/api/config/get", status_code=200)
     async def config_get(request: Request[Any, Any, Any]) -> Response[bytes]:
-        gw.principal(request, "read:config")
+        who = gw.principal(request, "read:config")
         await no_params(request)
-        return json_response({"success": True, "msg": "", "config": {}})
+        reply = await gw.bridge.request("config_get", b"{}")
+        return Response(without_kernel_key(reply, who), media_type=JSON)
 
     @get("/api/auth/whoami", status_code=200)
     async def whoami(request: Request[Any, Any, Any]) -> Response[bytes]:

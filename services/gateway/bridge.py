@@ -1,4 +1,4 @@
-"""The gateway's side of NATS: one connection, bounded requests, and the console buffer."""
+"""The gateway's side of NATS: one connection, bounded requests, the last status event."""
 
 from __future__ import annotations
 
@@ -6,13 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -24,7 +20,6 @@ from services.gateway.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
-CONSOLE_BUFFER = 2000  # messages kept for /api/console_output_update, as bluesky-httpserver
 # The queue service publishes its status on every change (before it answers the request
 # that made the change) and at least once a second; a status event younger than this is
 # the current status, and `status` is answered from it without a round trip.
@@ -32,40 +27,33 @@ STATUS_FRESH_S = 1.5
 # Without a fresh event, `status` is asked of the queue service with this bound, which
 # answers it from memory in a millisecond: a hung one is a 503 within 2 s of its last event.
 STATUS_TIMEOUT_S = 0.5
-
-
-@dataclass
-class ConsoleBuffer:
-    """The last console messages this gateway saw, each with a uid to poll from."""
-
-    maxlen: int = CONSOLE_BUFFER
-    msgs: deque[tuple[str, dict[str, Any]]] = field(default_factory=deque)
-    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-    def add(self, msg: dict[str, Any]) -> None:
-        self.msgs.append((uuid.uuid4().hex, msg))
-        while len(self.msgs) > self.maxlen:
-            self.msgs.popleft()
-        self.uid = uuid.uuid4().hex
-
-    @property
-    def last_uid(self) -> str:
-        return self.msgs[-1][0] if self.msgs else ""
-
-    def since(self, last_msg_uid: str) -> list[dict[str, Any]]:
-        """Messages after `last_msg_uid`; all of them for "ALL"; none for an unknown uid."""
-        if last_msg_uid == "ALL":
-            return [m for _, m in self.msgs]
-        uids = [u for u, _ in self.msgs]
-        if last_msg_uid not in uids:
-            return []
-        return [m for _, m in list(self.msgs)[uids.index(last_msg_uid) + 1 :]]
-
-    def text(self, nlines: int) -> str:
-        """The last `nlines` lines of output, as one text."""
-        text = "".join(str(m.get("msg", "")) for _, m in self.msgs)
-        lines = text.splitlines(keepends=True)
-        return "".join(lines[-nlines:]) if nlines > 0 else ""
+# Methods that change nothing. After any other reply, the next `status` is asked of the queue
+# service (which publishes before it answers) rather than taken from the last event, which
+# may have been sent before the change (history_clear's news reaches the queue service from
+# the history service): what a reply says is done shows in the status read next.
+READ_METHODS = frozenset(
+    {
+        "status",
+        "ping",
+        "queue_get",
+        "queue_item_get",
+        "history_get",
+        "history_runs",
+        "history_run_item",
+        "history_result_get",
+        "re_runs",
+        "plans_allowed",
+        "devices_allowed",
+        "plans_existing",
+        "devices_existing",
+        "permissions_get",
+        "lock_info",
+        "config_get",
+        "task_status",
+        "task_result",
+        "re_metadata",
+    }
+)
 
 
 class Bridge:
@@ -79,7 +67,6 @@ class Bridge:
         self.prefix = prefix
         self.timeout = timeout
         self.client: Client | None = None
-        self.console = ConsoleBuffer()
         self._task: asyncio.Task[None] | None = None
         self._status: bytes | None = None
         self._status_at = 0.0
@@ -109,7 +96,6 @@ class Bridge:
                 logger.warning("cannot connect to NATS at %s: %s; retrying", self.url, e)
                 await asyncio.sleep(1.0)
         client = Client(nc, self.prefix, self.timeout)
-        await nc.subscribe(client.subjects.console_event, cb=self._on_console)
         await nc.subscribe(client.subjects.status_event, cb=self._on_status)
         self.client = client
         logger.info("gateway connected to NATS at %s (prefix %s)", self.url, self.prefix)
@@ -133,10 +119,6 @@ class Bridge:
         if self._status is not None and time.monotonic() - self._status_at < STATUS_FRESH_S:
             return self._status
         return None
-
-    async def _on_console(self, msg: Msg) -> None:
-        with contextlib.suppress(msgspec.DecodeError):
-            self.console.add(msgspec.json.decode(msg.data))
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():
@@ -167,11 +149,17 @@ class Bridge:
                 return pushed
             timeout = STATUS_TIMEOUT_S
         try:
-            return await client.request_raw(method, body, timeout)
+            reply = await client.request_raw(method, body, timeout)
         except NoAnswer as e:
             raise Unavailable(str(e)) from None
         except NatsError as e:
             raise Unavailable(f"NATS request '{method}' failed: {e or type(e).__name__}") from None
+        finally:
+            if method not in READ_METHODS:
+                self._status_at = -STATUS_FRESH_S  # a write may have been answered
+        if method in ("status", "ping") and timeout is not None:
+            self._status, self._status_at = reply, time.monotonic()
+        return reply
 
     async def publish(self, method: str, body: bytes) -> None:
         """A request that gets no reply (the manager_kill test hook)."""
@@ -181,9 +169,10 @@ class Bridge:
         except NatsError as e:
             raise Unavailable(f"NATS publish '{method}' failed: {e or type(e).__name__}") from None
 
-    async def events(self, kind: str) -> AsyncIterator[dict[str, Any]]:
-        """Status or console events, live, from a subscription of this caller's own."""
+    async def events(self, kind: str, backlog: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Status or console events, live, from a subscription of this caller's own; for the
+        console, the last `backlog` messages kept first (ADR 18)."""
         client = self.connected()
-        stream = client.status_events() if kind == "status" else client.console_events()
+        stream = client.status_events() if kind == "status" else client.console_feed(backlog)
         async for ev in stream:
             yield ev

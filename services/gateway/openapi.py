@@ -15,13 +15,7 @@ import msgspec
 
 import qserver
 from qserver.protocol.api import REQUEST_TYPES
-from qserver.protocol.http import (
-    ConsoleOutput,
-    ConsoleOutputUpdate,
-    ErrorDetail,
-    NoParams,
-    ServerSleep,
-)
+from qserver.protocol.http import ErrorDetail, NoParams, ServerSleep
 from services.gateway.extra_routes import UPLOAD_PATH, upload_operation
 from services.gateway.routes import ROUTES, Route
 
@@ -38,15 +32,6 @@ _ERRORS = {
 
 # Routes the gateway answers itself: (path, http method, scope, body type, summary).
 LOCAL_ROUTES: tuple[tuple[str, str, str, type[msgspec.Struct] | None, str], ...] = (
-    ("/api/console_output", "get", "read:console", ConsoleOutput, "The last lines of output"),
-    ("/api/console_output/uid", "get", "read:console", NoParams, "Changes with the output"),
-    (
-        "/api/console_output_update",
-        "get",
-        "read:console",
-        ConsoleOutputUpdate,
-        "Console messages after a uid",
-    ),
     (
         "/api/stream_console_output",
         "get",
@@ -54,7 +39,14 @@ LOCAL_ROUTES: tuple[tuple[str, str, str, type[msgspec.Struct] | None, str], ...]
         NoParams,
         "Console output as a stream of JSON lines",
     ),
-    ("/api/config/get", "get", "read:config", NoParams, "Configuration ({} outside IPython)"),
+    (
+        "/api/config/get",
+        "get",
+        "read:config",
+        NoParams,
+        "The kernel's connection info in kernel mode ({} otherwise); its key only with "
+        "write:scripts",
+    ),
     ("/api/auth/whoami", "get", "", NoParams, "Who the key belongs to: name, roles, scopes"),
     ("/api/auth/scopes", "get", "", NoParams, "The roles and scopes of the key"),
     (

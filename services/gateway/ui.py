@@ -5,7 +5,7 @@ again only when their uids in the status change. The key, if any, stays in the b
 localStorage and goes out as `Authorization: ApiKey` (and `?api_key=` on WebSockets).
 """
 
-PAGE = """<!doctype html>
+PAGE = r"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -116,9 +116,38 @@ async function showHistory() {
 
 let sockets = [];
 let seen = {};
-function wsUrl(path) {
-  const base = location.origin.replace(/^http/, "ws") + path;
-  return keyInput.value ? base + "?api_key=" + encodeURIComponent(keyInput.value) : base;
+function wsUrl(path, query = "") {
+  const params = new URLSearchParams(query);
+  if (keyInput.value) params.set("api_key", keyInput.value);
+  const q = params.toString();
+  return location.origin.replace(/^http/, "ws") + path + (q ? "?" + q : "");
+}
+
+// The console as a terminal shows it: progress bars redraw lines with "\r" and ESC[A.
+let term = {lines: [""], row: 0, col: 0};
+function feed(text) {
+  const t = term;
+  while (text) {
+    const m = /\n|\r|\x1b\[A/.exec(text);
+    const end = m ? m.index : text.length;
+    if (end > 0) {
+      const chunk = text.slice(0, end);
+      const line = t.lines[t.row].padEnd(t.col);
+      t.lines[t.row] = line.slice(0, t.col) + chunk + line.slice(t.col + chunk.length);
+      t.col += chunk.length;
+      text = text.slice(end);
+    } else if (m[0] === "\n") {
+      t.row += 1; t.col = 0;
+      if (t.row === t.lines.length) t.lines.push("");
+      text = text.slice(1);
+    } else if (m[0] === "\r") {
+      t.col = 0; text = text.slice(1);
+    } else {
+      t.row = Math.max(t.row - 1, 0); text = text.slice(m[0].length);
+    }
+  }
+  const extra = t.lines.length - 1000;
+  if (extra > 0) { t.lines.splice(0, extra); t.row = Math.max(t.row - extra, 0); }
 }
 
 function connect() {
@@ -136,10 +165,13 @@ function connect() {
     if (st.plan_history_uid !== seen.history) { seen.history = st.plan_history_uid; showHistory(); }
   };
   status.onclose = (ev) => { $("state").textContent = `disconnected (${ev.code} ${ev.reason})`; };
-  const console_ = new WebSocket(wsUrl("/api/console_output/ws"));
+  // The recent output first (kept by the server), then what comes.
+  term = {lines: [""], row: 0, col: 0};
+  const console_ = new WebSocket(wsUrl("/api/console_output/ws", "backlog=1000"));
   console_.onmessage = (ev) => {
+    feed(JSON.parse(ev.data).msg);
     const pre = $("console");
-    pre.textContent = (pre.textContent + JSON.parse(ev.data).msg).slice(-20000);
+    pre.textContent = term.lines.join("\n");
     pre.scrollTop = pre.scrollHeight;
   };
   sockets = [status, console_];

@@ -21,9 +21,12 @@ from qserver.connect import connect_options, servers
 from qserver.jsutil import patiently
 from qserver.protocol.subjects import Subjects
 from services.history.archiver import Archiver
+from services.history.console import ConsoleKeeper
 from services.history.service import HistoryService
 from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
 from services.runtime import doc_stream
+from services.runtime.console import ServiceConsole
+from services.runtime.console_lines import logged
 from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     add_methods,
@@ -49,17 +52,22 @@ async def main(args: argparse.Namespace) -> int:
         **connect_options(args),
     )
     reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
+    service_console = ServiceConsole(nc, subjects)  # its log records on the console (ADR 18)
+    await service_console.start()
     tiled = tiled_settings(args)
     svc = HistoryService(
         nc, nc.jetstream(), subjects, catalog=TiledCatalog(tiled) if tiled else None
     )
     await patiently("loading the history", svc.load)
+    console = ConsoleKeeper(nc.jetstream(), subjects)
+    await patiently("loading the console backlog", console.load)
     archiver = make_archiver(nc, subjects, tiled, svc)
     archiving = asyncio.create_task(archiver.run()) if archiver else None
     micro = await add_service(
         nc, name="qserver-history", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
-    await add_methods(micro, subjects.api, svc.handlers(), nc=nc)
+    handlers = logged({**svc.handlers(), **console.handlers()}, service_console.flush)
+    await add_methods(micro, subjects.api, handlers, nc=nc)
     await nc.subscribe(subjects.history_info, cb=svc.on_history_info)
     await svc.publish_info()
     logger.info("history service ready on %s (prefix %s)", args.nats_url, args.prefix)
@@ -69,7 +77,7 @@ async def main(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await archiving
         archiver.close()
-    await shutdown(micro.stop(), nc.drain())
+    await shutdown(micro.stop(), service_console.stop(), nc.drain())
     logger.info("history service stopped: %d items", len(svc.history.records))
     return 0
 

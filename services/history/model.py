@@ -70,9 +70,7 @@ class History:
         if req.size is not UNSET and req.item_uid is not UNSET:
             raise BadRequest("Ambiguous parameters: specify only one of size, item_uid")
         if req.size is not UNSET:
-            if req.size < 0:
-                raise BadRequest(f"size must be zero or positive, not {req.size}")
-            return req.size, None
+            return max(req.size, 0), None  # a negative size clears all, as in the reference
         if req.item_uid is not UNSET:
             for seq, rec in reversed(self.records):
                 if rec.item.get("item_uid") == req.item_uid:

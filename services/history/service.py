@@ -17,7 +17,7 @@ from qserver import result_texts
 from qserver.errors import BadRequest, Locked, NotFound, Refused
 from qserver.jsutil import default_replicas, ensure_stream, read_stream
 from qserver.protocol import api
-from qserver.protocol.internal import LockCheck, LockCheckReply
+from qserver.protocol.internal import HistoryInfoRequest, LockCheck, LockCheckReply
 from qserver.protocol.items import HistoryRecord
 from qserver.protocol.subjects import Subjects
 from services.history.model import History, as_history_item
@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S = 3600.0
+# How long a change waits for the queue service's status to carry it before it is answered
+# anyway (the queue service is away: it asks for the history's info when it leads again).
+QUEUE_ACK_S = 2.0
+# How long an info request with `min_seq` waits for the stream to reach that record.
+SEQ_WAIT_S = 2.0
 MIN_PARTIAL_UID = 5
 _record_decoder = msgspec.json.Decoder(HistoryRecord)
 
@@ -55,6 +60,8 @@ class HistoryService:
         self.history = History(subjects.history_stream)
         self.stop_requested = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._read = asyncio.Event()  # set (and replaced) whenever a record was read
+        self._waiters: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
         s = self.subjects
@@ -91,8 +98,11 @@ class HistoryService:
     async def on_record(self, msg: Msg) -> None:
         assert msg.metadata.sequence is not None
         async with self._lock:
-            if self._add(msg.metadata.sequence.stream, msg.data):
-                await self.publish_info()
+            added = self._add(msg.metadata.sequence.stream, msg.data)
+        self._read.set()
+        self._read = asyncio.Event()
+        if added:
+            await self.publish_info()
 
     async def publish_info(self) -> None:
         with contextlib.suppress(Exception):
@@ -119,7 +129,7 @@ class HistoryService:
             keep, below = self.history.purge_point(req)
             await self.js.purge_stream(self.subjects.history_stream, seq=below, keep=keep)
             dropped = self.history.purge(keep, below)
-        await self.publish_info()
+        await self.tell_queue()
         # The whole texts of cut results leave with their records.
         cut = [r.record_uid for r in dropped if r.result.truncated]
         await result_texts.drop(self.js, self.subjects, cut)
@@ -228,5 +238,40 @@ class HistoryService:
         if not reply.allowed:
             raise Locked(reply.msg)
 
+    async def tell_queue(self) -> None:
+        """Tell the queue service of a change, and wait until its status carries it.
+
+        The reply to the request that made the change comes after this, so a client that
+        reads the status next sees the new `plan_history_uid` (the reference's client
+        reuses its copy of the history while that uid stays the same).
+        """
+        try:
+            await self.nc.request(
+                self.subjects.history_changed, encode(self.history.info()), timeout=QUEUE_ACK_S
+            )
+        except Exception as e:
+            logger.warning("the queue service did not confirm the history change: %r", e)
+            await self.publish_info()
+
     async def on_history_info(self, msg: Msg) -> None:
-        await msg.respond(encode(self.history.info()))
+        """The info now, or (with `min_seq`) once the record at that sequence was read."""
+        try:
+            req = msgspec.json.decode(msg.data or b"{}", type=HistoryInfoRequest)
+        except msgspec.DecodeError:
+            req = HistoryInfoRequest()
+        if self.history.last_seq >= req.min_seq:
+            await msg.respond(encode(self.history.info()))
+            return
+        # Waited for aside: the subscription's other requests must not queue behind it.
+        task = asyncio.get_running_loop().create_task(self._info_at(msg, req.min_seq))
+        self._waiters.add(task)
+        task.add_done_callback(self._waiters.discard)
+
+    async def _info_at(self, msg: Msg, seq: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SEQ_WAIT_S
+        while self.history.last_seq < seq and (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._read.wait(), left)
+        with contextlib.suppress(Exception):
+            await msg.respond(encode(self.history.info()))

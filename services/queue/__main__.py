@@ -19,6 +19,8 @@ from qserver.jsutil import patiently, transient
 from qserver.protocol.subjects import Subjects
 from services.queue.leader import Lease, default_instance
 from services.queue.service import QueueService
+from services.runtime.console import ServiceConsole
+from services.runtime.console_lines import logged
 from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     add_methods,
@@ -46,6 +48,8 @@ async def main(args: argparse.Namespace) -> int:
         **connect_options(args),
     )
     reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
+    console = ServiceConsole(nc, subjects)  # its log records on the console (ADR 18)
+    await console.start()
     js = nc.jetstream()
     svc = QueueService(
         nc,
@@ -65,7 +69,7 @@ async def main(args: argparse.Namespace) -> int:
     if not await patiently("reading the leader lease", lease.try_acquire):
         logger.info("standby (instance %s): %s leads", args.instance, lease.holder)
         if not await lease.acquire(svc.stop_requested):
-            await shutdown(nc.drain())
+            await shutdown(console.stop(), nc.drain())
             return 0
         took_over = time.perf_counter()
         await patiently("loading the queue", svc.load_state)  # as the last leader left it
@@ -84,7 +88,11 @@ async def main(args: argparse.Namespace) -> int:
     # A group of its own: should a hung former leader still hold its subscriptions, both
     # get every request and the live leader's answer comes first (the stale one refuses).
     await add_methods(
-        micro, subjects.api, svc.handlers(), queue_group=f"leader-{args.instance}", nc=nc
+        micro,
+        subjects.api,
+        logged(svc.handlers(), console.flush),
+        queue_group=f"leader-{args.instance}",
+        nc=nc,
     )
     await nc.subscribe(subjects.history_changed, cb=svc.on_history_changed)
     await nc.subscribe(subjects.lock_check, cb=svc.on_lock_check)
@@ -104,7 +112,12 @@ async def main(args: argparse.Namespace) -> int:
     # The results pull subscription goes first: nats-py's fetch never marks what it took as
     # done, so draining it would wait out the bound and log a CancelledError traceback.
     await shutdown(
-        micro.stop(), svc.executor.results.close(), svc.log.close(), lease.release(), nc.drain()
+        micro.stop(),
+        svc.executor.results.close(),
+        svc.log.close(),
+        lease.release(),
+        console.stop(),
+        nc.drain(),
     )
     logger.info("queue service stopped: %s", svc.summary())
     return 0

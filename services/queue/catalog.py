@@ -9,6 +9,7 @@ are derived too, so they change exactly when the lists do.
 from __future__ import annotations
 
 import logging
+import pprint
 import uuid
 from pathlib import Path
 from typing import Any
@@ -173,4 +174,29 @@ class PlanCatalog:
         try:
             validate_plan(msgspec.to_builtins(item), plans, devices)
         except BadRequest as e:
-            raise BadRequest(f"Plan validation failed: {e.msg}") from None
+            # The reference's form: the reason, then the plan as it was submitted.
+            sent = {
+                k: v
+                for k, v in msgspec.to_builtins(item).items()
+                if k not in ("user", "user_group") and not (k in ("args", "kwargs") and not v)
+            }
+            raise BadRequest(f"Plan validation failed: {e.msg}\nPlan: {shown(sent)}") from None
+
+
+def shown(obj: Any) -> str:
+    """`obj` as the reference's messages print it: pformat in its own key order, lists cut
+    after 10 elements, dicts after 30 keys, strings over 1,024 characters cut in the middle."""
+
+    def cut(o: Any) -> Any:
+        if isinstance(o, dict):
+            out = {k: cut(v) for k, v in list(o.items())[:30]}
+            if len(o) > 30:
+                out["..."] = "..."
+            return out
+        if isinstance(o, str):
+            return o if len(o) <= 1024 else o[:512] + " ...\n... " + o[-512:]
+        if isinstance(o, list | tuple):
+            return [cut(v) for v in o[:10]] + (["..."] if len(o) > 10 else [])
+        return o
+
+    return pprint.pformat(cut(obj), sort_dicts=False)

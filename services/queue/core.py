@@ -6,6 +6,7 @@ The service passes itself down as this narrow interface, so that its parts never
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
@@ -31,6 +32,15 @@ class QueueCore(Protocol):
         """Take the next step of execution now."""
 
     async def publish_status(self) -> None: ...
+
+    def status_held(self) -> AbstractAsyncContextManager[None]:
+        """No status goes out inside; the one after shows every change made inside."""
+
+    async def sync_history(self, seq: int) -> None:
+        """Take the history's info once it holds the record at stream sequence `seq`."""
+
+    async def publish_console(self, text: str) -> None:
+        """Add a line of this service's to the console output (the leader only)."""
 
     async def commit(self, event: AnyEvent | None) -> None:
         """Append `event` to the log and apply it, or refuse it whole."""

@@ -51,6 +51,8 @@ class ExecutionHandlers:
             "permissions_get": self.on_permissions_get,
             "permissions_set": self.on_permissions_set,
             "permissions_reload": self.on_permissions_reload,
+            "kernel_interrupt": self.on_kernel_interrupt,
+            "config_get": self.on_config_get,
         }
 
     def _env_lock(self, lock_key: str | None) -> None:
@@ -77,12 +79,13 @@ class ExecutionHandlers:
         self._env_lock(req.lock_key)
         # The reference's texts for a task that cannot start (its clients match them).
         if not self.ex.env_exists:
-            raise Refused("RE Worker environment is not open")
+            raise Refused("RE Worker environment is not open", bare=True)
         state = self.ex.manager_state()
         if state != "idle":
             raise Refused(
                 "Failed to start the task: RE Manager must be in idle state. "
-                f"Current state: '{state}'"
+                f"Current state: '{state}'",
+                bare=True,
             )
         await self.ex.env_request("update")
         await self.svc.catalog.reload_lists()
@@ -94,10 +97,11 @@ class ExecutionHandlers:
     async def on_queue_start(self, req: api.EmptyLocked) -> api.Reply:
         self._env_lock(req.lock_key)
         if not self.ex.env_exists:
-            raise Refused("RE Worker environment does not exist.")
+            raise Refused("RE Worker environment does not exist.", bare=True)
         async with self.svc.write_lock:
             if self.ex.manager_state() != "idle":
-                raise Refused("RE Manager is busy.")
+                raise Refused("RE Manager is busy.", bare=True)
+            await self.ex.reserve_kernel()
             await self.ex.set_flags(queue_running=True, stop_pending=False)
             await self.ex.advance()
         return api.Reply()
@@ -105,9 +109,12 @@ class ExecutionHandlers:
     async def on_queue_stop(self, req: api.EmptyLocked) -> api.Reply:
         self._env_lock(req.lock_key)
         state = self.ex.manager_state()
-        if state not in ("executing_queue", "paused"):
+        if state not in ("executing_queue", "paused", "starting_queue"):
             raise Refused(
-                f"Failed to stop the queue: the queue is not running. Manager state: {state}"
+                # The state as the reference prints it (its enum's repr), verbatim.
+                "Failed to pause the queue. Queue is not running. "
+                f"Manager state: MState.{state.upper()}",
+                bare=True,
             )
         async with self.svc.write_lock:
             await self.ex.set_flags(stop_pending=True)
@@ -137,9 +144,10 @@ class ExecutionHandlers:
         async with self.svc.write_lock:
             state = self.ex.manager_state()
             if state != "idle":
-                raise Refused(f"RE Manager is busy: the manager state is '{state}'")
+                raise Refused("RE Manager is busy.")
             if item.item_type == "instruction":
                 return api.ItemReply(item=item, qsize=len(self.svc.model.items))
+            await self.ex.reserve_kernel()
             await self.ex.start_item(item, from_queue=False)
         return api.ItemReply(item=item, qsize=len(self.svc.model.items))
 
@@ -148,7 +156,7 @@ class ExecutionHandlers:
     async def on_re_pause(self, req: api.RePause) -> api.Reply:
         self._env_lock(req.lock_key)
         if not self.ex.env_exists:
-            raise Refused("Environment does not exist. Can not pause Run Engine.")
+            raise Refused("Environment does not exist. Can not pause Run Engine.", bare=True)
         await self.ex.env_request("pause", PauseRequest(option=req.option))
         return api.Reply()
 
@@ -156,7 +164,9 @@ class ExecutionHandlers:
         self._env_lock(req.lock_key)
         state = self.ex.manager_state()
         if state != "paused":
-            raise Refused(f"RE Manager is not paused: current state is '{state}'")
+            raise Refused(f"RE Manager is not paused: current state is '{state}'", bare=True)
+        if self.ex.kernel_busy_elsewhere():
+            raise Refused("IPython kernel (RE Worker) is busy.", bare=True)
         await self.ex.env_request(cmd)
         return api.Reply()
 
@@ -165,10 +175,26 @@ class ExecutionHandlers:
             return api.RunsReply(run_list=[], run_list_uid=self.svc.run_list_uid())
         reply = _runs_decoder.decode(await self.ex.env_raw("runs", RunsRequest(option=req.option)))
         if not reply.success:
-            raise Refused(reply.msg)
+            raise Refused(reply.msg, bare=True)
         return api.RunsReply(
             run_list=msgspec.to_builtins(reply.run_list), run_list_uid=reply.run_list_uid
         )
+
+    # ----- IPython kernel (ADR 20) -----
+
+    async def on_kernel_interrupt(self, req: api.KernelInterrupt) -> api.Reply:
+        self._env_lock(req.lock_key)
+        try:
+            reply = await self.ex.kernel_interrupt(req.interrupt_task, req.interrupt_plan)
+        except Refused as e:
+            raise Refused(f"Failed to interrupt IPython kernel: {e.msg}") from None
+        if not reply.success:
+            raise Refused(reply.msg)
+        await self.svc.publish_status()
+        return api.Reply()
+
+    async def on_config_get(self, req: api.Empty) -> api.ConfigGetReply:
+        return api.ConfigGetReply(config={"ip_connect_info": await self.ex.connect_info()})
 
     async def on_re_metadata(self, req: api.Empty) -> api.ReMetadataReply:
         """`RE.md` of the environment, as it is now (the reference's texts on failure)."""

@@ -40,7 +40,7 @@ from qserver.protocol.queue_log import (
     Snapshot,
 )
 from services.queue.ordered import OrderedItems
-from services.queue.positions import existing_index, insert_index, only_one
+from services.queue.positions import existing_index, given, insert_index
 
 QUEUE_ITEM_TYPES = ("plan", "instruction")
 INSTRUCTIONS = ("queue_stop",)
@@ -65,9 +65,8 @@ def normalize_item(item: api.SubmittedItem | QueueItem, user: str, user_group: s
             f"(allowed: {', '.join(QUEUE_ITEM_TYPES)})"
         )
     if item.item_type == "instruction" and item.name not in INSTRUCTIONS:
-        raise BadRequest(
-            f"Unknown instruction {item.name!r} (supported: {', '.join(INSTRUCTIONS)})"
-        )
+        sent = {k: v for k, v in msgspec.to_builtins(item).items() if v not in ([], {})}
+        raise BadRequest(f"Unrecognized instruction: {sent}")
     fields = msgspec.structs.asdict(item)
     fields.pop("result", None)
     fields.update(user=user, user_group=user_group)
@@ -188,28 +187,56 @@ class QueueModel:
     # ----- queries -----
 
     def index_of(self, uid: str) -> int:
+        """Index of a queued item (the reference's words when it is not one)."""
         if uid not in self.items:
-            if self.running_item is not None and self.running_item.item_uid == uid:
-                raise NotFound(f"Item {uid!r} is running, not in the queue")
-            raise NotFound(f"No item with uid {uid!r} is in the queue")
+            raise NotFound(self._not_queued(uid, "get"))
         return self.items.position(uid)
 
-    def locate(self, pos: api.Pos | UnsetType, uid: str | UnsetType) -> int:
+    def _not_queued(self, uid: str, purpose: str) -> str:
+        """Why `uid` names no queued item, as the reference says it for `purpose`."""
+        running = self.running_item is not None and self.running_item.item_uid == uid
+        if purpose == "remove":
+            if running:
+                return "Can not remove an item which is currently running."
+            return f"Plan with UID '{uid}' is not in the queue."
+        if running:
+            return f"The item with UID '{uid}' is currently running."
+        return f"Item with UID '{uid}' is not in the queue."
+
+    def locate(self, pos: api.Pos | UnsetType, uid: str | UnsetType, purpose: str = "get") -> int:
         """Index of an existing item named by `pos` or `uid`; the back item by default."""
-        which = only_one(pos=pos, uid=uid)
-        if which == "uid":
-            assert isinstance(uid, str)
-            return self.index_of(uid)
-        return existing_index("back" if pos is UNSET else pos, len(self.items))  # type: ignore[arg-type]
+        if pos is not UNSET and uid is not UNSET:
+            raise BadRequest("Ambiguous parameters: plan position and UID is specified")
+        if isinstance(uid, str):
+            if uid not in self.items:
+                raise NotFound(self._not_queued(uid, purpose))
+            return self.items.position(uid)
+        where: api.Pos = "back" if isinstance(pos, UnsetType) else pos
+        if purpose == "remove" and where in ("front", "back") and not self.items:
+            raise NotFound("Queue is empty")
+        return existing_index(where, len(self.items))
 
     def _insertion(
         self, pos: api.Pos | UnsetType, before_uid: str | UnsetType, after_uid: str | UnsetType
     ) -> int:
-        which = only_one(pos=pos, before_uid=before_uid, after_uid=after_uid)
-        if which == "before_uid":
-            return self.index_of(before_uid)  # type: ignore[arg-type]
-        if which == "after_uid":
-            return self.index_of(after_uid) + 1  # type: ignore[arg-type]
+        if pos is not UNSET and (before_uid is not UNSET or after_uid is not UNSET):
+            raise BadRequest("Ambiguous parameters: plan position and UID is specified")
+        if before_uid is not UNSET and after_uid is not UNSET:
+            raise BadRequest(
+                "Ambiguous parameters: request to insert the plan before and after the "
+                "reference plan"
+            )
+        target = before_uid if isinstance(before_uid, str) else after_uid
+        if isinstance(target, str):
+            if self.running_item is not None and self.running_item.item_uid == target:
+                if target == before_uid:
+                    raise BadRequest(
+                        "Can not insert a plan in the queue before a currently running plan."
+                    )
+                return 0  # after the running item: the front of the queue
+            if target not in self.items:
+                raise NotFound(f"Plan with UID '{target}' is not in the queue.")
+            return self.items.position(target) + (0 if target == before_uid else 1)
         return insert_index(pos, len(self.items))
 
     # ----- locks -----
@@ -317,7 +344,7 @@ class QueueModel:
         return ItemsAdded(items=items, index=index, queue_uid=new_uid()), results
 
     def plan_remove(self, req: api.QueueItemRemove) -> tuple[ItemsRemoved, QueueItem]:
-        item = self.items[self.locate(req.pos, req.uid)]
+        item = self.items[self.locate(req.pos, req.uid, "remove")]
         return ItemsRemoved(uids=[item.item_uid], queue_uid=new_uid()), item  # type: ignore[list-item]
 
     def plan_remove_batch(
@@ -334,19 +361,44 @@ class QueueModel:
         return ItemsRemoved(uids=[uid_of(it) for it in found], queue_uid=new_uid()), found
 
     def plan_move(self, req: api.QueueItemMove) -> tuple[ItemsMoved | None, QueueItem]:
-        src = self.locate(req.pos, req.uid)
+        # The reference's checks, order and words (plan_queue_ops.move_item).
+        if req.pos is UNSET and req.uid is UNSET:
+            raise BadRequest("Source position or UID is not specified.")
+        dests = given(pos_dest=req.pos_dest, before_uid=req.before_uid, after_uid=req.after_uid)
+        if not dests:
+            raise BadRequest("Destination position or UID is not specified.")
+        if req.pos is not UNSET and req.uid is not UNSET:
+            raise BadRequest(
+                "Ambiguous parameters: Both position and uid is specified for the source plan."
+            )
+        if "pos_dest" in dests and len(dests) > 1:
+            raise BadRequest(
+                "Ambiguous parameters: Both position and uid is specified for the destination plan."
+            )
+        if len(dests) > 1:
+            raise BadRequest(
+                "Ambiguous parameters: source should be moved 'before' and 'after' the destination."
+            )
+        src_txt = f"UID '{req.uid}'" if isinstance(req.uid, str) else f"position {req.pos}"
+        try:
+            src = self.locate(req.pos, req.uid)
+        except QServerError as e:
+            raise NotFound(f"Source plan ({src_txt}) was not found: {e.msg}.") from None
         item = self.items[src]
         uid: str = item.item_uid  # type: ignore[assignment]
-        which = only_one(pos_dest=req.pos_dest, before_uid=req.before_uid, after_uid=req.after_uid)
-        if which is None:
-            raise BadRequest("Destination is missing: give pos_dest, before_uid or after_uid")
-        if which == "pos_dest":
-            dest = existing_index(req.pos_dest, len(self.items))  # type: ignore[arg-type]
-        else:
-            target: str = req.before_uid if which == "before_uid" else req.after_uid  # type: ignore[assignment]
-            if target == uid:
-                return None, item  # moving an item next to itself changes nothing
-            dest = self.index_of(target)
+        (which,) = dests
+        target = req.pos_dest if which == "pos_dest" else getattr(req, which)
+        dest_txt = f"position {target}" if which == "pos_dest" else f"UID '{target}'"
+        try:
+            if which == "pos_dest":
+                dest = existing_index(req.pos_dest, len(self.items))  # type: ignore[arg-type]
+            else:
+                if target == uid:
+                    return None, item  # moving an item next to itself changes nothing
+                dest = self.index_of(str(target))
+        except QServerError as e:
+            raise NotFound(f"Destination plan ({dest_txt}) was not found: {e.msg}.") from None
+        if which != "pos_dest":
             dest = dest - 1 if dest > src else dest  # index once the item is taken out
             dest += 1 if which == "after_uid" else 0
         if dest == src:
@@ -356,24 +408,35 @@ class QueueModel:
     def plan_move_batch(
         self, req: api.QueueItemMoveBatch
     ) -> tuple[ItemsMoved | None, list[QueueItem]]:
+        # The reference's checks, order and words (plan_queue_ops.move_batch).
+        dests = given(pos_dest=req.pos_dest, before_uid=req.before_uid, after_uid=req.after_uid)
+        if not dests:
+            raise BadRequest(
+                "Destination for the batch is not specified: use parameters 'pos_dest', "
+                "'before_uid' or 'after_uid'"
+            )
+        if len(dests) > 1:
+            raise BadRequest(
+                "The function was called with more than one mutually exclusive parameter "
+                "('pos_dest', 'before_uid', 'after_uid')"
+            )
         _check_unique(req.uids)
-        if not req.uids:
-            return None, []
         missing = [uid for uid in req.uids if uid not in self.items]
         if missing:
             raise NotFound(missing_msg(missing))
-        which = only_one(pos_dest=req.pos_dest, before_uid=req.before_uid, after_uid=req.after_uid)
-        if which is None:
-            raise BadRequest("Destination is missing: give pos_dest, before_uid or after_uid")
+        (which,) = dests
         batch = set(req.uids)
+        if which != "pos_dest":
+            target: str = getattr(req, which)
+            if target in batch:
+                raise BadRequest(f"Parameter '{which}': item with UID '{target}' is in the batch")
+        if not req.uids:
+            return None, []
         positions = {uid: self.items.position(uid) for uid in req.uids}
         uids = sorted(req.uids, key=positions.__getitem__) if req.reorder else list(req.uids)
         if which == "pos_dest":
             index = 0 if req.pos_dest == "front" else len(self.items) - len(batch)
         else:
-            target: str = req.before_uid if which == "before_uid" else req.after_uid  # type: ignore[assignment]
-            if target in batch:
-                raise BadRequest(f"{which} {target!r} is one of the items being moved")
             at = self.index_of(target)
             # The target's index once the batch is taken out of the queue.
             index = at - sum(1 for p in positions.values() if p < at)
@@ -383,11 +446,16 @@ class QueueModel:
 
     def plan_update(self, req: api.QueueItemUpdate) -> ItemReplaced:
         uid = req.item.item_uid
-        if not isinstance(uid, str) or not uid:
-            raise BadRequest("The item has no item_uid: say which queue item to update")
-        self.index_of(uid)
         item = normalize_item(req.item, req.user, req.user_group)
         self.validate(item)
+        if not isinstance(uid, str) or not uid:
+            if not req.replace:
+                raise BadRequest("Item description contains no UID and UID generation is skipped")
+            uid = "None"
+        if self.running_item is not None and self.running_item.item_uid == uid:
+            raise Refused(f"Failed to replace item: Item with UID '{uid}' is currently running")
+        if uid not in self.items:
+            raise NotFound(f"Failed to replace item: Item with UID '{uid}' is not in the queue")
         item = msgspec.structs.replace(item, item_uid=new_uid() if req.replace else uid)
         return ItemReplaced(uid=uid, item=item, queue_uid=new_uid())
 
@@ -420,5 +488,5 @@ def missing_msg(uids: list[str]) -> str:
 
 def _check_unique(uids: list[str]) -> None:
     if len(set(uids)) != len(uids):
-        dup = sorted({u for u in uids if uids.count(u) > 1})
-        raise BadRequest(f"The list of uids has duplicates: {', '.join(dup)}")
+        # "The list of contains" is the reference's wording, kept as its clients see it.
+        raise BadRequest(f"The list of contains repeated UIDs ({len(uids) - len(set(uids))} UIDs)")

@@ -37,17 +37,11 @@ def insert_index(pos: Pos | UnsetType, size: int) -> int:
 
 
 def existing_index(pos: Pos, size: int) -> int:
-    """Index of an existing item named by a position; a position with no item is an error."""
-    if size == 0:
-        raise NotFound("The queue is empty")
-    if pos == "front":
-        return 0
-    if pos == "back":
-        return size - 1
-    assert isinstance(pos, int)
-    index = size + pos if pos < 0 else pos
+    """Index of an existing item named by a position; a position with no item is an error,
+    in the reference's words: the index it tried and the position given."""
+    raw = -1 if pos == "back" else 0 if pos == "front" else pos
+    assert isinstance(raw, int)
+    index = size + raw if raw < 0 else raw
     if not 0 <= index < size:
-        raise NotFound(
-            f"Position {pos} is out of range: the queue has {size} item{'s' if size != 1 else ''}"
-        )
+        raise NotFound(f"Index '{raw}' is out of range (parameter pos = '{pos}')")
     return index

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime
 import logging
 import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from nats.js import JetStreamContext
 import qserver
 from qserver.errors import Conflict, QServerError, Refused
 from qserver.protocol import api
-from qserver.protocol.internal import HistoryInfo, LockCheck, LockCheckReply
+from qserver.protocol.internal import HistoryInfo, HistoryInfoRequest, LockCheck, LockCheckReply
 from qserver.protocol.queue_log import (
     AnyEvent,
     ItemReplaced,
@@ -39,12 +40,16 @@ from services.queue.execution import Executor
 from services.queue.leader import Lease, Renewal
 from services.queue.model import QueueModel
 from services.queue.store import EventLog
+from services.runtime.refusals import refusal_text
 from services.runtime.service_base import Handler, encode
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
-BUSY_STATES = ("executing_queue", "paused", "starting_queue", "executing_task")
+# Set inside `status_held` (and in the tasks it starts): this code holds the status.
+_holding: contextvars.ContextVar[bool] = contextvars.ContextVar("status_holding", default=False)
+# A finished item's status waits this long at most for the history to hold its record.
+HISTORY_SYNC_S = 2.5
 
 
 def _uid() -> str:
@@ -88,6 +93,11 @@ class QueueService:
         self.write_lock = asyncio.Lock()
         self._needs_resync = False
         self._status: Status | None = None
+        # While held (`status_held`), no status goes out: a change in two steps (an item's
+        # end, then its history record) shows whole or not at all.
+        self._holds = 0
+        self._unheld = asyncio.Event()
+        self._unheld.set()
         self._run_list_uid = _uid()
         self._task_results_uid = _uid()
         # Only the leader writes, runs items and publishes status (see services/queue/leader.py).
@@ -190,9 +200,34 @@ class QueueService:
             **self.executor.status_fields(),
         )
 
+    @contextlib.asynccontextmanager
+    async def status_held(self) -> AsyncIterator[None]:
+        """No status goes out inside; the one after shows every change made inside."""
+        self._holds += 1
+        self._unheld.clear()
+        token = _holding.set(True)
+        try:
+            yield
+        finally:
+            _holding.reset(token)
+            self._holds -= 1
+            if not self._holds:
+                self._unheld.set()
+                await self.publish_status()
+
     async def publish_status(self) -> None:
-        """Publish the status event; a new `time` and `status_uid` only when something changed."""
+        """Publish the status event; a new `time` and `status_uid` only when something changed.
+
+        While the status is held, the holder's changes wait for its end (which publishes
+        them); anyone else waits for that end too, so that a reply never goes out before the
+        status that shows its change (HISTORY_SYNC_S at most).
+        """
         if not self.leading:
+            return
+        if self._holds and not _holding.get():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._unheld.wait(), HISTORY_SYNC_S)
+        if self._holds:
             return
         st = self.status()
         prev = self._status
@@ -203,6 +238,16 @@ class QueueService:
         self._status = st
         with contextlib.suppress(Exception):
             await self.nc.publish(self.subjects.status_event, encode(st))
+
+    async def publish_console(self, text: str) -> None:
+        """A line of the manager's in the console output, as the reference's manager prints
+        its own messages among the environment's (the leader only)."""
+        if not self.leading:
+            return
+        with contextlib.suppress(Exception):
+            await self.nc.publish(
+                self.subjects.console_event, encode({"time": time.time(), "msg": text})
+            )
 
     async def heartbeat(self) -> None:
         while True:
@@ -374,20 +419,37 @@ class QueueService:
             return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
 
     async def on_lock_info(self, req: api.LockInfoRequest) -> api.LockReply:
-        self.model.check_lock_key(req.lock_key)
+        try:
+            self.model.check_lock_key(req.lock_key)
+        except QServerError as e:
+            return self._lock_refused("lock_info", e)
         return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
 
     async def on_unlock(self, req: api.UnlockRequest) -> api.LockReply:
         async with self.write_lock:
             await self._locked_edit(None, target=None)
-            await self.commit(self.model.plan_unlock(req))
+            try:
+                event = self.model.plan_unlock(req)
+            except QServerError as e:
+                return self._lock_refused("unlock", e)
+            await self.commit(event)
             return api.LockReply(lock_info=self.model.lock, lock_info_uid=self.model.lock_info_uid)
+
+    def _lock_refused(self, method: str, e: QServerError) -> api.LockReply:
+        """A wrong key: the reference's reply carries the lock as it stands."""
+        return api.LockReply(
+            success=False,
+            msg=refusal_text(method, e),
+            lock_info=self.model.lock,
+            lock_info_uid=self.model.lock_info_uid,
+        )
 
     async def on_manager_stop(self, req: api.ManagerStop) -> api.Reply:
         state = self.executor.manager_state()
-        if req.option == "safe_on" and state in BUSY_STATES:
+        if req.option == "safe_on" and state != "idle":
             raise Refused(
-                f"Manager is busy ({state}): stop the queue first, or use option 'safe_off'"
+                f"Closing RE Manager with option '{req.option}' is allowed only in 'idle' "
+                f"state. Current state: '{state}'"
             )
         if req.option == "safe_off" and self.executor.worker.env_exists:
             await self.executor.environment_destroy()
@@ -404,10 +466,32 @@ class QueueService:
     # ----- internal -----
 
     async def on_history_changed(self, msg: Msg) -> None:
+        """The history's news; a request (after a clear) is answered once the status shows it."""
         try:
             info = msgspec.json.decode(msg.data, type=HistoryInfo)
         except msgspec.DecodeError:
             logger.warning("ignoring a malformed history event")
+            return
+        if info != self.history:
+            self.history = info
+            await self.publish_status()
+        if msg.reply:
+            with contextlib.suppress(TimeoutError):  # a held status goes out when let go
+                await asyncio.wait_for(self._unheld.wait(), HISTORY_SYNC_S)
+            with contextlib.suppress(Exception):
+                await msg.respond(b"")
+
+    async def sync_history(self, seq: int) -> None:
+        """Take the history's info once it holds the record at `seq` (just written)."""
+        try:
+            resp = await self.nc.request(
+                self.subjects.history_info,
+                encode(HistoryInfoRequest(min_seq=seq)),
+                timeout=HISTORY_SYNC_S,
+            )
+            info = msgspec.json.decode(resp.data, type=HistoryInfo)
+        except Exception as e:  # the history service is away: its event tells later
+            logger.info("the history service did not confirm record %d: %r", seq, e)
             return
         if info != self.history:
             self.history = info

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,10 +16,12 @@ from pathlib import Path
 
 from qserver.protocol.subjects import Subjects
 
-# The services that talk only NATS, in start order; then every service, the HTTP gateway last.
+# The services that talk only NATS, in start order; then every service, the HTTP gateway and
+# the 0MQ bridge last.
 CORE_SERVICES = ("queue", "history", "worker")
-SERVICES = (*CORE_SERVICES, "gateway")
 GATEWAY = "gateway"
+ZMQ_BRIDGE = "zmq_bridge"
+SERVICES = (*CORE_SERVICES, GATEWAY, ZMQ_BRIDGE)
 
 
 def readiness_probe(name: str, subjects: Subjects) -> tuple[str, bytes]:
@@ -44,6 +47,15 @@ def http_ready(url: str, timeout: float = 1.0) -> bool:
             return True
     except urllib.error.HTTPError:
         return True
+    except OSError:
+        return False
+
+
+def tcp_ready(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something listens on `host:port` (the 0MQ bridge, once it has bound)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
     except OSError:
         return False
 

@@ -31,6 +31,8 @@ from qserver.protocol.reply_parts import (
 )
 from qserver.protocol.subjects import DEFAULT_PREFIX
 from services.runtime.held_replies import HeldReplies
+from services.runtime.reference_checks import precheck
+from services.runtime.refusals import failure_reply, refusal_text
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,10 @@ Handler = Callable[[Any], Awaitable[msgspec.Struct | None]]
 
 _encoder = msgspec.json.Encoder()
 _decoders = {method: msgspec.json.Decoder(rtype) for method, rtype in REQUEST_TYPES.items()}
+_supported = {
+    method: [f.encode_name for f in msgspec.structs.fields(rtype)]
+    for method, rtype in REQUEST_TYPES.items()
+}
 
 
 def encode(obj: Any) -> bytes:
@@ -54,7 +60,10 @@ def decode_request(method: str, data: bytes) -> Request:
         raise BadRequest(
             f"Request is too large: {len(data)} bytes (the limit is {MAX_REQUEST_BYTES} bytes)"
         )
-    return decoded(_decoders[method].decode, data.strip() or b"{}", method)  # type: ignore[no-any-return]
+    body = data.strip() or b"{}"
+    # The reference's checks first, so that what they refuse reads as it does there.
+    precheck(method, body, _supported[method])
+    return decoded(_decoders[method].decode, body, method)  # type: ignore[no-any-return]
 
 
 async def serve_method(
@@ -79,7 +88,7 @@ async def serve_method(
         if len(out) > max_payload:
             out, reply_headers = _announce(method, out, replies, max_payload)
     except QServerError as e:
-        out = failure(e.msg)
+        out = failure_reply(method, refusal_text(method, e), msg.data)
     except Exception as e:
         logger.exception("request '%s' failed", method)
         out = failure(f"Internal error while handling '{method}': {e!r}")

@@ -24,7 +24,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.client import AccessDenied, Client, NoAnswer
-from qserver.config import CONFIG_ENV, ConfigError, config_path
+from qserver.config import CONFIG_ENV, ConfigError, config_path, switch
 from qserver.config import add_argument as add_config_argument
 from qserver.config import load_file as load_config_file
 from qserver.connect import NatsAuth
@@ -34,7 +34,15 @@ from qserver.localstack import DATA_DIR_ENV, register_stack, registered_stacks, 
 from qserver.localstack import default_data_dir as _default_data_dir
 from qserver.localstack import lock_is_held as _lock_is_held
 from qserver.protocol.subjects import DEFAULT_PREFIX, check_prefix
-from services.runtime.procs import GATEWAY, SERVICES, ServiceProcess, http_ready, readiness_probe
+from services.runtime.procs import (
+    GATEWAY,
+    SERVICES,
+    ZMQ_BRIDGE,
+    ServiceProcess,
+    http_ready,
+    readiness_probe,
+    tcp_ready,
+)
 from services.stack.credentials import CLIENT_ROLE, StackKeys, ensure_keys, write_server_config
 from services.stack.kafka_broker import KafkaBroker
 from services.stack.natsserver import NatsServer, port_in_use, server_info
@@ -87,6 +95,11 @@ class StackConfig:
     kafka_topic: str = DEFAULT_TOPIC
     catalog: bool = True  # serve the run catalog with Tiled, filled from the document stream
     tiled_port: int = 0  # 0: a free port
+    # Kernel mode (ADR 20): True/False from --use-ipython-kernel; None: the configuration's.
+    ipython_kernel: bool | None = None
+    zmq: bool = True  # the 0MQ bridge: the reference's control protocol and console feed
+    zmq_port: int = 60615
+    zmq_info_port: int = 60625
 
     @property
     def logs_dir(self) -> Path:
@@ -116,6 +129,23 @@ class StackConfig:
     @property
     def http_url(self) -> str:
         return f"http://{self.http_host}:{self.http_port}"
+
+    @property
+    def kernel_dir(self) -> Path:
+        """Kernel mode: the kernel's connection file (0600) and IPython's files."""
+        return self.data_dir / "kernel"
+
+    @property
+    def zmq_control_addr(self) -> str:
+        return f"tcp://{NATS_HOST}:{self.zmq_port}"
+
+    @property
+    def zmq_info_addr(self) -> str:
+        return f"tcp://{NATS_HOST}:{self.zmq_info_port}"
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return tuple(n for n in SERVICES if self.zmq or n != ZMQ_BRIDGE)
 
 
 def ensure_http_key(cfg: StackConfig) -> str:
@@ -198,14 +228,15 @@ class Stack:
                 f"HTTP port {self.cfg.http_port} is already in use (another stack or gateway?): "
                 "pick a free one with --http-port"
             )
+        self._check_zmq_ports()
         started = time.monotonic()
-        for name in SERVICES:
+        for name in self.cfg.services:
             self.procs[name] = ServiceProcess(
                 name,
                 self.nats_url,
                 self.cfg.prefix,
                 self.cfg.logs_dir / f"{name}.log",
-                *(self._gateway_args() if name == GATEWAY else ()),
+                *self._service_args(name),
                 env={**self._service_env(), **self._nats_env(name)},
                 death_signal=self._service_death_signal(),
             ).start()
@@ -213,6 +244,33 @@ class Stack:
         if self.tiled is not None:
             self._wait_tiled()
         self._write_info()
+
+    def _check_zmq_ports(self) -> None:
+        if not self.cfg.zmq:
+            return
+        for port, flag in (
+            (self.cfg.zmq_port, "--zmq-port"),
+            (self.cfg.zmq_info_port, "--zmq-info-port"),
+        ):
+            if port_in_use(NATS_HOST, port):
+                raise StackError(
+                    f"0MQ port {port} is already in use (another stack, or the reference's "
+                    f"RE Manager?): pick a free one with {flag}, or run without 0MQ: --no-zmq"
+                )
+
+    def _service_args(self, name: str) -> list[str]:
+        if name == GATEWAY:
+            return self._gateway_args()
+        if name == "worker":
+            return self._worker_args()
+        if name == ZMQ_BRIDGE:
+            return [
+                "--control-addr",
+                self.cfg.zmq_control_addr,
+                "--info-addr",
+                self.cfg.zmq_info_addr,
+            ]
+        return []
 
     def _gateway_args(self) -> list[str]:
         """Single-user mode with the key kept in the data dir, or no keys at all."""
@@ -222,6 +280,15 @@ class Stack:
         else:
             auth = ["--no-auth"]
         return ["--host", self.cfg.http_host, "--port", str(self.cfg.http_port), *auth]
+
+    def _worker_args(self) -> list[str]:
+        """Kernel mode on or off as asked, and its files in the data dir (unless configured)."""
+        args = []
+        if self.cfg.ipython_kernel is not None:
+            args += ["--use-ipython-kernel", "ON" if self.cfg.ipython_kernel else "OFF"]
+        if not os.environ.get("QSERVER_IPYTHON_DIR"):
+            args += ["--ipython-dir", str(self.cfg.kernel_dir)]
+        return args
 
     def _service_death_signal(self) -> signal.Signals:
         """What a service gets from the kernel if this process is killed without cleaning up.
@@ -343,7 +410,7 @@ class Stack:
             raise StackError(f"NATS at {self.nats_url} has no JetStream: start it with -js")
 
     async def _wait_all_ready(self, started: float) -> None:
-        say(f"starting services: {', '.join(SERVICES)}...")
+        say(f"starting services: {', '.join(self.procs)}...")
         # The worker answers only on internal subjects, which the queue's user may send to.
         probe_roles = {name: "queue" if name == "worker" else CLIENT_ROLE for name in self.procs}
         clients: dict[str, Client] = {}
@@ -372,6 +439,9 @@ class Stack:
     ) -> None:
         if name == GATEWAY:
             await self._wait_http(proc, deadline)
+            return
+        if name == ZMQ_BRIDGE:
+            await self._wait_zmq(proc, deadline)
             return
         subject, body = readiness_probe(name, client.subjects)
         while True:
@@ -410,6 +480,20 @@ class Stack:
                 )
             await asyncio.sleep(0.05)
 
+    async def _wait_zmq(self, proc: ServiceProcess, deadline: float) -> None:
+        """The 0MQ bridge is ready when its control socket listens."""
+        while not await asyncio.to_thread(tcp_ready, NATS_HOST, self.cfg.zmq_port, 0.5):
+            if self.stop_signal is not None:
+                raise _Stopped
+            code = proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                what = describe_exit(code) if code is not None else "did not listen"
+                raise StackError(
+                    f"the 0MQ bridge {what} on {self.cfg.zmq_control_addr}; the end of "
+                    f"{proc.log_file}:\n{proc.log_tail()}"
+                )
+            await asyncio.sleep(0.05)
+
     # ----- what a client needs to know -----
 
     def info(self) -> dict[str, Any]:
@@ -437,7 +521,13 @@ class Stack:
             "tiled_api_key": self.tiled.api_key if self.tiled else None,
             "tiled_catalog": DEFAULT_CATALOG if self.tiled else None,
             "tiled_pid": self.tiled.proc.pid if self.tiled and self.tiled.proc else None,
+            # The reference's clients: REManagerAPI(zmq_control_addr=..., zmq_info_addr=...).
+            "zmq_control_addr": self.cfg.zmq_control_addr if self.cfg.zmq else None,
+            "zmq_info_addr": self.cfg.zmq_info_addr if self.cfg.zmq else None,
+            "zmq_public_key": zmq_public_key() if self.cfg.zmq else None,
             "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
+            # Kernel mode's connection files are here (`config_get` names the current one).
+            "kernel_dir": str(self.cfg.kernel_dir),
         }
 
     def _client_credentials(self) -> dict[str, str] | None:
@@ -471,6 +561,7 @@ class Stack:
             f"  data      {self.cfg.data_dir}\n"
             f"  logs      {self.cfg.logs_dir}\n"
             f"  HTTP      {self.cfg.http_url} ({self._http_auth_note()})\n"
+            f"{self._zmq_line()}"
             f"{self._data_lines()}"
             f"{self._nats_auth_line()}"
             f"  try       {env}qserver status"
@@ -493,6 +584,18 @@ class Stack:
         return (
             f"  NATS keys {self.cfg.nats_keys_dir} (a user per role, no anonymous access; "
             f"clients: {CLIENT_ROLE}.nk)\n"
+        )
+
+    def _zmq_line(self) -> str:
+        if not self.cfg.zmq:
+            return ""
+        key = zmq_public_key()
+        curve = f"CurveZMQ, public key {key}" if key else "no encryption"
+        anyone = configured_environ().get("QSERVER_ZMQ_LOCAL_USERS") == "any"
+        who = "every local user" if anyone else "this OS user only"
+        return (
+            f"  0MQ       {self.cfg.zmq_control_addr}, console {self.cfg.zmq_info_addr} "
+            f"({curve}; {who})\n"
         )
 
     def _http_auth_note(self) -> str:
@@ -606,6 +709,10 @@ def run_stack(
     http_auth: bool = True,
     catalog: bool = True,
     tiled_port: int = 0,
+    ipython_kernel: bool | None = None,
+    zmq: bool = True,
+    zmq_port: int = 60615,
+    zmq_info_port: int = 60625,
 ) -> int:
     """Run the stack in the foreground until a stop signal or `manager_stop`; the exit code."""
     cfg = StackConfig(
@@ -619,6 +726,10 @@ def run_stack(
         kafka_port=kafka_port,
         catalog=catalog,
         tiled_port=tiled_port,
+        ipython_kernel=ipython_kernel,
+        zmq=zmq,
+        zmq_port=zmq_port,
+        zmq_info_port=zmq_info_port,
     )
     stack = Stack(cfg)
     previous = {sig: signal.signal(sig, stack.request_stop) for sig in STOP_SIGNALS}
@@ -648,6 +759,31 @@ def run_stack(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def configured_environ() -> dict[str, str]:
+    """The environment the services see: this one, with the config file's values added."""
+    from qserver.config import apply as apply_config
+
+    environ = dict(os.environ)
+    with contextlib.suppress(ConfigError):  # the services refuse it and say why
+        apply_config(environ, os.environ.get(CONFIG_ENV))
+    return environ
+
+
+def zmq_public_key() -> str | None:
+    """The CurveZMQ public key of the bridge's private key (environment or config file)."""
+    from services.zmq_bridge.keys import BadKey, public_key_of
+    from services.zmq_bridge.settings import OLD_PRIVATE_KEY_ENV, PRIVATE_KEY_ENV
+
+    environ = configured_environ()
+    key = environ.get(PRIVATE_KEY_ENV) or environ.get(OLD_PRIVATE_KEY_ENV)
+    if not key:
+        return None
+    try:
+        return public_key_of(key)
+    except BadKey:
+        return None  # the bridge refuses it and says why
 
 
 def read_stack_info(data_dir: Path | None) -> dict[str, Any]:
@@ -708,9 +844,37 @@ def main(argv: list[str] | None = None) -> None:
         help="do not serve the run catalog (Tiled) nor save runs to it",
     )
     p.add_argument("--tiled-port", type=int, default=0, help="port of the catalog's Tiled server")
+    p.add_argument(
+        "--use-ipython-kernel",
+        dest="ipython_kernel",
+        nargs="?",
+        const=True,
+        default=None,
+        type=_on_off,
+        metavar="ON|OFF",
+        help="run the environment in an IPython kernel (`jupyter console --existing`); "
+        "default: the configuration's (worker.use_ipython_kernel), else OFF",
+    )
+    p.add_argument(
+        "--no-zmq",
+        dest="zmq",
+        action="store_false",
+        help="do not run the 0MQ bridge (the reference's control protocol and console feed)",
+    )
+    p.add_argument("--zmq-port", type=int, default=60615, help="port of the 0MQ control socket")
+    p.add_argument(
+        "--zmq-info-port", type=int, default=60625, help="port of the 0MQ console/info socket"
+    )
     args = p.parse_args(argv)
     del args.config  # loaded above
     raise SystemExit(run_stack(**vars(args)))
+
+
+def _on_off(text: str) -> bool:
+    try:
+        return switch(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def use_config(path: str | None) -> None:

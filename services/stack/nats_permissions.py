@@ -32,6 +32,9 @@ READ_ONLY_METHODS = (
     "permissions_get",
     "lock_info",
     "re_runs",
+    "console_output",
+    "console_output_uid",
+    "console_output_update",
 )
 # JetStream API, acks, flow control, KV and object store, inside the account only.
 JETSTREAM = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>")
@@ -133,6 +136,12 @@ def roles(prefix: str = DEFAULT_PREFIX, user_suffix: str = "") -> list[Role]:
         role(
             "gateway",
             "the HTTP gateway (it checks API keys itself and may call every method)",
+            publish=(api,),
+            subscribe=(events,),
+        ),
+        role(
+            "zmq_bridge",
+            "the 0MQ bridge (it checks who connects itself and may call every method)",
             publish=(api,),
             subscribe=(events,),
         ),

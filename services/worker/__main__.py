@@ -7,16 +7,19 @@ import asyncio
 import contextlib
 import logging
 import os
+from pathlib import Path
 
 import nats
 from nats.micro import add_service
 
 import qserver
 import sim_profile
+from qserver.config import switch
 from qserver.connect import NatsAuth, connect_options, servers
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
 from services.runtime import doc_stream
+from services.runtime.console import ServiceConsole
 from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     run_loop,
@@ -53,6 +56,7 @@ async def main(args: argparse.Namespace) -> int:
             "--orphan-timeout",
             str(args.env_orphan_timeout),
         ),
+        ipython_dir=ipython_dir(args),
     )
     # The environment process, started by this one, connects with the same settings.
     os.environ.update(NatsAuth.from_args(args).environ(), QSERVER_LOG_FORMAT=args.log_format)
@@ -66,6 +70,8 @@ async def main(args: argparse.Namespace) -> int:
         **connect_options(args),
     )
     reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
+    console = ServiceConsole(nc, subjects)  # its log records on the console (ADR 18)
+    await console.start()
     svc = WorkerService(nc, subjects, config)
     export = make_export(nc, subjects)
     exporting = asyncio.create_task(export.run()) if export else None
@@ -81,12 +87,31 @@ async def main(args: argparse.Namespace) -> int:
         exporting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await exporting
-    await shutdown(svc.stop(), micro.stop(), nc.drain(), timeout=KILL_TIMEOUT_S)
+    await shutdown(svc.stop(), micro.stop(), console.stop(), nc.drain(), timeout=KILL_TIMEOUT_S)
     logger.info("worker service stopped")
     return LOST if svc.lost else 0
 
 
 KILL_TIMEOUT_S = 6.0
+
+
+def ipython_dir(args: argparse.Namespace) -> Path | None:
+    """Kernel mode's directory (the connection files), or None without kernel mode."""
+    if not args.use_ipython_kernel:
+        return None
+    if args.ipython_dir:
+        return Path(args.ipython_dir).resolve()
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    # Where `jupyter console --existing kernel-<id>.json` looks for a file given by name.
+    return Path(jupyter_runtime_dir())
+
+
+def _on_off(text: str) -> bool:
+    try:
+        return switch(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def make_export(nc: nats.NATS, subjects: Subjects) -> kafka_export.KafkaExport | None:
@@ -115,6 +140,22 @@ def cli() -> None:
         default=float(os.environ.get("QSERVER_ENV_ORPHAN_TIMEOUT") or ORPHAN_TIMEOUT_S),
         help="seconds an idle environment left without a worker service waits to be adopted "
         f"before it closes itself ($QSERVER_ENV_ORPHAN_TIMEOUT; {ORPHAN_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--use-ipython-kernel",
+        nargs="?",
+        const=True,
+        default=_on_off(os.environ.get("QSERVER_USE_IPYTHON_KERNEL", "")),
+        type=_on_off,
+        metavar="ON|OFF",
+        help="run the environment in an IPython kernel that `jupyter console --existing` "
+        "attaches to ($QSERVER_USE_IPYTHON_KERNEL; OFF)",
+    )
+    p.add_argument(
+        "--ipython-dir",
+        default=os.environ.get("QSERVER_IPYTHON_DIR") or None,
+        help="kernel mode: where the kernel's connection file (0600) and IPython's files go "
+        "($QSERVER_IPYTHON_DIR; Jupyter's runtime directory)",
     )
     args = p.parse_args()
     setup_logging(args.log_level, args.log_format)

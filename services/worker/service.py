@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -38,6 +39,7 @@ from qserver.protocol.worker import (
 )
 from services.runtime.service_base import encode
 from services.worker.adopt import Attached, Busy, fail_lost_item, find_env
+from services.worker.env.kernel import connection_file
 from services.worker.kafka_export import KafkaExport
 from services.worker.messages import EnvRecord, EnvStatus
 from services.worker.pids import new_instance
@@ -75,6 +77,9 @@ class WorkerConfig:
     nats_url: str
     default_startup: StartupConfig
     env_args: tuple[str, ...] = ()  # passed on to the environment (log level, depth)
+    # Kernel mode (ADR 20): environments run in an IPython kernel whose connection file
+    # is written in this directory. None: plain Python.
+    ipython_dir: Path | None = None
 
 
 class WorkerService:
@@ -89,7 +94,8 @@ class WorkerService:
         self.config = config
         self.instance = instance or new_instance()
         self.proc: Env | None = None
-        self.state = WorkerState(worker=self.instance)
+        self.state = self._worker_state()
+        self._seq = 0
         self.item_since: float | None = None  # when the running item was first seen
         self.stop_requested = asyncio.Event()
         self.lost = False  # another worker adopted the environment: exit with LOST
@@ -156,7 +162,8 @@ class WorkerService:
         task.add_done_callback(self._tasks.discard)
 
     def _worker_state(self, **fields: object) -> WorkerState:
-        return WorkerState(worker=self.instance, **fields)  # type: ignore[arg-type]
+        kernel = self.config.ipython_dir is not None
+        return WorkerState(worker=self.instance, use_ipython_kernel=kernel, **fields)  # type: ignore[arg-type]
 
     # ----- commands -----
 
@@ -184,12 +191,15 @@ class WorkerService:
             startup,
             *self.config.env_args,
         )
+        if self.config.ipython_dir is not None:
+            argv += ["--ipython-kernel-dir", str(self.config.ipython_dir)]
         try:
             proc = EnvProcess.spawn(argv, env_uid, self._on_exit, asyncio.get_running_loop())
         except OSError as e:
             await self.records.clear()
             return CmdReply(success=False, msg=f"Failed to start the environment process: {e}")
         logger.info("environment %s started (pid %d)", env_uid, proc.pid)
+        logger.info("Waiting for RE worker to start ...")
         self.proc, self.item_since, self._exited_uid = proc, None, None
         initial = EnvState(env_uid=env_uid, pid=proc.pid, env_state="initializing")
         self.state = self._worker_state(
@@ -208,20 +218,31 @@ class WorkerService:
             )
         except Exception as e:
             return CmdReply(success=False, msg=f"The environment did not answer 'close' ({e!r})")
-        return msgspec.json.decode(reply.data, type=CmdReply)
+        answer = msgspec.json.decode(reply.data, type=CmdReply)
+        if answer.success:
+            logger.info("Waiting for exit confirmation from RE worker ...")
+        return answer
 
     async def destroy(self, data: bytes) -> CmdReply:
         proc = self.proc
         if proc is None:
             return CmdReply(success=False, msg="RE environment does not exist")
         logger.warning("destroying environment %s (pid %d)", proc.env_uid, proc.pid)
+        self._set(destroying=True)
+        await self.publish_state()
         proc.kill("destroy")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.exited.wait(), KILL_WAIT_S)
+        logger.info("RE Worker environment is destroyed")
         return CmdReply()
 
     async def get_state(self, data: bytes) -> WorkerState:
-        return self.state
+        return self._stamped()
+
+    def _stamped(self) -> WorkerState:
+        """The state, numbered: the receiver can tell an older one that arrives late."""
+        self._seq += 1
+        return msgspec.structs.replace(self.state, seq=self._seq)
 
     # ----- watching -----
 
@@ -229,7 +250,7 @@ class WorkerService:
         if self.export is not None:
             self._set(kafka_pending=self.export.pending, kafka_failed=self.export.failed)
         try:
-            await self.nc.publish(self.subjects.worker_state, encode(self.state))
+            await self.nc.publish(self.subjects.worker_state, encode(self._stamped()))
         except Exception as e:  # reconnecting: the heartbeat sends it again
             logger.debug("worker state not published: %r", e)
 
@@ -257,6 +278,11 @@ class WorkerService:
         if st.running_item_uid != (old.running_item_uid if old else None):
             self.item_since = time.time() if st.running_item_uid else None
         changes: dict[str, object] = {"env": st}
+        if old is not None and old.env_state == "initializing":  # the reference's words
+            if st.env_state == "idle":
+                logger.info("Worker started successfully.")
+            elif st.env_state == "failed":
+                logger.error("Error occurred while opening RE Worker environment.")
         if st.env_state == "failed":
             changes.update(last_error=st.msg, last_traceback=st.traceback)
         self._set(**changes)
@@ -322,6 +348,8 @@ class WorkerService:
         self.state = self._worker_state(
             env_exists=False, last_error=error, last_traceback=tb, ended_env_uid=proc.env_uid
         )
+        if self.config.ipython_dir is not None:  # killed: it could not remove its own
+            connection_file(self.config.ipython_dir, proc.env_uid).unlink(missing_ok=True)
         proc.exited.set()
         await self.publish_state()
         if last is not None and last.running_item_uid:

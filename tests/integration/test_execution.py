@@ -111,9 +111,13 @@ async def test_list_scan_runs_from_the_queue_in_the_flat_form(env: Client) -> No
     r = await env.request("queue_item_add", {"item": bad, **USER})
     assert r == {
         "success": False,
-        "msg": "Plan validation failed: Parameter 'args': group 2 of "
+        "msg": "Failed to add an item: Plan validation failed: Parameter 'args': group 2 of "
         "tuple[__MOVABLE__, list[float]] "
-        "(list ['nomotor', [3, 4]]): 'nomotor' is not an allowed device",
+        "(list ['nomotor', [3, 4]]): 'nomotor' is not an allowed device\n"
+        "Plan: {'item_type': 'plan',\n 'name': 'list_scan',\n"
+        " 'args': [['det1'], 'motor', [1, 2], 'nomotor', [3, 4]]}",
+        "qsize": None,
+        "item": bad,
     }
     bad["args"] = [["det1"], "motor", [1, 2], "motor1"]
     r = await env.request("queue_item_add", {"item": bad, **USER})

@@ -163,7 +163,7 @@ async def test_environment_queue_and_run_engine_control(http: httpx.AsyncClient)
     assert (await ok(http, "GET", "/history/get"))["items"] == []
 
     # What the environment printed, from the gateway's console buffer.
-    assert "starting plan 'count'" in (await ok(http, "GET", "/api/console_output"))["text"]
+    assert "Starting a plan 'count'" in (await ok(http, "GET", "/api/console_output"))["text"]
     r = await http.request("GET", "/api/console_output_update", json={"last_msg_uid": "ALL"})
     msgs = r.json()["console_output_msgs"]
     assert any("completed" in m["msg"] for m in msgs) and r.json()["last_msg_uid"]
@@ -171,7 +171,7 @@ async def test_environment_queue_and_run_engine_control(http: httpx.AsyncClient)
     listener.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await listener
-    assert any("starting plan 'count'" in m["msg"] for m in console)
+    assert any("Starting a plan 'count'" in m["msg"] for m in console)
 
     await ok(http, "POST", "/environment/close")
     await wait_status(http, lambda st: not st["worker_environment_exists"] and idle(st))

@@ -98,10 +98,10 @@ def test_a_full_session_with_the_threaded_client(gateway: Gateway) -> None:
             RM.environment_close()
         RM.unlock(lock_key="lab-key")
         assert not RM.lock_info()["lock_info"]["environment"]
-        assert RM.config_get()["config"] == {}
+        assert RM.config_get()["config"] == {"ip_connect_info": {}}  # the reference's, no kernel
         # The console monitor polls /api/console_output_update twice a second.
         deadline = time.monotonic() + 5
-        while "starting plan 'count'" not in RM.console_monitor.text():
+        while "Starting a plan 'count'" not in RM.console_monitor.text():
             assert time.monotonic() < deadline, RM.console_monitor.text()
             time.sleep(0.1)
 
@@ -161,22 +161,42 @@ def test_refusals_carry_the_reference_texts_its_client_matches(gateway: Gateway)
         assert r == {
             "success": False,
             "msg": "Failed to add an item: Incorrect request format: request contains no item info",
+            "qsize": None,
+            "item": None,
         }
         r = RM.item_remove_batch(uids=["some-uid"], ignore_missing=False)
-        assert r["msg"] == (
-            "The queue does not contain items with the following UIDs: ['some-uid']"
-        )
-        assert "environment and/or queue must be selected" in RM.lock(lock_key="k")["msg"]
+        assert r == {
+            "success": False,
+            "msg": "Failed to remove a batch of items: "
+            "The queue does not contain items with the following UIDs: ['some-uid']",
+            "items": [],
+            "qsize": None,
+        }
+        r = RM.lock(lock_key="k")
+        assert r == {
+            "success": False,
+            "msg": "Error: Invalid option: environment and/or queue must be selected: "
+            "environment=False queue=False",
+            "lock_info": {},
+            "lock_info_uid": None,
+        }
         assert RM.lock(lock_key="k", queue=True)["success"]
         try:
-            for refused in (
-                RM.lock_info(lock_key="wrong"),
-                RM.unlock(lock_key="wrong"),
-                RM.queue_clear(),
+            lock_info = RM.lock_info()
+            for method, refused in (
+                ("lock_info", RM.lock_info(lock_key="wrong")),
+                ("unlock", RM.unlock(lock_key="wrong")),
+                ("queue_clear", RM.queue_clear()),
+                ("queue_item_add", RM.item_add(BPlan("count", ["det1"]))),
             ):
+                prefix = "Failed to add an item: " if method == "queue_item_add" else "Error: "
                 assert refused["msg"].startswith(
-                    f"Invalid lock key: \nRE Manager is locked by {SINGLE_USER} at "
+                    f"{prefix}Invalid lock key: \nRE Manager is locked by {SINGLE_USER} at "
                 ), refused
+                if method in ("lock_info", "unlock"):  # the lock as it stands
+                    assert refused["lock_info"] == lock_info["lock_info"], refused
+            assert refused["item"] == {"item_type": "plan", "name": "count", "args": [["det1"]]}
+            assert refused["qsize"] is None
         finally:
             assert RM.unlock(lock_key="k")["success"]
         assert set(RM.history_get()) == {"success", "msg", "items", "plan_history_uid"}

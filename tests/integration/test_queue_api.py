@@ -281,5 +281,7 @@ async def test_add_without_an_item_is_refused_with_the_reference_text(client: Cl
     assert r == {
         "success": False,
         "msg": "Failed to add an item: Incorrect request format: request contains no item info",
+        "qsize": None,
+        "item": None,
     }
     assert await queue_names(client) == []

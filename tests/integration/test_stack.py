@@ -97,6 +97,7 @@ class Stacks:
         """A stack; without `catalog`, no Tiled server (it takes seconds to start)."""
         port_args = ("--nats-port", str(self.nats_port)) if own_nats else ()
         port_args += ("--http-port", str(free_port()))
+        port_args += ("--zmq-port", str(free_port()), "--zmq-info-port", str(free_port()))
         if not catalog:
             port_args += ("--no-catalog",)
         out = self.tmp_path / f"stack-{next(_counter)}.out"
@@ -108,7 +109,6 @@ class Stacks:
         for stack in self.started:
             if stack.proc.poll() is None:
                 stack.kill_all()
-
 
 
 async def answer(
@@ -379,6 +379,9 @@ async def test_the_stack_publishes_documents_to_kafka_and_saves_runs_in_its_cata
     assert info["tiled_catalog"] == "raw"
     async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
         assert (await client.request("environment_open"))["success"]
+        await client.wait_for(
+            lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", 60
+        )
         item = {"item_type": "plan", "name": "count", "args": [["det1"]], "kwargs": {"num": 2}}
         await client.request("queue_item_add", {"item": item, "user": "u", "user_group": "primary"})
         await client.request("queue_start")

@@ -27,7 +27,6 @@ from tests.integration.test_stack import StackProcess, Stacks
 DEADLINE = 30.0
 
 
-
 @pytest.fixture
 async def stack(stacks: Stacks) -> AsyncIterator[tuple[StackProcess, dict[str, Any]]]:
     proc = stacks.start("--no-kafka")

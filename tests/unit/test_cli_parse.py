@@ -366,10 +366,23 @@ def test_stack_commands_call_the_stack_module(
             "http_auth": True,
             "catalog": True,
             "tiled_port": 0,
+            "ipython_kernel": None,
+            "zmq": True,
+            "zmq_port": 60615,
+            "zmq_info_port": 60625,
         }
     ]
+    assert cli.run(["stack", "up", "--use-ipython-kernel"]) == 7
+    assert calls[-1]["ipython_kernel"] is True
+    assert cli.run(["stack", "up", "--use-ipython-kernel=OFF"]) == 7
+    assert calls[-1]["ipython_kernel"] is False
+    n = len(calls)
+    assert cli.run(["stack", "up", "--use-ipython-kernel=maybe"]) != 7
+    assert len(calls) == n  # refused before the stack starts
     assert cli.run(["stack", "up", "--no-kafka", "--kafka-port", "9"]) == 7
     assert (calls[-1]["kafka"], calls[-1]["kafka_port"]) == (False, 9)
+    assert cli.run(["stack", "up", "--no-zmq", "--zmq-port", "5", "--zmq-info-port", "6"]) == 7
+    assert (calls[-1]["zmq"], calls[-1]["zmq_port"], calls[-1]["zmq_info_port"]) == (False, 5, 6)
     assert cli.run(["--prefix", "qs.b", "stack", "up", "--data-dir", "/tmp/x"]) == 7
     assert calls[-1]["prefix"] == "qs.b"
     assert str(calls[-1]["data_dir"]) == "/tmp/x"

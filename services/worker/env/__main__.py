@@ -1,5 +1,9 @@
 """The environment process: `python -m services.worker.env --nats-url URL --prefix P
---env-uid UID --worker-id ID (--startup-dir DIR | --startup-module MOD | --startup-script FILE)`.
+--env-uid UID --worker-id ID (--startup-dir DIR | --startup-module MOD | --startup-script FILE)
+[--ipython-kernel-dir DIR]`.
+
+With `--ipython-kernel-dir` the namespace lives in an IPython kernel (kernel mode, ADR 20),
+whose connection file is written there.
 
 Exit codes: 0 after `close` (or after closing itself with no worker service to supervise
 it), 1 if NATS cannot be reached, 2 if the startup code failed, 3 if it gave up a plan it
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
 from qserver.protocol.worker import StartupConfig
@@ -47,9 +52,16 @@ def main(args: argparse.Namespace) -> int:
         return 1
     subjects = Subjects(args.prefix)
     journal = DocumentJournal(link, subjects, args.env_uid) if doc_stream.enabled() else None
-    env = Environment(subjects, args.env_uid, link, startup, args.device_max_depth, journal)
+    kernel_dir = Path(args.ipython_kernel_dir) if args.ipython_kernel_dir else None
+    if kernel_dir is not None:
+        # pydevd (ipykernel's debugger) warns about frozen modules on every start.
+        os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    env = Environment(
+        subjects, args.env_uid, link, startup, args.device_max_depth, journal, kernel_dir
+    )
     commands = EnvCommands(env)
     capture_console(commands.sink)
+    env.console = commands.sink
     link.call(commands.start(), timeout=10.0)
     supervision = Supervision(env, args.worker_id, args.orphan_timeout)
     link.call(supervision.start(), timeout=10.0)
@@ -57,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         link.call(journal.start(), timeout=10.0)
     code = 2
     if env.open():
-        logger.info("environment %s is ready (pid %d)", args.env_uid, os.getpid())
+        logger.debug("environment %s is ready (pid %d)", args.env_uid, os.getpid())
         env.serve()
         env.closed()
         code = 0
@@ -92,6 +104,11 @@ def cli() -> None:
     where.add_argument("--startup-module")
     where.add_argument("--startup-script")
     p.add_argument("--device-max-depth", type=int, default=5)
+    p.add_argument(
+        "--ipython-kernel-dir",
+        default=None,
+        help="run the namespace in an IPython kernel; its connection file goes here",
+    )
     p.add_argument("--log-level", default=os.environ.get("QSERVER_LOG_LEVEL", "INFO"))
     raise SystemExit(main(p.parse_args()))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -13,9 +12,16 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
-from qserver.protocol.worker import CmdReply, MetadataReply, RunPlan, RunsReply
+from qserver.protocol.worker import (
+    CmdReply,
+    ConnectInfoReply,
+    KernelInterruptRequest,
+    MetadataReply,
+    RunPlan,
+    RunsReply,
+)
+from services.runtime.console import ConsolePublisher
 from services.runtime.service_base import encode
-from services.worker.env.console import ConsoleSink
 from services.worker.env.engine import CONTINUE_STATUS, Environment, Running
 from services.worker.env.metadata import metadata_reply
 from services.worker.results import ensure_results_stream
@@ -33,6 +39,7 @@ PAUSE_OPTIONS = ("deferred", "immediate")
 RUNS_OPTIONS = ("active", "open", "closed")
 Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
 _run_decoder = msgspec.json.Decoder(RunPlan)
+_interrupt_decoder = msgspec.json.Decoder(KernelInterruptRequest)
 
 
 def _options(data: bytes) -> dict[str, Any]:
@@ -48,8 +55,8 @@ class EnvCommands:
     def __init__(self, env: Environment) -> None:
         self.env = env
         self.subjects = env.subjects
-        self._console_wake = asyncio.Event()
-        self.sink = ConsoleSink(lambda: env.link.soon(self._console_wake.set))
+        self.console = ConsolePublisher(self.subjects.console_event, env.link.soon)
+        self.sink = self.console.sink
         self._tasks: list[asyncio.Task[None]] = []
 
     def handlers(self) -> dict[str, Handler]:
@@ -61,6 +68,10 @@ class EnvCommands:
             "update": self.update,
             "state": self.state,
             "close": self.close,
+            "reserve": self.reserve,
+            "release": self.release,
+            "interrupt": self.interrupt,
+            "connect_info": self.connect_info,
         }
         for action in CONTINUE_STATUS:
             h[action] = functools.partial(self._continue, action)
@@ -76,7 +87,10 @@ class EnvCommands:
 
             await nc.subscribe(self.subjects.env_cmd(cmd), cb=cb)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._publish_states()), loop.create_task(self._console())]
+        self._tasks = [
+            loop.create_task(self._publish_states()),
+            loop.create_task(self.console.run(nc)),
+        ]
 
     async def _serve(self, cmd: str, handler: Handler, msg: Msg) -> None:
         if not msg.reply:  # `env.state` also carries the state events
@@ -110,6 +124,8 @@ class EnvCommands:
         uid = req.item.get("item_uid")
         if not isinstance(uid, str) or not uid:
             return CmdReply(success=False, msg="The item has no 'item_uid'")
+        if env.kernel is not None and env.kernel.busy_elsewhere():
+            return CmdReply(success=False, msg="IPython kernel (RE Worker) is busy.")
         re_state = env.re_state()
         with env.lock:
             if env.env_state != "idle" or env.running is not None or re_state != "idle":
@@ -125,8 +141,20 @@ class EnvCommands:
         # Published before the reply: if this process dies from here on, the worker knows
         # which item it was running.
         await env.publish_state()
-        env.start_run(running)
+        refused = await self._submit(env.start_run, running)
+        if refused is not None:
+            with env.lock:
+                env.running = None
+                env.env_state = "idle"
+            await env.publish_state()
+            return CmdReply(success=False, msg=refused)
         return CmdReply()
+
+    async def _submit(self, start: Callable[[Any], str | None], arg: Any) -> str | None:
+        """Hand a job to the main thread; in kernel mode capturing the kernel may take time."""
+        if self.env.kernel is None:
+            return start(arg)
+        return await asyncio.get_running_loop().run_in_executor(None, start, arg)
 
     async def pause(self, data: bytes) -> CmdReply:
         option = _options(data).get("option", "deferred")
@@ -145,6 +173,7 @@ class EnvCommands:
                     f"Current state: '{re_state}'",
                 )
             env.pause_pending = True
+        logger.info("Pausing Run Engine ...")
         env.notify()
         loop = asyncio.get_running_loop()
         try:
@@ -160,6 +189,8 @@ class EnvCommands:
     async def _continue(self, action: str, data: bytes) -> CmdReply:
         env = self.env
         re_state = env.re_state()
+        if env.kernel is not None and env.kernel.busy_elsewhere():
+            return CmdReply(success=False, msg="IPython kernel (RE Worker) is busy.")
         with env.lock:
             if env.running is None or re_state != "paused" or env.continue_pending:
                 shown = "executing_plan" if env.continue_pending else re_state
@@ -167,7 +198,11 @@ class EnvCommands:
                     success=False, msg=f"Run Engine is not paused: current state is '{shown}'"
                 )
             env.continue_pending = True
-        env.start_continue(action)
+        refused = await self._submit(env.start_continue, action)
+        if refused is not None:
+            with env.lock:
+                env.continue_pending = False
+            return CmdReply(success=False, msg=refused)
         return CmdReply()
 
     async def runs(self, data: bytes) -> RunsReply:
@@ -201,12 +236,61 @@ class EnvCommands:
         await self._settle()
         return self.env.snapshot()
 
+    # ----- kernel mode (ADR 20) -----
+
+    async def reserve(self, data: bytes) -> CmdReply:
+        """Capture the kernel for an item or a task about to be sent (held for a while)."""
+        kernel = self.env.kernel
+        if kernel is None:
+            return CmdReply()  # without a kernel the main thread is always ours
+        refused = await asyncio.get_running_loop().run_in_executor(None, kernel.reserve)
+        return CmdReply(success=refused is None, msg=refused or "")
+
+    async def release(self, data: bytes) -> CmdReply:
+        """The queue has nothing more to run: let the kernel go back to its users."""
+        if self.env.kernel is not None:
+            self.env.kernel.release()
+        return CmdReply()
+
+    async def interrupt(self, data: bytes) -> CmdReply:
+        """Send Ctrl-C to the kernel, as `kernel_interrupt` asks (the reference's checks)."""
+        req = _interrupt_decoder.decode(data.strip() or b"{}")
+        env = self.env
+        if env.kernel is None:
+            return CmdReply(
+                success=False, msg="RE Manager is not in IPython mode: IPython kernel is not used"
+            )
+        state = env.env_state
+        if not req.interrupt_plan and state == "executing_plan":
+            return CmdReply(success=False, msg="Error: Not allowed to interrupt running plan")
+        if not req.interrupt_task and state == "executing_task":
+            return CmdReply(success=False, msg="Error: Not allowed to interrupt running task")
+        try:
+            env.kernel.interrupt()
+        except Exception as e:
+            return CmdReply(success=False, msg=f"Error: {e}")
+        logger.info(
+            "kernel interrupt sent (interrupt_task=%s, interrupt_plan=%s)",
+            req.interrupt_task,
+            req.interrupt_plan,
+        )
+        return CmdReply()
+
+    async def connect_info(self, data: bytes) -> ConnectInfoReply:
+        kernel = self.env.kernel
+        if kernel is None or kernel.app is None:
+            return ConnectInfoReply()
+        return ConnectInfoReply(
+            ip_connect_info=kernel.connect_info(), connection_file=str(kernel.connection_file)
+        )
+
     async def close(self, data: bytes) -> CmdReply:
         env = self.env
         await self._settle()
         refused = env.begin_close()
         if refused is not None:
             return CmdReply(success=False, msg=refused)
+        logger.info("Closing RE Worker environment ...")
         env.notify()
         env.request_close()
         return CmdReply()
@@ -223,21 +307,8 @@ class EnvCommands:
                 pass
             await self.env.publish_state()
 
-    async def _console(self) -> None:
-        while True:
-            await self._console_wake.wait()
-            self._console_wake.clear()
-            await self._send_console()
-
-    async def _send_console(self) -> None:
-        nc, subject = self.env.link.nc, self.subjects.console_event
-        for t, line in self.sink.take():
-            # Never log a failure here: the log line would come back as console output.
-            with contextlib.suppress(Exception):
-                await nc.publish(subject, encode({"time": t, "msg": line}))
-
     async def flush(self) -> None:
         """Publish every queued state and console line, then flush the connection."""
         await self.env.publish_state()
-        await self._send_console()
+        await self.console.send(self.env.link.nc)
         await self.env.link.nc.flush(timeout=2)

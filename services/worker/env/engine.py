@@ -12,13 +12,13 @@ import contextlib
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -33,10 +33,17 @@ from qserver.protocol.worker import EnvStateName, ExistingLists, PlanResult, Sta
 from qserver.result_texts import MSG_KEPT, TRACEBACK_KEPT, cut
 from services.runtime.service_base import encode
 from services.worker.env import live_docs, metadata
+from services.worker.env.console import ConsoleSink
 from services.worker.env.journal import DocumentJournal
+from services.worker.env.kernel import HOLD_S, KernelHost, pause_on_interrupt
 from services.worker.env.link import NatsLink
 from services.worker.env.runs import RunTracker
-from services.worker.env.startup import StartupError, find_run_engine, load_startup
+from services.worker.env.startup import (
+    StartupError,
+    find_run_engine,
+    kernel_namespace,
+    load_startup,
+)
 from services.worker.messages import EnvStatus
 from services.worker.results import publish_result
 
@@ -53,6 +60,9 @@ CONTINUE_STATUS: dict[str, ExitStatus] = {
     "abort": "aborted",
     "halt": "halted",
 }
+# Kernel mode: the outcome of a paused plan that a console finished, from its runs' exit
+# statuses (the reference's rule: a clean end may have been a stop, so it is "unknown").
+OUTSIDE_MSG = "The plan is completed outside RE Manager"
 
 Job = Callable[[], None]
 
@@ -92,6 +102,7 @@ class Environment:
         startup: StartupConfig,
         device_max_depth: int = 5,
         journal: DocumentJournal | None = None,
+        kernel_dir: Path | None = None,
     ) -> None:
         self.subjects = subjects
         self.env_uid = env_uid
@@ -117,6 +128,14 @@ class Environment:
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         # Set when the state changed; the publisher on the NATS thread sends a fresh snapshot.
         self.changed = asyncio.Event()
+        # Kernel mode (ADR 20): the namespace is an IPython kernel's, jobs run in its loop.
+        self.kernel = (
+            KernelHost(kernel_dir, env_uid, self.jobs, self._run_job, self._kernel_changed)
+            if kernel_dir is not None
+            else None
+        )
+        self.console: ConsoleSink | None = None  # the console's sink, for the kernel's streams
+        self._opened = False
 
     # ----- state -----
 
@@ -125,6 +144,7 @@ class Environment:
 
     def snapshot(self) -> EnvStatus:
         re_state = self.re_state()  # not under our lock: see `_on_re_state`
+        k = self.kernel
         with self.lock:
             return EnvStatus(
                 env_uid=self.env_uid,
@@ -141,6 +161,8 @@ class Environment:
                 msg=self.error_msg,
                 traceback=self.error_traceback,
                 owner=self.owner,
+                ip_kernel_state=k.state if k else None,
+                ip_kernel_captured=k.captured if k else None,
             )
 
     def notify(self) -> None:
@@ -162,9 +184,72 @@ class Environment:
         try:
             if str(new) == "paused":
                 self.pause_pending = False
+            elif str(new) in ("idle", "panicked") and self.kernel is not None:
+                self._check_outside(str(new))
             self.notify()
         except Exception:
             logger.exception("state change %s -> %s not reported", old, new)
+
+    # ----- kernel mode -----
+
+    def _kernel_changed(self) -> None:
+        if self.kernel is not None and self.kernel.state == "idle" and self._opened:
+            with self.lock:
+                if self.env_state == "initializing":
+                    self.env_state = "idle"
+                    logger.info("IPython kernel is in 'idle' state")
+        self.notify()
+
+    def _check_outside(self, re_state: str) -> None:
+        """A paused plan that a console resumed (or stopped) may have ended (RE thread).
+
+        The queue did not run it to its end, so the environment reports the item itself,
+        as the reference's worker does for such "abandoned" plans. Checked on a thread of
+        its own: this one may hold the RunEngine's state lock.
+        """
+        threading.Thread(
+            target=self._finish_outside, args=(re_state,), name="outside", daemon=True
+        ).start()
+
+    def _finish_outside(self, re_state: str) -> None:
+        with self.lock:
+            cur = self.running
+            if (
+                cur is None
+                or self.env_state != "idle"  # our loop runs it: `_execute` reports it
+                or self.continue_pending
+                or self.result_pending
+            ):
+                return
+            self.result_pending = True
+        statuses = {r.exit_status for r in self.runs.runs()}
+        status: ExitStatus = "unknown"
+        if "fail" in statuses or re_state == "panicked":
+            status = "failed"
+        elif "abort" in statuses:
+            status = "aborted"
+        logger.info("item %s was finished from the IPython kernel: %s", cur.uid, status)
+        self._finish(cur, status, OUTSIDE_MSG, outside=True)
+
+    def submit(self, job: Job) -> str | None:
+        """Have the main thread run `job`; None, or why it cannot (kernel mode: blocking)."""
+        if self.kernel is None:
+            self.jobs.put(job)
+            return None
+        return self.kernel.submit(job)
+
+    def _run_job(self, job: Job) -> float:
+        """Run one job in the kernel's execution loop; how long to hold the kernel after it.
+
+        A paused plan frees the kernel at once (the user may resume it from a console); a
+        finished one holds it for the queue's next item, until the queue says "release".
+        """
+        try:
+            job()
+        except (Exception, KeyboardInterrupt):  # an interrupt between a plan's steps
+            logger.exception("job failed")
+        with self.lock:
+            return 0.0 if self.running is not None else HOLD_S
 
     # ----- opening -----
 
@@ -172,15 +257,22 @@ class Environment:
         """Run the startup code and store the lists; False (state `failed`) if that fails."""
         self.notify()
         try:
-            ns = load_startup(self.startup)
+            ns = load_startup(self.startup, self._kernel_namespace())
+            logger.info("Startup code was successfully loaded.")
+            logger.info("Instantiating and configuring Run Engine ...")
             run_engine = find_run_engine(ns)
             self._persist_metadata(run_engine)
             self._attach(run_engine)
+            if self.kernel is not None:
+                pause_on_interrupt(run_engine)
             self.ns, self.RE = ns, run_engine
             self.store_lists()
         except Exception as e:
             tb = traceback.format_exc()
-            print(tb, file=sys.stderr, flush=True)
+            logger.error(
+                "Failed to start RE Worker environment. Error while loading startup code:\n%s\n",
+                tb,
+            )
             msg = (
                 str(e)
                 if isinstance(e, StartupError)
@@ -194,10 +286,24 @@ class Environment:
                 self.error_traceback = cut(tb, TRACEBACK_KEPT, whole_at)
             self.notify()
             return False
-        with self.lock:
-            self.env_state = "idle"
+        self._opened = True
+        if self.kernel is None:
+            with self.lock:
+                self.env_state = "idle"
+        else:  # idle once the kernel is (it may run a command a user sent meanwhile)
+            self._kernel_changed()
+        logger.info("RE Environment is ready")
         self.notify()
         return True
+
+    def _kernel_namespace(self) -> dict[str, Any] | None:
+        """Kernel mode: start the kernel, whose namespace the startup code runs in."""
+        if self.kernel is None:
+            return None
+        ns: dict[str, Any] = {}
+        assert self.console is not None, "the console is captured before the kernel starts"
+        self.kernel.create(ns, self.console)
+        return kernel_namespace(ns)
 
     def _persist_metadata(self, run_engine: Any) -> None:
         try:
@@ -253,6 +359,9 @@ class Environment:
 
     def serve(self) -> None:
         """Run jobs until `close`; must be called on the main thread."""
+        if self.kernel is not None:
+            self.kernel.run()  # jobs run in the kernel's execution loop
+            return
         while True:
             job = self.jobs.get()
             if job is None:
@@ -262,25 +371,28 @@ class Environment:
             except Exception:  # a bug here must not end the environment mid-plan
                 logger.exception("job failed")
 
-    def start_run(self, running: Running) -> None:
-        self.jobs.put(lambda: self._run(running))
+    def start_run(self, running: Running) -> str | None:
+        return self.submit(lambda: self._run(running))
 
-    def start_continue(self, action: str) -> None:
-        self.jobs.put(lambda: self._continue(action))
+    def start_continue(self, action: str) -> str | None:
+        return self.submit(lambda: self._continue(action))
 
     def request_close(self) -> None:
-        self.jobs.put(None)
+        if self.kernel is not None:
+            self.kernel.shutdown()  # `serve` returns once the kernel has stopped
+        else:
+            self.jobs.put(None)
 
     def _run(self, cur: Running) -> None:
         self.runs.reset()
         self._refused_before = self.journal.failed if self.journal else 0
         try:
             call = self._prepare(cur)
-        except Exception as e:
-            logger.error("item %s failed before it started: %s", cur.uid, e)
+        except (Exception, KeyboardInterrupt) as e:  # an interrupt in kernel mode
+            logger.error("The plan failed: %s", f"Plan failed: {e}", extra={"item_uid": cur.uid})
             self._finish(cur, "failed", f"Plan failed: {e}", traceback.format_exc())
             return
-        logger.info("item %s: starting plan '%s'", cur.uid, cur.item.get("name"))
+        logger.info("Starting a plan '%s'.", cur.item.get("name"), extra={"item_uid": cur.uid})
         self._execute(cur, call, "completed")
 
     def _prepare(self, cur: Running) -> Callable[[], Any]:
@@ -313,7 +425,9 @@ class Environment:
         if cur is None:
             return
         self.notify()
-        logger.info("item %s: %s", cur.uid, action)
+        logger.info(
+            "Continue plan execution with the option '%s'", action, extra={"item_uid": cur.uid}
+        )
         self._execute(cur, getattr(self.RE, action), CONTINUE_STATUS[action])
 
     def _execute(self, cur: Running, call: Callable[[], Any], status: ExitStatus) -> None:
@@ -324,16 +438,24 @@ class Environment:
             with self.lock:
                 self.env_state = "idle"
                 self.pause_pending = False
-            logger.info("item %s: paused", cur.uid)
+            logger.info("The plan is paused ...", extra={"item_uid": cur.uid})
             self.notify()
             return
-        except Exception as e:
-            logger.error("item %s: plan failed: %s", cur.uid, e)
+        except (Exception, KeyboardInterrupt) as e:
+            logger.error("The plan failed: %s", f"Plan failed: {e}", extra={"item_uid": cur.uid})
             self._finish(cur, "failed", f"Plan failed: {e}", traceback.format_exc())
             return
         self._finish(cur, status)
 
-    def _finish(self, cur: Running, status: ExitStatus, msg: str = "", tb: str = "") -> None:
+    def _finish(
+        self,
+        cur: Running,
+        status: ExitStatus,
+        msg: str = "",
+        tb: str = "",
+        *,
+        outside: bool = False,
+    ) -> None:
         runs = self.runs.runs()
         result = PlanResult(
             record_uid=str(uuid.uuid4()),
@@ -348,11 +470,14 @@ class Environment:
                 msg=msg,
                 traceback=tb,
             ),
+            completed_outside=outside,
         )
+        # Said before the result goes out: whoever reads it may print the next lines.
+        if status != "failed":  # a failure was said with its reason
+            logger.info("The plan was exited. Plan state: %s", status, extra={"item_uid": cur.uid})
         with self.lock:
             self.result_pending = True
         self.link.call(self._store_result(result))
-        logger.info("item %s: %s", cur.uid, status)
 
     async def _store_result(self, result: PlanResult) -> None:
         # The item's documents are stored before its result: a run of an item that history
@@ -398,8 +523,11 @@ class Environment:
     # ----- closing -----
 
     def idle(self) -> bool:
-        """Nothing runs, nothing is paused, no result waits to be stored."""
+        """Nothing runs, nothing is paused, no result waits to be stored (and, in kernel
+        mode, no command a user typed runs)."""
         re_state = self.re_state()  # not under our lock: see `_on_re_state`
+        if self.kernel is not None and self.kernel.busy_elsewhere():
+            return False
         with self.lock:
             return (
                 self.env_state == "idle"
@@ -411,6 +539,8 @@ class Environment:
     def begin_close(self) -> str | None:
         """Mark the environment `closing` if it is idle; else why it is not (and no change)."""
         re_state = self.re_state()
+        if self.kernel is not None and self.kernel.busy_elsewhere():
+            return "Worker IPython kernel is busy"
         with self.lock:
             if self.env_state != "idle" or self.running is not None or re_state != "idle":
                 return (
@@ -423,4 +553,5 @@ class Environment:
     def closed(self) -> None:
         with self.lock:
             self.env_state = "closed"
+        logger.info("Run Engine environment was closed successfully")
         self.notify()

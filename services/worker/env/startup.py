@@ -26,6 +26,16 @@ def _fresh_namespace() -> dict[str, Any]:
     }
 
 
+def kernel_namespace(ns: dict[str, Any]) -> dict[str, Any]:
+    """A namespace for kernel mode: the kernel's own `get_ipython` stays (ADR 20)."""
+    ns.update(
+        __name__="__main__",
+        is_re_worker_active=lambda: True,
+        is_ipython_mode=lambda: True,
+    )
+    return ns
+
+
 def _exec_file(path: Path, ns: dict[str, Any]) -> None:
     code = compile(path.read_text(encoding="utf-8"), str(path), "exec")
     ns["__file__"] = str(path)
@@ -40,11 +50,19 @@ def startup_files(startup_dir: Path) -> list[Path]:
     return sorted(p for p in startup_dir.glob("*.py") if p.name != "__init__.py")
 
 
-def load_startup(config: StartupConfig) -> dict[str, Any]:
-    """Run the startup code and return its namespace; its own exceptions propagate."""
+def load_startup(config: StartupConfig, into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the startup code and return its namespace; its own exceptions propagate.
+
+    `into`: the namespace to run it in (the kernel's, in kernel mode); a module's names are
+    copied into it.
+    """
     if config.startup_module:
-        return importlib.import_module(config.startup_module).__dict__
-    ns = _fresh_namespace()
+        module = importlib.import_module(config.startup_module).__dict__
+        if into is None:
+            return module
+        into.update({k: v for k, v in module.items() if not k.startswith("__")})
+        return into
+    ns = _fresh_namespace() if into is None else into
     if config.startup_script:
         script = Path(config.startup_script)
         if not script.is_file():
