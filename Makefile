@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
-# 1: `make test` runs the reference client's tests over HTTP too (test-reference), 0: not.
-REFERENCE ?= 1
+# 1: `make test` also runs the reference client's own tests over HTTP (test-reference); by
+# default only for the whole suite (no ARGS).
+REFERENCE ?= $(if $(ARGS),0,1)
 
 REF_VENV ?= .venv-reference
 REF_V001_VENV ?= .venv-reference-v001
