@@ -462,7 +462,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         known = expected.get(_short_id(item.nodeid))
         if known is not None:
             owner, cause = known
-            item.add_marker(pytest.mark.xfail(reason=f"[{owner}] {cause}", strict=True))
+            # A cause marked "(flaky)" fails only at times: passing does not fail the run.
+            strict = "(flaky)" not in cause
+            item.add_marker(pytest.mark.xfail(reason=f"[{owner}] {cause}", strict=strict))
 
 
 def _short_id(nodeid: str) -> str:
