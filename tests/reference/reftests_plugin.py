@@ -14,6 +14,7 @@ addresses point to a closed port. Docs: docs/reference-tests.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -55,8 +56,8 @@ SKIPS = {
         "second, as the reference's does"
     ),
 }
-# The reference's start-re-manager options that change nothing here.
 SERVER_FIXTURES = frozenset({"re_manager", "re_manager_cmd", "fastapi_server", "fastapi_server_fs"})
+# The reference's start-re-manager options that change nothing here.
 IGNORED_OPTIONS = ("--verbose", "--quiet", "--silent", "--redis-name-prefix", "--redis-addr")
 
 # ----- options -----
@@ -110,15 +111,16 @@ class Harness:
         mp.setenv("QSERVER_HTTP_SERVER_URI", url or f"http://localhost:{self.closed_http.port}")
 
     def point_zmq(self, mp: pytest.MonkeyPatch, opts: StackOptions | None) -> None:
-        if opts is None or not self.zmq or opts.zmq_control is not None:
-            control, info = self.closed_zmq.port, self.closed_zmq_info.port
-        else:
-            control, info = self.runner.ports.zmq_control, self.runner.ports.zmq_info
+        """The 0MQ defaults: the bridge's session ports, unless closed (no manager, no 0MQ
+        mode) or the test gave the manager addresses of its own (then it names them)."""
+        bridge = opts is not None and self.zmq
+        ports = self.runner.ports
+        control_ok = bridge and opts is not None and opts.zmq_control is None
+        info_ok = bridge and opts is not None and opts.zmq_info is None
+        control = ports.zmq_control if control_ok else self.closed_zmq.port
+        info = ports.zmq_info if info_ok else self.closed_zmq_info.port
         mp.setenv("QSERVER_ZMQ_CONTROL_ADDRESS", f"tcp://localhost:{control}")
-        if opts is None or opts.zmq_info is None:
-            mp.setenv("QSERVER_ZMQ_INFO_ADDRESS", f"tcp://localhost:{info}")
-        else:
-            mp.setenv("QSERVER_ZMQ_INFO_ADDRESS", f"tcp://localhost:{self.closed_zmq_info.port}")
+        mp.setenv("QSERVER_ZMQ_INFO_ADDRESS", f"tcp://localhost:{info}")
 
     # -- the manager
 
@@ -133,8 +135,19 @@ class Harness:
         return self.runner.ensure(opts)
 
     def fresh_manager(self, opts: StackOptions) -> RunningStack:
+        """The stack with `opts`, in a fresh manager's state.
+
+        A stack that cannot be reset (a previous case left it stuck) is replaced by a new one,
+        so that one bad case does not fail the ones after it.
+        """
         stack = self.stack(opts)
-        Resetter(stack.http_url, self.runner.emergency_key).reset()
+        try:
+            Resetter(stack.http_url, self.runner.emergency_key).reset()
+        except (RuntimeError, httpx.HTTPError) as e:
+            print(f"reftests: the stack could not be reset ({e}); starting a new one")
+            self.runner.stop()
+            stack = self.stack(opts)
+            Resetter(stack.http_url, self.runner.emergency_key).reset()
         return stack
 
     def stop_gateways(self) -> None:
@@ -220,9 +233,7 @@ def parse_manager_options(params: list[str], env: dict[str, str], zmq: bool) -> 
 
 
 def _replace(opts: StackOptions, **kw: Any) -> StackOptions:
-    from dataclasses import replace
-
-    return replace(opts, **kw)
+    return dataclasses.replace(opts, **kw)
 
 
 # ----- the fixtures that replace the reference's -----

@@ -415,7 +415,6 @@ class Resetter:
 
     url: str
     emergency_key: str
-    log: list[str] = field(default_factory=list)
 
     def _call(
         self, client: httpx.Client, verb: str, path: str, body: dict[str, Any] | None = None
