@@ -15,6 +15,7 @@ addresses point to a closed port. Docs: docs/reference-tests.md.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -56,6 +57,10 @@ SKIPS = {
         "second, as the reference's does"
     ),
 }
+# Cases that bind the reference's fixed ports (60611, 60616, 60617, 60650): they take a lock
+# that every worker (and every run on this machine) shares, so they run one at a time.
+FIXED_PORTS = frozenset({"test_ReManagerAPI_parameters_01", "test_ReManagerComm_ZMQ_02"})
+FIXED_PORTS_LOCK = Path(tempfile.gettempdir()) / f"qserver-reftests-fixed-ports-{os.getuid()}.lock"
 SERVER_FIXTURES = frozenset({"re_manager", "re_manager_cmd", "fastapi_server", "fastapi_server_fs"})
 # The reference's start-re-manager options that change nothing here.
 IGNORED_OPTIONS = ("--verbose", "--quiet", "--silent", "--redis-name-prefix", "--redis-addr")
@@ -485,6 +490,21 @@ def _short_id(nodeid: str) -> str:
 
 
 @pytest.fixture(autouse=True)
+def _reftests_fixed_ports(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A case on the reference's fixed ports runs alone, and leaves them free at its end."""
+    if request.node.name.split("[")[0] not in FIXED_PORTS:
+        yield
+        return
+    with open(FIXED_PORTS_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the kernel drops it if this process dies
+        try:
+            yield
+        finally:
+            # Its stack (and the bridge on the fixed ports) goes before the next case's.
+            harness(request).runner.stop()
+
+
+@pytest.fixture(autouse=True)
 def _reftests_addresses(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default addresses of this test: the stack where it asked for a server, else closed."""
     h = harness(request)
@@ -521,6 +541,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         "duration": round(report.duration, 2),
         "message": message[:4000],
         "time": time.time(),
+        "worker": os.environ.get("PYTEST_XDIST_WORKER", ""),
     }
     with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
