@@ -22,7 +22,23 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --progress-bar on -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+# System packages of the tests: python-ldap builds against libldap; slapd serves the LDAP
+# login tests. Installed with apt when missing (as root; a fresh Debian has none of them),
+# with services kept from starting (the tests run their own slapd on a free port).
+APT_TEST_PACKAGES := slapd ldap-utils libldap2-dev libsasl2-dev gcc
+$(VENV)/.apt-test: | $(BIN)/python
+	@missing=$$(for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "as root: apt-get install $$missing"; exit 1; fi; \
+	  echo "installing system packages for the tests: $$missing"; \
+	  policy=/usr/sbin/policy-rc.d; made=; \
+	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod +x $$policy; made=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  rc=$$?; [ -n "$$made" ] && rm -f $$policy; exit $$rc; \
+	fi
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python $(VENV)/.apt-test
 	@echo "installing qserver with its test tools into $(VENV) (the first run takes ~2 minutes)..."
 	$(BIN)/pip install --progress-bar on -e '.[test]'
 	touch $@ $(VENV)/.installed

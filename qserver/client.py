@@ -16,14 +16,36 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from qserver.connect import NatsAuth, servers
+from qserver.errors import BadRequest
 from qserver.localstack import is_stack_nats, running_stack, stack_credentials
 from qserver.protocol.api import service_of, unknown_method_reply
 from qserver.protocol.console import UID_HEADER as CONSOLE_UID
 from qserver.protocol.reply_parts import PART_HEADER, PARTS_HEADER, SIZE_HEADER, TOKEN_HEADER
-from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects
+from qserver.protocol.subjects import (
+    DEFAULT_PREFIX,
+    IDENTITY_METHODS,
+    NO_GROUP,
+    TRUSTED_ROLES,
+    Subjects,
+    identity_token,
+)
 
 DEFAULT_NATS_URL = "nats://localhost:4222"
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_USER_GROUP = "primary"
+AUTO = "\0auto"  # `Client.connect(act_as=AUTO)`: act as the connection's own NATS user
+
+
+def acting_user(inbox: str) -> str | None:
+    """The user a client with this inbox prefix acts as: `_INBOX.<user>`, unless trusted."""
+    head, _, user = inbox.partition(".")
+    if head != "_INBOX" or not user or "." in user:
+        return None
+    if user.split("-")[0] in TRUSTED_ROLES:
+        return None
+    return user
+
+
 # NATS says at once when nothing is subscribed to a method (the request was delivered to
 # no one, so sending it again is safe): the request is sent again for this long, which
 # rides through a leader failover (~0.6 s) and a quick restart (ADR 13).
@@ -203,9 +225,13 @@ class Client:
         denials: Denials | None = None,
         unavailable_wait: float = UNAVAILABLE_WAIT,
         auth: NatsAuth | None = None,
+        act_as: str | None = None,
     ) -> None:
         self.nc = nc
         self.auth = auth or NatsAuth()  # how it connected (for messages)
+        # The NATS user this client acts as: identity methods go to `as.<user>.<group>.api.`
+        # (ADR 24). None: the body's identity, on `api.` (the gateway, services, open servers).
+        self.act_as = act_as
         self.subjects = Subjects(prefix)
         self.timeout = timeout
         self.unavailable_wait = unavailable_wait
@@ -220,9 +246,13 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = 2.0,
         auth: NatsAuth | None = None,
+        act_as: str | None = AUTO,
     ) -> Client:
         """Connect with the credentials of `auth` (default: the QSERVER_NATS_* variables);
         without any, to a local stack's NATS with the stack's client key (`qserver.localstack`).
+
+        A client with a NATS user of its own acts as that user (`act_as`, by default the user
+        its inbox is named after), unless the user is a service's or the gateway's.
         """
         url = url or default_url()
         auth = stack_credentials(url, auth or NatsAuth.from_env())
@@ -260,7 +290,26 @@ class Client:
                     "token, nkey or credentials file)"
                 ) from None
             raise NoAnswer(f"Cannot connect to NATS at {url}: {e or type(e).__name__}") from e
-        return cls(nc, prefix or default_prefix(url), timeout, denials, auth=auth)
+        if act_as == AUTO:
+            act_as = acting_user(auth.inbox)
+        return cls(nc, prefix or default_prefix(url), timeout, denials, auth=auth, act_as=act_as)
+
+    def subject_of(self, method: str, body: bytes) -> str:
+        """Where a request goes: `api.<method>`, or the identity subject when acting as a user."""
+        if self.act_as is None or method not in IDENTITY_METHODS:
+            return self.subjects.api(method)
+        group = NO_GROUP
+        if IDENTITY_METHODS[method][1]:
+            group = DEFAULT_USER_GROUP
+            with contextlib.suppress(msgspec.DecodeError, AttributeError):
+                group = msgspec.json.decode(body or b"{}").get("user_group") or group
+            if not isinstance(group, str):
+                raise BadRequest(f"Invalid request to '{method}': user_group must be a string")
+            try:
+                identity_token(group, "user group")
+            except ValueError as e:
+                raise BadRequest(str(e)) from None
+        return self.subjects.api_as(self.act_as, group, method)
 
     async def close(self) -> None:
         await self.nc.close()
@@ -279,7 +328,7 @@ class Client:
         larger than one NATS message arrives announced and is fetched in parts (ADR 8); a
         part that cannot be had is IncompleteReply or NoAnswer, an empty reply EmptyReply.
         """
-        subject = self.subjects.api(method)
+        subject = self.subject_of(method, body)
         timeout = timeout or self.timeout
         loop = asyncio.get_running_loop()
         started, pause = loop.time(), 0.05

@@ -127,6 +127,10 @@ class WorkerSection(Section):
         list[str] | None,
         _d("the RE.md keys `re_metadata` shows, as paths: /key, /key/subkey; / is all"),
     ] = None
+    task_results_keep_s: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        _d("seconds the result of a finished task (function, script) is kept"),
+    ] = None
 
 
 class HttpSection(Section):
@@ -227,6 +231,7 @@ ENV: dict[tuple[str, str], str] = {
     ("worker", "use_ipython_kernel"): "QSERVER_USE_IPYTHON_KERNEL",
     ("worker", "ipython_dir"): "QSERVER_IPYTHON_DIR",
     ("worker", "permitted_re_metadata_keys"): "QSERVER_PERMITTED_RE_METADATA_KEYS",
+    ("worker", "task_results_keep_s"): "QSERVER_TASK_RESULTS_KEEP_S",
     ("http", "host"): "QSERVER_HTTP_HOST",
     ("http", "port"): "QSERVER_HTTP_PORT",
     ("http", "timeout"): "QSERVER_HTTP_TIMEOUT",

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from qserver.cli import commands_admin, commands_doctor, commands_env, commands_queue
+from qserver.cli import (
+    commands_admin,
+    commands_doctor,
+    commands_env,
+    commands_login,
+    commands_queue,
+)
 from qserver.cli.errors import BadParams
 from qserver.cli.options import CONTEXT, lock_key_option, nats_auth_options, simple
 from qserver.cli.runner import Settings, run_console_monitor, run_legacy, run_monitor
@@ -165,5 +171,8 @@ for _command in (
     commands_admin.manager,
     commands_admin.stack,
     commands_doctor.doctor,
+    commands_login.login,
+    commands_login.whoami,
+    commands_login.logout,
 ):
     cli.add_command(_command)

@@ -107,6 +107,12 @@ def stack() -> None:
     "still refuses anonymous clients: its keys are in the data dir, readable by you only.",
 )
 @click.option(
+    "--http-config",
+    type=click.Path(exists=True, path_type=Path),
+    help="bluesky-httpserver's YAML configuration: the gateway takes logins (authentication, "
+    "api_access, resource_access) instead of the single-user key (docs/http.md).",
+)
+@click.option(
     "--use-ipython-kernel",
     "ipython_kernel",
     is_flag=False,
@@ -138,6 +144,7 @@ def stack_up(
     tiled_port: int,
     config_file: str | None,
     no_auth: bool,
+    http_config: Path | None,
     ipython_kernel: str | None,
     no_zmq: bool,
     zmq_port: int,
@@ -175,6 +182,7 @@ def stack_up(
         http_auth=not no_auth,
         catalog=not no_catalog,
         tiled_port=tiled_port,
+        http_config=http_config,
         ipython_kernel=kernel,
         zmq=not no_zmq,
         zmq_port=zmq_port,

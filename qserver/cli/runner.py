@@ -87,7 +87,7 @@ async def connected(settings: Settings) -> AsyncIterator[Client]:
     from qserver.client import AccessDenied, Client, NoAnswer
     from qserver.connect import NatsAuth, NatsConfigError
 
-    options = {"timeout": settings.timeout} if settings.timeout else {}
+    options: dict[str, Any] = {"timeout": settings.timeout} if settings.timeout else {}
     try:
         auth = NatsAuth.from_env(None, **settings.nats_auth)
         client = await Client.connect(

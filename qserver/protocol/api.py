@@ -167,6 +167,38 @@ class KernelInterrupt(Locked, frozen=True, kw_only=True, forbid_unknown_fields=T
     interrupt_plan: bool = False
 
 
+class FunctionExecute(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Run a function of the environment's namespace as a task.
+
+    `item`, and whether `user` and `user_group` are there, are checked by the queue service,
+    so that a bad value gets the reference's words (its clients match them), not a decoder's.
+    """
+
+    item: Any = UNSET
+    user: str | UnsetType = UNSET
+    user_group: str | UnsetType = UNSET
+    run_in_background: bool = False
+
+
+class ScriptUpload(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Execute Python code in the environment's namespace as a task."""
+
+    script: Any = UNSET  # a string; checked by the queue service
+    update_lists: bool = True
+    update_re: bool = False
+    run_in_background: bool = False
+
+
+class TaskStatus(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`task_uid`: one uid (the status is a string) or a list of them (a dict)."""
+
+    task_uid: Any = UNSET
+
+
+class TaskResult(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    task_uid: Any = UNSET
+
+
 class QueueAutostart(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enable: bool
 
@@ -308,7 +340,8 @@ class ConfigGetReply(Reply, kw_only=True):
 
 
 class TaskReply(Reply, kw_only=True):
-    task_uid: str
+    # None when no task was started (a failure), as the reference sends it.
+    task_uid: str | None = None
 
 
 class RunsReply(Reply, kw_only=True):
@@ -412,6 +445,10 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "console_output": ConsoleOutput,
     "console_output_uid": Empty,
     "console_output_update": ConsoleOutputUpdate,
+    "function_execute": FunctionExecute,
+    "script_upload": ScriptUpload,
+    "task_status": TaskStatus,
+    "task_result": TaskResult,
 }
 
 # The methods the history service answers; the queue service answers all the others.

@@ -19,6 +19,36 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+# Methods whose params name who acts (`user`) or in which group (`user_group`). A client that
+# is not trusted with these sends them to `<prefix>.as.<user>.<group>.api.<method>`, where
+# NATS permissions let each user name only itself and its groups; the service takes the
+# identity from the subject, not the body (ADR 24).
+IDENTITY_METHODS: dict[str, tuple[bool, bool]] = {  # method: (sets user, sets user_group)
+    "queue_item_add": (True, True),
+    "queue_item_add_batch": (True, True),
+    "queue_item_update": (True, True),
+    "queue_item_execute": (True, True),
+    "function_execute": (True, True),
+    "lock": (True, False),
+    "plans_allowed": (False, True),
+    "devices_allowed": (False, True),
+}
+NO_GROUP = "_"  # the group token of methods that take no group (`lock`)
+# NATS users that may send identity methods on `<prefix>.api.`: they set identities
+# themselves (the gateway from its logins) or are services.
+TRUSTED_ROLES = ("queue", "history", "worker", "gateway", "zmq_bridge")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def identity_token(name: str, what: str = "user name") -> str:
+    """`name` if it can be one subject token of an identity subject, else ValueError."""
+    if not _TOKEN_RE.match(name):
+        raise ValueError(
+            f"the {what} {name!r} cannot name a NATS identity: use letters, digits, - and _"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class Subjects:
     """Every subject and stream name used by one queue server instance."""
@@ -31,6 +61,10 @@ class Subjects:
     # Public request-reply API: `<prefix>.api.<method>`.
     def api(self, method: str) -> str:
         return f"{self.prefix}.api.{method}"
+
+    def api_as(self, user: str, group: str, method: str) -> str:
+        """`<prefix>.as.<user>.<group>.api.<method>`: a request whose identity NATS vouches for."""
+        return f"{self.prefix}.as.{user}.{group}.api.{method}"
 
     @property
     def api_wildcard(self) -> str:
@@ -154,6 +188,16 @@ class Subjects:
         return f"QS_{self._token}_SNAPSHOTS"
 
     @property
+    def auth_bucket(self) -> str:
+        """KV bucket of logins: principals, identities, sessions, API keys (hashed)."""
+        return f"QS_{self._token}_AUTH"
+
+    @property
     def result_texts_bucket(self) -> str:
         """Object store of the whole `msg`/`traceback` of results cut for storage (ADR 8)."""
         return f"QS_{self._token}_RESULT_TEXTS"
+
+    @property
+    def task_results_bucket(self) -> str:
+        """KV bucket of finished tasks' results (`function_execute`, `script_upload`, ...)."""
+        return f"QS_{self._token}_TASKS"

@@ -5,8 +5,9 @@ Subjects (all under `<prefix>.internal.`):
 - `worker.events.state` event: `WorkerState`, published by the worker service on every change
   and once a second.
 - `env.<cmd>` request-reply to the environment process: `run`, `pause`, `resume`, `stop`,
-  `abort`, `halt`, `update`, `runs`, `metadata`, `state`, `close`; in kernel mode (ADR 20)
-  also `reserve`, `release`, `interrupt` and `connect_info`.
+  `abort`, `halt`, `update`, `runs`, `metadata`, `state`, `close`, `task`
+  (`qserver.protocol.tasks`); in kernel mode (ADR 20) also `reserve`, `release`,
+  `interrupt` and `connect_info`.
 - `env.events.state` event: `EnvState`, published by the environment process on every change and
   once a second.
 - `results`: the JetStream stream `QS_<PREFIX>_RESULTS`, one `PlanResult` per finished
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import msgspec
 
 from qserver.protocol.items import HistoryResult
+from qserver.protocol.tasks import TaskInfo
 
 EnvStateName = Literal[
     "initializing", "idle", "executing_plan", "executing_task", "closing", "closed", "failed"
@@ -73,6 +75,13 @@ class EnvState(msgspec.Struct, frozen=True, kw_only=True):
     # (too large, or no room while the stream did not answer).
     docs_pending: int = 0
     docs_failed: int = 0
+    # Tasks (ADR 16): the foreground task running (env_state `executing_task`), the
+    # background tasks running, and how many tasks started and finished (their results
+    # stored) in this environment so far.
+    running_task: TaskInfo | None = None
+    background: list[TaskInfo] = msgspec.field(default_factory=list)
+    tasks_started: int = 0
+    tasks_done: int = 0
     # Kernel mode (ADR 20): the IPython kernel's state (`starting`, `idle`, `busy`,
     # `disabled` once shut down) and whether the execution loop holds it. None: no kernel.
     ip_kernel_state: str | None = None
@@ -168,3 +177,7 @@ class ExistingLists(msgspec.Struct, frozen=True, kw_only=True):
     plans_existing: dict[str, Any]
     devices_existing: dict[str, Any]
     uid: str
+    # Each list's own uid, kept when that list did not change (a script that adds a device
+    # leaves the plans' uids as they were, as in the reference); "" in older records.
+    plans_uid: str = ""
+    devices_uid: str = ""

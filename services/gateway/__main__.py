@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 import uvicorn
 
 from qserver.connect import connect_options
+from qserver.protocol.subjects import Subjects
 from services.gateway.app import build_app
+from services.gateway.authstore import AuthStore
 from services.gateway.bridge import Bridge
 from services.gateway.config import AuthOptions, ConfigError, load_authenticator
 from services.gateway.connections import ConnectionLimits, uvicorn_options
@@ -66,12 +69,18 @@ async def main(args: argparse.Namespace) -> int:
     if args.no_auth and not is_loopback(args.host):
         logger.error("--no-auth serves anyone who can connect: it needs a loopback --host")
         return 2
+    bridge = Bridge(args.nats_url, args.prefix, args.timeout, connect_options(args))
+    bucket = Subjects(args.prefix).auth_bucket
+    if args.auth_store:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", args.auth_store):
+            logger.error("--auth-store must be letters, digits, - and _: %r", args.auth_store)
+            return 2
+        bucket = f"{bucket}_{args.auth_store}"
     try:
-        auth = load_authenticator(opts)
+        auth = load_authenticator(opts, lambda: AuthStore(bridge.connected, bucket, args.timeout))
     except ConfigError as e:
         logger.error("%s", e)
         return 2
-    bridge = Bridge(args.nats_url, args.prefix, args.timeout, connect_options(args))
     app = build_app(bridge, auth)
     limits = ConnectionLimits(
         idle_s=args.idle_timeout,
@@ -113,7 +122,14 @@ def cli() -> None:
         "--http-config",
         type=Path,
         default=None,
-        help="YAML file with API keys, roles and anonymous access (or $QSERVER_HTTP_CONFIG)",
+        help="YAML file: bluesky-httpserver's configuration (logins: authentication, api_access, "
+        "resource_access), or the gateway's own API keys (or $QSERVER_HTTP_CONFIG)",
+    )
+    p.add_argument(
+        "--auth-store",
+        default=os.environ.get("QSERVER_HTTP_AUTH_STORE", ""),
+        help="a separate set of logins on this queue server: the bucket QS_<PREFIX>_AUTH_<NAME> "
+        "(tests; or $QSERVER_HTTP_AUTH_STORE). Gateways that share logins share it",
     )
     p.add_argument(
         "--single-user-key-file",

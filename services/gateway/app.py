@@ -15,12 +15,12 @@ from litestar.exceptions import InternalServerException
 from litestar.handlers import BaseRouteHandler
 from litestar.response import File, Stream
 
-from qserver.errors import NotFound, QServerError
+from qserver.errors import BadRequest, NotFound, QServerError
 from qserver.protocol.api import MAX_REQUEST_BYTES
 from qserver.protocol.http import NoParams
 from services.gateway.accesslog import log_refusals
-from services.gateway.auth import Authenticator, Principal
-from services.gateway.auth_routes import auth_handlers
+from services.gateway.auth import Authenticates, Principal
+from services.gateway.authroutes import auth_handlers, credentials_of
 from services.gateway.bodies import decode_body, request_params
 from services.gateway.bridge import Bridge
 from services.gateway.errors import (
@@ -31,6 +31,7 @@ from services.gateway.errors import (
     http_status,
 )
 from services.gateway.extra_routes import custom_modules, upload_handlers
+from services.gateway.logins import LoginAuthenticator
 from services.gateway.metrics import Metrics, metrics_handler
 from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
 from services.gateway.routes import ROUTES, Route
@@ -78,19 +79,17 @@ async def no_params(request: Request[Any, Any, Any]) -> None:
 class Gateway:
     """What the handlers share: the NATS bridge and the authenticator."""
 
-    def __init__(self, bridge: Bridge, auth: Authenticator) -> None:
+    def __init__(self, bridge: Bridge, auth: Authenticates) -> None:
         self.bridge = bridge
         self.auth = auth
 
-    def principal(self, conn: ASGIConnection[Any, Any, Any, Any], scope: str) -> Principal:
-        principal = self.auth.authenticate(
-            conn.headers.get("authorization"), conn.query_params.get("api_key")
-        )
+    async def principal(self, conn: ASGIConnection[Any, Any, Any, Any], scope: str) -> Principal:
+        principal = await self.auth.principal(credentials_of(conn))
         principal.require(scope)
         return principal
 
     async def forward(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
-        principal = self.principal(request, route.scope)
+        principal = await self.principal(request, route.scope)
         params = request_params(route, await body_of(request), principal)
         if route.method == "manager_kill":
             await self.bridge.publish(route.method, params)  # the service never replies
@@ -112,12 +111,16 @@ class Gateway:
             await socket.close(WS_BAD_REQUEST, f"backlog must be 0 to {MAX_BACKLOG} messages")
             return
         try:
-            self.principal(socket, scope)
+            principal = await self.auth.principal(credentials_of(socket))
+            if scope not in principal.scopes:
+                # The reference's text, closed with 4003 (the key is valid, its scope is not).
+                await socket.close(WS_FORBIDDEN, f"Not enough permissions: needs {scope}"[:120])
+                return
             self.bridge.connected()
         except Unauthorized as e:
             await socket.close(WS_UNAUTHORIZED, e.msg[:120])
             return
-        except Forbidden as e:
+        except (Forbidden, BadRequest) as e:
             await socket.close(WS_FORBIDDEN, e.msg[:120])
             return
         except Unavailable as e:
@@ -175,7 +178,7 @@ def console_handlers(gw: Gateway) -> list[BaseRouteHandler]:
 
     @get("/api/stream_console_output", status_code=200)
     async def stream_console_output(request: Request[Any, Any, Any]) -> Stream:
-        gw.principal(request, "read:console")
+        await gw.principal(request, "read:console")
         await no_params(request)
         gw.bridge.connected()
 
@@ -205,7 +208,10 @@ def stream_handlers(gw: Gateway) -> list[BaseRouteHandler]:
 
 
 def docs_handlers(gw: Gateway) -> list[Any]:
-    schema = _encoder.encode(openapi_document())
+    logins = None
+    if isinstance(gw.auth, LoginAuthenticator):
+        logins = {name: p.mode for name, p in gw.auth.settings.providers.items()}
+    schema = _encoder.encode(openapi_document(logins))
 
     @get("/openapi.json", status_code=200, include_in_schema=False)
     async def openapi_json() -> Response[bytes]:
@@ -221,30 +227,10 @@ def docs_handlers(gw: Gateway) -> list[Any]:
 
     @get("/api/config/get", status_code=200)
     async def config_get(request: Request[Any, Any, Any]) -> Response[bytes]:
-        who = gw.principal(request, "read:config")
+        who = await gw.principal(request, "read:config")
         await no_params(request)
         reply = await gw.bridge.request("config_get", b"{}")
         return Response(without_kernel_key(reply, who), media_type=JSON)
-
-    @get("/api/auth/whoami", status_code=200)
-    async def whoami(request: Request[Any, Any, Any]) -> Response[bytes]:
-        who = gw.principal(request, "")
-        await no_params(request)
-        return json_response(
-            {
-                "type": "user",
-                "identities": [{"id": who.name, "provider": "api_key"}],
-                "user_group": who.user_group,
-                "roles": list(who.roles),
-                "scopes": sorted(who.scopes),
-            }
-        )
-
-    @get("/api/auth/scopes", status_code=200)
-    async def scopes(request: Request[Any, Any, Any]) -> Response[bytes]:
-        who = gw.principal(request, "")
-        await no_params(request)
-        return json_response({"roles": list(who.roles), "scopes": sorted(who.scopes)})
 
     # A fixed set of files, looked up by name: no path from the client reaches the disk.
     files = {p.name: p for p in swagger_assets().iterdir() if p.is_file()}
@@ -255,10 +241,10 @@ def docs_handlers(gw: Gateway) -> list[Any]:
             raise NotFound(f"No such file in the docs' assets: {name[:100]!r}")
         return File(files[name])
 
-    return [openapi_json, docs, ui, config_get, whoami, scopes, asset]
+    return [openapi_json, docs, ui, config_get, asset]
 
 
-def build_app(bridge: Bridge, auth: Authenticator) -> Litestar:
+def build_app(bridge: Bridge, auth: Authenticates) -> Litestar:
     gw = Gateway(bridge, auth)
     handlers: list[Any] = [route_handler(gw, r) for r in ROUTES]
     handlers += console_handlers(gw) + stream_handlers(gw) + docs_handlers(gw)

@@ -10,8 +10,9 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from services.gateway.errors import Forbidden, Unauthorized
+from services.gateway.errors import Unauthorized
 
 READ_SCOPES = frozenset(
     {
@@ -56,9 +57,9 @@ DEFAULT_USER_GROUP = "primary"
 DEFAULT_ROLES: dict[str, frozenset[str]] = {
     "admin": frozenset({"read:status", "user:apikeys"}) | ADMIN_SCOPES,
     "expert": READ_SCOPES | USER_WRITE_SCOPES | EXPERT_WRITE_SCOPES,
-    "advanced": READ_SCOPES | USER_WRITE_SCOPES,
-    "user": READ_SCOPES | USER_WRITE_SCOPES,
-    "observer": READ_SCOPES,
+    "advanced": READ_SCOPES | USER_WRITE_SCOPES | {"user:apikeys"},
+    "user": READ_SCOPES | USER_WRITE_SCOPES | {"user:apikeys"},
+    "observer": READ_SCOPES | {"user:apikeys"},
     "unauthenticated_single_user": ALL_SCOPES - ADMIN_SCOPES,
     "unauthenticated_public": frozenset({"read:status"}),
 }
@@ -68,17 +69,28 @@ DEFAULT_ROLES: dict[str, frozenset[str]] = {
 class Principal:
     """The caller as the gateway sees it."""
 
-    name: str
+    name: str  # the `user` the gateway sets on the caller's requests
     scopes: frozenset[str]
     user_group: str = DEFAULT_USER_GROUP
     roles: tuple[str, ...] = ()
+    uuid: str = ""  # a logged-in principal's uuid (32 hex digits); "" for the others
+    identities: tuple[tuple[str, str], ...] = ()  # (id, provider)
+    api_key_scopes: tuple[str, ...] | None = None  # the scopes of the API key used, if any
+    session: str = ""  # the session of the access token used, if any
+    anonymous: bool = False  # no credentials at all
 
     def require(self, scope: str) -> None:
-        """Forbidden unless the principal has `scope` ("" needs only a valid key)."""
+        """Unauthorized (401, as bluesky-httpserver) unless the principal has `scope`."""
         if scope and scope not in self.scopes:
-            raise Forbidden(
-                f"Not enough permissions: the request needs scope '{scope}', "
-                f"which user '{self.name}' does not have"
+            hint = (
+                " (no credentials: send 'Authorization: Bearer <token>' or "
+                "'Authorization: ApiKey <key>')"
+                if self.anonymous
+                else f" (user '{self.name}')"
+            )
+            raise Unauthorized(
+                f"Not enough permissions. Requires scopes {[scope]}. "
+                f"Request had scopes {sorted(self.scopes)}{hint}"
             )
 
 
@@ -112,9 +124,48 @@ def scopes_of(
     return frozenset(out)
 
 
+API_KEY_COOKIE = "bluesky_httpserver_api_key"  # the reference's cookie name
+BAD_SCHEME = (
+    "Authorization header must include the authorization type followed by a space and then "
+    "the secret, as in 'Bearer SECRET' or 'Apikey SECRET'. "
+)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a request presents: an API key (header, `api_key` query value or cookie) or a token."""
+
+    api_key: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def of(
+        cls, authorization: str | None, api_key: str | None = None, cookie: str | None = None
+    ) -> Credentials:
+        """From the `Authorization` header (`ApiKey` or `Bearer`), the query, a cookie."""
+        token = header_key = None
+        if authorization and authorization.strip():
+            scheme, _, value = authorization.strip().partition(" ")
+            if scheme.lower() == "apikey":
+                header_key = value.strip() or None
+            elif scheme.lower() == "bearer":
+                token = value.strip() or None
+            else:
+                # 401 where the reference answers 400: it is credentials that are wrong.
+                raise Unauthorized(BAD_SCHEME)
+        key = api_key or header_key or cookie or None
+        return cls(api_key=key, token=None if key else token)
+
+
+class Authenticates(Protocol):
+    """What the gateway asks: who presents these credentials (401 if nobody)."""
+
+    async def principal(self, creds: Credentials) -> Principal: ...
+
+
 @dataclass(frozen=True)
 class Authenticator:
-    """Turns the credentials of a request into a Principal, or refuses them."""
+    """Keys from the gateway's own config file and the single-user key; no logins."""
 
     keys: tuple[ApiKey, ...] = ()
     single_user_key: str | None = None
@@ -128,17 +179,19 @@ class Authenticator:
         )
     )
 
-    def authenticate(self, authorization: str | None, api_key: str | None = None) -> Principal:
-        """From the `Authorization` header (`ApiKey <key>`) or an `api_key` query value."""
+    async def principal(self, creds: Credentials) -> Principal:
+        return self.authenticate(creds)
+
+    def authenticate(self, creds: Credentials) -> Principal:
         if self.open_access:
             return self._single_user
-        key = api_key or _key_from_header(authorization)
+        key = creds.api_key
         if key is None:
-            if self.anonymous_scopes is not None:
-                return Principal(
-                    PUBLIC_USER_NAME, self.anonymous_scopes, roles=("unauthenticated_public",)
+            if creds.token is not None:
+                raise Unauthorized(
+                    f"{TOKEN_INVALID}: this gateway has no logins (send 'Authorization: ApiKey')"
                 )
-            raise Unauthorized("Not authenticated: send the header 'Authorization: ApiKey <key>'")
+            return public_principal(self.anonymous_scopes)
         if self.single_user_key is not None and hmac.compare_digest(
             key.encode(), self.single_user_key.encode()
         ):
@@ -150,12 +203,14 @@ class Authenticator:
         raise Unauthorized("Invalid API key")
 
 
-def _key_from_header(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() != "apikey" or not value.strip():
-        raise Unauthorized(
-            f"Unsupported authorization scheme {scheme!r}: use 'Authorization: ApiKey <key>'"
-        )
-    return value.strip()
+TOKEN_INVALID = "Could not validate credentials"
+
+
+def public_principal(scopes: frozenset[str] | None) -> Principal:
+    """The caller without credentials: anonymous scopes if allowed, else none."""
+    return Principal(
+        PUBLIC_USER_NAME,
+        scopes or frozenset(),
+        roles=("unauthenticated_public",) if scopes is not None else (),
+        anonymous=True,
+    )

@@ -15,28 +15,27 @@ A config file (never in the repository) looks like:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from services.gateway.auth import (
     DEFAULT_USER_GROUP,
     READ_SCOPES,
     ApiKey,
+    Authenticates,
     Authenticator,
     Principal,
     key_digest,
     scopes_of,
 )
+from services.gateway.authstore import AuthStore
+from services.gateway.hsconfig import ConfigError, is_reference, load_reference, read_config
 
 SINGLE_USER_KEY_ENV = "QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY"  # the name bluesky-httpserver uses
 CONFIG_ENV = "QSERVER_HTTP_CONFIG"
-
-
-class ConfigError(ValueError):
-    """The auth configuration cannot be used; the message says what to fix."""
+REFERENCE_CONFIG_ENV = "QSERVER_HTTP_SERVER_CONFIG"  # bluesky-httpserver's name, also read
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,13 +66,9 @@ def _api_key(entry: Any, n: int) -> ApiKey:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read the gateway config {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"the gateway config {path} must be a mapping")
-    return data
+    if not path.exists():
+        raise ConfigError(f"cannot read the gateway config {path}: no such file or directory")
+    return read_config(path)
 
 
 def _single_user_key(opts: AuthOptions) -> str | None:
@@ -89,14 +84,41 @@ def _single_user_key(opts: AuthOptions) -> str | None:
     return key or None
 
 
-def load_authenticator(opts: AuthOptions) -> Authenticator:
-    """Build the authenticator from the options; ConfigError if nobody could get in."""
+def no_store() -> AuthStore:
+    raise ConfigError("logins need the gateway's NATS connection (a store of sessions)")
+
+
+def load_authenticator(
+    opts: AuthOptions, store: Callable[[], AuthStore] = no_store
+) -> Authenticates:
+    """Build the authenticator from the options; ConfigError if nobody could get in.
+
+    A bluesky-httpserver configuration file gives logins (their state in `store()`); the
+    gateway's own file gives API keys.
+    """
     if opts.no_auth:
         return Authenticator(open_access=True)
     path = opts.config_file or (
-        Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None
+        Path(env)
+        if (env := os.environ.get(CONFIG_ENV) or os.environ.get(REFERENCE_CONFIG_ENV))
+        else None
     )
     data = _read_file(path) if path else {}
+    if is_reference(data):
+        if opts.allow_anonymous:
+            data.setdefault("authentication", {})
+            data["authentication"] = {
+                **(data["authentication"] or {}),
+                "allow_anonymous_access": True,
+            }
+        return load_reference(data, store)
+    unknown = set(data) - {"api_keys", "allow_anonymous_access", "anonymous_scopes"}
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) in the gateway config {path}: {sorted(unknown)} (the gateway's "
+            "own file has api_keys, allow_anonymous_access, anonymous_scopes; bluesky-httpserver's "
+            "has authentication, api_access, resource_access)"
+        )
     keys = tuple(_api_key(e, n) for n, e in enumerate(data.get("api_keys") or []))
     anonymous = None
     if opts.allow_anonymous or data.get("allow_anonymous_access"):

@@ -36,6 +36,8 @@ HTTP_STATUS = {
     "not_found": 404,
     "unavailable": 503,
     "client_gone": 400,
+    "too_many_requests": 429,
+    "unprocessable": 422,
 }
 
 

@@ -139,7 +139,7 @@ def upload_handlers(
 
     @post(UPLOAD_PATH, status_code=200, request_max_body_size=MAX_FILE_BYTES + FORM_OVERHEAD)
     async def upload_spreadsheet(request: Request[Any, Any, Any]) -> Response[bytes]:
-        principal = gw.principal(request, UPLOAD_SCOPE)
+        principal = await gw.principal(request, UPLOAD_SCOPE)
         upload, data_type = await read_form(request)
         data = await upload.read()
         await upload.close()
@@ -167,7 +167,7 @@ def upload_handlers(
 
     @get(SLEEP_PATH, status_code=200)
     async def server_sleep(request: Request[Any, Any, Any]) -> Response[bytes]:
-        gw.principal(request, SLEEP_SCOPE)
+        await gw.principal(request, SLEEP_SCOPE)
         body = decode_body(await read_body(request), ServerSleep, SLEEP_PATH)
         await asyncio.sleep(max(0.0, body.time))
         return Response(b'{"success":true,"msg":""}', media_type="application/json")
@@ -190,7 +190,9 @@ def upload_operation(op_id: str, error_responses: dict[str, Any]) -> dict[str, A
                         "type": "object",
                         "properties": {
                             "spreadsheet": {"type": "string", "format": "binary"},
-                            "data_type": {"type": "string"},
+                            # A form field is text whatever it looks like: no type that a
+                            # client could be told it broke.
+                            "data_type": {"description": "passed to custom conversions"},
                         },
                         "required": ["spreadsheet"],
                         "additionalProperties": False,

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast, get_args
 
 import msgspec
@@ -168,13 +168,13 @@ class Metrics:
 
 
 def metrics_handler(
-    metrics: Metrics, authorize: Callable[[Request[Any, Any, Any]], object]
+    metrics: Metrics, authorize: Callable[[Request[Any, Any, Any]], Awaitable[object]]
 ) -> HTTPRouteHandler:
     """`GET /metrics` in the Prometheus text format, for a key with `read:status`."""
 
     @get("/metrics", status_code=200, include_in_schema=False)
     async def scrape(request: Request[Any, Any, Any]) -> Response[bytes]:
-        authorize(request)
+        await authorize(request)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return scrape

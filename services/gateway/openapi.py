@@ -17,6 +17,7 @@ import qserver
 from qserver.protocol.api import REQUEST_TYPES
 from qserver.protocol.http import ErrorDetail, NoParams, ServerSleep
 from services.gateway.extra_routes import UPLOAD_PATH, upload_operation
+from services.gateway.openapi_auth import auth_paths
 from services.gateway.routes import ROUTES, Route
 
 REF = "#/components/schemas/{name}"
@@ -110,7 +111,8 @@ def _operation(
     return op
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(logins: dict[str, str] | None = None) -> dict[str, Any]:
+    """The document; `logins` (provider name -> mode) adds the `/api/auth/` login routes."""
     schemas = _schemas()
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
@@ -125,6 +127,19 @@ def openapi_document() -> dict[str, Any]:
     errors = _operation("", "", None, "", schemas)["responses"]
     del errors["200"]
     paths[UPLOAD_PATH] = {"post": upload_operation(f"post{UPLOAD_PATH.replace('/', '_')}", errors)}
+    security: dict[str, Any] = {
+        "ApiKey": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`ApiKey <key>`",
+        }
+    }
+    if logins is not None:
+        auth_paths_, auth_schemas = auth_paths(logins)
+        paths.update(auth_paths_)
+        schemas.update(auth_schemas)
+        security["Bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -135,18 +150,8 @@ def openapi_document() -> dict[str, Any]:
             "WebSockets (not listed): /api/status/ws, /api/info/ws, /api/console_output/ws.",
         },
         "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {
-                "ApiKey": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "Authorization",
-                    "description": "`ApiKey <key>`",
-                }
-            },
-        },
-        "security": [{"ApiKey": []}],
+        "components": {"schemas": schemas, "securitySchemes": security},
+        "security": [{name: []} for name in security],
     }
 
 

@@ -127,25 +127,31 @@ class PlanCatalog:
 
     # ----- uids -----
 
+    # Each list's own uid where the environment gives one (a script that adds only a device
+    # leaves the plans' uids as they were, as the reference does).
+    @property
+    def _plans_uid(self) -> str:
+        return (self.existing.plans_uid or self.existing.uid) if self.existing else ""
+
+    @property
+    def _devices_uid(self) -> str:
+        return (self.existing.devices_uid or self.existing.uid) if self.existing else ""
+
     @property
     def plans_existing_uid(self) -> str:
-        return _uid("plans", self.existing.uid if self.existing else "")
+        return _uid("plans", self._plans_uid)
 
     @property
     def devices_existing_uid(self) -> str:
-        return _uid("devices", self.existing.uid if self.existing else "")
+        return _uid("devices", self._devices_uid)
 
     @property
     def plans_allowed_uid(self) -> str:
-        return _uid(
-            "plans-allowed", self.existing.uid if self.existing else "", self.permissions_uid
-        )
+        return _uid("plans-allowed", self._plans_uid, self.permissions_uid)
 
     @property
     def devices_allowed_uid(self) -> str:
-        return _uid(
-            "devices-allowed", self.existing.uid if self.existing else "", self.permissions_uid
-        )
+        return _uid("devices-allowed", self._devices_uid, self.permissions_uid)
 
     # ----- queries -----
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import uuid
 
 import msgspec
 from nats.errors import NoRespondersError
@@ -31,7 +30,6 @@ class ExecutionHandlers:
             "environment_open": self.on_environment_open,
             "environment_close": self.on_environment_close,
             "environment_destroy": self.on_environment_destroy,
-            "environment_update": self.on_environment_update,
             "queue_start": self.on_queue_start,
             "queue_stop": self.on_queue_stop,
             "queue_stop_cancel": self.on_queue_stop_cancel,
@@ -74,23 +72,6 @@ class ExecutionHandlers:
         self._env_lock(req.lock_key)
         await self.ex.environment_destroy()
         return api.Reply()
-
-    async def on_environment_update(self, req: api.EnvironmentUpdate) -> api.TaskReply:
-        self._env_lock(req.lock_key)
-        # The reference's texts for a task that cannot start (its clients match them).
-        if not self.ex.env_exists:
-            raise Refused("RE Worker environment is not open", bare=True)
-        state = self.ex.manager_state()
-        if state != "idle":
-            raise Refused(
-                "Failed to start the task: RE Manager must be in idle state. "
-                f"Current state: '{state}'",
-                bare=True,
-            )
-        await self.ex.env_request("update")
-        await self.svc.catalog.reload_lists()
-        await self.svc.publish_status()
-        return api.TaskReply(task_uid=str(uuid.uuid4()))
 
     # ----- queue execution -----
 

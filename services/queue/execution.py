@@ -46,6 +46,7 @@ from services.queue.env_ops import (
     derived_state,
 )
 from services.queue.results import ResultFeed
+from services.queue.tasks import TaskTracker
 from services.runtime.service_base import encode
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class Executor:
         self.op: Operation | None = None
         self._worker_seen = -WORKER_STALE_S  # monotonic time of the last worker state
         self._released_at = -RELEASE_EVERY_S  # monotonic time of the last kernel release
+        self.tasks = TaskTracker()  # functions and scripts in the environment (ADR 16)
         self._lists_loading: str | None = None  # the environment whose lists are being read
         # The environment being opened (from the command, or from its `initializing` state):
         # its end before it was ready is a failed open, reported once.
@@ -153,6 +155,7 @@ class Executor:
             self.env_exists
             and self.env is not None
             and self.env.env_state == "idle"
+            and self.tasks.foreground is None
             and not self.worker.destroying
             and self._lists_loading is None
             and self.worker_alive
@@ -185,7 +188,12 @@ class Executor:
             ):
                 return "executing_queue" if held else "paused"
             return "executing_queue"
-        if (m.flags.queue_running and len(m.items)) or held:
+        if self.tasks.foreground is not None:
+            return "executing_task"
+        queue_runs = m.flags.queue_running and len(m.items)
+        if held and not queue_runs and self.tasks.after_task:
+            return "executing_task"  # kernel mode: the task's loop lets the kernel go
+        if queue_runs or held:
             return "executing_queue"
         return "idle"
 
@@ -210,6 +218,8 @@ class Executor:
             "docs_failed": env.docs_failed if env else 0,
             "kafka_pending": self.worker.kafka_pending,
             "kafka_failed": self.worker.kafka_failed,
+            "worker_background_tasks": self.tasks.background_tasks if env else 0,
+            "task_results_uid": self.tasks.task_results_uid,
         }
 
     # ----- subscriptions -----
@@ -299,6 +309,7 @@ class Executor:
             await self._set_env(state.env)
         if not state.env_exists:
             self.env = None
+            self.tasks.on_env(None)
             # Only the end of the environment being opened is a failed open: a state sent
             # before the open (a heartbeat, a late reply) says nothing about the new one.
             if state.ended_env_uid is not None and state.ended_env_uid == self._opening_uid:
@@ -340,6 +351,8 @@ class Executor:
             self.svc.kick()
         elif old is not None and old.lists_uid != env.lists_uid and env.lists_uid:
             await self.svc.catalog.reload_lists()
+        # After the lists: a script's task ends once the lists it changed are read.
+        self.tasks.on_env(env)
         if (
             env.env_state == "idle"
             and env.running_item_uid is None
@@ -386,10 +399,10 @@ class Executor:
         if self._kernel_env() is None:
             return
         if self.kernel_busy_elsewhere():
-            raise Refused("IPython kernel (RE Worker) is busy.")
+            raise Refused("IPython kernel (RE Worker) is busy.", bare=True)
         reply = await self._env("reserve")
         if not reply.success:
-            raise Refused(reply.msg)
+            raise Refused(reply.msg, bare=True)
 
     def release_kernel_if_done(self) -> None:
         """Nothing more to run now: have the environment give the kernel back to its users."""

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 
 import qserver
 from qserver.errors import Conflict, QServerError, Refused
-from qserver.protocol import api
+from qserver.protocol import api, console
 from qserver.protocol.internal import HistoryInfo, HistoryInfoRequest, LockCheck, LockCheckReply
 from qserver.protocol.queue_log import (
     AnyEvent,
@@ -40,6 +40,7 @@ from services.queue.execution import Executor
 from services.queue.leader import Lease, Renewal
 from services.queue.model import QueueModel
 from services.queue.store import EventLog
+from services.queue.task_handlers import TaskHandlers
 from services.runtime.refusals import refusal_text
 from services.runtime.service_base import Handler, encode
 
@@ -99,7 +100,6 @@ class QueueService:
         self._unheld = asyncio.Event()
         self._unheld.set()
         self._run_list_uid = _uid()
-        self._task_results_uid = _uid()
         # Only the leader writes, runs items and publishes status (see services/queue/leader.py).
         self.leading = False
         self.lease: Lease | None = None
@@ -184,7 +184,6 @@ class QueueService:
             items_in_history=self.history.items_in_history,
             running_item_uid=m.running_item.item_uid if m.running_item else None,  # type: ignore[arg-type]
             manager_state=self.executor.manager_state(),  # type: ignore[arg-type]
-            worker_background_tasks=0,
             status_uid=self._status.status_uid if self._status else _uid(),
             run_list_uid=self.run_list_uid(),
             plan_queue_uid=m.plan_queue_uid,
@@ -194,7 +193,6 @@ class QueueService:
             devices_allowed_uid=cat.devices_allowed_uid,
             plans_allowed_uid=cat.plans_allowed_uid,
             plan_queue_mode=m.mode,
-            task_results_uid=self._task_results_uid,
             lock_info_uid=m.lock_info_uid,
             lock=LockStatus(environment=m.lock.environment, queue=m.lock.queue),
             **self.executor.status_fields(),
@@ -244,10 +242,9 @@ class QueueService:
         its own messages among the environment's (the leader only)."""
         if not self.leading:
             return
+        data, headers = console.encode(text)  # with its uid, as every console message
         with contextlib.suppress(Exception):
-            await self.nc.publish(
-                self.subjects.console_event, encode({"time": time.time(), "msg": text})
-            )
+            await self.nc.publish(self.subjects.console_event, data, headers=headers)
 
     async def heartbeat(self) -> None:
         while True:
@@ -305,7 +302,7 @@ class QueueService:
     # ----- handlers -----
 
     def handlers(self) -> dict[str, Handler]:
-        return ExecutionHandlers(self, self.executor).handlers() | {
+        return self._execution_handlers() | {
             "ping": self.on_status,
             "status": self.on_status,
             "queue_get": self.on_queue_get,
@@ -325,6 +322,10 @@ class QueueService:
             "manager_stop": self.on_manager_stop,
             "manager_kill": self.on_manager_kill,
         }
+
+    def _execution_handlers(self) -> dict[str, Handler]:
+        tasks = TaskHandlers(self, self.executor)  # functions and scripts: ADR 16
+        return ExecutionHandlers(self, self.executor).handlers() | tasks.handlers()
 
     async def on_status(self, req: api.Empty) -> Status:
         return self._status or self.status()

@@ -31,6 +31,7 @@ ALWAYS = {
     "queue_item_move": "Failed to move the item: ",
     "queue_item_move_batch": "Failed to move the batch of items: ",
     "queue_item_execute": "Failed to start execution of the item: ",
+    "function_execute": "Error: ",
 }
 # `Error: ` for what the reference raises (lock keys, parameters); its state refusals
 # (raised here with `bare=True`) go without.
@@ -62,6 +63,9 @@ ERROR_PREFIXED = frozenset(
         "unlock",
         "manager_stop",
         "re_metadata",
+        "script_upload",
+        "task_status",
+        "task_result",
     }
 )
 
@@ -96,6 +100,10 @@ FAILURE_FIELDS: dict[str, dict[str, Any]] = {
     "devices_existing": {"devices_existing": {}, "devices_existing_uid": None},
     "permissions_get": {"user_group_permissions": {}},
     "environment_update": {"task_uid": None},
+    "function_execute": {"item": None, "task_uid": None},
+    "script_upload": {"task_uid": None},
+    "task_status": {"task_uid": None, "status": None},
+    "task_result": {"task_uid": None, "status": None, "result": None},
     "re_runs": {"run_list": [], "run_list_uid": ""},
     "re_metadata": {"re_metadata": {}},
     "lock": {"lock_info": {}, "lock_info_uid": None},

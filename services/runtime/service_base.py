@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -29,8 +30,9 @@ from qserver.protocol.reply_parts import (
     announcement,
     part_size,
 )
-from qserver.protocol.subjects import DEFAULT_PREFIX
+from qserver.protocol.subjects import DEFAULT_PREFIX, IDENTITY_METHODS
 from services.runtime.held_replies import HeldReplies
+from services.runtime.identity import identity_subject, vouched_params
 from services.runtime.reference_checks import precheck
 from services.runtime.refusals import failure_reply, refusal_text
 
@@ -67,7 +69,12 @@ def decode_request(method: str, data: bytes) -> Request:
 
 
 async def serve_method(
-    method: str, handler: Handler, msg: MicroRequest, replies: HeldReplies, max_payload: int
+    method: str,
+    handler: Handler,
+    msg: MicroRequest,
+    replies: HeldReplies,
+    max_payload: int,
+    prepare: Callable[[str, bytes], bytes] | None = None,
 ) -> None:
     """Decode, call the handler, reply: the one place where errors become replies.
 
@@ -80,7 +87,9 @@ async def serve_method(
         return
     reply_headers = None
     try:
-        req = decode_request(method, msg.data)
+        # `prepare`: the identity a request's subject carries replaces the body's (ADR 24).
+        data = msg.data if prepare is None else prepare(msg.subject, msg.data)
+        req = decode_request(method, data)
         reply = await handler(req)
         if reply is None:
             return
@@ -150,6 +159,21 @@ async def add_methods(
 
         await service.add_endpoint(
             name=method, subject=api_subject(method), handler=cb, queue_group=queue_group
+        )
+        if method not in IDENTITY_METHODS:
+            continue
+
+        async def cb_as(
+            msg: MicroRequest, method: str = method, handler: Handler = handler
+        ) -> None:
+            prepare = functools.partial(vouched_params, method)
+            await serve_method(method, handler, msg, replies, nc.max_payload, prepare)
+
+        await service.add_endpoint(
+            name=f"{method}-as",
+            subject=identity_subject(api_subject(method)),
+            handler=cb_as,
+            queue_group=queue_group,
         )
 
 

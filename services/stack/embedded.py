@@ -88,6 +88,7 @@ class StackConfig:
     http_port: int = 60610
     http_host: str = "127.0.0.1"
     http_auth: bool = True  # False: the gateway takes no keys (loopback only)
+    http_config: Path | None = None  # bluesky-httpserver's config: logins, not the single key
     nats_url: str | None = None
     prefix: str = DEFAULT_PREFIX
     kafka: bool = True
@@ -223,6 +224,8 @@ class Stack:
             self._start_kafka()
         if self.cfg.catalog and self.cfg.nats_url is None:
             self._launch_tiled()  # it takes seconds to answer: waited for after the services
+        if self.cfg.http_config is not None:
+            check_http_config(self.cfg.http_config)
         if port_in_use(self.cfg.http_host, self.cfg.http_port):
             raise StackError(
                 f"HTTP port {self.cfg.http_port} is already in use (another stack or gateway?): "
@@ -273,8 +276,10 @@ class Stack:
         return []
 
     def _gateway_args(self) -> list[str]:
-        """Single-user mode with the key kept in the data dir, or no keys at all."""
-        if self.cfg.http_auth:
+        """Logins (a config file), the single-user key kept in the data dir, or no keys."""
+        if self.cfg.http_config is not None:
+            auth = ["--http-config", str(self.cfg.http_config)]
+        elif self.cfg.http_auth:
             ensure_http_key(self.cfg)
             auth = ["--single-user-key-file", str(self.cfg.http_key_file)]
         else:
@@ -510,7 +515,8 @@ class Stack:
             "services": {name: proc.pid for name, proc in self.procs.items()},
             "http_port": self.cfg.http_port,
             "http_url": self.cfg.http_url,
-            "http_api_key": ensure_http_key(self.cfg) if self.cfg.http_auth else None,
+            "http_api_key": ensure_http_key(self.cfg) if self._single_user_key() else None,
+            "http_config": str(self.cfg.http_config) if self.cfg.http_config else None,
             # What a client on this machine connects with (qserver.localstack); None: the
             # NATS of --nats-url, with the caller's credentials.
             "nats_client": self._client_credentials(),
@@ -586,6 +592,9 @@ class Stack:
             f"clients: {CLIENT_ROLE}.nk)\n"
         )
 
+    def _single_user_key(self) -> bool:
+        return self.cfg.http_auth and self.cfg.http_config is None
+
     def _zmq_line(self) -> str:
         if not self.cfg.zmq:
             return ""
@@ -599,6 +608,8 @@ class Stack:
         )
 
     def _http_auth_note(self) -> str:
+        if self.cfg.http_config is not None:
+            return f"logins as configured in {self.cfg.http_config}"
         if not self.cfg.http_auth:
             return "no keys: --no-auth"
         return f"header 'Authorization: ApiKey <key>', key in {self.cfg.http_key_file}"
@@ -697,6 +708,21 @@ class Stack:
             say("stack stopped")
 
 
+def check_http_config(path: Path) -> None:
+    """Refuse at once a gateway configuration the gateway would refuse (it names what is wrong)."""
+    from services.gateway.authstore import AuthStore
+    from services.gateway.config import AuthOptions, load_authenticator
+    from services.gateway.hsconfig import ConfigError
+
+    def offline() -> Any:
+        raise StackError("not connected")
+
+    try:
+        load_authenticator(AuthOptions(config_file=path), lambda: AuthStore(offline, "check"))
+    except ConfigError as e:
+        raise StackError(f"--http-config {path}: {e}") from None
+
+
 def run_stack(
     *,
     data_dir: Path | None,
@@ -709,6 +735,7 @@ def run_stack(
     http_auth: bool = True,
     catalog: bool = True,
     tiled_port: int = 0,
+    http_config: Path | None = None,
     ipython_kernel: bool | None = None,
     zmq: bool = True,
     zmq_port: int = 60615,
@@ -720,6 +747,7 @@ def run_stack(
         nats_port=nats_port,
         http_port=http_port,
         http_auth=http_auth,
+        http_config=Path(http_config).resolve() if http_config else None,
         nats_url=nats_url,
         prefix=prefix,
         kafka=kafka,
@@ -826,6 +854,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_false",
         help="the HTTP gateway takes no API keys (it listens on loopback only); NATS still "
         "refuses clients without the stack's keys",
+    )
+    p.add_argument(
+        "--http-config",
+        type=Path,
+        default=None,
+        help="the gateway takes logins as this bluesky-httpserver configuration says "
+        "(authentication, api_access, resource_access) instead of the single-user key",
     )
     p.add_argument(
         "--nats-url",

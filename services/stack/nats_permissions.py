@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from qserver.protocol.subjects import DEFAULT_PREFIX, Subjects, check_prefix
+from qserver.protocol.subjects import (
+    DEFAULT_PREFIX,
+    IDENTITY_METHODS,
+    NO_GROUP,
+    Subjects,
+    check_prefix,
+    identity_token,
+)
 
 # Requests that only read: what an observer may send.
 READ_ONLY_METHODS = (
@@ -35,7 +42,10 @@ READ_ONLY_METHODS = (
     "console_output",
     "console_output_uid",
     "console_output_update",
+    "task_status",
+    "task_result",
 )
+READ_IDENTITY = ("plans_allowed", "devices_allowed")  # read-only, but per group
 # JetStream API, acks, flow control, KV and object store, inside the account only.
 JETSTREAM = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>")
 # Discovery and health of nats.micro services (`qserver doctor`). Not the JetStream API: its
@@ -45,6 +55,26 @@ DIAGNOSTICS = ("$SRV.>",)
 # Replies: every user reads only its own inboxes, `_INBOX.<user>.` (`inbox_prefix`); services
 # reply to anyone's.
 ALL_INBOXES = "_INBOX.>"
+
+
+def kv_bucket_access(bucket: str) -> tuple[str, ...]:
+    """The JetStream API of one KV bucket only: open or create it, read, write, watch.
+
+    What the gateway needs for its logins (ADR 23); its requests cannot reach other streams.
+    """
+    stream = f"KV_{bucket}"
+    return (
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+        f"$KV.{bucket}.>",
+    )
 
 
 def inbox_prefix(user: str) -> str:
@@ -61,13 +91,52 @@ class Role:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     user: str = ""  # the user name, `<name><suffix>`
+    deny_publish: tuple[str, ...] = ()  # exceptions to `publish`
 
     @property
     def inbox(self) -> str:
         return inbox_prefix(self.user or self.name)
 
 
-def roles(prefix: str = DEFAULT_PREFIX, user_suffix: str = "") -> list[Role]:
+OPERATOR_GROUPS = ("primary",)  # the user groups the shared `operator` user may act in
+
+
+def acting(
+    prefix: str, user: str, groups: Sequence[str], methods: Iterable[str] = IDENTITY_METHODS
+) -> tuple[str, ...]:
+    """The identity subjects of `user`: its own name, its groups only (ADR 24)."""
+    identity_token(user)
+    s = Subjects(prefix)
+    out = []
+    for method in methods:
+        if IDENTITY_METHODS[method][1]:
+            out += [s.api_as(user, identity_token(g, "user group"), method) for g in groups]
+        else:
+            out.append(s.api_as(user, NO_GROUP, method))
+    return tuple(out)
+
+
+def person(
+    prefix: str, name: str, groups: Sequence[str], purpose: str = "", user_suffix: str = ""
+) -> Role:
+    """A person (or program) that drives the queue as itself, in its groups only."""
+    user = name + user_suffix
+    return Role(
+        name=name,
+        purpose=purpose or f"{name}: drives the queue as '{user}', in groups {', '.join(groups)}",
+        publish=(f"{prefix}.api.>", *acting(prefix, user, groups), *DIAGNOSTICS),
+        deny_publish=tuple(f"{prefix}.api.{m}" for m in IDENTITY_METHODS),
+        subscribe=(f"{prefix}.events.>", f"{prefix}.docs.>", f"{inbox_prefix(user)}.>"),
+        user=user,
+    )
+
+
+def roles(
+    prefix: str = DEFAULT_PREFIX,
+    user_suffix: str = "",
+    people: Mapping[str, Sequence[str]] | None = None,
+    operator_groups: Sequence[str] = OPERATOR_GROUPS,
+) -> list[Role]:
     """The users of the queue server with subject prefix `prefix`.
 
     Writes that change state are each allowed to their one writer: plan results
@@ -78,6 +147,7 @@ def roles(prefix: str = DEFAULT_PREFIX, user_suffix: str = "") -> list[Role]:
     check_prefix(prefix)
     s = Subjects(prefix)
     api, events, internal, docs = (f"{prefix}.{p}.>" for p in ("api", "events", "internal", "docs"))
+    vouched = f"{prefix}.as.>"  # requests whose identity NATS vouches for (ADR 24)
     worker_cmds, env_cmds = s.worker_cmd("*"), s.env_cmd("*")  # not `worker.events.state`
 
     def role(name: str, purpose: str, publish: tuple[str, ...], subscribe: tuple[str, ...]) -> Role:
@@ -110,13 +180,13 @@ def roles(prefix: str = DEFAULT_PREFIX, user_suffix: str = "") -> list[Role]:
                 *JETSTREAM,
                 *service_pub,
             ),
-            subscribe=(api, internal, "$SRV.>"),
+            subscribe=(api, vouched, internal, "$SRV.>"),
         ),
         role(
             "history",
             "the history service",
             publish=(events, s.history_changed, s.lock_check, *JETSTREAM, *service_pub),
-            subscribe=(api, internal, "$SRV.>"),
+            subscribe=(api, vouched, internal, "$SRV.>"),
         ),
         role(
             "worker",
@@ -135,8 +205,9 @@ def roles(prefix: str = DEFAULT_PREFIX, user_suffix: str = "") -> list[Role]:
         ),
         role(
             "gateway",
-            "the HTTP gateway (it checks API keys itself and may call every method)",
-            publish=(api,),
+            "the HTTP gateway (it checks API keys and logins itself and may call every method; "
+            "its logins live in one KV bucket)",
+            publish=(api, *kv_bucket_access(s.auth_bucket)),
             subscribe=(events,),
         ),
         role(
@@ -145,18 +216,25 @@ def roles(prefix: str = DEFAULT_PREFIX, user_suffix: str = "") -> list[Role]:
             publish=(api,),
             subscribe=(events,),
         ),
-        role(
+        person(
+            prefix,
             "operator",
-            "people and programs that drive the queue: every API method",
-            publish=(api, *DIAGNOSTICS),
-            subscribe=(events, docs),
+            operator_groups,
+            "people and programs that drive the queue: every API method, as 'operator'"
+            f" in groups {', '.join(operator_groups)}",
+            user_suffix,
         ),
         role(
             "observer",
             "read-only: status, events and read-only methods, no control",
-            publish=(*(f"{prefix}.api.{m}" for m in READ_ONLY_METHODS), *DIAGNOSTICS),
+            publish=(
+                *(f"{prefix}.api.{m}" for m in READ_ONLY_METHODS if m not in IDENTITY_METHODS),
+                *acting(prefix, "observer" + user_suffix, operator_groups, READ_IDENTITY),
+                *DIAGNOSTICS,
+            ),
             subscribe=(events, docs),
         ),
+        *(person(prefix, n, g, user_suffix=user_suffix) for n, g in (people or {}).items()),
     ]
 
 
@@ -166,12 +244,13 @@ def _subjects(items: tuple[str, ...]) -> str:
 
 def render_user(role: Role, credential: str, indent: str = "      ") -> str:
     """One user entry; `credential` is `password: <$VARIABLE or quoted>` or `nkey: "<U...>"`."""
+    deny = f", deny: {_subjects(role.deny_publish)}" if role.deny_publish else ""
     name = "" if credential.startswith("nkey:") else f'user: "{role.user}", '
     return "\n".join(
         [
             f"{indent}# {role.purpose}",
             f"{indent}{{{name}{credential}, permissions: {{",
-            f"{indent}  publish: {{allow: {_subjects(role.publish)}}}",
+            f"{indent}  publish: {{allow: {_subjects(role.publish)}{deny}}}",
             f"{indent}  subscribe: {{allow: {_subjects(role.subscribe)}}}",
             f"{indent}}}}}",
         ]
@@ -196,13 +275,15 @@ class Beamline:
 
     account: str
     prefix: str
-    passwords: Mapping[str, str]  # role -> what follows `password:` ($VAR or "literal")
+    passwords: Mapping[str, str]  # role or person -> what follows `password:` ($VAR or "literal")
     user_suffix: str = ""
+    people: Mapping[str, Sequence[str]] | None = None  # person -> the user groups it acts in
 
 
 def render_account(b: Beamline) -> str:
     users = ",\n".join(
-        render_user(r, f"password: {b.passwords[r.name]}") for r in roles(b.prefix, b.user_suffix)
+        render_user(r, f"password: {b.passwords[r.name]}")
+        for r in roles(b.prefix, b.user_suffix, b.people)
     )
     return f"  {b.account}: {{\n    jetstream: enabled\n    users: [\n{users}\n    ]\n  }}\n"
 
@@ -213,14 +294,19 @@ def render_beamlines(beamlines: list[Beamline]) -> str:
 
 
 def render_accounts(
-    passwords: Mapping[str, str], *, prefix: str = DEFAULT_PREFIX, account: str = "QS"
+    passwords: Mapping[str, str],
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    account: str = "QS",
+    people: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """An `accounts {}` block: one JetStream-enabled account with a user per role.
 
     `passwords` maps each role name to what follows `password:` in the file: a `$VAR`
     reference (resolved by nats-server from its environment) or a JSON-quoted literal.
     """
-    return render_beamlines([Beamline(account=account, prefix=prefix, passwords=passwords)])
+    beamline = Beamline(account=account, prefix=prefix, passwords=passwords, people=people)
+    return render_beamlines([beamline])
 
 
 def env_reference(role: str, account: str = "") -> str:
@@ -238,10 +324,28 @@ SAMPLE_HEADER = """\
 """
 
 
-def sample_config(prefix: str = DEFAULT_PREFIX) -> str:
-    """The committed `deploy/nats/accounts.conf`."""
-    passwords = {r.name: env_reference(r.name) for r in roles(prefix)}
-    return SAMPLE_HEADER.format(prefix=prefix) + render_accounts(passwords, prefix=prefix)
+def sample_config(
+    prefix: str = DEFAULT_PREFIX, people: Mapping[str, Sequence[str]] | None = None
+) -> str:
+    """The committed `deploy/nats/accounts.conf` (with `people`: one user each, ADR 24)."""
+    passwords = {
+        r.name: env_reference(r.name.replace("-", "_")) for r in roles(prefix, people=people)
+    }
+    return SAMPLE_HEADER.format(prefix=prefix) + render_accounts(
+        passwords, prefix=prefix, people=people
+    )
+
+
+def person_groups(text: str) -> tuple[str, list[str]]:
+    name, sep, groups = text.partition("=")
+    try:
+        identity_token(name)
+        listed = [identity_token(g, "user group") for g in groups.split(",") if g]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not sep or not listed:
+        raise argparse.ArgumentTypeError(f"expected NAME=GROUP[,GROUP...], not {text!r}")
+    return name, listed
 
 
 def several_config(pairs: list[tuple[str, str]]) -> str:
@@ -290,8 +394,17 @@ def main(argv: list[str] | None = None) -> None:
         metavar="ACCOUNT=PREFIX",
         help="one account per queue server sharing the NATS server (repeat it); replaces --prefix",
     )
+    p.add_argument(
+        "--person",
+        action="append",
+        type=person_groups,
+        metavar="NAME=GROUP[,GROUP...]",
+        help="a user who acts as NAME in these user groups only (repeat it; password from "
+        "$NATS_<NAME>_PASSWORD)",
+    )
     args = p.parse_args(argv)
-    out = several_config(args.beamline) if args.beamline else sample_config(args.prefix)
+    people = dict(args.person or [])
+    out = several_config(args.beamline) if args.beamline else sample_config(args.prefix, people)
     print(out, end="")
 
 

@@ -278,11 +278,9 @@ class WorkerService:
         if st.running_item_uid != (old.running_item_uid if old else None):
             self.item_since = time.time() if st.running_item_uid else None
         changes: dict[str, object] = {"env": st}
-        if old is not None and old.env_state == "initializing":  # the reference's words
-            if st.env_state == "idle":
-                logger.info("Worker started successfully.")
-            elif st.env_state == "failed":
-                logger.error("Error occurred while opening RE Worker environment.")
+        if old is not None and old.env_state == "initializing" and st.env_state == "idle":
+            logger.info("Worker started successfully.")  # the reference's words
+        # A failed open: the queue service says so, with the reason (ADR 17).
         if st.env_state == "failed":
             changes.update(last_error=st.msg, last_traceback=st.traceback)
         self._set(**changes)

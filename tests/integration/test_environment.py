@@ -34,10 +34,13 @@ async def test_without_known_lists_adding_a_plan_says_why(
 
 async def test_environment_update_reads_the_namespace_again(client: Client) -> None:
     r = await client.request("environment_update")
+    # The reference's reply, `task_uid` included.
     assert r == {"success": False, "msg": "RE Worker environment is not open", "task_uid": None}
     await open_env(client)
     r = await client.request("environment_update")
     assert r["success"] and r["task_uid"]
+    # A foreground task, as in the reference: the manager is busy until it ends.
+    await until(client, idle)
     assert "count" in (await client.request("plans_existing"))["plans_existing"]
     await add(client, quick(num=6, delay=0.25))
     await client.request("queue_start")

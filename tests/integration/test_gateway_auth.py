@@ -28,6 +28,11 @@ def scope_key(scope: str) -> str:
     return "Key" + scope.replace(":", "").replace("_", "")
 
 
+def refused(r: httpx.Response) -> bool:
+    """A valid key without the scope: 401 with the reference's "Not enough permissions"."""
+    return r.status_code == 401 and r.json()["detail"].startswith("Not enough permissions")
+
+
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"ApiKey {key}"}
 
@@ -62,9 +67,9 @@ async def test_each_scope_allows_exactly_the_routes_that_need_it(
     for method, path, needed in ALL_ROUTES:
         for scope in SCOPES:
             r = await http.request(method, path, content=PROBE, headers=auth(scope_key(scope)))
-            if (r.status_code == 403) != (scope != needed):
+            if refused(r) != (scope != needed):
                 wrong.append((method, path, scope, r.status_code))
-            if r.status_code == 403:
+            if refused(r):
                 assert needed in r.json()["detail"]
     assert wrong == []
 
@@ -75,7 +80,7 @@ async def test_missing_or_wrong_credentials_are_401_and_say_why(http: httpx.Asyn
     r = await http.get("/api/status", headers=auth("NotAKey"))
     assert r.status_code == 401 and r.json()["detail"] == "Invalid API key"
     r = await http.get("/api/status", headers={"Authorization": "Bearer abc"})
-    assert r.status_code == 401 and "Bearer" in r.json()["detail"]
+    assert r.status_code == 401 and "Could not validate credentials" in r.json()["detail"]
     r = await http.get("/api/status", params={"api_key": ALICE})
     assert r.status_code == 200
 
@@ -120,7 +125,7 @@ async def test_roles_give_their_scopes(http: httpx.AsyncClient) -> None:
     # alice has the role `user`: she edits the queue but may not stop the manager.
     assert (await http.get("/api/queue/get", headers=auth(ALICE))).status_code == 200
     r = await http.post("/api/manager/stop", json={}, headers=auth(ALICE))
-    assert r.status_code == 403 and "write:manager:stop" in r.json()["detail"]
+    assert refused(r) and "write:manager:stop" in r.json()["detail"]
 
 
 async def test_anonymous_access_is_read_only(module_services: Services) -> None:
@@ -130,8 +135,8 @@ async def test_anonymous_access_is_read_only(module_services: Services) -> None:
     ):
         assert (await http.get("/api/status")).status_code == 200
         r = await http.get("/api/queue/get")
-        assert r.status_code == 403 and "read:queue" in r.json()["detail"]
-        assert (await http.post("/api/queue/start")).status_code == 403
+        assert refused(r) and "read:queue" in r.json()["detail"]
+        assert refused(await http.post("/api/queue/start"))
         # A wrong key is not quietly downgraded to anonymous.
         assert (await http.get("/api/status", headers=auth("Nope"))).status_code == 401
 
@@ -156,7 +161,7 @@ async def test_websockets_need_the_monitor_scope(gateway: Gateway) -> None:
 
 async def test_console_stream_needs_the_console_scope(http: httpx.AsyncClient) -> None:
     r = await http.get("/api/stream_console_output", headers=auth(scope_key("read:status")))
-    assert r.status_code == 403
+    assert refused(r)
     headers = auth(scope_key("read:console"))
     async with http.stream("GET", "/api/stream_console_output", headers=headers) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")

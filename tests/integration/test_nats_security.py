@@ -93,7 +93,8 @@ async def test_observer_control_request_is_denied_at_once_naming_the_subject(
         await observer.request(method, params)
     assert time.monotonic() - started < 2.0  # not the 5 s request timeout
     assert "Permission denied" in str(e.value)
-    assert f"{PREFIX}.api.{method}" in str(e.value)
+    # Identity methods go to the observer's own identity subject (ADR 24), others to api.
+    assert f"{PREFIX}." in str(e.value) and f".api.{method}'" in str(e.value)
     # The connection stays usable after the refusal.
     assert "manager_state" in await observer.request("status")
 

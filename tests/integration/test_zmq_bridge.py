@@ -64,7 +64,7 @@ async def test_bad_requests_are_answered_and_the_bridge_keeps_serving(bridge: Br
             b'{"params": {}}': "method is not specified",
             b'{"method": "status", "x": 1}': "Request contains unexpected keys ['x']",
             b'{"method": "no_such_method"}': "Unknown method 'no_such_method'",
-            b'{"method": "queue_item_get", "params": {"pos": "middle"}}': "queue_item_get",
+            b'{"method": "queue_item_get", "params": {"pos": "middle"}}': "Parameter 'pos'",
             b"\xff\xfe": "Failed to decode the request",
         }
         for body, text in bad.items():

@@ -366,6 +366,7 @@ def test_stack_commands_call_the_stack_module(
             "http_auth": True,
             "catalog": True,
             "tiled_port": 0,
+            "http_config": None,
             "ipython_kernel": None,
             "zmq": True,
             "zmq_port": 60615,

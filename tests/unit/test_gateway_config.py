@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.gateway.auth import DEFAULT_ROLES, READ_SCOPES, key_digest
+from services.gateway.auth import DEFAULT_ROLES, READ_SCOPES, Credentials, key_digest
 from services.gateway.config import AuthOptions, ConfigError, load_authenticator
-from services.gateway.errors import Forbidden, Unauthorized
+from services.gateway.errors import Unauthorized
 
 
 def config(tmp_path: Path, data: object) -> AuthOptions:
@@ -34,12 +34,14 @@ def test_a_key_stored_as_its_digest_authenticates_its_user(tmp_path: Path) -> No
             ]
         },
     )
-    bob = load_authenticator(opts).authenticate("ApiKey s3cret")
+    bob = load_authenticator(opts).authenticate(Credentials.of("ApiKey s3cret"))
     assert (bob.name, bob.user_group, bob.scopes) == ("bob", "lab", DEFAULT_ROLES["observer"])
-    with pytest.raises(Forbidden, match="write:queue:edit"):
+    with pytest.raises(
+        Unauthorized, match=r"Not enough permissions. Requires scopes \['write:queue:edit'\]"
+    ):
         bob.require("write:queue:edit")
     with pytest.raises(Unauthorized, match="Invalid API key"):
-        load_authenticator(opts).authenticate("ApiKey s3cre")
+        load_authenticator(opts).authenticate(Credentials.of("ApiKey s3cre"))
 
 
 def test_unknown_roles_and_scopes_are_refused_by_name(tmp_path: Path) -> None:
@@ -57,7 +59,7 @@ def test_anonymous_access_is_read_only(tmp_path: Path) -> None:
     opts = config(
         tmp_path, {"allow_anonymous_access": True, "anonymous_scopes": sorted(READ_SCOPES)}
     )
-    assert load_authenticator(opts).authenticate(None).scopes == READ_SCOPES
+    assert load_authenticator(opts).authenticate(Credentials()).scopes == READ_SCOPES
     with pytest.raises(ConfigError, match="read-only"):
         load_authenticator(
             config(
@@ -76,14 +78,16 @@ def test_a_gateway_nobody_could_use_does_not_start(monkeypatch: pytest.MonkeyPat
 def test_the_single_user_key_comes_from_a_file(tmp_path: Path) -> None:
     (tmp_path / "key").write_text("abc123\n")
     auth = load_authenticator(AuthOptions(single_user_key_file=tmp_path / "key"))
-    assert "write:manager:stop" in auth.authenticate("ApiKey abc123").scopes
+    assert "write:manager:stop" in auth.authenticate(Credentials.of("ApiKey abc123")).scopes
     (tmp_path / "key").write_text("not alnum!")
     with pytest.raises(ConfigError, match="alphanumeric"):
         load_authenticator(AuthOptions(single_user_key_file=tmp_path / "key"))
 
 
 def test_no_auth_lets_everyone_in_as_the_single_user() -> None:
-    user = load_authenticator(AuthOptions(no_auth=True)).authenticate("ApiKey whatever")
+    user = load_authenticator(AuthOptions(no_auth=True)).authenticate(
+        Credentials.of("ApiKey whatever")
+    )
     assert user.name == "UNAUTHENTICATED_SINGLE_USER"
 
 

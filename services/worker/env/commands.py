@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from qserver.protocol.tasks import TaskAccepted, TaskRequest
 from qserver.protocol.worker import (
     CmdReply,
     ConnectInfoReply,
@@ -24,6 +25,7 @@ from services.runtime.console import ConsolePublisher
 from services.runtime.service_base import encode
 from services.worker.env.engine import CONTINUE_STATUS, Environment, Running
 from services.worker.env.metadata import metadata_reply
+from services.worker.env.tasks import Tasks
 from services.worker.results import ensure_results_stream
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ RUNS_OPTIONS = ("active", "open", "closed")
 Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
 _run_decoder = msgspec.json.Decoder(RunPlan)
 _interrupt_decoder = msgspec.json.Decoder(KernelInterruptRequest)
+_task_decoder = msgspec.json.Decoder(TaskRequest)
 
 
 def _options(data: bytes) -> dict[str, Any]:
@@ -57,6 +60,7 @@ class EnvCommands:
         self.subjects = env.subjects
         self.console = ConsolePublisher(self.subjects.console_event, env.link.soon)
         self.sink = self.console.sink
+        self.tasks = Tasks(env)
         self._tasks: list[asyncio.Task[None]] = []
 
     def handlers(self) -> dict[str, Handler]:
@@ -72,6 +76,7 @@ class EnvCommands:
             "release": self.release,
             "interrupt": self.interrupt,
             "connect_info": self.connect_info,
+            "task": self.task,
         }
         for action in CONTINUE_STATUS:
             h[action] = functools.partial(self._continue, action)
@@ -231,6 +236,27 @@ class EnvCommands:
         await env.put_lists(lists)
         env.notify()
         return CmdReply()
+
+    async def task(self, data: bytes) -> msgspec.Struct:
+        req = _task_decoder.decode(data)
+        env = self.env
+        await self._settle()
+        if not req.run_in_background and env.kernel is not None and env.kernel.busy_elsewhere():
+            # The reference's text: a command typed in the kernel runs.
+            msg = "Failed to start the task: IPython kernel (RE Worker) is busy."
+            return TaskAccepted(success=False, msg=msg)
+        accepted, job = self.tasks.start(req)
+        if job is not None:
+            refused = await self._submit(env.submit, job)
+            if refused is not None:
+                self.tasks.not_started(req.task_uid)
+                await env.publish_state()
+                return TaskAccepted(success=False, msg=refused)
+        if accepted.success:
+            # Published before the reply, as for `run`: whoever gets the reply may then see
+            # the task in the state.
+            await env.publish_state()
+        return accepted
 
     async def state(self, data: bytes) -> msgspec.Struct:
         await self._settle()

@@ -29,6 +29,7 @@ from qserver.plan_tools.describe import describe_devices, describe_plans
 from qserver.plan_tools.resolve import resolve_args
 from qserver.protocol.items import ExitStatus, HistoryResult
 from qserver.protocol.subjects import Subjects
+from qserver.protocol.tasks import TaskInfo
 from qserver.protocol.worker import EnvStateName, ExistingLists, PlanResult, StartupConfig
 from qserver.result_texts import MSG_KEPT, TRACEBACK_KEPT, cut
 from services.runtime.service_base import encode
@@ -126,6 +127,12 @@ class Environment:
         self.RE: Any = None
         self.runs = RunTracker(self.notify)
         self.jobs: queue.Queue[Job | None] = queue.Queue()
+        # Tasks (services/worker/env/tasks.py): the foreground one, those in the background,
+        # how many started and how many finished with their results stored.
+        self.running_task: TaskInfo | None = None
+        self.background: dict[str, TaskInfo] = {}
+        self.tasks_started = 0
+        self.tasks_done = 0
         # Set when the state changed; the publisher on the NATS thread sends a fresh snapshot.
         self.changed = asyncio.Event()
         # Kernel mode (ADR 20): the namespace is an IPython kernel's, jobs run in its loop.
@@ -158,6 +165,10 @@ class Environment:
                 lists_uid=self.lists.uid if self.lists else "",
                 docs_pending=self.journal.pending if self.journal else 0,
                 docs_failed=self.journal.failed if self.journal else 0,
+                running_task=self.running_task,
+                background=list(self.background.values()),
+                tasks_started=self.tasks_started,
+                tasks_done=self.tasks_done,
                 msg=self.error_msg,
                 traceback=self.error_traceback,
                 owner=self.owner,
@@ -330,11 +341,60 @@ class Environment:
             run_engine.subscribe(live_docs.NatsDocuments(self.link, self.subjects))
 
     def describe(self) -> ExistingLists:
+        ns = dict(self.ns)  # a background script may change the namespace meanwhile
+        plans = describe_plans(ns)
+        devices = describe_devices(ns, self.device_max_depth)
+        old = self.lists
+        same_plans = old is not None and old.plans_uid and old.plans_existing == plans
+        same_devices = old is not None and old.devices_uid and old.devices_existing == devices
         return ExistingLists(
-            plans_existing=describe_plans(self.ns),
-            devices_existing=describe_devices(self.ns, self.device_max_depth),
+            plans_existing=plans,
+            devices_existing=devices,
             uid=str(uuid.uuid4()),
+            plans_uid=old.plans_uid if same_plans and old else str(uuid.uuid4()),
+            devices_uid=old.devices_uid if same_devices and old else str(uuid.uuid4()),
         )
+
+    def update_lists(self) -> None:
+        """Describe the namespace again; store the lists only if they changed (blocking)."""
+        lists = self.describe()
+        old = self.lists
+        if old is not None and (lists.plans_uid, lists.devices_uid) == (
+            old.plans_uid,
+            old.devices_uid,
+        ):
+            logger.info("the plans and devices did not change")
+            return
+        self.store_lists(lists)
+        self.notify()
+
+    def script_root(self) -> str | None:
+        """Where scripts import local modules from: the startup directory or script's."""
+        if self.startup.startup_dir:
+            return os.path.abspath(self.startup.startup_dir)
+        if self.startup.startup_script:
+            return os.path.dirname(os.path.abspath(self.startup.startup_script))
+        return None
+
+    def take_run_engine(self) -> None:
+        """Use the `RE` of the namespace from now on, if a script replaced it."""
+        new = self.ns.get("RE")
+        if new is self.RE:
+            return
+        if self.running is not None:
+            logger.warning("RE was replaced while a plan runs: the plan goes on with the old one")
+            return
+        from bluesky import RunEngine
+
+        if not isinstance(new, RunEngine):
+            logger.warning("RE in the namespace is not a RunEngine: no plan can run until it is")
+            self.RE = None
+        else:
+            self._persist_metadata(new)
+            self._attach(new)
+            self.RE = new
+            logger.info("the RunEngine (RE) was replaced")
+        self.notify()
 
     def store_lists(self, lists: ExistingLists | None = None) -> None:
         """Describe the namespace and store the lists in the object store (blocking)."""
@@ -542,7 +602,12 @@ class Environment:
         if self.kernel is not None and self.kernel.busy_elsewhere():
             return "Worker IPython kernel is busy"
         with self.lock:
-            if self.env_state != "idle" or self.running is not None or re_state != "idle":
+            # Without a RunEngine (a script replaced RE by something else) it may close.
+            if (
+                self.env_state != "idle"
+                or self.running is not None
+                or re_state not in ("idle", None)
+            ):
                 return (
                     f"Environment is not idle: environment state is '{self.env_state}', "
                     f"RE state is '{re_state}'"
