@@ -301,6 +301,13 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("QSERVER_")}
 
 
+class NatsPortTaken(RuntimeError):
+    """The stack found its NATS port taken: start it again on another."""
+
+
+NATS_PORT_ATTEMPTS = 3
+
+
 class StackRunner:
     """Starts the stack the tests need, restarts it when they need other options."""
 
@@ -357,6 +364,17 @@ class StackRunner:
             *self._kernel_args(opts),
         ]
         self.stop()
+        for attempt in range(NATS_PORT_ATTEMPTS):
+            try:
+                self.stack = self._start(opts, option_args)
+                return self.stack
+            except NatsPortTaken:
+                # Another process took the free port we picked before nats-server bound it.
+                if attempt == NATS_PORT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, opts: StackOptions, option_args: list[str]) -> RunningStack:
         self.starts += 1
         data_dir = self.workdir / f"stack-{self.starts}"
         data_dir.mkdir(parents=True)
@@ -397,10 +415,11 @@ class StackRunner:
         stack = RunningStack(proc, data_dir, opts)
         try:
             stack.wait_ready(out_file)
-        except BaseException:
+        except BaseException as e:
             stack.stop()
+            if "NATS port" in str(e) and "already in use" in str(e):
+                raise NatsPortTaken(str(e)) from None
             raise
-        self.stack = stack
         return stack
 
     def stop(self) -> None:
