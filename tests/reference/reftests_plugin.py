@@ -294,9 +294,15 @@ def fastapi_server_fs(
         http_server_port: int | str = REFERENCE_HTTP_PORT,
         api_key: str | None = API_KEY_FOR_TESTS,
     ) -> None:
-        stack = h.stack()
         # Set by setup_server_with_config_file, as bluesky-httpserver reads it.
         config_file = os.environ.get("QSERVER_HTTP_SERVER_CONFIG")
+        if config_file:
+            # bluesky-httpserver's tests start with an empty database of logins, sessions and
+            # keys: a new stack has an empty login bucket. (A login store of its own per case,
+            # `--auth-store`, is a bucket the stack's gateway role may not use.)
+            h.runner.stop()
+            h.fresh_manager(h.stack().opts)
+        stack = h.stack()
         default_port = int(http_server_port) == REFERENCE_HTTP_PORT
         if default_port and api_key == API_KEY_FOR_TESTS and not config_file:
             h.point_http(monkeypatch, h.http_default)

@@ -222,8 +222,8 @@ class ExtraGateway:
     settings beside the manager, as `fastapi_server_fs` does.
 
     It gets them as bluesky-httpserver does, from the environment: the single-user key
-    (QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY) and the config file (QSERVER_HTTP_SERVER_CONFIG,
-    with its logins in a store of its own).
+    (QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY) and the config file (QSERVER_HTTP_SERVER_CONFIG);
+    its logins go to the stack's login bucket.
     """
 
     def __init__(
@@ -247,7 +247,6 @@ class ExtraGateway:
             env["QSERVER_HTTP_SERVER_SINGLE_USER_API_KEY"] = key
         if config_file:
             env["QSERVER_HTTP_SERVER_CONFIG"] = config_file
-            env["QSERVER_HTTP_AUTH_STORE"] = f"reftests{port}x{os.getpid()}"
         argv = [
             python,
             "-m",
