@@ -317,36 +317,33 @@ class QueueService:
     # ----- handlers -----
 
     def handlers(self) -> dict[str, Handler]:
-        return (
-            self._execution_handlers()
-            | self.proposals.handlers()
-            | {
-                "ping": self.on_status,
-                "status": self.on_status,
-                "queue_get": self.on_queue_get,
-                "queue_item_add": self.on_item_add,
-                "queue_item_add_batch": self.on_item_add_batch,
-                "queue_item_get": self.on_item_get,
-                "queue_item_remove": self.on_item_remove,
-                "queue_item_remove_batch": self.on_item_remove_batch,
-                "queue_item_move": self.on_item_move,
-                "queue_item_move_batch": self.on_item_move_batch,
-                "queue_item_update": self.on_item_update,
-                "queue_clear": self.on_queue_clear,
-                "queue_mode_set": self.on_mode_set,
-                "lock": self.on_lock,
-                "lock_info": self.on_lock_info,
-                "unlock": self.on_unlock,
-                "manager_stop": self.on_manager_stop,
-                "manager_kill": self.on_manager_kill,
-            }
-        )
+        return self._execution_handlers() | {
+            "ping": self.on_status,
+            "status": self.on_status,
+            "queue_get": self.on_queue_get,
+            "queue_item_add": self.on_item_add,
+            "queue_item_add_batch": self.on_item_add_batch,
+            "queue_item_get": self.on_item_get,
+            "queue_item_remove": self.on_item_remove,
+            "queue_item_remove_batch": self.on_item_remove_batch,
+            "queue_item_move": self.on_item_move,
+            "queue_item_move_batch": self.on_item_move_batch,
+            "queue_item_update": self.on_item_update,
+            "queue_clear": self.on_queue_clear,
+            "queue_mode_set": self.on_mode_set,
+            "lock": self.on_lock,
+            "lock_info": self.on_lock_info,
+            "unlock": self.on_unlock,
+            "manager_stop": self.on_manager_stop,
+            "manager_kill": self.on_manager_kill,
+        }
 
     def gated_handlers(self) -> dict[str, Handler]:
-        """`handlers()`, each refusing what a member of a gated group may not ask (ADR 30):
-        the requests that name the caller's group are checked here; the others by the
-        gateway, the 0MQ bridge and the NATS permissions of its user."""
-        return {method: self._gated(method, h) for method, h in self.handlers().items()}
+        """Every method with the proposals' (ADR 30), each refusing what a member of a gated
+        group may not ask: the requests that name the caller's group are checked here; the
+        others by the gateway, the 0MQ bridge and the NATS permissions of its user."""
+        every = self.handlers() | self.proposals.handlers()
+        return {method: self._gated(method, h) for method, h in every.items()}
 
     def _gated(self, method: str, handler: Handler) -> Handler:
         async def checked(req: Any) -> Any:
