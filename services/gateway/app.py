@@ -91,9 +91,9 @@ class Gateway:
 
     async def forward(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
         principal = await self.principal(request, route.scope)
-        params = request_params(route, await body_of(request), principal)
         if route.method not in GATED_METHODS:
             await self.refuse_gated(principal, route.method)
+        params = request_params(route, await body_of(request), principal)
         if route.method == "manager_kill":
             await self.bridge.publish(route.method, params)  # the service never replies
             return json_response({"success": True, "msg": "manager_kill sent"})
