@@ -299,3 +299,29 @@ async def _restart_queue(svc: Services) -> None:
     if svc.client is not None:
         await svc.client.close()
     await svc.connect()
+
+
+async def test_the_cli_proposes_and_reviews(gated: Services, client: Client) -> None:
+    from tests.integration.test_cli import ok, qs
+
+    scan = '{"name":"scan", "args":[["det1"], "motor", -1, 1, 3]}'
+    added = await ok(gated, "proposal", "add", "-g", "agent", "-n", "please", "plan", scan)
+    assert added["proposed"] is True, added
+    uid = added["item"]["item_uid"]
+    listed = await ok(gated, "proposal", "list")
+    assert [(p["item"]["item_uid"], p["note"]) for p in listed["proposals"]] == [(uid, "please")]
+    got = await ok(gated, "proposal", "get", uid, "--dry-run")
+    assert got["proposal"]["item"]["name"] == "scan" and "success" in got["dry_run"]
+    edited = await ok(
+        gated, "proposal", "edit", uid, '{"name":"scan", "args":[["det1"], "motor", -1, 1, 4]}'
+    )
+    assert edited["proposal"]["item"]["args"][-1] == 4
+    # A gated member cannot approve, even its own.
+    refused = await qs(gated, "proposal", "approve", uid, "-g", "agent")
+    assert refused.rc != 0 and "may only propose" in refused.out + refused.err
+    assert (await ok(gated, "proposal", "approve", uid, "front"))["success"]
+    assert await queue_uids(client) == [uid]
+    other = (await ok(gated, "proposal", "add", "-g", "agent", "plan", scan))["item"]["item_uid"]
+    assert (await ok(gated, "proposal", "reject", other, "too slow"))["success"]
+    items = (await client.request("history_get"))["items"]
+    assert [i["result"]["reason"] for i in items if i["item_uid"] == other] == ["too slow"]
