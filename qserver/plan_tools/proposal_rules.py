@@ -13,8 +13,8 @@ to the queue at once. A rule matches when every condition it states holds:
             delay: {max: 1.0}             #  signature; an absent one takes its default)
             detectors: {values: [[det1], [det2]]}
 
-Numbers in a list (a `scan`'s positions) are each checked against `min`/`max`; `values`
-lists the values allowed as a whole. Pure logic, no I/O.
+Numbers in a list (a `scan`'s `args`: motors and positions) are each checked against
+`min`/`max`, names in it skipped; `values` lists the values allowed as a whole. Pure logic, no I/O.
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ class Bound:
             return False
         if self.min is None and self.max is None:
             return True
-        numbers = value if isinstance(value, list) else [value]
+        # In a list (a scan's `*args`: motors and positions) names are skipped.
+        numbers = (
+            [v for v in value if not isinstance(v, str)] if isinstance(value, list) else [value]
+        )
         if not numbers or not all(_number(n) for n in numbers):
             return False
         return all(
