@@ -140,7 +140,15 @@ class ProposalDesk:
                 results.append(api.BatchResult(success=False, msg=e.msg))
         if not all(r.success for r in results):
             return None, [], results
-        ev, why = self.plan_propose(m, subs, req.user, req.user_group, pos=req.pos)
+        ev, why = self.plan_propose(
+            m,
+            subs,
+            req.user,
+            req.user_group,
+            pos=req.pos,
+            before_uid=req.before_uid,
+            after_uid=req.after_uid,
+        )
         return ev, why, results
 
     # ----- reviewing -----

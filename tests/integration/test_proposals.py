@@ -325,3 +325,77 @@ async def test_the_cli_proposes_and_reviews(gated: Services, client: Client) -> 
     assert (await ok(gated, "proposal", "reject", other, "too slow"))["success"]
     items = (await client.request("history_get"))["items"]
     assert [i["result"]["reason"] for i in items if i["item_uid"] == other] == ["too slow"]
+
+
+@pytest.mark.timeout(300)
+async def test_a_standby_that_takes_over_has_every_proposal_and_approves_each_once(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Leader and hot standby: the leader SIGKILLed after proposals and approvals."""
+    from services.runtime.procs import ServiceProcess
+
+    args = queue_args(tmp_path)["queue"]
+    svc = Services(nats_server, tmp_path)
+    queues = {
+        name: ServiceProcess(
+            "queue",
+            nats_server.url,
+            svc.prefix,
+            tmp_path / f"{name}.log",
+            *args,
+            "--instance",
+            name,
+        )
+        for name in ("queue-a", "queue-b")
+    }
+    queues["queue-a"].start()
+    try:
+        c = await svc.connect()
+        await eventually(lambda: _answers(c))  # queue-a leads
+        queues["queue-b"].start()
+        proposed = [(await propose(c, SCAN))["item"]["item_uid"] for _ in range(8)]
+        for uid in proposed[:3]:
+            r = await c.request("proposal_approve", {"uid": uid, **REVIEWER})
+            assert r["success"], r
+        queues["queue-a"].kill()
+        # The standby takes over: the same proposals and queue, and the rest approves once.
+        assert await eventually(lambda: _listed(c)) == proposed[3:]
+        assert await queue_uids(c) == proposed[:3]
+        for uid in proposed[3:]:
+            # "no proposal": an earlier try was applied but its reply lost; the queue says.
+            await eventually(lambda uid=uid: _approved(c, uid))
+        assert await queue_uids(c) == proposed
+        assert await proposal_uids(c) == []
+    finally:
+        for q in queues.values():
+            q.stop()
+        if svc.client is not None:
+            await svc.client.close()
+
+
+async def _answers(c: Client) -> bool:
+    try:
+        return bool(await c.request("status", timeout=1.0))
+    except Exception:
+        return False
+
+
+async def _listed(c: Client) -> list[str] | None:
+    try:
+        r = await c.request("proposal_list", timeout=1.0)
+    except Exception:
+        return None
+    return [p["item"]["item_uid"] for p in r["proposals"]] if r.get("success") else None
+
+
+async def _approved(c: Client, uid: str) -> dict[str, Any] | None:
+    """An approval, tried again while the new leader settles (refused whole, or unanswered)."""
+    try:
+        r: dict[str, Any] = await c.request(
+            "proposal_approve", {"uid": uid, **REVIEWER}, timeout=2.0
+        )
+    except Exception:
+        return None
+    if not r["success"] and "no proposal" not in r["msg"]:
+        return None
+    return r
