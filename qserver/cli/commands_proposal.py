@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from typing import Any
 
 import click
 
 from qserver.cli.options import CONTEXT, FREE_ARGS, lock_key_option
-from qserver.cli.runner import USER, send
+from qserver.cli.runner import USER, Settings, connected, current_settings, send
 from qserver.cli.words import make_item, parse_dest
 
 group_option = click.option(
@@ -91,3 +94,25 @@ def proposal_approve(group: str, uid: str, where: tuple[str, ...]) -> None:
 def proposal_reject(group: str, uid: str, reason: str) -> None:
     """Turn a proposal down; it goes to the history as `rejected` with the reason."""
     send("proposal_reject", {"uid": uid, "reason": reason, **_who(group)})
+
+
+@proposal.command("watch")
+@click.option("--user", "who", default=None, help="Only the proposals of this proposer.")
+@click.option("--count", type=int, default=None, help="Stop after this many events.")
+def proposal_watch(who: str | None, count: int | None) -> None:
+    """Print each change of a proposal as a JSON line, as it happens (a proposer waits here
+    for approved or rejected)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_watch(current_settings(), who, count))
+
+
+async def _watch(settings: Settings, who: str | None, count: int | None) -> None:
+    async with connected(settings) as client:
+        seen = 0
+        async for ev in client.proposal_events():
+            if who is not None and ev.get("proposed_by") != who:
+                continue
+            click.echo(json.dumps(ev), nl=True)
+            seen += 1
+            if count is not None and seen >= count:
+                return

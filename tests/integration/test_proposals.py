@@ -399,3 +399,44 @@ async def _approved(c: Client, uid: str) -> dict[str, Any] | None:
     if not r["success"] and "no proposal" not in r["msg"]:
         return None
     return r
+
+
+async def test_the_proposer_watches_its_proposal_approved_from_the_cli(
+    gated: Services, client: Client
+) -> None:
+    import asyncio
+    import json
+    import sys
+
+    import httpx
+
+    from tests.integration.test_cli import argv
+
+    watch = await asyncio.create_subprocess_exec(
+        *argv(gated, "proposal", "watch", "--user", "agent1", "--count", "2"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    subject = client.subjects.proposals_event
+    monitor = f"http://127.0.0.1:{gated.nats.monitor_port}/subsz"
+
+    async def subscribed() -> bool:
+        async with httpx.AsyncClient() as http:
+            r = await http.get(monitor, params={"subs": 1, "limit": 100_000, "test": subject})
+        return int(r.json().get("total", 0)) >= 1  # subscriptions on `subject`
+
+    try:
+        await eventually(subscribed)
+        await propose(c := client, {**plan("count", ["noisy_det"]), "kwargs": {"num": 2}})
+        uid = (await c.request("proposal_list"))["proposals"][-1]["item"]["item_uid"]
+        assert (await c.request("proposal_approve", {"uid": uid, **REVIEWER}))["success"]
+        out, err = await asyncio.wait_for(watch.communicate(), 60)
+    finally:
+        if watch.returncode is None:
+            watch.kill()
+            await watch.wait()
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    assert [(e["kind"], e["uid"]) for e in events] == [("proposed", uid), ("approved", uid)], (
+        err.decode(),
+        sys.executable,
+    )
