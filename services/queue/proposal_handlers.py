@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -105,9 +106,9 @@ class ProposalHandlers:
         lock_key: str | None,
         *,
         note: str = "",
-        pos: api.Pos | Any = msgspec.UNSET,
-        before_uid: str | Any = msgspec.UNSET,
-        after_uid: str | Any = msgspec.UNSET,
+        pos: api.Pos | UnsetType = UNSET,
+        before_uid: str | UnsetType = UNSET,
+        after_uid: str | UnsetType = UNSET,
     ) -> api.ItemReply:
         async with self.svc.write_lock:
             await self.svc.prepare_edit(lock_key)
