@@ -245,6 +245,7 @@ def docs_handlers(gw: Gateway) -> list[Any]:
     @get("/api/config/get", status_code=200)
     async def config_get(request: Request[Any, Any, Any]) -> Response[bytes]:
         who = await gw.principal(request, "read:config")
+        await gw.refuse_gated(who, "config_get")  # the kernel's key runs code (ADR 30)
         await no_params(request)
         reply = await gw.bridge.request("config_get", b"{}")
         return Response(without_kernel_key(reply, who), media_type=JSON)

@@ -71,6 +71,9 @@ async def test_over_http_a_gated_key_with_every_scope_only_reads_and_proposes(
             if r.status_code != 403 or "may only propose" not in r.text:
                 let_through.append((route.path, r.status_code, r.text[:200]))
         assert let_through == []
+        # Nor the kernel's connection info (its key runs any code, in kernel mode).
+        r = await http.get("/api/config/get", headers=auth(AGENT_KEY))
+        assert r.status_code == 403, r.text
         # Its add is a proposal; reads work.
         r = await http.post("/api/queue/item/add", json={"item": SCAN}, headers=auth(AGENT_KEY))
         assert r.status_code == 200 and r.json()["proposed"] is True, r.text
