@@ -273,10 +273,7 @@ def roles(
             subscribe=(events, docs),
         ),
         *(person(prefix, n, g, user_suffix=user_suffix) for n, g in (people or {}).items()),
-        *(
-            proposer(prefix, n, g, user_suffix=user_suffix)
-            for n, g in (proposers or {}).items()
-        ),
+        *(proposer(prefix, n, g, user_suffix=user_suffix) for n, g in (proposers or {}).items()),
     ]
 
 

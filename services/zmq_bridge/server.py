@@ -112,7 +112,6 @@ class ControlServer:
             logger.warning("0MQ request '%s' failed: %s", call.method, e.msg)
             return encode(failure(e.msg), self.encoding)
 
-
     async def gated(self, group: str | None, method: str) -> str:
         """Why a keyed client of a gated group may not call `method` ("" if it may): its
         members only read and propose (ADR 30). The queue service, which holds the
