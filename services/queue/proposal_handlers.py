@@ -180,7 +180,11 @@ class ProposalHandlers:
 
     async def dry_run(self, p: Proposal) -> dict[str, Any]:
         """The environment's dry run of the item (`item_dry_run`), or why there is none."""
-        body = encode({"item": msgspec.to_builtins(p.item)})
+        # The item itself (checked as its proposer's), not its uid: `item_dry_run` would ask
+        # `proposal_get` for it, which is this very endpoint, busy with this request.
+        body = encode(
+            {"item": msgspec.to_builtins(p.item), "user": p.proposed_by, "user_group": p.user_group}
+        )
         subject = self.svc.subjects.api("item_dry_run")
         try:
             resp = await self.svc.nc.request(subject, body, timeout=DRY_RUN_TIMEOUT_S)

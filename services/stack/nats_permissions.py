@@ -139,6 +139,7 @@ PROPOSER_IDENTITY = (
     "proposal_add",
     "plans_allowed",
     "devices_allowed",
+    "item_dry_run",  # an identity method where dry runs are (ADR 31)
 )
 
 
@@ -159,7 +160,7 @@ def proposer(
         f"{', '.join(groups)}",
         publish=(
             *(f"{prefix}.api.{m}" for m in reads),
-            *acting(prefix, user, groups, PROPOSER_IDENTITY),
+            *acting(prefix, user, groups, [m for m in PROPOSER_IDENTITY if m in IDENTITY_METHODS]),
             *DIAGNOSTICS,
         ),
         subscribe=(f"{prefix}.events.>", f"{prefix}.docs.>", f"{inbox_prefix(user)}.>"),
