@@ -32,8 +32,9 @@ def proposal() -> None:
     """Propose items for review; list, inspect, edit, approve or reject proposals.
 
     \b
-    Members of a gated group (a `proposals` key in the permissions file) propose with
-    `qserver queue add` too: their adds wait here. Reviewing needs a group that is not gated.
+    A gated group (a `proposals` key in the permissions file) proposes with `proposal add -g
+    GROUP`; its members' queue adds by any client wait here too. Reviewing needs a group
+    that is not gated (`-g`, default primary).
     """
 
 
