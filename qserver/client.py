@@ -441,6 +441,10 @@ class Client:
         """Each status event as it is published (on change and once a second)."""
         return self.events(self.subjects.status_event)
 
+    def proposal_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Each change of a proposal (`ProposalEvent`, ADR 30): a proposer learns its fate."""
+        return self.events(self.subjects.proposals_event)
+
     def console_events(self) -> AsyncIterator[dict[str, Any]]:
         """Each console message (`{time, msg}`) as it is published, live."""
         return self.events(self.subjects.console_event)

@@ -52,6 +52,9 @@ READ_METHODS = frozenset(
         "task_status",
         "task_result",
         "re_metadata",
+        "proposal_list",
+        "proposal_get",
+        "proposal_gate",
     }
 )
 

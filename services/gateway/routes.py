@@ -128,6 +128,14 @@ def _api() -> list[Route]:
         r("/api/lock", "POST", "lock", "write:lock", "lock"),
         r("/api/unlock", "POST", "unlock", "write:lock"),
         r("/api/lock/info", "GET", "lock_info", "read:lock"),
+        # Proposals (ADR 30): items waiting for review. POST for `get` so that a browser's
+        # fetch (no GET bodies) can ask for one with its dry run.
+        r("/api/proposals/add", "POST", "proposal_add", "write:queue:propose", "user"),
+        r("/api/proposals/list", "GET", "proposal_list", "read:queue"),
+        r("/api/proposals/get", "POST", "proposal_get", "read:queue"),
+        r("/api/proposals/update", "POST", "proposal_update", "write:queue:approve", "user"),
+        r("/api/proposals/approve", "POST", "proposal_approve", "write:queue:approve", "user"),
+        r("/api/proposals/reject", "POST", "proposal_reject", "write:queue:approve", "user"),
         r("/api/manager/stop", "POST", "manager_stop", "write:manager:stop"),
         r("/api/test/manager/kill", "POST", "manager_kill", "write:testing"),
     ]
