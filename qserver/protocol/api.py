@@ -199,6 +199,17 @@ class TaskResult(Request, frozen=True, kw_only=True, forbid_unknown_fields=True)
     task_uid: Any = UNSET
 
 
+class ItemDryRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Simulate a plan (ADR 31): a queued (or the running) item by `uid`, a proposal by
+    `proposal_uid`, or an `item` body, checked as `queue_item_add` checks it."""
+
+    uid: str | UnsetType = UNSET
+    proposal_uid: str | UnsetType = UNSET
+    item: SubmittedItem | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+    user_group: str | UnsetType = UNSET
+
+
 class QueueAutostart(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enable: bool
 
@@ -449,6 +460,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "script_upload": ScriptUpload,
     "task_status": TaskStatus,
     "task_result": TaskResult,
+    "item_dry_run": ItemDryRun,
 }
 
 # The methods the history service answers; the queue service answers all the others.

@@ -52,6 +52,7 @@ READ_METHODS = frozenset(
         "task_status",
         "task_result",
         "re_metadata",
+        "item_dry_run",
     }
 )
 
