@@ -362,14 +362,21 @@ def check_axis(
     )
     if not refused:
         return motor, None
-    # The extremes first: the farthest below and above, then the others in order.
-    nums = [v for v, _ in refused if _number(v) is not None]
-    worst = [refused[0]]
-    if nums:
-        lo_v, hi_v = min(nums), max(nums)
-        worst = [r for r in refused if r[0] == lo_v][:1] + [r for r in refused if r[0] == hi_v][:1]
+    # The worst first: farthest beyond a limit (with limits), else the lowest and highest.
+    if limits is not None:
+        lo, hi = limits
+        refused.sort(key=lambda r: -max(lo - r[0], r[0] - hi))
+        worst = [r for r in refused if r[0] < lo][:1] + [r for r in refused if r[0] > hi][:1]
+    else:
+        nums = [v for v, _ in refused if _number(v) is not None]
+        worst = [refused[0]]
+        if nums:
+            lo_v, hi_v = min(nums), max(nums)
+            worst = [r for r in refused if r[0] == lo_v][:1] + [r for r in refused if r[0] == hi_v][
+                :1
+            ]
     shown: list[Any] = []
-    for v, _ in worst + refused:
+    for v, _ in refused if limits is not None else worst + refused:
         plain = _plain(v)
         if plain not in shown and len(shown) < SHOWN_VALUES:
             shown.append(plain)
