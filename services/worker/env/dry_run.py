@@ -61,6 +61,11 @@ class DryRuns:
         threading.Thread(target=work, name="dry-run", daemon=True).start()
         return await done
 
+    def _plan_running(self) -> bool:
+        """The RunEngine is busy (a plan or a task of the main thread): share with it."""
+        env = self.env
+        return env.re_state() == "running" or env.env_state != "idle"
+
     def _simulate(self, req: EnvDryRun) -> EnvDryRunReply:
         from bluesky.utils import ensure_generator
 
@@ -85,7 +90,7 @@ class DryRuns:
             allowed = set(lists.plans_existing) | set(lists.devices_existing)
             args, kwargs = resolve_args(args, kwargs, ns, allowed)
             plan = ensure_generator(ns[name](*args, **kwargs))
-            report = PlanSimulator().run(plan, name)
+            report = PlanSimulator(plan_running=self._plan_running).run(plan, name)
         except Exception as e:
             logger.debug("dry run of '%s':\n%s", name, traceback.format_exc())
             logger.info("dry run of '%s' failed: %r", name, e, extra={"item_uid": uid})

@@ -33,6 +33,11 @@ from qserver.protocol.dry_run import (
 
 MAX_CHECKS = 10_000  # `check_value` calls per device; the extremes are always checked
 SHOWN_VALUES = 10
+# While a plan runs, a dry run (one Python thread beside the RunEngine's, sharing the GIL)
+# works in slices and rests between them: at most a quarter of the process, never holding
+# the RunEngine up for more than a slice at a time (ADR 31).
+SLICE_S = 0.0005
+REST_S = 0.0015
 
 
 class Cut(Exception):
@@ -152,9 +157,16 @@ class _Tally:
 class PlanSimulator:
     """Runs one plan's generator against a `RunEngineSimulator` and reports what it did."""
 
-    def __init__(self, max_messages: int = MAX_MESSAGES, budget_s: float = BUDGET_S) -> None:
+    def __init__(
+        self,
+        max_messages: int = MAX_MESSAGES,
+        budget_s: float = BUDGET_S,
+        plan_running: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.max_messages = max_messages
         self.budget_s = budget_s
+        self.plan_running = plan_running  # rest between slices while this says so
+        self.rested = 0.0
         self.t = _Tally()
         self.messages = 0
 
@@ -195,11 +207,15 @@ class PlanSimulator:
             plan.close()
         finally:
             _simulating.active = False
+        if self.rested:
+            notes.append(f"Slowed down beside a running plan (rested {self.rested:.1f} s)")
         return self._report(plan_name, complete, notes, time.monotonic() - t0)
 
     def _bounded(self, plan: Generator[Msg, Any, Any], t0: float) -> Generator[Msg, Any, Any]:
-        """The plan's messages, cut after `max_messages` or `budget_s`."""
+        """The plan's messages, cut after `max_messages` or `budget_s`; resting while a
+        plan runs."""
         reply: Any = None
+        slice_start = t0
         while True:
             try:
                 msg = plan.send(reply)
@@ -208,8 +224,14 @@ class PlanSimulator:
             self.messages += 1
             if self.messages > self.max_messages:
                 raise Cut(f"The dry run stopped after {self.max_messages} messages")
-            if time.monotonic() - t0 > self.budget_s:
+            now = time.monotonic()
+            if now - t0 > self.budget_s:
                 raise Cut(f"The dry run stopped after {self.budget_s:g} s")
+            if now - slice_start > SLICE_S:
+                if self.plan_running():
+                    time.sleep(REST_S)  # lets the RunEngine's thread have the GIL
+                    self.rested += REST_S
+                slice_start = time.monotonic()
             reply = yield msg
 
     # ----- answers -----
