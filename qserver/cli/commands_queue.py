@@ -10,7 +10,7 @@ import click
 from qserver.cli.errors import BadParams, RequestRefused
 from qserver.cli.options import CONTEXT, FREE_ARGS, lock_key_option, simple
 from qserver.cli.output import show
-from qserver.cli.runner import USER, ask, current_settings, send
+from qserver.cli.runner import USER, ask, current_settings, send, send_and_render
 from qserver.cli.words import (
     batch_items,
     make_item,
@@ -201,4 +201,9 @@ def item_dry_run(words: tuple[str, ...]) -> None:
         params = {"uid": words[0]}
     else:
         raise BadParams("Dry run takes a uid, 'proposal UID' or 'plan JSON'")
-    send("item_dry_run", {**params, **USER})
+    if current_settings().fmt != "table":
+        send("item_dry_run", {**params, **USER})
+        return
+    from qserver.cli.dry_run_text import dry_run_text
+
+    send_and_render("item_dry_run", {**params, **USER}, dry_run_text)

@@ -88,6 +88,14 @@ async def test_the_cli_dry_runs_a_queued_item_or_a_plan_and_says_why_it_cannot(
         "num": 8}})  # fmt: skip
     r = await ok(services, "queue", "item", "dry-run", "plan", plan)
     assert r["source"] == "item" and r["report"]["violations"][0]["values"][0] == -7.0
+    table = await qs(services, "--format", "table", "queue", "item", "dry-run", "plan", plan)
+    assert table.rc == 0, table
+    assert "scan (the item given): 8 points, 1 run(s)" in table.out, table.out
+    assert "motor motor_limited: -7 .. 0 (8 moves, from 0) limits [-5, 5]: OUTSIDE LIMITS" in (
+        table.out
+    )
+    assert "VIOLATION motor_limited: 2 of 8 moves outside its limits" in table.out
+    assert "detectors: det1" in table.out and "estimated duration: 0.0 s" in table.out
     bad = await qs(services, "queue", "item", "dry-run", "plan", '{"name": "no_such_plan"}')
     assert bad.rc == 2 and "no_such_plan" in bad.err, bad
     wrong = await qs(services, "queue", "item", "dry-run", "one", "two", "three")
