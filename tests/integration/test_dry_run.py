@@ -3,14 +3,18 @@ moved, nothing queued or recorded."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qserver.client import Client
 from qserver.protocol.api import REQUEST_TYPES
+from services.stack.natsserver import NatsServer
 from tests.conftest import USER, Services
 from tests.integration.test_execution import add, idle, open_env, until
+from tests.integration.test_kernel import Console, connection_file, kernel_services
 from tests.integration.test_tasks import completed, execute, func
 
 TEST_USER = {"user": "tester", "user_group": "test_user"}
@@ -155,3 +159,40 @@ async def test_a_dry_run_beside_a_running_plan_leaves_the_plan_alone(env: Client
 async def test_a_proposal_dry_run_says_when_proposals_are_not_available(env: Client) -> None:
     r = await dry_run(env, proposal_uid="some-proposal")
     assert not r["success"] and "Proposals are not available" in r["msg"], r
+
+
+@pytest.mark.timeout(300)
+async def test_in_kernel_mode_a_dry_run_answers_while_a_typed_command_holds_the_kernel(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with kernel_services(nats_server, tmp_path) as services:
+        client = services.client
+        assert client is not None
+        await open_env(client)
+        typing = Console(await connection_file(client, tmp_path))
+        await typing.prompt()
+        typing.type("import time\n")
+        await typing.prompt()
+        # One cell that says it started, then holds the kernel for 10 s.
+        typing.type("for i in range(100):\n    i or print('holding', flush=True)\n")
+        typing.type("    time.sleep(0.1)\n\n")
+        await asyncio.to_thread(shows, typing, b"holding")
+        r = await dry_run(client, item=scan("motor_limited", 0, 7, 8), **USER)
+        assert r["success"], r
+        assert r["report"]["num_points"] == 8 and r["report"]["violations"][0]["count"] == 2
+        # It did not wait for the kernel: the typed command still holds it (a foreground
+        # task, which needs the kernel, is refused).
+        refused = await client.request(
+            "function_execute", {"item": func("function_sleep", 0), **TEST_USER}
+        )
+        assert not refused["success"] and "kernel (RE Worker) is busy" in refused["msg"], refused
+        await typing.leave()
+
+
+def shows(console: Console, text: bytes) -> None:
+    """Read the console's output until it shows `text`."""
+    assert console.p.stdout is not None
+    while text not in console.shown:
+        c = console.p.stdout.read(1)
+        assert c, console.shown.decode(errors="replace")
+        console.shown += c
