@@ -14,12 +14,14 @@ import pytest
 import yaml
 from nats.aio.msg import Msg
 
+from qserver.client import AccessDenied, Client
 from qserver.protocol.api import REQUEST_TYPES
 from tests.conftest import Services
 from tests.integration.gateway_support import Gateway, gateway_for
 from tests.integration.test_cli import ok, qs
 from tests.integration.test_dry_run import scan
 from tests.integration.test_execution import add, open_env
+from tests.integration.test_stack import Stacks
 
 EDITOR, READER = "DryRunEditorKey1", "DryRunReaderKey1"
 
@@ -130,3 +132,22 @@ async def test_a_proposal_is_taken_from_the_proposals_method(services: Services)
         assert asked == [{"uid": "p-1"}, {"uid": "p-2"}]
     finally:
         await sub.unsubscribe()
+
+
+@pytest.mark.timeout(240)
+async def test_over_nats_an_item_is_dry_run_as_the_group_nats_vouches_for(stacks: Stacks) -> None:
+    """The embedded stack's client is the NATS user `operator`, in group `primary` (ADR 24)."""
+    stack = stacks.start("--no-kafka")
+    info = await stack.wait_info()
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=60) as client:
+        assert client.act_as == "operator"
+        await open_env(client)
+        item = scan("motor_limited", 0, 6, 3)
+        r = await client.request("item_dry_run", {"item": item, "user": "mallory"})
+        assert r["success"], r
+        assert (r["item"]["user"], r["item"]["user_group"]) == ("operator", "primary")
+        assert r["report"]["violations"][0]["device"] == "motor_limited"
+        # A group the user is not in: NATS refuses the request.
+        with pytest.raises(AccessDenied):
+            await client.request("item_dry_run", {"item": item, "user_group": "test_user"})
+        assert (await client.request("environment_close", {}))["success"]
