@@ -155,6 +155,24 @@ async def test_a_dry_run_beside_a_running_plan_leaves_the_plan_alone(env: Client
     assert st["items_in_history"] == 2
 
 
+@pytest.mark.timeout(240)
+async def test_a_plan_whose_own_code_never_yields_is_stopped_and_the_next_dry_run_works(
+    env: Client,
+) -> None:
+    script = "def spin_forever():\n    while True:\n        pass\n    yield from bps.null()\n"
+    r = await env.request("script_upload", {"script": script})
+    assert r["success"], r
+    assert (await completed(env, r["task_uid"]))["success"]
+    await until(env, idle)
+    spin = {"item_type": "plan", "name": "spin_forever"}
+    r = await dry_run(env, item=spin, **USER)
+    assert not r["success"] and "did not yield a message for over 15 s" in r["msg"], r
+    assert "the dry run stopped it" in r["msg"]
+    # The thread was stopped: the next dry run is not refused as "in progress".
+    r = await dry_run(env, item=scan("motor", 0, 1, 3), **USER)
+    assert r["success"] and r["report"]["num_points"] == 3, r
+
+
 @pytest.mark.skipif("proposal_get" in REQUEST_TYPES, reason="proposals exist: their tests cover it")
 async def test_a_proposal_dry_run_says_when_proposals_are_not_available(env: Client) -> None:
     r = await dry_run(env, proposal_uid="some-proposal")

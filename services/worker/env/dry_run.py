@@ -8,6 +8,7 @@ take more than a small share of the process from a running plan.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ import traceback
 from typing import TYPE_CHECKING
 
 from qserver.plan_tools.resolve import resolve_args
-from qserver.protocol.dry_run import EnvDryRun, EnvDryRunReply
+from qserver.protocol.dry_run import BUDGET_S, EnvDryRun, EnvDryRunReply
 
 if TYPE_CHECKING:
     from services.worker.env.engine import Environment
@@ -24,6 +25,15 @@ logger = logging.getLogger(__name__)
 
 # States in which the namespace holds no usable plans and devices.
 NOT_READY = ("initializing", "failed", "closing", "closed")
+# A plan that does not yield (its own code loops) is stopped this long after the budget,
+# and waited for this long again before it is reported stuck.
+OVERRUN_S = 5.0
+
+
+class Overrun(BaseException):
+    """Raised inside the dry-run thread when its plan does not come back within bounds.
+
+    A BaseException, so that a plan's `except Exception` does not swallow it."""
 
 
 class DryRuns:
@@ -50,6 +60,12 @@ class DryRuns:
         def work() -> None:
             try:
                 reply = self._simulate(req)
+            except Overrun:
+                reply = EnvDryRunReply(
+                    success=False,
+                    msg=f"The plan did not yield a message for over {BUDGET_S + OVERRUN_S:g} s "
+                    "(its own code loops or waits): the dry run stopped it",
+                )
             except BaseException as e:  # never leave the request without an answer
                 reply = EnvDryRunReply(success=False, msg=f"The dry run failed: {e!r}")
             finally:
@@ -58,8 +74,24 @@ class DryRuns:
             loop.call_soon_threadsafe(_answer, done, reply)
 
         # A daemon thread: a plan stuck in its own code must not keep the process from exiting.
-        threading.Thread(target=work, name="dry-run", daemon=True).start()
-        return await done
+        thread = threading.Thread(target=work, name="dry-run", daemon=True)
+        thread.start()
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), BUDGET_S + OVERRUN_S)
+        except TimeoutError:
+            if done.done():
+                return done.result()
+        # The simulation checks its bounds between messages only: a plan that does not
+        # yield is stopped by an exception raised in its thread (at its next bytecode).
+        _raise_in(thread, Overrun)
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), OVERRUN_S)
+        except TimeoutError:
+            return EnvDryRunReply(
+                success=False,
+                msg="The plan is stuck in the dry run (in a call that cannot be stopped); "
+                "further dry runs are refused until it ends or the environment is closed",
+            )
 
     def _plan_running(self) -> bool:
         """The RunEngine is busy (a plan or a task of the main thread): share with it."""
@@ -107,6 +139,16 @@ class DryRuns:
             extra={"item_uid": uid},
         )
         return EnvDryRunReply(report=report)
+
+
+def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
+    """Raise `exc` in `thread` at its next bytecode (CPython's PyThreadState_SetAsyncExc)."""
+    if thread.ident is None or not thread.is_alive():
+        return
+    set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    if set_async_exc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc)) > 1:
+        set_async_exc(ctypes.c_ulong(thread.ident), None)  # more than one: undo
+    logger.warning("a dry run's plan did not come back within its bounds: stopping it")
 
 
 def _answer(done: asyncio.Future[EnvDryRunReply], reply: EnvDryRunReply) -> None:
