@@ -199,6 +199,17 @@ class TaskResult(Request, frozen=True, kw_only=True, forbid_unknown_fields=True)
     task_uid: Any = UNSET
 
 
+class ItemDryRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Simulate a plan (ADR 31): a queued (or the running) item by `uid`, a proposal by
+    `proposal_uid`, or an `item` body, checked as `queue_item_add` checks it."""
+
+    uid: str | UnsetType = UNSET
+    proposal_uid: str | UnsetType = UNSET
+    item: SubmittedItem | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+    user_group: str | UnsetType = UNSET
+
+
 class QueueAutostart(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enable: bool
 
@@ -516,6 +527,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "proposal_approve": ProposalApprove,
     "proposal_reject": ProposalReject,
     "proposal_gate": ProposalGate,
+    "item_dry_run": ItemDryRun,
 }
 
 # The methods the history service answers; the queue service answers all the others.

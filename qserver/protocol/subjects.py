@@ -29,6 +29,7 @@ IDENTITY_METHODS: dict[str, tuple[bool, bool]] = {  # method: (sets user, sets u
     "queue_item_update": (True, True),
     "queue_item_execute": (True, True),
     "function_execute": (True, True),
+    "item_dry_run": (True, True),  # an item body is checked as the caller's (ADR 31)
     "lock": (True, False),
     "plans_allowed": (False, True),
     "devices_allowed": (False, True),

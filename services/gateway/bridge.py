@@ -55,6 +55,7 @@ READ_METHODS = frozenset(
         "proposal_list",
         "proposal_get",
         "proposal_gate",
+        "item_dry_run",
     }
 )
 

@@ -78,6 +78,8 @@ def _api() -> list[Route]:
         r("/api/queue/item/move", "POST", "queue_item_move", "write:queue:edit"),
         r("/api/queue/item/move/batch", "POST", "queue_item_move_batch", "write:queue:edit"),
         r("/api/queue/item/execute", "POST", "queue_item_execute", "write:execute", "user"),
+        # A simulated run of a queued item, a proposal or an item body (ADR 31).
+        r("/api/item/dry_run", "POST", "item_dry_run", "write:queue:edit", "user"),
         r("/api/queue/clear", "POST", "queue_clear", "write:queue:edit"),
         r("/api/queue/start", "POST", "queue_start", "write:queue:control"),
         r("/api/queue/stop", "POST", "queue_stop", "write:queue:control"),

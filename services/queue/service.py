@@ -37,6 +37,7 @@ from qserver.protocol.queue_log import (
 from qserver.protocol.status import LockStatus, Status
 from qserver.protocol.subjects import Subjects
 from services.queue.catalog import PlanCatalog
+from services.queue.dry_run_handlers import DryRunHandlers
 from services.queue.exec_handlers import ExecutionHandlers
 from services.queue.execution import Executor
 from services.queue.leader import Lease, Renewal
@@ -356,7 +357,12 @@ class QueueService:
 
     def _execution_handlers(self) -> dict[str, Handler]:
         tasks = TaskHandlers(self, self.executor)  # functions and scripts: ADR 16
-        return ExecutionHandlers(self, self.executor).handlers() | tasks.handlers()
+        dry_runs = DryRunHandlers(self, self.executor)  # simulated plans: ADR 31
+        return (
+            ExecutionHandlers(self, self.executor).handlers()
+            | tasks.handlers()
+            | dry_runs.handlers()
+        )
 
     async def on_status(self, req: api.Empty) -> Status:
         return self._status or self.status()

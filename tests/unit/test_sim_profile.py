@@ -59,7 +59,8 @@ def test_the_shipped_lists_hold_every_plan_and_device_of_the_reference(
     # Ours beside them: plans for pause and failure tests.
     extra = {"long_count", "sim_fail", "sim_fail_large", "sleep"}
     assert set(lists["plans_existing"]) == REFERENCE_PLANS | extra
-    assert set(lists["devices_existing"]) == REFERENCE_DEVICES
+    # A motor with soft limits, for dry runs (ADR 31).
+    assert set(lists["devices_existing"]) == REFERENCE_DEVICES | {"motor_limited"}
     bundle = lists["devices_existing"]["sim_bundle_A"]
     assert set(bundle["components"]) == {"dets", "mtrs"}
     assert set(bundle["components"]["mtrs"]["components"]) == {"x", "y", "z"}
