@@ -64,7 +64,7 @@ async def main(args: argparse.Namespace) -> int:
     )
     await patiently("loading the queue", svc.load)
     await svc.executor.watch()
-    lease = Lease(js, subjects, args.instance, replicas=args.replicas)
+    lease = Lease(nc, subjects, args.instance, replicas=args.replicas)
     await lease.open()
     if not await patiently("reading the leader lease", lease.try_acquire):
         logger.info("standby (instance %s): %s leads", args.instance, lease.holder)

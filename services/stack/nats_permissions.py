@@ -175,6 +175,7 @@ def roles(
                 s.queue_log,
                 s.history_log,
                 s.history_info,
+                s.leader_ping("*"),  # a standby's "alive?" to the leader (ADR 28)
                 worker_cmds,
                 env_cmds,
                 *JETSTREAM,
