@@ -130,6 +130,7 @@ class KafkaExport:
         self._broker_trouble = False
         self._saved: int | None = None
         self._saved_at = 0.0
+        self._work = asyncio.Event()  # documents were read: `_serve` has work
 
     @property
     def pending(self) -> int:
@@ -197,6 +198,7 @@ class KafkaExport:
             if lost:
                 self.failed += lost
                 gaps += lost
+            self._work.set()  # `_serve` delivers and saves the position
 
     async def _produce(self, producer: Any, progress: Progress, doc: StreamDoc) -> None:
         from confluent_kafka import KafkaException
@@ -264,8 +266,14 @@ class KafkaExport:
             if self._rewind:
                 logger.warning("Kafka export: %s", self._rewind)
                 raise _Rewind(self._rewind)
-            await self._save(progress.position(joiner.first_seq))
-            await asyncio.sleep(SERVICE_S)
+            position = progress.position(joiner.first_seq)
+            await self._save(position)
+            if progress.in_flight == 0 and position == self._saved:
+                # Nothing to deliver nor to save: sleep until the stream brings more (ADR 28).
+                self._work.clear()
+                await self._work.wait()
+            else:
+                await asyncio.sleep(SERVICE_S)
 
     async def _save(self, position: int, force: bool = False) -> None:
         now = time.monotonic()
