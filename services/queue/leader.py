@@ -293,48 +293,60 @@ class Lease:
         return Renewal.RENEWED if self.valid() else await self.renew()
 
     async def keep(self, on_lost: Callable[[], None]) -> None:
-        """Answer the standbys' pings and watch the key until cancelled; call `on_lost` once
-        another instance holds the lease.
+        """Answer the standbys' pings and hear every write of the key until cancelled; call
+        `on_lost` once another instance holds the lease.
 
-        Nothing is written here: the lease is rewritten only before a write (`confirm`).
-        The watch tells a leader that was frozen or cut off from NATS, as soon as it runs
-        again, that a standby took over; a deleted key is retaken (`renew`).
+        Nothing is written at idle: the lease is rewritten only before a write (`confirm`).
+        Writes of the key are heard with a plain subscription to its subject (no consumer,
+        no heartbeats); one that is not ours (another's compare-and-set, which may have
+        failed, or a delete) is checked with a renewal, which tells a takeover from a failed
+        attempt and retakes a deleted key. A leader that was frozen or cut off from NATS
+        hears the takeover as soon as it runs again.
         """
+        changed = asyncio.Event()
 
         async def on_ping(msg: Msg) -> None:
             if msg.reply:
                 with contextlib.suppress(Exception):
                     await msg.respond(self._value())
 
-        sub = await self._nc.subscribe(self._subjects.leader_ping(self._token), cb=on_ping)
-        watcher = await self.kv.watch(KEY)
+        async def on_write(msg: Msg) -> None:
+            try:
+                token = json.loads(msg.data).get("token") if msg.data else None
+            except (ValueError, AttributeError):
+                token = None
+            if token != self._token:
+                changed.set()
+
+        subs = [  # the key first: an answered ping shows both are heard
+            await self._nc.subscribe(self.key_subject, cb=on_write),
+            await self._nc.subscribe(self._subjects.leader_ping(self._token), cb=on_ping),
+        ]
         try:
-            async for entry in watcher:
-                if entry is None:
-                    continue
-                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                    if await self.renew() is Renewal.LOST:
-                        on_lost()
-                        return
-                    continue
-                try:
-                    held = json.loads(entry.value)
-                except ValueError:
-                    held = {}
-                if held.get("token") == self._token:
-                    continue
-                self._valid_until = 0.0
-                self.holder = held.get("instance")
-                logger.error(
-                    "the leader lease was taken over by another instance (%s)", self.holder
-                )
-                on_lost()
-                return
+            # Written before we listened (we started late, or were frozen since): read once.
+            try:
+                entry = await self.kv.get(KEY)
+                if json.loads(entry.value or b"{}").get("token") != self._token:
+                    changed.set()
+            except KeyNotFoundError:
+                changed.set()
+            except Exception as e:  # NATS away: the next write renews and tells
+                logger.debug("reading the leader lease: %r", e)
+            while True:
+                await changed.wait()
+                changed.clear()
+                if await self.renew() is Renewal.LOST:
+                    on_lost()
+                    return
         finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    @property
+    def key_subject(self) -> str:
+        """The subject every write of the lease key is published on."""
+        return f"$KV.{self._bucket}.{KEY}"
 
     async def release(self) -> None:
         """Give the lease up at a clean stop, so that a standby takes over at once."""

@@ -181,7 +181,8 @@ def roles(
                 *JETSTREAM,
                 *service_pub,
             ),
-            subscribe=(api, vouched, internal, "$SRV.>"),
+            # The leader hears writes of its lease key (ADR 28).
+            subscribe=(api, vouched, internal, "$SRV.>", f"$KV.{s.leader_bucket}.>"),
         ),
         role(
             "history",

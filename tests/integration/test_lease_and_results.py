@@ -12,6 +12,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.errors import KeyWrongLastSequenceError
 
 from qserver.errors import Refused
 from qserver.protocol.subjects import Subjects
@@ -119,6 +120,23 @@ async def test_a_silent_leader_is_replaced_and_cannot_write(nc: NATS) -> None:
     woken = asyncio.create_task(a.keep(lost.set))  # what it runs when it wakes up
     await asyncio.wait_for(lost.wait(), T)
     await asyncio.wait_for(woken, T)
+
+
+async def test_a_standbys_failed_attempt_does_not_unseat_the_leader(nc: NATS) -> None:
+    """The leader hears a foreign write of its key, and a renewal tells it failed."""
+    subjects = Subjects(unique_prefix())
+    a = await leader(nc, subjects, "a")
+    assert await a.try_acquire()
+    lost = asyncio.Event()
+    keeper = asyncio.create_task(a.keep(lost.set))
+    held = a.revision
+    b = await leader(nc, subjects, "b")
+    await nc.request(subjects.leader_ping(a._token), b"", timeout=T)  # the keeper listens
+    with pytest.raises(KeyWrongLastSequenceError):
+        await b.kv.update(KEY, b._value(), last=held - 1 if held > 1 else held + 5)
+    await until(lambda: a.revision > held, "the leader did not check its lease")
+    assert not lost.is_set() and a.valid()
+    keeper.cancel()
 
 
 def result(n: int) -> bytes:
