@@ -22,13 +22,14 @@ from services.gateway.authstore import AuthStore
 from services.gateway.bridge import Bridge
 from services.gateway.config import AuthOptions, ConfigError, load_authenticator
 from services.gateway.connections import ConnectionLimits, uvicorn_options
+from services.runtime.quiet_uvicorn import QuietServer
 from services.runtime.service_base import run_loop, service_arguments, setup_logging
 
 logger = logging.getLogger("services.gateway")
 DEFAULT_PORT = 60610
 
 
-class Server(uvicorn.Server):
+class Server(QuietServer):
     """uvicorn's server, stopped by SIGINT/SIGTERM like the other services: exit code 0.
 
     uvicorn's own handling re-raises the signal after shutting down, so a stopped gateway
@@ -45,23 +46,6 @@ class Server(uvicorn.Server):
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-
-    def stop(self) -> None:
-        self.should_exit = True
-        if self._stopping is not None:
-            self._stopping.set()
-
-    _stopping: asyncio.Event | None = None
-
-    async def main_loop(self) -> None:
-        """uvicorn's loop without its 10 Hz poll (ADR 28): `on_tick` once a second (the Date
-        header, and `should_exit` set by uvicorn itself), and at once on `stop`."""
-        self._stopping = asyncio.Event()
-        counter = 0
-        while not await self.on_tick(counter):
-            counter = (counter + 10) % 864000  # `on_tick` renews the Date header at multiples of 10
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 1.0)
 
 
 def is_loopback(host: str) -> bool:
