@@ -30,6 +30,7 @@ from qserver.documents import Reassembler, StreamDoc, configured_topic
 from qserver.protocol.subjects import Subjects
 from services.runtime.doc_stream import (
     Positions,
+    Reconnects,
     StreamFollower,
     describe_error,
     ensure_docs_stream,
@@ -114,8 +115,15 @@ class Progress:
 
 
 class KafkaExport:
-    def __init__(self, nc: NATS, subjects: Subjects, settings: ExportSettings) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        settings: ExportSettings,
+        reconnects: Reconnects | None = None,
+    ) -> None:
         self.nc = nc
+        self.reconnects = reconnects
         self.subjects = subjects
         self.settings = settings
         self.positions = Positions(nc.jetstream(), subjects)
@@ -161,7 +169,7 @@ class KafkaExport:
 
         await ensure_docs_stream(self.nc.jetstream(), self.subjects)
         start = await self.positions.get(READER)
-        follower = StreamFollower(self.nc, self.subjects.docs_stream, start)
+        follower = StreamFollower(self.nc, self.subjects.docs_stream, start, self.reconnects)
         progress = Progress(start or 0)
         producer = Producer(self._producer_config())
         self._follower, self._progress, self._rewind = follower, progress, ""
