@@ -131,8 +131,10 @@ class Lease:
                 if started - self._seen_at < self.stale_after:
                     return False
                 logger.warning(
-                    "the leader %s has not renewed its lease for %.2f s: taking over",
+                    "the leader %s has not answered for %.2f s, its lease unchanged for %.2f s: "
+                    "taking over",
                     self.holder,
+                    started - self._answered_at,
                     started - self._seen_at,
                 )
             try:
