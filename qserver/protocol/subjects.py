@@ -136,6 +136,10 @@ class Subjects:
     def lock_check(self) -> str:
         return f"{self.prefix}.internal.queue.lock_check"
 
+    def leader_ping(self, token: str) -> str:
+        """A standby's "alive?" to the queue service that holds the leader lease (ADR 28)."""
+        return f"{self.prefix}.internal.queue.leader.{token}"
+
     def worker_cmd(self, cmd: str) -> str:
         return f"{self.prefix}.internal.worker.{cmd}"
 

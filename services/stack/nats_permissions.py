@@ -231,14 +231,23 @@ def roles(
                 s.queue_log,
                 s.history_log,
                 s.history_info,
+                s.leader_ping("*"),  # a standby's "alive?" to the leader (ADR 28)
                 worker_cmds,
                 env_cmds,
                 s.api("item_dry_run"),  # for a proposal's review (ADR 30)
                 *JETSTREAM,
                 *service_pub,
             ),
-            # progress: the status's `progress` (ADR 25)
-            subscribe=(api, vouched, internal, s.progress_event, "$SRV.>"),
+            # progress: the status's `progress` (ADR 25); the leader hears writes of its
+            # lease key (ADR 28).
+            subscribe=(
+                api,
+                vouched,
+                internal,
+                s.progress_event,
+                "$SRV.>",
+                f"$KV.{s.leader_bucket}.>",
+            ),
         ),
         role(
             "history",
