@@ -35,6 +35,7 @@ from services.gateway.logins import LoginAuthenticator
 from services.gateway.metrics import Metrics, metrics_handler
 from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
 from services.gateway.routes import ROUTES, Route
+from services.gateway.runs import runs_handlers
 from services.gateway.ui import ui_handlers
 
 logger = logging.getLogger(__name__)
@@ -245,6 +246,7 @@ def build_app(bridge: Bridge, auth: Authenticates) -> Litestar:
     handlers: list[Any] = [route_handler(gw, r) for r in ROUTES]
     handlers += console_handlers(gw) + stream_handlers(gw) + docs_handlers(gw)
     handlers += upload_handlers(gw, custom_modules(), body_of) + auth_handlers(gw)
+    handlers += runs_handlers(gw)
     metrics = Metrics()
     handlers.append(metrics_handler(metrics, lambda r: gw.principal(r, "read:status")))
 

@@ -242,6 +242,12 @@ async def test_run_the_queue_pause_and_resume_from_the_page(page: Any, stack: An
     history = page.get_by_role("region", name="History")
     await history.get_by_role("cell", name="completed").first.wait_for(timeout=120_000)
     await eventually(lambda: _status_is(svc, "manager_state", "idle"))
+    # The run's link in its history row: its data plotted, from the document stream.
+    await history.get_by_role("button", name=re.compile(r"^#\d+ [0-9a-f]{8}$")).first.click()
+    plot = history.get_by_test_id("plot")
+    await plot.wait_for()
+    # 10 points, or one more: a pause rewinds to the last checkpoint and may read it again.
+    assert int(await plot.get_attribute("data-points")) in (10, 11)
 
 
 async def test_progress_advances_and_the_plot_gains_points(page: Any, stack: Any) -> None:
