@@ -41,8 +41,17 @@ export function fmtTime(unix: number): string {
   return new Date(unix * 1000).toLocaleString();
 }
 
+// Items are replaced, never changed in place: their text is worked out once (a 10,000-item
+// queue scrolls without stringifying rows again on every frame).
+const described = new WeakMap<object, string>();
+
 export function describeArgs(args: unknown[] | undefined, kwargs: object | undefined): string {
+  const key = args ?? kwargs;
+  const hit = key ? described.get(key) : undefined;
+  if (hit !== undefined) return hit;
   const a = (args ?? []).map((v) => JSON.stringify(v));
   const k = Object.entries(kwargs ?? {}).map(([n, v]) => `${n}=${JSON.stringify(v)}`);
-  return [...a, ...k].join(", ");
+  const text = [...a, ...k].join(", ");
+  if (key) described.set(key, text);
+  return text;
 }

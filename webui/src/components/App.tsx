@@ -110,72 +110,66 @@ export function App() {
     };
   }, [api]);
 
-  // The status stream: the page's heartbeat.
+  // The status stream: the page's heartbeat. The gateway pushes on change (and once a
+  // second); one GET on load (and on each reconnection) shows the state without waiting.
   useEffect(() => {
+    let pushes = 0;
+    const once = () => {
+      const before = pushes;
+      api
+        .get<Status>("/api/status")
+        .then((st) => pushes === before && setStatus(st))
+        .catch(() => undefined);
+    };
+    once();
+    let opened = false;
     const s = openStream(
       () => api.wsUrl("/api/status/ws"),
       (data) => {
         const st = (data as { msg?: { status?: Status } }).msg?.status;
-        if (st) setStatus(st);
+        if (st) {
+          pushes++;
+          setStatus(st);
+        }
       },
       (state, reason) => {
         setStatusState(state);
         setWhy(reason ?? "");
+        if (state === "open") {
+          if (opened) once();
+          opened = true;
+        }
       },
     );
     return () => s.close();
   }, [api]);
 
-  const queueUid = status?.plan_queue_uid;
-  const runningUid = status?.running_item_uid;
-  useEffect(() => {
-    if (!queueUid || !scopes.has("read:queue")) return;
-    let gone = false;
-    api
-      .get<QueueReply>("/api/queue/get")
-      .then((r) => {
-        if (gone) return;
-        setQueue(r.items);
-        const ri = r.running_item as Item;
-        setRunning(ri && ri.item_uid ? ri : null);
-        const uids = new Set(r.items.map((i) => i.item_uid!));
-        setSelected((sel) => new Set([...sel].filter((u) => uids.has(u))));
-      })
-      .catch(() => undefined);
-    return () => {
-      gone = true;
-    };
-  }, [api, queueUid, runningUid, scopes]);
-
-  const historyUid = status?.plan_history_uid;
-  useEffect(() => {
-    if (!historyUid || !scopes.has("read:history")) return;
-    let gone = false;
-    api
-      .get<HistoryReply>("/api/history/get")
-      .then((r) => !gone && setHistory(r.items))
-      .catch(() => undefined);
-    return () => {
-      gone = true;
-    };
-  }, [api, historyUid, scopes]);
-
-  const plansUid = status?.plans_allowed_uid;
-  const devicesUid = status?.devices_allowed_uid;
-  useEffect(() => {
-    if (!plansUid || !scopes.has("read:resources")) return;
-    api
-      .get<{ plans_allowed: Record<string, PlanInfo> }>("/api/plans/allowed")
-      .then((r) => setPlans(r.plans_allowed))
-      .catch(() => undefined);
-  }, [api, plansUid, scopes]);
-  useEffect(() => {
-    if (!devicesUid || !scopes.has("read:resources")) return;
-    api
-      .get<{ devices_allowed: Devices }>("/api/devices/allowed")
-      .then((r) => setDevices(r.devices_allowed))
-      .catch(() => undefined);
-  }, [api, devicesUid, scopes]);
+  // The lists are fetched at once on load (beside the status) and again whenever the
+  // pushed status names another version than the one shown.
+  usePushed<QueueReply>(api, "/api/queue/get", status?.plan_queue_uid, (r) => r.plan_queue_uid, (r) => {
+    setQueue(r.items);
+    const ri = r.running_item as Item;
+    setRunning(ri && ri.item_uid ? ri : null);
+    const uids = new Set(r.items.map((i) => i.item_uid!));
+    setSelected((sel) => (sel.size ? new Set([...sel].filter((u) => uids.has(u))) : sel));
+  }, status?.running_item_uid);
+  usePushed<HistoryReply>(api, "/api/history/get", status?.plan_history_uid, (r) => r.plan_history_uid, (r) =>
+    setHistory(r.items),
+  );
+  usePushed<{ plans_allowed: Record<string, PlanInfo>; plans_allowed_uid?: string }>(
+    api,
+    "/api/plans/allowed",
+    status?.plans_allowed_uid,
+    (r) => r.plans_allowed_uid,
+    (r) => setPlans(r.plans_allowed),
+  );
+  usePushed<{ devices_allowed: Devices; devices_allowed_uid?: string }>(
+    api,
+    "/api/devices/allowed",
+    status?.devices_allowed_uid,
+    (r) => r.devices_allowed_uid,
+    (r) => setDevices(r.devices_allowed),
+  );
 
   // Live progress and the running run's documents (the progress helper's routes, ADR 25):
   // a gateway without them leaves the panel with the status alone.
@@ -273,6 +267,34 @@ export function App() {
       <Feedback notes={notes} asking={asking} done={() => setAsking(null)} />
     </AppCtx.Provider>
   );
+}
+
+/** GET `path` now and again whenever `uid` (pushed) differs from the uid of the last reply. */
+function usePushed<T>(
+  api: Api,
+  path: string,
+  uid: string | undefined,
+  uidOf: (r: T) => string | undefined,
+  apply: (r: T) => void,
+  extra?: unknown,
+) {
+  const shown = useRef<{ uid?: string; extra?: unknown; api?: Api }>({});
+  const issued = useRef(0);
+  const applied = useRef(0);
+  useEffect(() => {
+    const was = shown.current;
+    if (uid !== undefined && uid === was.uid && extra === was.extra && api === was.api) return;
+    const n = ++issued.current;
+    api
+      .get<T>(path)
+      .then((r) => {
+        if (n < applied.current) return; // an older answer arriving late
+        applied.current = n;
+        shown.current = { uid: uidOf(r), extra, api };
+        apply(r);
+      })
+      .catch(() => undefined);
+  }, [api, uid, extra]);
 }
 
 function pageToEvents(page: RunDoc["doc"]): RunDoc["doc"][] {

@@ -1,6 +1,6 @@
 // The queue: a virtual list (only the rows in view are in the DOM, so 10,000 items scroll
 // freely) with drag-and-drop, multi-select, keyboard moves, duplicate, edit, delete + undo.
-import { useLayoutEffect, useRef, useState } from "preact/hooks";
+import { useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
 import { can, describeArgs, useApp } from "../state";
 import type { Item } from "../types";
 
@@ -40,11 +40,11 @@ export function QueueTable(props: {
   const first = Math.max(0, Math.floor(top / ROW) - OVERSCAN);
   const last = Math.min(items.length, Math.ceil((top + height) / ROW) + OVERSCAN);
   const visible = items.slice(first, last);
-  const inOrder = (uids: Iterable<string>) => {
-    const set = new Set(uids);
-    return items.map((i) => i.item_uid!).filter((u) => set.has(u));
-  };
-  const sel = inOrder(selected);
+  // The selection in queue order (worked out when either changes, not on every scroll).
+  const sel = useMemo(
+    () => (selected.size ? items.map((i) => i.item_uid!).filter((u) => selected.has(u)) : []),
+    [items, selected],
+  );
 
   const click = (e: MouseEvent, index: number) => {
     const uid = items[index].item_uid!;
