@@ -69,6 +69,7 @@ async def main(out: Path) -> None:
         await form.get_by_label("Plan").select_option("scan")
         await form.get_by_label("detectors").select_option(["det1", "det2"])
         await form.get_by_label("args").fill("motor, -1, 1")
+        await form.get_by_label("num").fill("2.5")  # an int: shown at the field
         await form.get_by_role("button", name="Add to queue").click()
         await page.get_by_test_id("form-error").wait_for()
         await page.get_by_role("region", name="Add plan").screenshot(path=out / "webui-editor.png")
@@ -80,7 +81,7 @@ async def main(out: Path) -> None:
         await page.get_by_role("button", name="Clear queue").click()
         await page.get_by_role("dialog").wait_for()
         await page.screenshot(path=out / "webui-confirm.png")
-        await page.get_by_role("button", name="Cancel").click()
+        await page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
         await ctx.close()
 
         phone = await b.new_context(

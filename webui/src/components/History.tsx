@@ -140,8 +140,12 @@ function RunView(props: { uid: string }) {
   const keys = Object.entries((primary?.data_keys as Record<string, { dtype?: string }>) ?? {})
     .filter(([, v]) => v.dtype === "number" || v.dtype === "integer")
     .map(([k]) => k);
-  const motor = ((start.motors as string[] | undefined) ?? []).map((m) => keys.find((k) => k === m)).find(Boolean);
-  const ys = keys.filter((k) => k !== motor).slice(0, 3);
+  const motors = (start.motors as string[] | undefined) ?? [];
+  const motor = motors.map((m) => keys.find((k) => k === m)).find(Boolean);
+  // The detectors' fields; the motors' own fields (setpoints) only when there is nothing else.
+  const ofMotor = (k: string) => motors.some((m) => k === m || k.startsWith(m + "_"));
+  const dets = keys.filter((k) => !ofMotor(k));
+  const ys = (dets.length ? dets : keys.filter((k) => k !== motor)).slice(0, 3);
   const x = events.map((e, i) => (motor ? ((e.data as Record<string, number>)[motor] ?? i) : (e.seq_num as number)));
   return (
     <div class="runview" aria-label="Run">

@@ -135,7 +135,7 @@ export function PlanEditor(props: {
   return (
     <section id="editor" class="panel" aria-label={editing ? "Edit item" : "Add plan"}>
       <h2>{editing ? `Edit item ${editing.name}` : "Add plan"}</h2>
-      <form onSubmit={submit} aria-label="Plan form">
+      <form onSubmit={submit} aria-label="Plan form" noValidate>
         <div class="row">
           <label>
             Plan{" "}
