@@ -333,3 +333,55 @@ async def test_an_observer_finds_the_controls_disabled(stack: Any) -> None:
         assert await row(p, 0).get_attribute("draggable") == "false"
     finally:
         await ctx.close()
+
+
+async def test_move_an_item_with_the_keyboard(page: Any, stack: Any) -> None:
+    svc = stack[0]
+    for n in (1, 2):
+        await add(svc, "count", ["det1"], num=n)
+    await row(page, 1).wait_for()
+    await row(page, 0).focus()
+    await page.keyboard.press("Alt+ArrowDown")
+    await nums_become(svc, [2, 1])
+
+
+async def test_lock_the_queue_and_still_edit_it_with_the_key(page: Any, stack: Any) -> None:
+    svc = stack[0]
+    await page.get_by_label("Lock key").fill("beamtime-42")
+    await page.get_by_role("button", name="Lock", exact=True).click()
+    await page.get_by_test_id("lock-state").filter(has_text="Locked").wait_for()
+    try:
+        form = page.get_by_role("form", name="Plan form")
+        await form.get_by_label("Plan").select_option("count")
+        await form.get_by_label("detectors").select_option(["det2"])
+        await form.get_by_role("button", name="Add to queue").click()
+        items = await eventually(lambda: _items_where(svc, lambda it: len(it) == 1))
+        assert items[0]["kwargs"]["detectors"] == ["det2"]
+        # Without the key the lock refuses, and the page says so.
+        assert svc.client is not None
+        refused = await svc.client.request("queue_clear")
+        assert not refused["success"]
+    finally:
+        await page.get_by_role("button", name="Unlock").click()
+        await page.get_by_test_id("lock-state").filter(has_text="Unlocked").wait_for()
+
+
+async def test_the_console_shows_the_backlog_when_the_page_opens(stack: Any) -> None:
+    svc, gw, b = stack
+    await add(svc, "count", ["det3"], num=1)
+    ctx = await b.new_context(base_url=gw.url)
+    ctx.set_default_timeout(SLOW)
+    await ctx.add_init_script(key_script(EXPERT_KEY))
+    try:
+        p = await ctx.new_page()
+        await p.goto("/ui")  # opened after the item was added: its log line is in the backlog
+        console = p.get_by_test_id("console")
+        await console.filter(has_text="Item added").wait_for()
+        everything = len((await console.inner_text()).splitlines())
+        await p.get_by_role("searchbox", name="Search").fill("item added")
+        await p.get_by_text(re.compile(r"^\d+ of \d+ lines$")).wait_for()
+        lines = (await console.inner_text()).splitlines()
+        assert lines and all("item added" in line.lower() for line in lines), lines
+        assert len(lines) < everything
+    finally:
+        await ctx.close()

@@ -43,7 +43,13 @@ function problemOf(status: number, reply: unknown): string | null {
   return null;
 }
 
+// Routes that take the lock's key themselves, or none at all.
+const NO_LOCK_KEY = /^\/api\/(lock|unlock|auth\/)/;
+
 export class Api {
+  /** The key of the lock, typed by the user: sent with every change while it is set. */
+  lockKey = "";
+
   constructor(readonly auth: Auth) {}
 
   headers(): Record<string, string> {
@@ -76,7 +82,8 @@ export class Api {
   }
 
   post<T>(path: string, body?: object): Promise<T> {
-    return this.call<T>("POST", path, body);
+    const withKey = this.lockKey && !NO_LOCK_KEY.test(path) ? { lock_key: this.lockKey, ...body } : body;
+    return this.call<T>("POST", path, withKey);
   }
 
   async upload<T>(path: string, file: File): Promise<T> {

@@ -1,6 +1,6 @@
 // Environment, queue and RunEngine controls: each enabled only where the state (and the
 // caller's scopes) allow it; the ones that lose work ask first.
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { can, useApp } from "../state";
 
 interface Control {
@@ -16,6 +16,9 @@ export function Controls() {
   const ctx = useApp();
   const s = ctx.status;
   const [lockKey, setLockKey] = useState("");
+  useEffect(() => {
+    ctx.api.lockKey = lockKey;
+  }, [ctx.api, lockKey]);
   const idle = s?.manager_state === "idle";
   const env = !!s?.worker_environment_exists;
   const re = s?.re_state;
@@ -135,7 +138,12 @@ export function Controls() {
         </span>
         <label>
           Lock key{" "}
-          <input type="password" size={10} value={lockKey} onInput={(e) => setLockKey(e.currentTarget.value)} />
+          <input
+            type="password"
+            size={10}
+            value={lockKey}
+            onInput={(e) => setLockKey(e.currentTarget.value)}
+          />
         </label>
         <button
           type="button"
