@@ -7,8 +7,9 @@ gateway; needs `apt-get install chromium`). Measures:
   row is in the DOM; the clocks are the same machine's): p50/p95 (goal < 100 ms).
 - `first_render_ms`: page load (navigation start) until the status, the queue rows and the
   plan form are all rendered: p50/p95 over fresh pages (goal < 1 s).
-- `scroll_10000`: a 10,000-item queue scrolled from top to bottom, a step per frame: frame
-  times p50/p95/max and frames over 50 ms (a visible stall), plus its first render.
+- `scroll_10000`: a 10,000-item queue scrolled from top to bottom, a page per frame: frame
+  times p50/p95/max and frames over 50 ms (a visible stall), plus its first render; and the
+  same page's frames without scrolling (`idle_page_*`), what a loaded machine alone costs.
 """
 
 from __future__ import annotations
@@ -57,8 +58,15 @@ WATCH = """() => {
 
 SCROLL = """async () => {
   const el = document.querySelector('[data-testid="queue-list"]');
-  const frames = [];
+  // The same number of frames without scrolling first: what the machine alone costs.
+  const idle = [];
   let last = await new Promise(requestAnimationFrame);
+  for (let i = 0; i < 300; i++) {
+    const t = await new Promise(requestAnimationFrame);
+    idle.push(t - last);
+    last = t;
+  }
+  const frames = [];
   const step = el.clientHeight;
   while (el.scrollTop + el.clientHeight < el.scrollHeight - 1) {
     el.scrollTop += step;
@@ -68,7 +76,7 @@ SCROLL = """async () => {
   }
   const n = Number(el.getAttribute('aria-rowcount'));
   const lastRow = el.querySelector('[data-index="' + (n - 1) + '"]');
-  return {frames, reached_end: !!lastRow};
+  return {frames, idle, reached_end: !!lastRow};
 }"""
 
 
@@ -161,6 +169,10 @@ async def scroll(b: Any, client: Client, url: str) -> dict[str, Any]:
         "frame_p95_ms": pct(frames, 0.95),
         "frame_max_ms": round(max(frames), 1),
         "frames_over_50_ms": sum(1 for f in frames if f > 50),
+        "idle_page_frame_p95_ms": pct(got["idle"], 0.95),
+        "idle_page_frames_over_50_ms_per_1000": round(
+            1000 * sum(1 for f in got["idle"] if f > 50) / len(got["idle"]), 1
+        ),
         "reached_end": got["reached_end"],
     }
 
