@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 # with services kept from starting (the tests run their own slapd on a free port).
 # chromium: the web page's browser tests (Playwright drives Debian's build, ADR 26).
 APT_TEST_PACKAGES := slapd ldap-utils libldap2-dev libsasl2-dev gcc chromium
-$(VENV)/.apt-test: | $(BIN)/python
+$(VENV)/.apt-test: Makefile | $(BIN)/python  # again when the list changes: adds what is missing
 	@missing=$$(for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "as root: apt-get install $$missing"; exit 1; fi; \
