@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ import websockets
 
 from tests.conftest import Services, running_services
 from tests.integration.gateway_support import Gateway, gateway_for
+from tests.integration.login_support import TOY, write_config
 from tests.integration.webui_support import browser, chromium_path, key_script
 
 pytestmark = [
@@ -392,3 +394,38 @@ async def test_the_console_shows_the_backlog_when_the_page_opens(stack: Any) -> 
         assert len(lines) < everything
     finally:
         await ctx.close()
+
+
+async def test_add_plans_from_a_spreadsheet(page: Any, stack: Any, tmp_path: Path) -> None:
+    svc = stack[0]
+    sheet = tmp_path / "plans.csv"
+    sheet.write_text("plan_name,args,num\ncount,\"['det1']\",2\ncount,\"['det2']\",3\n")
+    await page.get_by_label("Batch from a spreadsheet").set_input_files(sheet)
+    await nums_become(svc, [2, 3])
+    await row(page, 1).wait_for()
+
+
+async def test_log_in_with_a_password(stack: Any, tmp_path: Path) -> None:
+    svc, _, b = stack
+    config = write_config(tmp_path, TOY)
+    async with gateway_for(svc, "--http-config", str(config)) as gw:
+        ctx = await b.new_context(base_url=gw.url)
+        ctx.set_default_timeout(SLOW)
+        try:
+            p = await ctx.new_page()
+            await p.goto("/ui")
+            await p.get_by_role("textbox", name="User").fill("alice")
+            await p.get_by_label("Password").fill("alice_password")
+            await p.get_by_role("button", name="Log in").click()
+            await p.get_by_test_id("who").filter(has_text="alice (advanced)").wait_for()
+            # The status stream opens with the login's token (`?access_token=`).
+            await p.get_by_test_id("manager-state").wait_for()
+            await reset(svc)
+            form = p.get_by_role("form", name="Plan form")
+            await form.get_by_label("Plan").select_option("count")
+            await form.get_by_label("detectors").select_option(["det4"])
+            await form.get_by_role("button", name="Add to queue").click()
+            items = await eventually(lambda: _items_where(svc, lambda it: len(it) == 1))
+            assert items[0]["user"] == "alice"
+        finally:
+            await ctx.close()
