@@ -19,7 +19,7 @@ import websockets
 
 from tests.conftest import Services, running_services
 from tests.integration.gateway_support import Gateway, gateway_for
-from tests.integration.login_support import TOY, write_config
+from tests.integration.login_support import TOY, short_tokens, write_config
 from tests.integration.webui_support import browser, chromium_path, key_script
 
 pytestmark = [
@@ -427,5 +427,38 @@ async def test_log_in_with_a_password(stack: Any, tmp_path: Path) -> None:
             await form.get_by_role("button", name="Add to queue").click()
             items = await eventually(lambda: _items_where(svc, lambda it: len(it) == 1))
             assert items[0]["user"] == "alice"
+        finally:
+            await ctx.close()
+
+
+async def test_a_login_outlives_its_short_lived_token(stack: Any, tmp_path: Path) -> None:
+    svc, _, b = stack
+    config = write_config(tmp_path, short_tokens(3))
+    async with gateway_for(svc, "--http-config", str(config)) as gw:
+        ctx = await b.new_context(base_url=gw.url)
+        ctx.set_default_timeout(SLOW)
+        try:
+            p = await ctx.new_page()
+            await p.goto("/ui")
+            await p.get_by_role("textbox", name="User").fill("tom")
+            await p.get_by_label("Password").fill("tom_password")
+            await p.get_by_role("button", name="Log in").click()
+            await p.get_by_test_id("who").filter(has_text="tom (user)").wait_for()
+            token = "JSON.parse(localStorage.getItem('qserverAuth')).token"
+            seen = {await p.evaluate(token)}
+
+            async def renewed_twice() -> bool:
+                seen.add(await p.evaluate(token))
+                return len(seen) >= 3
+
+            # Renewed at 80 % of its 3 s, twice: the token of the login has expired by then.
+            await eventually(renewed_twice)
+            await reset(svc)
+            form = p.get_by_role("form", name="Plan form")
+            await form.get_by_label("Plan").select_option("count")
+            await form.get_by_label("detectors").select_option(["det5"])
+            await form.get_by_role("button", name="Add to queue").click()
+            items = await eventually(lambda: _items_where(svc, lambda it: len(it) == 1))
+            assert items[0]["user"] == "tom"
         finally:
             await ctx.close()

@@ -3,7 +3,7 @@
 export type Auth =
   | { kind: "none" }
   | { kind: "key"; key: string }
-  | { kind: "token"; token: string; refresh: string; user: string };
+  | { kind: "token"; token: string; refresh: string; user: string; expires: number };
 
 const STORE = "qserverAuth";
 
@@ -50,7 +50,28 @@ export class Api {
   /** The key of the lock, typed by the user: sent with every change while it is set. */
   lockKey = "";
 
-  constructor(readonly auth: Auth) {}
+  constructor(public auth: Auth) {}
+
+  /**
+   * A login's access token is short-lived (15 min by default): a new one is asked for with
+   * the refresh token before it expires, in place, so open streams and views carry on
+   * (a stream that reconnects takes the new token). False when the session is over.
+   */
+  async refresh(): Promise<boolean> {
+    const a = this.auth;
+    if (a.kind !== "token" || !a.refresh) return false;
+    const r = await fetch("/api/auth/session/refresh", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ refresh_token: a.refresh }),
+    }).catch(() => null);
+    if (!r) return true; // the gateway is away: try again later
+    if (!r.ok) return false;
+    const t = (await r.json()) as { access_token: string; refresh_token?: string; expires_in: number };
+    this.auth = { ...a, token: t.access_token, refresh: t.refresh_token ?? a.refresh, expires: Date.now() / 1000 + t.expires_in };
+    saveAuth(this.auth);
+    return true;
+  }
 
   headers(): Record<string, string> {
     const h: Record<string, string> = {};

@@ -88,6 +88,26 @@ export function App() {
     setAuth(a);
   };
 
+  // A login's token is renewed before it expires (at 80 % of its life), in place.
+  useEffect(() => {
+    if (auth.kind !== "token") return;
+    let timer: number | undefined;
+    const plan = () => {
+      const a = api.auth;
+      const left = a.kind === "token" ? a.expires - Date.now() / 1000 : 0;
+      timer = window.setTimeout(renew, Math.max(1, left * 0.8) * 1000);
+    };
+    const renew = async () => {
+      if (await api.refresh()) plan();
+      else {
+        notify("The session is over: log in again");
+        login({ kind: "none" });
+      }
+    };
+    plan();
+    return () => window.clearTimeout(timer);
+  }, [api]);
+
   // Who the credentials belong to, and what they may do: controls follow the scopes.
   useEffect(() => {
     let gone = false;

@@ -27,14 +27,20 @@ export function Login(props: { auth: Auth; who: string; onLogin: (a: Auth) => vo
     if (!p) return;
     const body = new URLSearchParams({ username: user, password });
     const r = await fetch(p.links.auth_endpoint, { method: "POST", body });
-    const reply = (await r.json().catch(() => ({}))) as { access_token?: string; refresh_token?: string; detail?: string };
+    const reply = (await r.json().catch(() => ({}))) as {
+      access_token?: string;
+      refresh_token?: string;
+      expires_in?: number;
+      detail?: string;
+    };
     if (!r.ok || !reply.access_token) {
       setError(reply.detail ?? `HTTP ${r.status}`);
       return;
     }
     setError("");
     setPassword("");
-    props.onLogin({ kind: "token", token: reply.access_token, refresh: reply.refresh_token ?? "", user });
+    const expires = Date.now() / 1000 + (reply.expires_in ?? 900);
+    props.onLogin({ kind: "token", token: reply.access_token, refresh: reply.refresh_token ?? "", user, expires });
   };
 
   return (
