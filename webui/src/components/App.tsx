@@ -41,6 +41,7 @@ export function App() {
   const api = useMemo(() => new Api(auth), [auth]);
   const [status, setStatus] = useState<Status | null>(null);
   const [statusState, setStatusState] = useState<StreamState>("connecting");
+  const [opens, setOpens] = useState(0);
   const [why, setWhy] = useState<string>("");
   const [scopes, setScopes] = useState<Set<string>>(new Set());
   const [who, setWho] = useState<string>("");
@@ -92,23 +93,29 @@ export function App() {
   useEffect(() => {
     if (auth.kind !== "token") return;
     let timer: number | undefined;
+    let stopped = false;
     const plan = () => {
+      if (stopped) return;
       const a = api.auth;
       const left = a.kind === "token" ? a.expires - Date.now() / 1000 : 0;
       timer = window.setTimeout(renew, Math.max(1, left * 0.8) * 1000);
     };
     const renew = async () => {
       if (await api.refresh()) plan();
-      else {
+      else if (!stopped) {
         notify("The session is over: log in again");
         login({ kind: "none" });
       }
     };
     plan();
-    return () => window.clearTimeout(timer);
+    return () => {
+      stopped = true;
+      window.clearTimeout(timer);
+    };
   }, [api]);
 
-  // Who the credentials belong to, and what they may do: controls follow the scopes.
+  // Who the credentials belong to, and what they may do: controls follow the scopes
+  // (asked again whenever the status stream connects: the gateway may have been away).
   useEffect(() => {
     let gone = false;
     api
@@ -128,7 +135,7 @@ export function App() {
     return () => {
       gone = true;
     };
-  }, [api]);
+  }, [api, opens]);
 
   // The status stream: the page's heartbeat. The gateway pushes on change (and once a
   // second); one GET on load (and on each reconnection) shows the state without waiting.
@@ -158,6 +165,7 @@ export function App() {
         if (state === "open") {
           if (opened) once();
           opened = true;
+          setOpens((n) => n + 1);
         }
       },
     );
