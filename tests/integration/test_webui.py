@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import websockets
+from playwright.async_api import expect
 
 from tests.conftest import Services, running_services
 from tests.integration.gateway_support import Gateway, gateway_for
@@ -204,7 +205,7 @@ async def test_edit_an_item(page: Any, stack: Any) -> None:
         page.get_by_role("toolbar", name="Queue actions").get_by_role("button", name="Edit").click()
     )
     form = page.get_by_role("form", name="Plan form")
-    assert await form.get_by_label("num").input_value() == "2"
+    await expect(form.get_by_label("num")).to_have_value("2", timeout=SLOW)
     await form.get_by_label("num").fill("7")
     await form.get_by_role("button", name="Save").click()
     items = await eventually(
@@ -312,11 +313,15 @@ async def test_copy_a_history_item_back(page: Any, stack: Any) -> None:
     assert items[0]["item_uid"] != hist[-1]["item_uid"]
 
 
-async def test_an_observer_finds_the_controls_disabled(stack: Any) -> None:
+async def test_an_observer_finds_the_controls_disabled(page: Any, stack: Any) -> None:
     svc, gw, b = stack
-    assert svc.client is not None
-    await reset(svc)
     await add(svc, "count", ["det1"], num=1)
+    # The same state, seen by an expert first: these are enabled for someone who may use them.
+    may_edit = ("Add to queue", "Clear queue")
+    await row(page, 0).get_by_text("count").wait_for()
+    for name in may_edit:
+        await expect(page.get_by_role("button", name=name, exact=True)).to_be_enabled(timeout=SLOW)
+    await expect(page.get_by_label("Loop")).to_be_enabled(timeout=SLOW)
     ctx = await b.new_context(base_url=gw.url)
     ctx.set_default_timeout(SLOW)
     try:
@@ -325,17 +330,10 @@ async def test_an_observer_finds_the_controls_disabled(stack: Any) -> None:
         await p.get_by_label("API key").fill(OBSERVER_KEY)
         await p.get_by_role("button", name="Use key").click()
         await p.get_by_test_id("who").filter(has_text="observer").wait_for()
+        await p.get_by_test_id("manager-state").wait_for()  # the status is in: not "loading"
         await row(p, 0).get_by_text("count").wait_for()  # reading works
-        await p.get_by_role("button", name="Start queue").wait_for()
-        for name in (
-            "Open environment",
-            "Start queue",
-            "Add to queue",
-            "Clear queue",
-            "Clear history",
-            "Pause",
-            "Lock",
-        ):
+        others = ("Clear history", "Open environment", "Start queue", "Pause", "Lock")
+        for name in (*may_edit, *others):
             button = p.get_by_role("button", name=name, exact=True)
             assert await button.is_disabled(), name
         assert await p.get_by_label("Loop").is_disabled()
