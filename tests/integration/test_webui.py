@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 from playwright.async_api import expect
@@ -460,3 +461,12 @@ async def test_a_login_outlives_its_short_lived_token(stack: Any, tmp_path: Path
             assert items[0]["user"] == "tom"
         finally:
             await ctx.close()
+
+
+async def test_the_documents_of_a_run_not_kept_are_a_clear_404(stack: Any) -> None:
+    gw = stack[1]
+    async with httpx.AsyncClient(base_url=gw.url) as http:
+        path = "/api/runs/no-such-run/documents"
+        assert (await http.get(path)).status_code == 401
+        r = await http.get(path, headers={"Authorization": f"ApiKey {EXPERT_KEY}"})
+        assert r.status_code == 404 and "no-such-run" in r.json()["detail"]
