@@ -11,6 +11,7 @@ from qserver.cli import (
     commands_doctor,
     commands_env,
     commands_login,
+    commands_proposal,
     commands_queue,
 )
 from qserver.cli.errors import BadParams
@@ -156,6 +157,7 @@ def monitor(what: str, once: bool, backlog: int) -> None:
 
 for _command in (
     commands_queue.queue,
+    commands_proposal.proposal,
     commands_env.environment,
     commands_env.existing,
     commands_env.allowed,

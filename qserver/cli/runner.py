@@ -50,6 +50,7 @@ LOCK_KEY_METHODS = frozenset({
     "queue_stop_cancel", "queue_autostart", "history_clear", "re_pause", "re_resume",
     "re_stop", "re_abort", "re_halt", "permissions_reload", "permissions_set",
     "function_execute", "script_upload", "kernel_interrupt", "lock", "lock_info", "unlock",
+    "proposal_add", "proposal_approve",
 })
 # fmt: on
 

@@ -67,3 +67,6 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     docs_failed: int = 0
     kafka_pending: int = 0
     kafka_failed: int = 0
+    # Ours (ADR 30): items waiting for review, and a uid that changes with that list.
+    items_in_proposals: int = 0
+    proposals_uid: str = ""

@@ -29,9 +29,16 @@ IDENTITY_METHODS: dict[str, tuple[bool, bool]] = {  # method: (sets user, sets u
     "queue_item_update": (True, True),
     "queue_item_execute": (True, True),
     "function_execute": (True, True),
+    "item_dry_run": (True, True),  # an item body is checked as the caller's (ADR 31)
     "lock": (True, False),
     "plans_allowed": (False, True),
     "devices_allowed": (False, True),
+    # Proposals (ADR 30): who proposes and who reviews, and in which group (a gated group
+    # may propose but not review).
+    "proposal_add": (True, True),
+    "proposal_update": (True, True),
+    "proposal_approve": (True, True),
+    "proposal_reject": (True, True),
 }
 NO_GROUP = "_"  # the group token of methods that take no group (`lock`)
 # NATS users that may send identity methods on `<prefix>.api.`: they set identities
@@ -80,6 +87,11 @@ class Subjects:
     @property
     def console_event(self) -> str:
         return f"{self.prefix}.events.console"
+
+    @property
+    def proposals_event(self) -> str:
+        """A proposal was made, edited, approved or rejected (ADR 30): `ProposalEvent`."""
+        return f"{self.prefix}.events.proposals"
 
     @property
     def run_saved_event(self) -> str:

@@ -18,6 +18,7 @@ from litestar.response import File, Stream
 from qserver.errors import BadRequest, NotFound, QServerError
 from qserver.protocol.api import MAX_REQUEST_BYTES
 from qserver.protocol.http import NoParams
+from qserver.protocol.proposals import GATED_METHODS
 from services.gateway.accesslog import log_refusals
 from services.gateway.auth import Authenticates, Principal
 from services.gateway.authroutes import auth_handlers, credentials_of
@@ -91,12 +92,28 @@ class Gateway:
 
     async def forward(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
         principal = await self.principal(request, route.scope)
+        if route.method not in GATED_METHODS:
+            await self.refuse_gated(principal, route.method)
         params = request_params(route, await body_of(request), principal)
         if route.method == "manager_kill":
             await self.bridge.publish(route.method, params)  # the service never replies
             return json_response({"success": True, "msg": "manager_kill sent"})
         reply = await self.bridge.request(route.method, params)
         return Response(reply, media_type=JSON)
+
+    async def refuse_gated(self, principal: Principal, method: str) -> None:
+        """Forbidden if the caller's group is gated: its members only read and propose
+        (ADR 30). Asked of the queue service, which holds the permissions, every time."""
+        body = msgspec.json.encode({"user_group": principal.user_group})
+        reply = msgspec.json.decode(await self.bridge.request("proposal_gate", body))
+        if not isinstance(reply, dict) or not reply.get("success"):
+            why = reply.get("msg") if isinstance(reply, dict) else reply
+            raise Unavailable(f"Cannot tell whether group '{principal.user_group}' is gated: {why}")
+        if reply.get("gated"):
+            raise Forbidden(
+                f"User group '{principal.user_group}' may only propose items for review: "
+                f"'{method}' is not allowed to its members"
+            )
 
     async def stream_ws(self, socket: WebSocket[Any, Any, Any], kind: str, scope: str) -> None:
         """Push each NATS event of `kind` to the socket until the client goes away.
@@ -225,6 +242,7 @@ def docs_handlers(gw: Gateway) -> list[Any]:
     @get("/api/config/get", status_code=200)
     async def config_get(request: Request[Any, Any, Any]) -> Response[bytes]:
         who = await gw.principal(request, "read:config")
+        await gw.refuse_gated(who, "config_get")  # the kernel's key runs code (ADR 30)
         await no_params(request)
         reply = await gw.bridge.request("config_get", b"{}")
         return Response(without_kernel_key(reply, who), media_type=JSON)

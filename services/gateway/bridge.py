@@ -52,6 +52,10 @@ READ_METHODS = frozenset(
         "task_status",
         "task_result",
         "re_metadata",
+        "proposal_list",
+        "proposal_get",
+        "proposal_gate",
+        "item_dry_run",
     }
 )
 

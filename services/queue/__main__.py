@@ -90,7 +90,7 @@ async def main(args: argparse.Namespace) -> int:
     await add_methods(
         micro,
         subjects.api,
-        logged(svc.handlers(), console.flush),
+        logged(svc.gated_handlers(), console.flush),
         queue_group=f"leader-{args.instance}",
         nc=nc,
     )
