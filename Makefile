@@ -100,7 +100,7 @@ webui-check: webui/node_modules/.installed
 	cd webui && QSERVER_WEBUI_OUT=$(WEBUI_TMP) npm run build >/dev/null
 	@diff -r $(WEBUI_TMP) services/gateway/webui >/dev/null || { \
 	  echo "services/gateway/webui/ is not the build of webui/: run 'make webui' and commit it"; \
-	  diff -r $(WEBUI_TMP) services/gateway/webui | head -20; exit 1; }
+	  diff -rq $(WEBUI_TMP) services/gateway/webui; exit 1; }
 	@echo "the shipped web page is the build of webui/"
 
 # bluesky-queueserver-api's own tests (its tests/ package) against our stack, run from
