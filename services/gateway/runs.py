@@ -15,6 +15,7 @@ from litestar.handlers import BaseRouteHandler
 
 from qserver.client import Client
 from qserver.errors import NotFound
+from services.gateway.errors import Unavailable
 
 # A run larger than this is cut (the page plots, it does not archive): `truncated` says so.
 MAX_DOCS = 20_000
@@ -34,6 +35,7 @@ _encoder = msgspec.json.Encoder(enc_hook=_plain)
 
 async def run_documents(client: Client, run_uid: str) -> dict[str, Any]:
     """`{run_uid, documents: [{name, doc}], truncated}`; NotFound for a run not kept."""
+    from nats.errors import TimeoutError as NatsTimeout
     from nats.js.api import DeliverPolicy
     from nats.js.errors import NotFoundError
 
@@ -44,13 +46,20 @@ async def run_documents(client: Client, run_uid: str) -> dict[str, Any]:
     subject = s.run_docs(run_token(run_uid))
     try:
         last = await js.get_last_msg(s.docs_stream, subject)
+        sub = await js.subscribe(
+            subject, stream=s.docs_stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
     except NotFoundError:
         raise NotFound(f"No documents of run '{run_uid[:100]}' are kept") from None
+    except (TimeoutError, NatsTimeout):
+        # NATS answers nothing to a request this user may not send (the permissions of ADR
+        # 25 let the gateway read the document stream), nor while JetStream is away.
+        raise Unavailable(
+            f"The document stream {s.docs_stream} did not answer the gateway "
+            "(down, or not readable with the gateway's NATS permissions)"
+        ) from None
     last_seq = last.seq or 0
     joiner, docs, truncated = Reassembler(), [], False
-    sub = await js.subscribe(
-        subject, stream=s.docs_stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-    )
     try:
         async with asyncio.timeout(READ_TIMEOUT_S):
             async for msg in sub.messages:
@@ -64,6 +73,10 @@ async def run_documents(client: Client, run_uid: str) -> dict[str, Any]:
                     break
                 if seq >= last_seq:
                     break
+    except TimeoutError:
+        raise Unavailable(
+            f"The documents of run '{run_uid[:100]}' did not all come within {READ_TIMEOUT_S:.0f} s"
+        ) from None
     finally:
         await sub.unsubscribe()
     return {"run_uid": run_uid, "documents": docs, "truncated": truncated}
