@@ -10,7 +10,7 @@ REFERENCE ?= $(if $(ARGS),0,1)
 REF_VENV ?= .venv-reference
 REF_V001_VENV ?= .venv-reference-v001
 
-.PHONY: run test test-busy lint bench clean reference-clients
+.PHONY: run test test-busy lint bench clean reference-clients webui webui-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 # System packages of the tests: python-ldap builds against libldap; slapd serves the LDAP
 # login tests. Installed with apt when missing (as root; a fresh Debian has none of them),
 # with services kept from starting (the tests run their own slapd on a free port).
-APT_TEST_PACKAGES := slapd ldap-utils libldap2-dev libsasl2-dev gcc
-$(VENV)/.apt-test: | $(BIN)/python
+# chromium: the web page's browser tests (Playwright drives Debian's build, ADR 26).
+APT_TEST_PACKAGES := slapd ldap-utils libldap2-dev libsasl2-dev gcc chromium
+$(VENV)/.apt-test: Makefile | $(BIN)/python  # again when the list changes: adds what is missing
 	@missing=$$(for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "as root: apt-get install $$missing"; exit 1; fi; \
@@ -73,6 +74,7 @@ lint: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test reference-clients  ## install with test extras, lint, run the whole suite
 	$(MAKE) lint
+	$(MAKE) webui-check
 	$(BIN)/pytest $(ARGS)
 	$(if $(filter 1,$(REFERENCE)),$(MAKE) test-reference)
 
@@ -81,6 +83,25 @@ test-busy: $(VENV)/.installed-test  ## the whole suite beside two CPU-bound busy
 
 bench: $(VENV)/.installed  ## print the benchmark figures as JSON
 	$(BIN)/python -m bench.bench_core
+
+# The web page (ADR 26): sources in webui/, built with npm into the Python package so that
+# `pip install` needs no Node. `make webui` rebuilds it; `make webui-check` (part of `make
+# test`) fails when the committed build is not what the sources build to.
+WEBUI_TMP ?= /tmp/qserver-webui-check-$(shell id -u)
+webui/node_modules/.installed: webui/package.json webui/package-lock.json
+	cd webui && npm ci --no-audit --no-fund
+	touch $@
+
+webui: webui/node_modules/.installed  ## rebuild the web page into services/gateway/webui/
+	cd webui && npm run build
+
+webui-check: webui/node_modules/.installed
+	rm -rf $(WEBUI_TMP)
+	cd webui && QSERVER_WEBUI_OUT=$(WEBUI_TMP) npm run build >/dev/null
+	@diff -r $(WEBUI_TMP) services/gateway/webui >/dev/null || { \
+	  echo "services/gateway/webui/ is not the build of webui/: run 'make webui' and commit it"; \
+	  diff -rq $(WEBUI_TMP) services/gateway/webui; exit 1; }
+	@echo "the shipped web page is the build of webui/"
 
 # bluesky-queueserver-api's own tests (its tests/ package) against our stack, run from
 # .venv-reference: docs/reference-tests.md. REFTESTS_ZMQ=1 adds the 0MQ cases.

@@ -36,7 +36,8 @@ from services.gateway.logins import LoginAuthenticator
 from services.gateway.metrics import Metrics, metrics_handler
 from services.gateway.openapi import DOCS_PAGE, openapi_document, swagger_assets
 from services.gateway.routes import ROUTES, Route
-from services.gateway.ui import PAGE as UI_PAGE
+from services.gateway.runs import runs_handlers
+from services.gateway.ui import ui_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -267,10 +268,6 @@ def docs_handlers(gw: Gateway) -> list[Any]:
     async def docs() -> Response[str]:
         return Response(DOCS_PAGE, media_type="text/html")
 
-    @get("/ui", status_code=200, include_in_schema=False)
-    async def ui() -> Response[str]:
-        return Response(UI_PAGE, media_type="text/html")
-
     @get("/api/config/get", status_code=200)
     async def config_get(request: Request[Any, Any, Any]) -> Response[bytes]:
         who = await gw.principal(request, "read:config")
@@ -288,7 +285,7 @@ def docs_handlers(gw: Gateway) -> list[Any]:
             raise NotFound(f"No such file in the docs' assets: {name[:100]!r}")
         return File(files[name])
 
-    return [openapi_json, docs, ui, config_get, asset]
+    return [openapi_json, docs, config_get, asset, *ui_handlers()]
 
 
 def build_app(bridge: Bridge, auth: Authenticates) -> Litestar:
@@ -296,6 +293,7 @@ def build_app(bridge: Bridge, auth: Authenticates) -> Litestar:
     handlers: list[Any] = [route_handler(gw, r) for r in ROUTES]
     handlers += console_handlers(gw) + stream_handlers(gw) + docs_handlers(gw)
     handlers += upload_handlers(gw, custom_modules(), body_of) + auth_handlers(gw)
+    handlers += runs_handlers(gw)
     metrics = Metrics()
     handlers.append(metrics_handler(metrics, lambda r: gw.principal(r, "read:status")))
 

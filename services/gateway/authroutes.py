@@ -70,8 +70,13 @@ def logins(gw: Gateway, without: QServerError | None = None) -> LoginAuthenticat
 
 def credentials_of(conn: ASGIConnection[Any, Any, Any, Any]) -> Credentials:
     """The API key or token a request (or a WebSocket) presents."""
+    authorization = conn.headers.get("authorization")
+    # Browsers' WebSockets carry no headers: a login's token comes as `?access_token=`.
+    token = conn.query_params.get("access_token")
+    if token and not authorization:
+        authorization = f"Bearer {token}"
     return Credentials.of(
-        conn.headers.get("authorization"),
+        authorization,
         conn.query_params.get("api_key"),
         conn.cookies.get(API_KEY_COOKIE),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -277,8 +278,23 @@ async def test_docs_render_from_local_assets(http: httpx.AsyncClient) -> None:
 async def test_the_web_page_uses_only_the_gateway(http: httpx.AsyncClient) -> None:
     r = await http.get("/ui")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert "/api/status/ws" in r.text and "/api/console_output/ws" in r.text
-    assert "https://" not in r.text and "http://" not in r.text
+    # The built page (ADR 26): its script and style come from the gateway, nothing else.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert assets and all(a.startswith("/ui/assets/") for a in assets), assets
+    code = ""
+    for a in assets:
+        got = await http.get(a)
+        assert got.status_code == 200, a
+        code += got.text
+    assert "/api/status/ws" in code and "/api/console_output/ws" in code
+    # Only XML namespaces (SVG, MathML) look like addresses: nothing is fetched from outside.
+    urls = set(re.findall(r"https?://[^\s\"'`)]+", code))
+    assert urls <= {
+        "http://www.w3.org/2000/svg",
+        "http://www.w3.org/1999/xhtml",
+        "http://www.w3.org/1998/Math/MathML",
+    }, urls
+    assert (await http.get("/ui/assets/nope.js")).status_code == 404
 
 
 async def test_two_gateways_serve_one_queue_server(module_services: Services) -> None:
