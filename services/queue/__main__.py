@@ -93,6 +93,7 @@ async def main(args: argparse.Namespace) -> int:
         logged(svc.handlers(), console.flush),
         queue_group=f"leader-{args.instance}",
         nc=nc,
+        extra_headers=svc.reply_headers,
     )
     await nc.subscribe(subjects.history_changed, cb=svc.on_history_changed)
     await nc.subscribe(subjects.lock_check, cb=svc.on_lock_check)

@@ -75,11 +75,14 @@ async def serve_method(
     replies: HeldReplies,
     max_payload: int,
     prepare: Callable[[str, bytes], bytes] | None = None,
+    extra_headers: Callable[[], dict[str, str]] | None = None,
 ) -> None:
     """Decode, call the handler, reply: the one place where errors become replies.
 
     A reply larger than one NATS message (`max_payload`) is held and announced, and its
     parts are answered from `replies` (ADR 8); a smaller one goes out exactly as before.
+    `extra_headers()`, if given, is called when the reply goes out and its headers go with
+    it (the queue service's status number, ADR 29).
     """
     headers = msg.headers
     if headers and TOKEN_HEADER in headers:
@@ -101,6 +104,8 @@ async def serve_method(
     except Exception as e:
         logger.exception("request '%s' failed", method)
         out = failure(f"Internal error while handling '{method}': {e!r}")
+    if extra_headers is not None:
+        reply_headers = {**extra_headers(), **(reply_headers or {})}
     # A publish without a reply subject expects no answer.
     with contextlib.suppress(ValueError):
         await msg.respond(out, headers=reply_headers)
@@ -144,18 +149,21 @@ async def add_methods(
     queue_group: str | None = None,
     *,
     nc: NATS,
+    extra_headers: Callable[[], dict[str, str]] | None = None,
 ) -> None:
     """One nats.micro endpoint per method, each dispatching to its handler.
 
     Instances in one queue group share the requests; in different groups each gets all.
     `nc` is the service's connection: its `max_payload` (from the server) decides which
-    replies are sent in parts.
+    replies are sent in parts. `extra_headers`: see `serve_method`.
     """
     replies = HeldReplies()
     for method, handler in handlers.items():
 
         async def cb(msg: MicroRequest, method: str = method, handler: Handler = handler) -> None:
-            await serve_method(method, handler, msg, replies, nc.max_payload)
+            await serve_method(
+                method, handler, msg, replies, nc.max_payload, extra_headers=extra_headers
+            )
 
         await service.add_endpoint(
             name=method, subject=api_subject(method), handler=cb, queue_group=queue_group
@@ -167,7 +175,9 @@ async def add_methods(
             msg: MicroRequest, method: str = method, handler: Handler = handler
         ) -> None:
             prepare = functools.partial(vouched_params, method)
-            await serve_method(method, handler, msg, replies, nc.max_payload, prepare)
+            await serve_method(
+                method, handler, msg, replies, nc.max_payload, prepare, extra_headers
+            )
 
         await service.add_endpoint(
             name=f"{method}-as",
