@@ -94,6 +94,7 @@ async def main(args: argparse.Namespace) -> int:
         queue_group=f"leader-{args.instance}",
         nc=nc,
         extra_headers=svc.reply_headers,
+        concurrent=frozenset({"queue_item_add"}),  # group commit (ADR 29)
     )
     await nc.subscribe(subjects.history_changed, cb=svc.on_history_changed)
     await nc.subscribe(subjects.lock_check, cb=svc.on_lock_check)

@@ -10,7 +10,7 @@ import io
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -150,14 +150,20 @@ async def add_methods(
     *,
     nc: NATS,
     extra_headers: Callable[[], dict[str, str]] | None = None,
+    concurrent: frozenset[str] = frozenset(),
 ) -> None:
     """One nats.micro endpoint per method, each dispatching to its handler.
 
     Instances in one queue group share the requests; in different groups each gets all.
     `nc` is the service's connection: its `max_payload` (from the server) decides which
     replies are sent in parts. `extra_headers`: see `serve_method`.
+
+    A subscription hands its requests over one at a time; the requests of a method in
+    `concurrent` are each served in a task of their own instead (at most MAX_CONCURRENT at
+    once), so that the next one starts while one waits (the queue's group commit, ADR 29).
     """
     replies = HeldReplies()
+    spawn = _Spawner()
     for method, handler in handlers.items():
 
         async def cb(msg: MicroRequest, method: str = method, handler: Handler = handler) -> None:
@@ -165,8 +171,9 @@ async def add_methods(
                 method, handler, msg, replies, nc.max_payload, extra_headers=extra_headers
             )
 
+        wrap = spawn.wrap if method in concurrent else _as_is
         await service.add_endpoint(
-            name=method, subject=api_subject(method), handler=cb, queue_group=queue_group
+            name=method, subject=api_subject(method), handler=wrap(cb), queue_group=queue_group
         )
         if method not in IDENTITY_METHODS:
             continue
@@ -182,9 +189,38 @@ async def add_methods(
         await service.add_endpoint(
             name=f"{method}-as",
             subject=identity_subject(api_subject(method)),
-            handler=cb_as,
+            handler=wrap(cb_as),
             queue_group=queue_group,
         )
+
+
+MAX_CONCURRENT = 256
+Served = Callable[[MicroRequest], Coroutine[Any, Any, None]]
+
+
+def _as_is(cb: Served) -> Served:
+    return cb
+
+
+class _Spawner:
+    """Runs each call of a wrapped callback in its own task, a bounded number at once."""
+
+    def __init__(self, limit: int = MAX_CONCURRENT) -> None:
+        self._gate = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wrap(self, cb: Served) -> Served:
+        async def spawned(msg: MicroRequest) -> None:
+            await self._gate.acquire()  # full: the subscription waits (back-pressure)
+            task = asyncio.get_running_loop().create_task(cb(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+        return spawned
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._gate.release()
 
 
 async def wait_for_signal(stop: asyncio.Event) -> None:
