@@ -279,6 +279,13 @@ def setup_logging(level: str, log_format: str | None = None) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(make_formatter(log_format or os.environ.get("QSERVER_LOG_FORMAT", "text")))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # No log format here shows where a record was logged from, or its thread or process:
+    # not looking them up makes each record a good deal cheaper (the logging HOWTO's
+    # "Optimization"; ADR 29: the reference's request lines are two records per add).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     quiet_nats_errors()
 
 
