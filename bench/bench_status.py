@@ -203,8 +203,9 @@ def _fold(raw: str, top: int = 22) -> str:
     lines.append("self:")
     for name, k in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"  {100 * k / busy:5.1f}%  {name}")
-    lines.append("inclusive:")
-    for name, k in sorted(incl.items(), key=lambda kv: -kv[1])[: top + 8]:
+    lines.append("inclusive (frames on nearly every stack left out):")
+    rows = [(n, k) for n, k in incl.items() if k < 0.9 * busy]
+    for name, k in sorted(rows, key=lambda kv: -kv[1])[:top]:
         lines.append(f"  {100 * k / busy:5.1f}%  {name}")
     return "\n".join(lines)
 
