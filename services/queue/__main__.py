@@ -87,7 +87,7 @@ async def main(args: argparse.Namespace) -> int:
     )
     # A group of its own: should a hung former leader still hold its subscriptions, both
     # get every request and the live leader's answer comes first (the stale one refuses).
-    await add_methods(
+    served = await add_methods(
         micro,
         subjects.api,
         logged(svc.handlers(), console.flush),
@@ -115,6 +115,7 @@ async def main(args: argparse.Namespace) -> int:
     # done, so draining it would wait out the bound and log a CancelledError traceback.
     await shutdown(
         micro.stop(),
+        served.wait(),  # adds being stored (served in tasks of their own) are answered
         svc.executor.results.close(),
         svc.log.close(),
         lease.release(),

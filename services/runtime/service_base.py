@@ -151,7 +151,7 @@ async def add_methods(
     nc: NATS,
     extra_headers: Callable[[], dict[str, str]] | None = None,
     concurrent: frozenset[str] = frozenset(),
-) -> None:
+) -> Spawned:
     """One nats.micro endpoint per method, each dispatching to its handler.
 
     Instances in one queue group share the requests; in different groups each gets all.
@@ -161,9 +161,11 @@ async def add_methods(
     A subscription hands its requests over one at a time; the requests of a method in
     `concurrent` are each served in a task of their own instead (at most MAX_CONCURRENT at
     once), so that the next one starts while one waits (the queue's group commit, ADR 29).
+    The result's `wait()` waits for those still being served (at a stop, after the
+    endpoints stopped).
     """
     replies = HeldReplies()
-    spawn = _Spawner()
+    spawn = Spawned()
     for method, handler in handlers.items():
 
         async def cb(msg: MicroRequest, method: str = method, handler: Handler = handler) -> None:
@@ -192,6 +194,7 @@ async def add_methods(
             handler=wrap(cb_as),
             queue_group=queue_group,
         )
+    return spawn
 
 
 MAX_CONCURRENT = 256
@@ -202,7 +205,7 @@ def _as_is(cb: Served) -> Served:
     return cb
 
 
-class _Spawner:
+class Spawned:
     """Runs each call of a wrapped callback in its own task, a bounded number at once."""
 
     def __init__(self, limit: int = MAX_CONCURRENT) -> None:
@@ -221,6 +224,11 @@ class _Spawner:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._gate.release()
+
+    async def wait(self) -> None:
+        """Until every call started so far has ended."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 async def wait_for_signal(stop: asyncio.Event) -> None:
