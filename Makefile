@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
+# 1: `make test` also runs the reference client's own tests over HTTP (test-reference); by
+# default only for the whole suite (no ARGS).
+REFERENCE ?= $(if $(ARGS),0,1)
 
 REF_VENV ?= .venv-reference
 REF_V001_VENV ?= .venv-reference-v001
@@ -71,12 +74,32 @@ lint: $(VENV)/.installed-test
 test: $(VENV)/.installed-test reference-clients  ## install with test extras, lint, run the whole suite
 	$(MAKE) lint
 	$(BIN)/pytest $(ARGS)
+	$(if $(filter 1,$(REFERENCE)),$(MAKE) test-reference)
 
 test-busy: $(VENV)/.installed-test  ## the whole suite beside two CPU-bound busy loops
 	$(BIN)/python -m tests.run_busy -- $(MAKE) test ARGS="$(ARGS)"
 
 bench: $(VENV)/.installed  ## print the benchmark figures as JSON
 	$(BIN)/python -m bench.bench_core
+
+# bluesky-queueserver-api's own tests (its tests/ package) against our stack, run from
+# .venv-reference: docs/reference-tests.md. REFTESTS_ZMQ=1 adds the 0MQ cases.
+REF_WORKERS ?= 6
+REF_ARGS ?=
+# Known failures, each with its owner: strict xfails (REF_EXPECTED= gives the raw pass/fail).
+REF_EXPECTED ?= tests/reference/expected-failures.txt
+REF_SITE = $(shell $(REF_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+$(REF_VENV)/.installed-tests: tests/reference/requirements-tests.txt $(REF_VENV)/.installed
+	$(REF_VENV)/bin/pip install -q -r tests/reference/requirements-tests.txt
+	touch $@
+
+.PHONY: test-reference
+test-reference: $(VENV)/.installed $(REF_VENV)/.installed-tests  ## the reference client's own tests
+	PYTHONPATH=tests/reference REFTESTS_QSERVER_PYTHON=$(abspath $(BIN)/python) \
+	REFTESTS_EXPECTED=$(REF_EXPECTED) \
+	$(REF_VENV)/bin/python -m pytest -c tests/reference/pytest.ini --rootdir $(REF_SITE) \
+		-n $(REF_WORKERS) --pyargs bluesky_queueserver_api.tests $(REF_ARGS)
 
 clean:
 	rm -rf $(VENV) $(REF_VENV) $(REF_V001_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -88,6 +88,13 @@ def test_the_functions_are_defined_and_allowed_as_in_the_reference(ns: dict[str,
     assert not function_allowed("_fifo_buffer", "test_user", permissions)
 
 
+def test_scripts_find_the_modules_the_reference_profile_imports(ns: dict[str, Any]) -> None:
+    """bluesky-queueserver-api's console tests upload a script that calls `ttime.sleep`."""
+    import time
+
+    assert ns["ttime"] is time
+
+
 def test_the_buffer_functions_keep_order_and_pop_fails_when_empty(ns: dict[str, Any]) -> None:
     assert ns["function_sleep"](0) == {"success": True, "time": 0}
     ns["clear_buffer"]()
