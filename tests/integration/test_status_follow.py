@@ -38,10 +38,10 @@ async def test_a_followed_client_answers_status_from_the_last_event(
             hits = c.mirror.hits
             pushed = await c.request("status")
             asked = await client.request("status")  # a client that does not follow
-            assert c.mirror.hits == hits + 1
-            if pushed["status_uid"] == asked["status_uid"]:
+            if c.mirror.hits == hits + 1 and pushed["status_uid"] == asked["status_uid"]:
                 break
-            # The status changed in between (a service starting beside): again.
+            # Not from the copy (an event late on a busy machine), or the status changed in
+            # between (a service starting beside): again.
             assert time.monotonic() < deadline, (pushed, asked)
             await asyncio.sleep(0.2)
         assert pushed == asked
