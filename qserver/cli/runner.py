@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -192,18 +193,22 @@ def run_legacy(command: str, values: Sequence[str]) -> None:
 
 async def _monitor(settings: Settings, once: bool) -> None:
     async with connected(settings) as client:
-        status = await client.request("status")
-        last = monitor_fields(status)
-        click.echo(monitor_line(status))
         if once:
+            click.echo(monitor_line(await client.request("status")))
             return
-        # Status events also come once a second without a change, and change in keys the
-        # line does not show: print the line when it changes.
-        async for event in client.status_events():
-            fields = monitor_fields(event)
-            if fields != last:
-                click.echo(monitor_line(event))
-                last = fields
+        # Subscribed before the first status is asked: no change falls between the two.
+        async with client.subscription(client.subjects.status_event) as pushed:
+            status = await client.request("status")
+            last = monitor_fields(status)
+            click.echo(monitor_line(status))
+            # Status events also come once a second without a change, and change in keys the
+            # line does not show: print the line when it changes.
+            async for msg in pushed:
+                event = json.loads(msg.data)
+                fields = monitor_fields(event)
+                if fields != last:
+                    click.echo(monitor_line(event))
+                    last = fields
 
 
 def run_monitor(once: bool) -> None:

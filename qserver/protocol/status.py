@@ -74,3 +74,25 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     # Ours (ADR 25): the running plan's run progress, compact; None when no run is open.
     # The full events are `<prefix>.events.progress`.
     progress: ProgressSummary | None = None
+
+
+# Read-your-writes for clients that follow the status events (ADR 29). The queue service
+# numbers the statuses it publishes: `<epoch>:<n>`, where the epoch is new with each process
+# that leads and `n` grows by one with each status that differs from the one before. Each
+# status event carries its number, and each reply of the queue service carries the number of
+# the last status published before it: a change's status event is published before its
+# reply, so an event numbered at least as high (same epoch) shows the change.
+STATUS_SEQ_HEADER = "Qs-Status-Seq"
+# On each status event: the queue service publishes one at least this often (seconds), even
+# when nothing changed; a follower trusts its last event for a little longer than this.
+STATUS_EVERY_HEADER = "Qs-Status-Every"
+
+
+def parse_status_seq(value: str | None) -> tuple[str, int] | None:
+    """(epoch, n) from a `Qs-Status-Seq` header; None if absent or malformed."""
+    if not value:
+        return None
+    epoch, sep, n = value.rpartition(":")
+    if not sep or not epoch or not n.isdigit():
+        return None
+    return epoch, int(n)

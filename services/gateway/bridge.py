@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from qserver.client import Client, NoAnswer
@@ -20,44 +18,11 @@ from services.gateway.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
-# The queue service publishes its status on every change (before it answers the request
-# that made the change) and at least once a second; a status event younger than this is
-# the current status, and `status` is answered from it without a round trip.
-STATUS_FRESH_S = 1.5
-# Without a fresh event, `status` is asked of the queue service with this bound, which
-# answers it from memory in a millisecond: a hung one is a 503 within 2 s of its last event.
+# `status` and `ping` are answered from the client's copy of the last status event while it
+# is fresh and shows every change this gateway was told about (qserver.status_mirror,
+# ADR 29); otherwise they are asked of the queue service with this bound, which answers
+# from memory in a millisecond: a hung one is a 503 within 2 s of its last event.
 STATUS_TIMEOUT_S = 0.5
-# Methods that change nothing. After any other reply, the next `status` is asked of the queue
-# service (which publishes before it answers) rather than taken from the last event, which
-# may have been sent before the change (history_clear's news reaches the queue service from
-# the history service): what a reply says is done shows in the status read next.
-READ_METHODS = frozenset(
-    {
-        "status",
-        "ping",
-        "queue_get",
-        "queue_item_get",
-        "history_get",
-        "history_runs",
-        "history_run_item",
-        "history_result_get",
-        "re_runs",
-        "plans_allowed",
-        "devices_allowed",
-        "plans_existing",
-        "devices_existing",
-        "permissions_get",
-        "lock_info",
-        "config_get",
-        "task_status",
-        "task_result",
-        "re_metadata",
-        "proposal_list",
-        "proposal_get",
-        "proposal_gate",
-        "item_dry_run",
-    }
-)
 
 
 class Bridge:
@@ -72,8 +37,6 @@ class Bridge:
         self.timeout = timeout
         self.client: Client | None = None
         self._task: asyncio.Task[None] | None = None
-        self._status: bytes | None = None
-        self._status_at = 0.0
 
     async def start(self, wait: float = 3.0) -> None:
         """Start connecting; serve once connected, or after `wait` seconds (503 until then)."""
@@ -100,7 +63,7 @@ class Bridge:
                 logger.warning("cannot connect to NATS at %s: %s; retrying", self.url, e)
                 await asyncio.sleep(1.0)
         client = Client(nc, self.prefix, self.timeout)
-        await nc.subscribe(client.subjects.status_event, cb=self._on_status)
+        await client.follow_status()
         self.client = client
         logger.info("gateway connected to NATS at %s (prefix %s)", self.url, self.prefix)
         await self._prime_status(client)
@@ -108,21 +71,14 @@ class Bridge:
     async def _prime_status(self, client: Client) -> None:
         """Ask for the status once at start, so that the first requests need no round trip."""
         try:
-            reply = await client.request_raw("status", b"{}", timeout=1.0)
+            await client.request_raw("status", b"{}", timeout=1.0)  # kept by the mirror
         except Exception as e:  # the queue service is not there yet: events will come
             logger.info("no status from the queue service yet: %s", e)
-            return
-        if self._status is None:
-            self._status, self._status_at = reply, time.monotonic()
-
-    async def _on_status(self, msg: Msg) -> None:
-        self._status, self._status_at = msg.data, time.monotonic()
 
     def current_status(self) -> bytes | None:
-        """The last status event, if it is fresh (else the queue service is asked)."""
-        if self._status is not None and time.monotonic() - self._status_at < STATUS_FRESH_S:
-            return self._status
-        return None
+        """The last status event, if fresh and current (else the queue service is asked)."""
+        mirror = self.client.mirror if self.client is not None else None
+        return mirror.current() if mirror is not None else None
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():
@@ -148,22 +104,16 @@ class Bridge:
         client = self.connected()
         timeout = None  # the gateway's --timeout
         if method in ("status", "ping") and body.strip() in (b"", b"{}"):
-            pushed = self.current_status()
-            if pushed is not None:
-                return pushed
+            body = b"{}"
+            # Answered from the pushed status if it is current (Client.request_raw), else
+            # asked within a short bound.
             timeout = STATUS_TIMEOUT_S
         try:
-            reply = await client.request_raw(method, body, timeout)
+            return await client.request_raw(method, body, timeout)
         except NoAnswer as e:
             raise Unavailable(str(e)) from None
         except NatsError as e:
             raise Unavailable(f"NATS request '{method}' failed: {e or type(e).__name__}") from None
-        finally:
-            if method not in READ_METHODS:
-                self._status_at = -STATUS_FRESH_S  # a write may have been answered
-        if method in ("status", "ping") and timeout is not None:
-            self._status, self._status_at = reply, time.monotonic()
-        return reply
 
     async def publish(self, method: str, body: bytes) -> None:
         """A request that gets no reply (the manager_kill test hook)."""

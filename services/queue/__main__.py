@@ -98,12 +98,14 @@ async def main(args: argparse.Namespace) -> int:
     )
     # A group of its own: should a hung former leader still hold its subscriptions, both
     # get every request and the live leader's answer comes first (the stale one refuses).
-    await add_methods(
+    served = await add_methods(
         micro,
         subjects.api,
         logged(svc.gated_handlers(), console.flush),
         queue_group=f"leader-{args.instance}",
         nc=nc,
+        extra_headers=svc.reply_headers,
+        concurrent=frozenset({"queue_item_add"}),  # group commit (ADR 29)
     )
     await nc.subscribe(subjects.history_changed, cb=svc.on_history_changed)
     await nc.subscribe(subjects.lock_check, cb=svc.on_lock_check)
@@ -124,6 +126,7 @@ async def main(args: argparse.Namespace) -> int:
     # done, so draining it would wait out the bound and log a CancelledError traceback.
     await shutdown(
         micro.stop(),
+        served.wait(),  # adds being stored (served in tasks of their own) are answered
         svc.executor.results.close(),
         svc.log.close(),
         lease.release(),

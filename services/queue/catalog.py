@@ -8,6 +8,7 @@ are derived too, so they change exactly when the lists do.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pprint
 import uuid
@@ -30,7 +31,9 @@ LISTS_OBJECT = "existing"
 _NS = uuid.UUID("5b0e3f0a-7d51-4b8e-a0a4-1f6b0f2d9c11")
 
 
+@functools.lru_cache(maxsize=64)
 def _uid(*parts: str) -> str:
+    # Cached: the status asks for four of these on every change (ADR 29).
     return str(uuid.uuid5(_NS, ":".join(parts)))
 
 

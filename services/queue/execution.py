@@ -687,14 +687,37 @@ class Executor:
 
     async def _record(self, res: PlanResult) -> None:
         """Record an outcome; the status goes out once the history holds the record too, so
-        that whoever sees the item finished finds it in the history (read-your-writes)."""
-        async with self.svc.status_held():
-            seq = await self._store(res)
-            if seq is not None:
-                await self.svc.sync_history(seq)
+        that whoever sees the item finished finds it in the history (read-your-writes).
 
-    async def _store(self, res: PlanResult) -> int | None:
-        """The queue change (with the record) first, then the history write; its sequence.
+        The next item starts meanwhile (the caller holds the write lock): writing the record
+        to the history stream and waiting for the history service to read it need not hold
+        the queue up (ADR 29). Its status, held with the rest, goes out after both.
+        """
+        async with self.svc.status_held():
+            record = await self._store(res)
+            if record is None:
+                return
+            history = asyncio.ensure_future(self._to_history(record))
+            try:
+                await self.advance()
+            except Exception:  # as `QueueService.advance`: the outcome is recorded still
+                logger.exception("starting the next item failed")
+            finally:
+                await history
+
+    async def _to_history(self, record: HistoryRecord) -> None:
+        """Write the record to the history stream (once: de-duplicated by its uid), then wait
+        for the history service to hold it."""
+        js = self.svc.nc.jetstream()
+        ack = await js.publish(
+            self.svc.subjects.history_log,
+            encode(record),
+            headers={"Nats-Msg-Id": record.record_uid},
+        )
+        await self.svc.sync_history(ack.seq)
+
+    async def _store(self, res: PlanResult) -> HistoryRecord | None:
+        """The queue change (with the record); the record to write to the history then.
 
         The history write is idempotent (de-duplicated by record uid), and the record stays
         in the queue state, so a result redelivered after a crash between the two steps is
@@ -736,12 +759,7 @@ class Executor:
         else:
             logger.info("result for %s was already recorded", res.item_uid)
             return None
-        ack = await js.publish(
-            self.svc.subjects.history_log,
-            encode(record),
-            headers={"Nats-Msg-Id": record.record_uid},
-        )
-        return ack.seq
+        return record
 
     def _finished_event(
         self, item: QueueItem, record: HistoryRecord, *, outside: bool = False

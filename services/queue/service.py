@@ -34,12 +34,13 @@ from qserver.protocol.queue_log import (
     ProposalApproved,
     ProposalsAdded,
 )
-from qserver.protocol.status import LockStatus, Status
+from qserver.protocol.status import STATUS_EVERY_HEADER, STATUS_SEQ_HEADER, LockStatus, Status
 from qserver.protocol.subjects import Subjects
 from services.queue.catalog import PlanCatalog
 from services.queue.dry_run_handlers import DryRunHandlers
 from services.queue.exec_handlers import ExecutionHandlers
 from services.queue.execution import Executor
+from services.queue.group_commit import AddGroups, groupable
 from services.queue.leader import Lease, Renewal
 from services.queue.model import QueueModel
 from services.queue.progress import ProgressWatch
@@ -101,8 +102,13 @@ class QueueService:
         self.stop_requested = asyncio.Event()
         self.history = HistoryInfo(items_in_history=0, plan_history_uid=_uid())
         self.write_lock = asyncio.Lock()
+        self.adds = AddGroups(self.write_lock)  # concurrent adds stored together (ADR 29)
         self._needs_resync = False
         self._status: Status | None = None
+        # The number of the last status published (ADR 29): the epoch is this process's.
+        self._status_epoch = uuid.uuid4().hex[:12]
+        self._status_n = 0
+        self._status_headers = self._seq_headers()
         # While held (`status_held`), no status goes out: a change in two steps (an item's
         # end, then its history record) shows whole or not at all.
         self._holds = 0
@@ -246,14 +252,26 @@ class QueueService:
         if prev is not None and (
             msgspec.structs.replace(prev, time=st.time, progress=st.progress) == st
         ):
-            # Nothing changed: same time and status_uid. The run's progress is a reading
-            # like the time, not a change of state (ADR 25).
+            # Nothing changed: same time, status_uid and number. The run's progress is a
+            # reading like the time, not a change of state (ADR 25); a follower takes an
+            # event of the same number (ADR 29).
             st = msgspec.structs.replace(prev, progress=st.progress)
-        elif prev is not None:
-            st = msgspec.structs.replace(st, status_uid=_uid())
+        else:
+            if prev is not None:
+                st = msgspec.structs.replace(st, status_uid=_uid())
+            self._status_n += 1
+            self._status_headers = self._seq_headers()
         self._status = st
+        headers = {**self._status_headers, STATUS_EVERY_HEADER: f"{HEARTBEAT_S:g}"}
         with contextlib.suppress(Exception):
-            await self.nc.publish(self.subjects.status_event, encode(st))
+            await self.nc.publish(self.subjects.status_event, encode(st), headers=headers)
+
+    def _seq_headers(self) -> dict[str, str]:
+        return {STATUS_SEQ_HEADER: f"{self._status_epoch}:{self._status_n}"}
+
+    def reply_headers(self) -> dict[str, str]:
+        """On every reply: the number of the last status published before it (ADR 29)."""
+        return self._status_headers
 
     async def publish_console(self, text: str) -> None:
         """A line of the manager's in the console output, as the reference's manager prints
@@ -396,6 +414,8 @@ class QueueService:
                 before_uid=req.before_uid,
                 after_uid=req.after_uid,
             )
+        if groupable(req):
+            return await self.adds.add(req, lambda: self.model, self._locked_edit, self.commit)
         async with self.write_lock:
             await self._locked_edit(req.lock_key)
             ev = self.model.plan_add(req)

@@ -128,10 +128,25 @@ class ConsolePublisher:
     `call_soon` runs a callback on that loop from any thread (`loop.call_soon_threadsafe`).
     """
 
-    def __init__(self, subject: str, call_soon: Callable[[Callable[[], None]], object]) -> None:
+    def __init__(
+        self,
+        subject: str,
+        call_soon: Callable[[Callable[[], None]], object],
+        loop_thread: int | None = None,
+    ) -> None:
         self.subject = subject
         self._wake = asyncio.Event()
-        self.sink = ConsoleSink(lambda: call_soon(self._wake.set))
+        self._loop_thread = loop_thread  # the loop's thread, if known
+        self._call_soon = call_soon
+        self.sink = ConsoleSink(self._wake_up)
+
+    def _wake_up(self) -> None:
+        # On the loop's own thread (a service logging in a handler) the event is set at
+        # once: `call_soon_threadsafe` would write to the loop's wake-up pipe (ADR 29).
+        if self._loop_thread is not None and threading.get_ident() == self._loop_thread:
+            self._wake.set()
+        else:
+            self._call_soon(self._wake.set)
 
     async def run(self, nc: NATS) -> None:
         """Publish until cancelled."""
@@ -186,7 +201,9 @@ class ServiceConsole:
     async def start(self) -> None:
         await ensure_console_stream(self.nc.jetstream(), self.subjects)
         loop = asyncio.get_running_loop()
-        self.publisher = ConsolePublisher(self.subjects.console_event, loop.call_soon_threadsafe)
+        self.publisher = ConsolePublisher(
+            self.subjects.console_event, loop.call_soon_threadsafe, threading.get_ident()
+        )
         self.handler = ConsoleLogHandler(self.publisher.sink, names=SERVICE_LOGGERS)
         logging.getLogger().addHandler(self.handler)
         self._task = loop.create_task(self.publisher.run(self.nc))

@@ -115,6 +115,8 @@ def _logged(method: str, handler: Handler, flush: Flush) -> Handler:
             _get(reply, "qsize"),
         )
         logger.info("%s", line)
+        # Out with the reply (one write to the socket for both), not after it.
+        await flush()
         return reply
 
     return handle

@@ -10,7 +10,7 @@ import io
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -75,11 +75,14 @@ async def serve_method(
     replies: HeldReplies,
     max_payload: int,
     prepare: Callable[[str, bytes], bytes] | None = None,
+    extra_headers: Callable[[], dict[str, str]] | None = None,
 ) -> None:
     """Decode, call the handler, reply: the one place where errors become replies.
 
     A reply larger than one NATS message (`max_payload`) is held and announced, and its
     parts are answered from `replies` (ADR 8); a smaller one goes out exactly as before.
+    `extra_headers()`, if given, is called when the reply goes out and its headers go with
+    it (the queue service's status number, ADR 29).
     """
     headers = msg.headers
     if headers and TOKEN_HEADER in headers:
@@ -101,6 +104,8 @@ async def serve_method(
     except Exception as e:
         logger.exception("request '%s' failed", method)
         out = failure(f"Internal error while handling '{method}': {e!r}")
+    if extra_headers is not None:
+        reply_headers = {**extra_headers(), **(reply_headers or {})}
     # A publish without a reply subject expects no answer.
     with contextlib.suppress(ValueError):
         await msg.respond(out, headers=reply_headers)
@@ -144,21 +149,33 @@ async def add_methods(
     queue_group: str | None = None,
     *,
     nc: NATS,
-) -> None:
+    extra_headers: Callable[[], dict[str, str]] | None = None,
+    concurrent: frozenset[str] = frozenset(),
+) -> Spawned:
     """One nats.micro endpoint per method, each dispatching to its handler.
 
     Instances in one queue group share the requests; in different groups each gets all.
     `nc` is the service's connection: its `max_payload` (from the server) decides which
-    replies are sent in parts.
+    replies are sent in parts. `extra_headers`: see `serve_method`.
+
+    A subscription hands its requests over one at a time; the requests of a method in
+    `concurrent` are each served in a task of their own instead (at most MAX_CONCURRENT at
+    once), so that the next one starts while one waits (the queue's group commit, ADR 29).
+    The result's `wait()` waits for those still being served (at a stop, after the
+    endpoints stopped).
     """
     replies = HeldReplies()
+    spawn = Spawned()
     for method, handler in handlers.items():
 
         async def cb(msg: MicroRequest, method: str = method, handler: Handler = handler) -> None:
-            await serve_method(method, handler, msg, replies, nc.max_payload)
+            await serve_method(
+                method, handler, msg, replies, nc.max_payload, extra_headers=extra_headers
+            )
 
+        wrap = spawn.wrap if method in concurrent else _as_is
         await service.add_endpoint(
-            name=method, subject=api_subject(method), handler=cb, queue_group=queue_group
+            name=method, subject=api_subject(method), handler=wrap(cb), queue_group=queue_group
         )
         if method not in IDENTITY_METHODS:
             continue
@@ -167,14 +184,51 @@ async def add_methods(
             msg: MicroRequest, method: str = method, handler: Handler = handler
         ) -> None:
             prepare = functools.partial(vouched_params, method)
-            await serve_method(method, handler, msg, replies, nc.max_payload, prepare)
+            await serve_method(
+                method, handler, msg, replies, nc.max_payload, prepare, extra_headers
+            )
 
         await service.add_endpoint(
             name=f"{method}-as",
             subject=identity_subject(api_subject(method)),
-            handler=cb_as,
+            handler=wrap(cb_as),
             queue_group=queue_group,
         )
+    return spawn
+
+
+MAX_CONCURRENT = 256
+Served = Callable[[MicroRequest], Coroutine[Any, Any, None]]
+
+
+def _as_is(cb: Served) -> Served:
+    return cb
+
+
+class Spawned:
+    """Runs each call of a wrapped callback in its own task, a bounded number at once."""
+
+    def __init__(self, limit: int = MAX_CONCURRENT) -> None:
+        self._gate = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wrap(self, cb: Served) -> Served:
+        async def spawned(msg: MicroRequest) -> None:
+            await self._gate.acquire()  # full: the subscription waits (back-pressure)
+            task = asyncio.get_running_loop().create_task(cb(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+        return spawned
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._gate.release()
+
+    async def wait(self) -> None:
+        """Until every call started so far has ended."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 async def wait_for_signal(stop: asyncio.Event) -> None:
@@ -233,6 +287,13 @@ def setup_logging(level: str, log_format: str | None = None) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(make_formatter(log_format or os.environ.get("QSERVER_LOG_FORMAT", "text")))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # No log format here shows where a record was logged from, or its thread or process:
+    # not looking them up makes each record a good deal cheaper (the logging HOWTO's
+    # "Optimization"; ADR 29: the reference's request lines are two records per add).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     quiet_nats_errors()
 
 

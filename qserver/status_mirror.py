@@ -1,0 +1,128 @@
+"""A client's copy of the pushed status: `status` answered without a round trip (ADR 29).
+
+The queue service publishes its status on every change, before it answers the request that
+made the change, and at least every `Qs-Status-Every` seconds without one. It numbers the
+statuses (`Qs-Status-Seq`, `<epoch>:<n>`) and puts the number of the last one published on
+each of its replies. A client that follows the events keeps the last one and answers
+`status` from it only while both hold:
+
+- fresh: it came less than `every + FRESH_MARGIN_S` seconds ago (the queue service is alive
+  and the subscription delivers);
+- current: its number is at least the highest number this client saw on a reply, in the same
+  epoch (every change this client was told about is in it: read-your-writes), and no write
+  was answered by a service that does not number statuses since the last direct `status`
+  (`history_clear`, whose news reaches the queue service from the history service).
+
+Otherwise `status` is asked of the queue service as before, and its reply (numbered too)
+is taken as the copy. Nothing here depends on the order in which the client library hands
+the event and the reply over: a late event only sends one `status` the long way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from qserver.protocol.status import (
+    STATUS_EVERY_HEADER,
+    STATUS_SEQ_HEADER,
+    parse_status_seq,
+)
+
+# How long past its announced period a status event is trusted (delivery, a busy loop).
+FRESH_MARGIN_S = 0.5
+# The period assumed when an event does not announce one.
+DEFAULT_EVERY_S = 1.0
+# Methods that change nothing: their replies, numbered or not, leave the copy usable.
+READ_METHODS = frozenset(
+    {
+        "status",
+        "ping",
+        "queue_get",
+        "queue_item_get",
+        "history_get",
+        "history_runs",
+        "history_run_item",
+        "history_result_get",
+        "re_runs",
+        "plans_allowed",
+        "devices_allowed",
+        "plans_existing",
+        "devices_existing",
+        "permissions_get",
+        "lock_info",
+        "config_get",
+        "task_status",
+        "task_result",
+        "re_metadata",
+        "console_output",
+        "console_output_uid",
+        "console_output_update",
+        "proposal_list",
+        "proposal_get",
+        "proposal_gate",
+        "item_dry_run",
+    }
+)
+Seq = tuple[str, int]
+
+
+class StatusMirror:
+    """The last status event (raw JSON) with its number, and what this client must see."""
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+        self.seq: Seq | None = None
+        self.every = DEFAULT_EVERY_S
+        self._until = 0.0  # monotonic time after which the copy is not fresh
+        self.needed: Seq | None = None  # the highest number seen on a reply
+        self._blind = False  # a write was answered by a service that does not number
+        self.hits = 0  # requests answered from the copy (for tests and benchmarks)
+
+    def on_event(self, data: bytes, headers: Mapping[str, str] | None) -> None:
+        """A status event arrived: keep it if it is numbered and not older than the copy."""
+        h = headers or {}
+        seq = parse_status_seq(h.get(STATUS_SEQ_HEADER))
+        if seq is None:
+            return  # a queue service without numbers (older): never answered from
+        try:
+            every = float(h.get(STATUS_EVERY_HEADER) or DEFAULT_EVERY_S)
+        except ValueError:
+            every = DEFAULT_EVERY_S
+        if self.seq is not None and seq[0] == self.seq[0] and seq[1] < self.seq[1]:
+            return
+        self.data, self.seq, self.every = data, seq, every
+        self._until = time.monotonic() + every + FRESH_MARGIN_S
+
+    def current(self) -> bytes | None:
+        """The copy, if it is fresh and shows every change this client was told about."""
+        if self.data is None or self._blind or time.monotonic() > self._until:
+            return None
+        need, have = self.needed, self.seq
+        if need is not None and (have is None or have[0] != need[0] or have[1] < need[1]):
+            return None
+        self.hits += 1
+        return self.data
+
+    def on_reply(self, method: str, data: bytes, headers: Mapping[str, str] | None) -> None:
+        """Note a reply's number; a direct `status` reply becomes the copy."""
+        seq = parse_status_seq((headers or {}).get(STATUS_SEQ_HEADER))
+        if seq is None:
+            if method not in READ_METHODS:
+                self._blind = True
+            return
+        if self.needed is None or seq[0] != self.needed[0] or seq[1] > self.needed[1]:
+            self.needed = seq
+        if method in ("status", "ping"):
+            self._blind = False
+            self._until = time.monotonic() + self.every + FRESH_MARGIN_S
+            if self.seq is None or seq[0] != self.seq[0] or seq[1] >= self.seq[1]:
+                self.data, self.seq = data, seq
+
+    def forget(self) -> None:
+        """Nothing kept is trusted any more (the connection was lost)."""
+        self._until = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"seq": self.seq, "needed": self.needed, "hits": self.hits}

@@ -1,0 +1,82 @@
+"""The client's copy of the pushed status: when it may answer `status` (ADR 29)."""
+
+from __future__ import annotations
+
+import time
+
+from qserver.protocol.status import STATUS_EVERY_HEADER, STATUS_SEQ_HEADER, parse_status_seq
+from qserver.status_mirror import FRESH_MARGIN_S, StatusMirror
+
+
+def event(epoch: str, n: int, every: str = "1") -> dict[str, str]:
+    return {STATUS_SEQ_HEADER: f"{epoch}:{n}", STATUS_EVERY_HEADER: every}
+
+
+def test_status_numbers_parse_and_malformed_ones_are_none() -> None:
+    assert parse_status_seq("ab12:7") == ("ab12", 7)
+    for bad in (None, "", "7", "ab:", ":3", "ab:x", "ab:-1"):
+        assert parse_status_seq(bad) is None, bad
+
+
+def test_a_fresh_event_answers_until_a_reply_numbers_a_later_status() -> None:
+    m = StatusMirror()
+    assert m.current() is None
+    m.on_event(b"s5", event("e", 5))
+    assert m.current() == b"s5"
+    m.on_reply("queue_item_add", b"{}", {STATUS_SEQ_HEADER: "e:6"})
+    assert m.current() is None  # the write's status has not arrived yet
+    m.on_event(b"s6", event("e", 6))
+    assert m.current() == b"s6"
+    assert m.hits == 2
+
+
+def test_an_event_of_another_epoch_is_not_current_after_a_reply_of_the_new_one() -> None:
+    m = StatusMirror()
+    m.on_event(b"old", event("a", 40))
+    m.on_reply("queue_item_add", b"{}", {STATUS_SEQ_HEADER: "b:2"})
+    assert m.current() is None  # a new leader numbers from its own start
+    m.on_event(b"new", event("b", 2))
+    assert m.current() == b"new"
+
+
+def test_an_older_event_never_replaces_a_newer_copy() -> None:
+    m = StatusMirror()
+    m.on_event(b"s9", event("e", 9))
+    m.on_event(b"s8", event("e", 8))
+    assert m.current() == b"s9"
+    m.on_reply("status", b"s7", {STATUS_SEQ_HEADER: "e:7"})
+    assert m.current() == b"s9"
+
+
+def test_a_write_answered_without_a_number_sends_status_to_the_service_until_it_answers() -> None:
+    m = StatusMirror()
+    m.on_event(b"s3", event("e", 3))
+    m.on_reply("history_get", b"{}", None)  # a read: no effect
+    assert m.current() == b"s3"
+    m.on_reply("history_clear", b"{}", None)
+    assert m.current() is None
+    m.on_event(b"s4", event("e", 4))
+    assert m.current() is None  # may have been published before the history's news
+    m.on_reply("status", b"s5", {STATUS_SEQ_HEADER: "e:5"})
+    assert m.current() == b"s5"
+
+
+def test_events_without_numbers_are_never_answered_from() -> None:
+    m = StatusMirror()
+    m.on_event(b"plain", {})
+    m.on_event(b"bad", {STATUS_SEQ_HEADER: "nonsense"})
+    assert m.current() is None
+
+
+def test_an_event_is_trusted_only_for_its_period_and_the_margin() -> None:
+    m = StatusMirror()
+    m.on_event(b"s1", event("e", 1, every="0"))
+    assert m.current() == b"s1"
+    deadline = time.monotonic() + 30.0
+    while m.current() is not None:
+        assert time.monotonic() < deadline, "the copy stayed trusted"
+        time.sleep(0.05)
+    assert m.every == 0.0 and FRESH_MARGIN_S > 0
+    m.forget()
+    m.on_event(b"s2", event("e", 2, every="junk"))
+    assert m.current() == b"s2"  # an unreadable period: the default
