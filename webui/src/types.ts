@@ -52,6 +52,8 @@ export interface HistoryResult {
   time_stop: number;
   msg: string;
   traceback: string;
+  reason?: string; // a rejected proposal's (ADR 30)
+  reviewer?: string;
 }
 
 export interface Item {

@@ -81,7 +81,7 @@ export function DryRunView(props: { reply: DryRunReply | null; label: string }) 
       {r.violations.length > 0 && (
         <ul class="violations" aria-label="Limit violations">
           {r.violations.map((v) => (
-            <li key={v.device} class="bad" role="alert">
+            <li key={v.device} class="bad">
               {v.msg}
             </li>
           ))}
