@@ -1,6 +1,6 @@
 // Proposals (ADR 30): items of gated groups waiting for review. Reviewers (scope
 // `write:queue:approve`) inspect one with its dry run, edit, approve it to a position in
-// the queue or reject it with a reason; anyone else sees only their own proposals.
+// the queue or reject it with a reason; a proposer sees only its own proposals.
 import { useEffect, useState } from "preact/hooks";
 import { can, describeArgs, fmtTime, useApp } from "../state";
 import type { DryRunReply, Item, Proposal } from "../types";
@@ -13,14 +13,16 @@ export const uidOf = (p: Proposal): string => p.item.item_uid ?? "";
 export function Proposals(props: { proposals: Proposal[]; queue: Item[]; user: string }) {
   const ctx = useApp();
   const reviewer = can(ctx, "write:queue:approve");
-  const shown = reviewer ? props.proposals : props.proposals.filter((p) => p.proposed_by === props.user);
+  // A proposer follows its own; reviewers and observers (who read the queue) see them all.
+  const own = !reviewer && can(ctx, "write:queue:propose");
+  const shown = own ? props.proposals.filter((p) => p.proposed_by === props.user) : props.proposals;
   const [open, setOpen] = useState<string | null>(null);
   const current = shown.find((p) => uidOf(p) === open) ?? null;
 
   return (
     <section id="proposals" class="panel" aria-label="Proposals">
       <h2>
-        {reviewer ? "Proposals" : "Your proposals"} <small>({shown.length})</small>
+        {own ? "Your proposals" : "Proposals"} <small>({shown.length})</small>
       </h2>
       {shown.length === 0 && <p class="empty">No proposal waits for review.</p>}
       <ul class="proposals" aria-label="Proposals waiting">
@@ -69,10 +71,16 @@ function Review(props: { proposal: Proposal; queue: Item[]; done: () => void }) 
   const [busy, setBusy] = useState(false);
   const itemKey = JSON.stringify([p.item.name, p.item.args, p.item.kwargs]);
 
-  // The dry run of the proposal as it is now: asked again after each edit.
+  // The dry run of the proposal as it is now: asked again after each edit. It runs plan
+  // code in the environment: not asked for an observer (as `/api/item/dry_run`, ADR 31).
+  const simulates = ["write:queue:approve", "write:queue:propose", "write:queue:edit"].some((s) => can(ctx, s));
   useEffect(() => {
     let gone = false;
     setDry(null);
+    if (!simulates) {
+      setDry({ success: false, msg: "your scopes do not include dry runs" });
+      return;
+    }
     ctx.api
       .post<{ dry_run?: DryRunReply | null }>("/api/proposals/get", { uid, dry_run: true })
       .then((r) => !gone && setDry(r.dry_run ?? { success: false, msg: "the server gave none" }))
@@ -80,7 +88,7 @@ function Review(props: { proposal: Proposal; queue: Item[]; done: () => void }) 
     return () => {
       gone = true;
     };
-  }, [uid, itemKey]);
+  }, [uid, itemKey, simulates]);
 
   const run = async (label: string, fn: () => Promise<unknown>) => {
     setBusy(true);
