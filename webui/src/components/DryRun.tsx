@@ -42,7 +42,11 @@ export function DryRunView(props: { reply: DryRunReply | null; label: string }) 
         </dd>
         <dt>Estimated duration</dt>
         <dd>
-          {r.estimated_duration === null ? "unknown" : fmtDuration(r.estimated_duration)}
+          {r.estimated_duration === null
+            ? "unknown"
+            : r.estimated_duration < 60
+              ? `${r.estimated_duration.toFixed(1)} s`
+              : fmtDuration(r.estimated_duration)}
           {r.duration_unknown.length ? ` (not counted: ${r.duration_unknown.join(", ")})` : ""}
         </dd>
         <dt>Detectors</dt>
