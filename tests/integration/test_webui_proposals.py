@@ -32,6 +32,7 @@ pytestmark = [
 
 REVIEWER_KEY = "webuiReviewerKey1"  # an expert of `primary`: has write:queue:approve
 AGENT_KEY = "webuiAgentKey1"  # agent1 of the gated group `agent`, role `proposer`
+OBSERVER_KEY = "webuiObserverKey1"  # reads everything, changes nothing
 SLOW = 60_000  # ms
 
 
@@ -47,6 +48,7 @@ async def stack(nats_server: Any, tmp_path_factory: pytest.TempPathFactory) -> A
     keys = [
         {"key": REVIEWER_KEY, "user": "rita", "roles": ["expert"]},
         {"key": AGENT_KEY, "user": "agent1", "user_group": "agent", "roles": ["proposer"]},
+        {"key": OBSERVER_KEY, "user": "olga", "roles": ["observer"]},
     ]
     config.write_text(yaml.safe_dump({"api_keys": keys}))
     async with (
@@ -260,3 +262,27 @@ async def test_the_dry_run_report_shows_a_limit_violation(page: Any, stack: Any)
         "motor_limited: 2 of 4 moves outside its limits"
     )
     await expect(queued.get_by_test_id("dry-run-points")).to_have_text("4")
+
+
+async def test_an_observer_sees_every_proposal_with_the_review_disabled(stack: Any) -> None:
+    c = client_of(stack[0])
+    p = await open_page(stack, OBSERVER_KEY)
+    try:
+        await p.get_by_test_id("who").filter(has_text="observer").wait_for()
+        await propose(c, scan("motor", 0, 1, 3), note="for olga to see")
+        await panel(p).get_by_text("for olga to see").wait_for()
+        review = await inspect(p, "scan")
+        for name in ("Approve", "Reject", "Edit"):
+            await expect(review.get_by_role("button", name=name, exact=True)).to_be_disabled()
+        # A dry run runs plan code in the environment: not asked for by an observer.
+        await expect(review.get_by_role("region", name="Dry run report")).to_contain_text(
+            "your scopes do not include dry runs"
+        )
+        assert (
+            await p.get_by_role("form", name="Plan form")
+            .get_by_role("button", name="Propose for review")
+            .count()
+            == 0
+        )
+    finally:
+        await p.context.close()
