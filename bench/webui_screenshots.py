@@ -49,6 +49,9 @@ async def main(out: Path) -> None:
             plan("rel_scan", ["det"], "motor", -0.5, 0.5, 21),
         ):
             await client.request("queue_item_add", {**item, **USER})
+        # A proposal waiting for review (ADR 30), beyond motor_limited's limits (-5, 5).
+        proposed = plan("scan", ["det1"], "motor_limited", -7, 3, 11)
+        await client.request("proposal_add", {**proposed, "note": "wider, past the edge", **USER})
         await client.request("queue_start")
         await until(client, lambda s: s["running_item_uid"] is not None)
         await asyncio.sleep(8)  # a few points on the live plot
@@ -78,6 +81,10 @@ async def main(out: Path) -> None:
         await history.get_by_test_id("plot").wait_for()
         await history.screenshot(path=out / "webui-history.png")
         await page.get_by_role("region", name="Console").screenshot(path=out / "webui-console.png")
+        proposals = page.get_by_role("region", name="Proposals", exact=True)
+        await proposals.get_by_role("button", name="Inspect").first.click()
+        await proposals.get_by_role("list", name="Limit violations").wait_for(timeout=60_000)
+        await proposals.screenshot(path=out / "webui-proposals.png")
         await page.get_by_role("button", name="Clear queue").click()
         await page.get_by_role("dialog").wait_for()
         await page.screenshot(path=out / "webui-confirm.png")

@@ -43,8 +43,9 @@ function problemOf(status: number, reply: unknown): string | null {
   return null;
 }
 
-// Routes that take the lock's key themselves, or none at all.
-const NO_LOCK_KEY = /^\/api\/(lock|unlock|auth\/)/;
+// Routes that take the lock's key themselves, or none at all (their requests refuse
+// unknown fields: a lock does not stop a dry run, an edit or a rejection of a proposal).
+const NO_LOCK_KEY = /^\/api\/(lock|unlock|auth\/|item\/dry_run|proposals\/(get|update|reject))/;
 
 export class Api {
   /** The key of the lock, typed by the user: sent with every change while it is set. */

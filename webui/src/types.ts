@@ -40,6 +40,8 @@ export interface Status {
   lock_info_uid: string;
   lock: LockStatus;
   progress?: ProgressSummary | null;
+  items_in_proposals?: number;
+  proposals_uid?: string;
 }
 
 export interface HistoryResult {
@@ -50,6 +52,8 @@ export interface HistoryResult {
   time_stop: number;
   msg: string;
   traceback: string;
+  reason?: string; // a rejected proposal's (ADR 30)
+  reviewer?: string;
 }
 
 export interface Item {
@@ -141,4 +145,64 @@ export interface RunDoc {
 export interface ConsoleMsg {
   time: number;
   msg: string;
+}
+
+/** An item waiting for review (ADR 30, docs/proposals.md). */
+export interface Proposal {
+  item: Item;
+  proposed_by: string;
+  user_group: string;
+  time: number;
+  note: string;
+  edited_by: string;
+}
+
+export interface ProposalList {
+  proposals: Proposal[];
+  proposals_uid: string;
+}
+
+export interface MotorRange {
+  name: string;
+  moves: number;
+  start: number | null;
+  min: number | null;
+  max: number | null;
+  limits: number[] | null;
+  within_limits: boolean | null;
+}
+
+export interface LimitViolation {
+  device: string;
+  count: number;
+  values: Json[];
+  limits: number[] | null;
+  msg: string;
+}
+
+/** `item_dry_run`'s report (ADR 31): what the plan would do, from a simulation. */
+export interface DryRunReport {
+  plan_name: string;
+  complete: boolean;
+  messages: number;
+  runs: number;
+  num_points: number;
+  num_points_declared: number | null;
+  events: { [stream: string]: number };
+  motors: MotorRange[];
+  detectors: string[];
+  flyers: string[];
+  violations: LimitViolation[];
+  estimated_duration: number | null;
+  duration_unknown: string[];
+  notes: string[];
+  elapsed: number;
+}
+
+export interface DryRunReply {
+  success: boolean;
+  msg: string;
+  item?: Item | null;
+  source?: string | null;
+  report?: DryRunReport | null;
 }

@@ -9,6 +9,8 @@ import type {
   Item,
   PlanInfo,
   Progress,
+  Proposal,
+  ProposalList,
   QueueReply,
   RunDoc,
   Status,
@@ -19,6 +21,7 @@ import { Feedback, type Note } from "./Feedback";
 import { History } from "./History";
 import { Login } from "./Login";
 import { PlanEditor } from "./PlanEditor";
+import { Proposals } from "./Proposals";
 import { QueueTable } from "./QueueTable";
 import { Running } from "./Running";
 
@@ -45,9 +48,11 @@ export function App() {
   const [why, setWhy] = useState<string>("");
   const [scopes, setScopes] = useState<Set<string>>(new Set());
   const [who, setWho] = useState<string>("");
+  const [user, setUser] = useState<string>("");
   const [queue, setQueue] = useState<Item[]>([]);
   const [running, setRunning] = useState<Item | null>(null);
   const [history, setHistory] = useState<Item[]>([]);
+  const [proposals, setProposals] = useState<Proposal[]>([]);
   const [plans, setPlans] = useState<Record<string, PlanInfo>>({});
   const [devices, setDevices] = useState<Devices>({});
   const [progress, setProgress] = useState<Progress | null>(null);
@@ -124,12 +129,15 @@ export function App() {
         if (gone) return;
         setScopes(new Set(r.scopes));
         return api.get<{ identities?: { id: string }[] }>("/api/auth/whoami").then((w) => {
-          if (!gone) setWho(`${w.identities?.[0]?.id ?? "?"} (${r.roles.join(", ") || "no role"})`);
+          if (gone) return;
+          setUser(w.identities?.[0]?.id ?? "");
+          setWho(`${w.identities?.[0]?.id ?? "?"} (${r.roles.join(", ") || "no role"})`);
         });
       })
       .catch((e: unknown) => {
         if (gone) return;
         setScopes(new Set());
+        setUser("");
         setWho(e instanceof ApiError && e.status === 401 ? "" : "?");
       });
     return () => {
@@ -183,6 +191,9 @@ export function App() {
   }, status?.running_item_uid);
   usePushed<HistoryReply>(api, "/api/history/get", status?.plan_history_uid, (r) => r.plan_history_uid, (r) =>
     setHistory(r.items),
+  );
+  usePushed<ProposalList>(api, "/api/proposals/list", status?.proposals_uid, (r) => r.proposals_uid, (r) =>
+    setProposals(r.proposals),
   );
   usePushed<{ plans_allowed: Record<string, PlanInfo>; plans_allowed_uid?: string }>(
     api,
@@ -258,7 +269,8 @@ export function App() {
         <h1>qserver</h1>
         <StatusLine status={status} state={statusState} why={why} />
         <nav aria-label="Sections">
-          <a href="#queue">Queue</a> <a href="#editor">Add plan</a> <a href="#running">Running</a>{" "}
+          <a href="#queue">Queue</a> <a href="#editor">Add plan</a> <a href="#proposals">Proposals</a>{" "}
+          <a href="#running">Running</a>{" "}
           <a href="#history">History</a> <a href="#console">Console</a>
         </nav>
         <Login auth={auth} who={who} onLogin={login} />
@@ -284,6 +296,7 @@ export function App() {
               doneEditing={() => setEditing(null)}
               selected={[...selected]}
             />
+            <Proposals proposals={proposals} queue={queue} user={user} />
           </div>
           <div class="col">
             <Running item={running} progress={progress} progressState={progressState} live={live} />
@@ -347,6 +360,7 @@ function StatusLine(props: { status: Status | null; state: StreamState; why: str
     <span class="state" role="status" aria-live="polite">
       <b data-testid="manager-state">{status.manager_state}</b> · RE {status.re_state ?? "–"} · {env} · queue{" "}
       {status.items_in_queue} · history {status.items_in_history}
+      {status.items_in_proposals ? ` · proposals ${status.items_in_proposals}` : ""}
       {status.queue_stop_pending ? " · stop pending" : ""}
     </span>
   );

@@ -80,7 +80,10 @@ export function History(props: { items: Item[] }) {
                   <td title={describeArgs(it.args, it.kwargs)}>
                     {it.name} <small class="mono">{describeArgs(it.args, it.kwargs)}</small>
                   </td>
-                  <td title={r?.msg}>{r?.exit_status ?? "?"}</td>
+                  <td title={r?.msg}>
+                    {r?.exit_status ?? "?"}
+                    {r?.reason ? <small> ({r.reason}{r.reviewer ? `, ${r.reviewer}` : ""})</small> : ""}
+                  </td>
                   <td>{it.user ?? ""}</td>
                   <td>{fmtTime(r?.time_start ?? 0)}</td>
                   <td>{r && r.time_stop ? fmtDuration(r.time_stop - r.time_start) : "–"}</td>

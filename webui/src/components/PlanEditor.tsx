@@ -25,8 +25,11 @@ export function PlanEditor(props: {
   const [jsonText, setJsonText] = useState("");
   const [where, setWhere] = useState<Where>("back");
   const [busy, setBusy] = useState(false);
+  const [note, setNote] = useState("");
   const plan = plans[name];
   const editable = can(ctx, "write:queue:edit");
+  // A gated group's member (role `proposer`) proposes instead of adding (ADR 30).
+  const proposing = can(ctx, "write:queue:propose") && !editing;
 
   useEffect(() => {
     if (!name && names.length) setName(names.includes("count") ? "count" : names[0]);
@@ -92,13 +95,16 @@ export function PlanEditor(props: {
 
   const submit = async (e: Event) => {
     e.preventDefault();
+    const propose = (e as SubmitEvent).submitter?.getAttribute("value") === "propose";
     setErrors({});
     setFormError("");
     const item = jsonMode ? fromJson() : fromForm();
     if (!item) return;
     setBusy(true);
     let err: string | null;
-    if (editing) {
+    if (propose) {
+      err = await ctx.act("Propose", () => ctx.api.post("/api/proposals/add", { item, note }));
+    } else if (editing) {
       err = await ctx.act("Save", () => ctx.api.post("/api/queue/item/update", { item: { ...item, item_uid: editing.item_uid } }));
     } else {
       const sel = props.selected;
@@ -123,7 +129,8 @@ export function PlanEditor(props: {
       return;
     }
     if (editing) props.doneEditing();
-    ctx.notify(editing ? `Saved ${item.name}` : `Added ${item.name}`);
+    if (propose) setNote("");
+    ctx.notify(propose ? `Proposed ${item.name} for review` : editing ? `Saved ${item.name}` : `Added ${item.name}`);
   };
 
   const upload = async (file: File | undefined) => {
@@ -208,6 +215,16 @@ export function PlanEditor(props: {
           <button type="submit" class="primary" disabled={!editable || busy}>
             {editing ? "Save" : "Add to queue"}
           </button>
+          {proposing && (
+            <>
+              <label>
+                Note for the reviewer <input value={note} onInput={(e) => setNote(e.currentTarget.value)} />
+              </label>
+              <button type="submit" value="propose" disabled={busy}>
+                Propose for review
+              </button>
+            </>
+          )}
           {editing && (
             <button type="button" onClick={props.doneEditing}>
               Cancel edit

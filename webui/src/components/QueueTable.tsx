@@ -2,7 +2,8 @@
 // freely) with drag-and-drop, multi-select, keyboard moves, duplicate, edit, delete + undo.
 import { useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
 import { can, describeArgs, useApp } from "../state";
-import type { Item } from "../types";
+import type { DryRunReply, Item } from "../types";
+import { DryRunView } from "./DryRun";
 
 const ROW = 34; // px: every row has this height, which makes the virtual list exact
 const OVERSCAN = 8;
@@ -28,6 +29,8 @@ export function QueueTable(props: {
   const dragged = useRef<string[]>([]);
   const anchor = useRef<number>(-1);
   const editable = can(ctx, "write:queue:edit");
+  // The dry run of one queued item (ADR 31): its report under the toolbar until closed.
+  const [dry, setDry] = useState<{ uid: string; name: string; reply: DryRunReply | null } | null>(null);
 
   useLayoutEffect(() => {
     const el = box.current;
@@ -94,6 +97,18 @@ export function QueueTable(props: {
       }
     });
 
+  const dryRun = async (it: Item) => {
+    const uid = it.item_uid!;
+    setDry({ uid, name: it.name, reply: null });
+    let reply: DryRunReply;
+    try {
+      reply = await ctx.api.post<DryRunReply>("/api/item/dry_run", { uid });
+    } catch (e) {
+      reply = { success: false, msg: e instanceof Error ? e.message : String(e) };
+    }
+    setDry((d) => (d?.uid === uid ? { ...d, reply } : d));
+  };
+
   const onKey = (e: KeyboardEvent, index: number) => {
     const uid = items[index].item_uid!;
     const focusRow = (i: number) => {
@@ -148,6 +163,13 @@ export function QueueTable(props: {
         </button>
         <button
           type="button"
+          disabled={!editable || sel.length !== 1}
+          onClick={() => dryRun(items.find((i) => i.item_uid === sel[0])!)}
+        >
+          Dry run
+        </button>
+        <button
+          type="button"
           class="danger"
           disabled={!editable || !items.length}
           onClick={async () => {
@@ -159,6 +181,17 @@ export function QueueTable(props: {
         </button>
         <span>{sel.length ? `${sel.length} selected` : ""}</span>
       </div>
+      {dry && (
+        <div class="dry">
+          <div class="row">
+            <b>Dry run of {dry.name}</b>
+            <button type="button" onClick={() => setDry(null)}>
+              Close dry run
+            </button>
+          </div>
+          <DryRunView reply={dry.reply} label={`Dry run of ${dry.name}`} />
+        </div>
+      )}
       <div
         class="vlist"
         ref={box}
