@@ -6,8 +6,9 @@ ARGS ?=
 
 REF_VENV ?= .venv-reference
 REF_V001_VENV ?= .venv-reference-v001
+BENCH_REF_VENV ?= .venv-bench-ref
 
-.PHONY: run test test-busy lint bench clean reference-clients
+.PHONY: run test test-busy lint bench bench-compare clean reference-clients
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,5 +79,31 @@ test-busy: $(VENV)/.installed-test  ## the whole suite beside two CPU-bound busy
 bench: $(VENV)/.installed  ## print the benchmark figures as JSON
 	$(BIN)/python -m bench.bench_core
 
+# The reference measured by `make bench-compare`, in a scratch venv of its own (never .venv:
+# bluesky-queueserver's `qserver` script would replace ours), and Debian's redis-server
+# (installed by apt when missing, kept from starting: the benchmark runs its own).
+$(BENCH_REF_VENV)/.installed: bench/reference-requirements.txt
+	@echo "installing the reference into $(BENCH_REF_VENV) (the first run takes a few minutes)..."
+	rm -rf $(BENCH_REF_VENV)
+	$(PYTHON) -m venv $(BENCH_REF_VENV)
+	$(BENCH_REF_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_REF_VENV)/bin/pip install -q -r bench/reference-requirements.txt
+	touch $@
+
+$(BENCH_REF_VENV)/.redis: | $(BIN)/python
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "as root: apt-get install redis-server"; exit 1; fi; \
+	  policy=/usr/sbin/policy-rc.d; made=; \
+	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod +x $$policy; made=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; \
+	  rc=$$?; [ -n "$$made" ] && rm -f $$policy; exit $$rc; \
+	fi
+	mkdir -p $(BENCH_REF_VENV) && touch $@
+
+# Ours (the default stack of `make run`) against the reference, alternately, in one run: JSON,
+# then the table of ratios (> 1: ours is better). ARGS="--quick" checks the tool in ~3 minutes.
+bench-compare: $(VENV)/.installed-test $(BENCH_REF_VENV)/.installed $(BENCH_REF_VENV)/.redis  ## ours vs the reference, side by side
+	$(BIN)/python -m bench.bench_compare $(ARGS)
+
 clean:
-	rm -rf $(VENV) $(REF_VENV) $(REF_V001_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(REF_VENV) $(REF_V001_VENV) $(BENCH_REF_VENV) .pytest_cache .mypy_cache .ruff_cache
