@@ -175,8 +175,17 @@ def reference_system(ref_venv: Path) -> Iterator[dict[str, Any]]:
                 raise
 
             def processes() -> dict[int, str]:
+                # start-re-manager's watchdog starts the manager, then (environment_open) the
+                # worker: its children in the order they were made.
+                watchdog = procs["re-manager"].pid
+                roles = {watchdog: "watchdog"}
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    kids = psutil.Process(watchdog).children()
+                    kids.sort(key=lambda p: p.create_time())
+                    for role, kid in zip(("manager", "worker (environment)"), kids, strict=False):
+                        roles[kid.pid] = role
                 out: dict[int, str] = {}
-                out |= _tree(procs["re-manager"].pid, {procs["re-manager"].pid: "watchdog"})
+                out |= _tree(watchdog, roles)
                 out |= _tree(procs["redis"].pid, {procs["redis"].pid: "redis-server"})
                 out |= _tree(procs["httpserver"].pid, {procs["httpserver"].pid: "httpserver"})
                 return out
@@ -276,6 +285,22 @@ def _cpu(pids: dict[int, str]) -> dict[int, float]:
     return out
 
 
+def quiesce(side: dict[str, Any], at_least: float, limit: float = 0.25, most: float = 60) -> float:
+    """Wait `at_least` seconds, then until the side's processes together use under `limit`
+    of one CPU over 2 s (start-up imports, a catalog catching up), `most` seconds at most."""
+    t0 = time.monotonic()
+    time.sleep(at_least)
+    while time.monotonic() - t0 < most:
+        pids = side["processes"]()
+        before, t = _cpu(pids), time.monotonic()
+        time.sleep(2.0)
+        after = _cpu(pids)
+        used = sum(after[p] - before[p] for p in before if p in after) / (time.monotonic() - t)
+        if used < limit:
+            break
+    return round(time.monotonic() - t0, 1)
+
+
 def idle_cpu(side: dict[str, Any], window: float) -> dict[str, Any]:
     """CPU seconds per minute of every process of the side over `window` s of doing nothing
     (environment open, queue empty, no client connected but the HTTP server's own)."""
@@ -303,12 +328,17 @@ def measure_side(
     t0 = time.monotonic()
     with system as side:
         figures["started_s"] = round(time.monotonic() - t0, 1)
+        figures["quiet_after_start_s"] = quiesce(side, settle)
         figures |= workloads(python, side, "requests", quick)
         figures |= asyncio.run(http_figures(side, quick))
-        figures |= workloads(python, side, "execution", quick)
-        time.sleep(settle)
-        figures |= memory(side)
+        figures |= workloads(python, side, "environment", quick)
+        # Idle with the environment open, before any plan ran: the catalog's writes of the
+        # runs below would otherwise still be going on (they lag the runs by seconds).
+        figures["quiet_before_idle_s"] = quiesce(side, settle)
         figures |= idle_cpu(side, window)
+        figures |= workloads(python, side, "execution", quick)
+        figures["quiet_before_memory_s"] = quiesce(side, settle)
+        figures |= memory(side)
         figures |= workloads(python, side, "kill", quick)
     figures["load_after"] = os.getloadavg()
     return figures
@@ -404,7 +434,7 @@ def main() -> None:
     if args.quick and "--rounds" not in sys.argv:
         args.rounds = 1
     args.idle_window = args.idle_window or (10.0 if args.quick else 60.0)
-    args.settle = args.settle if args.settle is not None else (3.0 if args.quick else 10.0)
+    args.settle = args.settle if args.settle is not None else (2.0 if args.quick else 5.0)
     result = run(args)
     text = json.dumps(result, indent=2)
     if args.json:

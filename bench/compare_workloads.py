@@ -6,7 +6,7 @@ ours with .venv (`qserver.client.Client` over NATS), the reference with .venv-be
 top: the reference's venv has no `qserver`, ours may lack the reference's client. Prints one
 JSON object of flat figures (the keys of bench/compare_table.py's rows).
 
-    python -m bench.compare_workloads {ours|ref} {requests|execution|kill} CONNECTION_JSON
+    python -m bench.compare_workloads {ours|ref} PHASE CONNECTION_JSON  (PHASES: the keys below)
 """
 
 from __future__ import annotations
@@ -197,16 +197,22 @@ async def timed_state(
     return time.perf_counter() - t
 
 
+async def environment(side: Side, quick: bool) -> dict[str, Any]:
+    """environment_open until the environment exists and the manager is idle."""
+    return {
+        "environment_open_s": await timed_state(
+            side,
+            "environment_open",
+            {},
+            lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle",
+        )
+    }
+
+
 async def execution(side: Side, quick: bool) -> dict[str, Any]:
-    """environment open, turnover, pause and resume; leaves the environment open and idle."""
+    """Turnover, pause and resume in the open environment; leaves it open and idle."""
     n_plans = 20 if quick else 100
     out: dict[str, Any] = {}
-    out["environment_open_s"] = await timed_state(
-        side,
-        "environment_open",
-        {},
-        lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle",
-    )
     _ok(await side.request("queue_clear"), "queue_clear")
     _ok(
         await side.request("queue_item_add_batch", {"items": [COUNT] * n_plans, **USER}),
@@ -256,7 +262,7 @@ async def kill(side: Side, quick: bool) -> dict[str, Any]:
     return {"manager_kill_s": time.perf_counter() - t}
 
 
-PHASES = {"requests": requests, "execution": execution, "kill": kill}
+PHASES = {"requests": requests, "environment": environment, "execution": execution, "kill": kill}
 
 
 async def main(side_name: str, phase: str, conn: dict[str, Any]) -> dict[str, Any]:
