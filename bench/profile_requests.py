@@ -27,6 +27,7 @@ import json
 import os
 import pstats
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ async def main():
     async def cb(msg):
         await msg.respond(payload)
     await nc.subscribe(sys.argv[2], cb=cb)
+    await nc.flush()
     print("ready", flush=True)
     await asyncio.Event().wait()
 asyncio.run(main())
@@ -61,12 +63,14 @@ asyncio.run(main())
 
 # Self time of the client's functions, grouped by where they live.
 GROUPS = (
-    ("nats-py", ("/nats/",)),
-    ("asyncio/uvloop", ("/asyncio/", "uvloop", "selectors.py", "<built-in method select")),
+    ("waiting (epoll)", ("'poll' of 'select.epoll'", "select (selectors.py", "selectors.py:451")),
+    ("socket send/recv", ("'send' of '_socket", "'recv' of '_socket", "sendall", "recv_into")),
+    ("nats-py", ("nats/",)),
+    ("asyncio/uvloop", ("asyncio/", "uvloop", "selectors.py")),
     ("msgspec", ("msgspec",)),
-    ("qserver client", ("/qserver/",)),
-    ("services", ("/services/",)),
-    ("json/logging", ("/json/", "/logging/")),
+    ("qserver", ("qserver/",)),
+    ("services", ("services/",)),
+    ("json/logging", ("json/", "logging/")),
 )
 
 
@@ -119,44 +123,71 @@ def client_profile(prof: cProfile.Profile, n: int) -> dict[str, Any]:
     }
 
 
+def stack_part(frames: list[str]) -> str:
+    """Which part of the service a sampled stack is in: what runs above the event loop."""
+    loop = [i for i, f in enumerate(frames) if f.startswith(("Runner.run ", "run (uvloop"))]
+    if loop:
+        frames = frames[loop[-1] + 1 :]
+    if any("services/" in f for f in frames):
+        return "the service's own code (handlers, status, events)"
+    if any("nats/" in f for f in frames):
+        return "nats-py (read loop, parser, flusher, micro)"
+    if not frames:
+        return "event loop itself (uvloop, syscalls)"
+    return "asyncio (streams, futures, queues)"
+
+
 def py_spy_summary(raw: Path) -> dict[str, Any]:
-    """Collapsed stacks ('frame;frame;... count'): the leaf's package and the handler's share."""
-    leaf: Counter[str] = Counter()
-    inside: Counter[str] = Counter()
+    """Collapsed stacks ('frame;frame;... count'), active samples only: shares by part."""
+    parts: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        c = int(count)
-        total += c
-        frames = stack.split(";")
-        leaf[group_of(frames[-1])] += c
-        # Samples inside the service's own code, anywhere on the stack (handler + what it calls).
-        if any("/services/" in f for f in frames):
-            inside["inside services/ code"] += c
-        if any("/qserver/" in f for f in frames):
-            inside["inside qserver/ code"] += c
-        if any("msgspec" in f or "encode" in f or "decode" in f for f in frames):
-            inside["encoding/decoding on the stack"] += c
+        total += int(count)
+        parts[stack_part(stack.split(";"))] += int(count)
     if not total:
         return {"samples": 0}
     return {
-        "samples": total,
-        "leaf_share_by_group": {k: round(v / total, 3) for k, v in leaf.most_common()},
-        "share_with_on_stack": {k: round(v / total, 3) for k, v in inside.most_common()},
+        "active_samples": total,
+        "share_by_part": {k: round(v / total, 3) for k, v in parts.most_common()},
     }
 
 
-async def measure(
-    c: Client, info: dict[str, Any], method: str, params: dict[str, Any], n: int, py_spy: str | None
-) -> dict[str, Any]:
-    body = msgspec.json.encode(params)
-    for _ in range(100):  # warm up
+async def timed(c: Client, method: str, params: dict[str, Any], n: int) -> list[float]:
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter()
         await c.request(method, params)
+        lat.append(time.perf_counter() - t)
+    return lat
+
+
+async def measure(
+    c: Client,
+    info: dict[str, Any],
+    method: str,
+    params: dict[str, Any],
+    n: int,
+    py_spy: str | None,
+    keep: Path | None,
+) -> dict[str, Any]:
+    """Pass 1: round trips and each process's CPU per request. Pass 2 (n/2): the client under
+    cProfile, the queue service under py-spy."""
+    await timed(c, method, params, 100)  # warm up
     if method == "queue_item_add":
         await c.request("queue_clear")
     pids = processes(info)
+    before, client_before = cpu_of(pids), time.process_time()
+    t0 = time.perf_counter()
+    lat = await timed(c, method, params, n)
+    wall = time.perf_counter() - t0
+    client_cpu = time.process_time() - client_before
+    after = cpu_of(pids)
+    cpu = {k: (after[k] - before[k]) / n * 1e6 for k in before if k in after}
+    cpu = {k: round(v, 1) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.5}
+
     spy = None
     raw = Path(tempfile.mkstemp(prefix="qs-pyspy-", suffix=".txt")[1])
     if py_spy:
@@ -166,28 +197,20 @@ async def measure(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         await asyncio.sleep(1.0)  # py-spy attaches
-    before = cpu_of(pids)
-    client_before = time.process_time()
     prof = cProfile.Profile()
-    lat = []
     prof.enable()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        t = time.perf_counter()
-        await c.request(method, params)
-        lat.append(time.perf_counter() - t)
-    wall = time.perf_counter() - t0
+    await timed(c, method, params, n // 2)
     prof.disable()
-    client_cpu = time.process_time() - client_before
-    after = cpu_of(pids)
-    spied: dict[str, Any] = {}
+    spied: dict[str, Any] | None = None
     if spy is not None:
-        spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled
         spy.wait(60)
         spied = py_spy_summary(raw)
+        if keep:
+            shutil.copy(raw, keep / f"py-spy-queue-{method}.txt")
     raw.unlink(missing_ok=True)
-    cpu = {k: (after[k] - before[k]) / n * 1e6 for k in before if k in after}
-    cpu = {k: round(v, 1) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.5}
+
+    body = msgspec.json.encode(params)
     reply = await c.request_raw(method, body)
     t = time.perf_counter()
     for _ in range(1000):
@@ -203,15 +226,12 @@ async def measure(
         "n": n,
         "round_trip_p50_us": round(p50(lat) * 1e6, 1),
         "round_trip_mean_us": round(wall / n * 1e6, 1),
-        "cpu_us_per_request": {
-            "client (this process, incl. cProfile)": round(client_cpu / n * 1e6, 1),
-            **cpu,
-        },
+        "cpu_us_per_request": {"client (this process)": round(client_cpu / n * 1e6, 1), **cpu},
         "encode_request_us": round(enc * 1e6, 2),
         "decode_reply_us": round(dec * 1e6, 2),
         "reply_bytes": len(reply),
-        "client_cprofile": client_profile(prof, n),
-        "queue_service_py_spy": spied or None,
+        "client_cprofile": client_profile(prof, n // 2),
+        "queue_service_py_spy": spied,
     }
 
 
@@ -256,11 +276,13 @@ async def floors(reply_bytes: int, n: int) -> dict[str, Any]:
     }
 
 
-async def run(info: dict[str, Any], n: int, py_spy: str | None) -> dict[str, Any]:
+async def run(
+    info: dict[str, Any], n: int, py_spy: str | None, keep: Path | None
+) -> dict[str, Any]:
     c = await Client.connect(info["nats_url"], info["prefix"], timeout=30)
     try:
-        status = await measure(c, info, "status", {}, n, py_spy)
-        add = await measure(c, info, "queue_item_add", {"item": ITEM, **USER}, n // 2, py_spy)
+        status = await measure(c, info, "status", {}, n, py_spy, keep)
+        add = await measure(c, info, "queue_item_add", {"item": ITEM, **USER}, n // 2, py_spy, keep)
         floor = await floors(status["reply_bytes"], n)
     finally:
         await c.close()
@@ -273,9 +295,10 @@ def main() -> None:
     )
     p.add_argument("--n", type=int, default=2000, help="status requests (adds: half as many)")
     p.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable (optional)")
+    p.add_argument("--keep", type=Path, help="keep py-spy's collapsed stacks in this folder")
     args = p.parse_args()
     with embedded_stack("--no-kafka", "--no-catalog") as info:
-        result = asyncio.run(run(info, args.n, args.py_spy))
+        result = asyncio.run(run(info, args.n, args.py_spy, args.keep))
     result["load_average"] = os.getloadavg()
     result["cpus"] = os.cpu_count()
     print(json.dumps(result, indent=2))
