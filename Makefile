@@ -8,7 +8,7 @@ REF_VENV ?= .venv-reference
 REF_V001_VENV ?= .venv-reference-v001
 BENCH_REF_VENV ?= .venv-bench-ref
 
-.PHONY: run test test-busy lint bench bench-compare clean reference-clients
+.PHONY: run test test-busy lint bench bench-compare bench-profile clean reference-clients
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +104,14 @@ $(BENCH_REF_VENV)/.redis: | $(BIN)/python
 # then the table of ratios (> 1: ours is better). ARGS="--quick" checks the tool in ~3 minutes.
 bench-compare: $(VENV)/.installed-test $(BENCH_REF_VENV)/.installed $(BENCH_REF_VENV)/.redis  ## ours vs the reference, side by side
 	$(BIN)/python -m bench.bench_compare $(ARGS)
+
+# Where a status and a queue_item_add spend their time (JSON); py-spy (PyPI) samples the
+# queue service, from the scratch venv (it is a tool of the benchmark, not of qserver).
+$(BENCH_REF_VENV)/bin/py-spy: $(BENCH_REF_VENV)/.installed
+	$(BENCH_REF_VENV)/bin/pip install -q py-spy
+
+bench-profile: $(VENV)/.installed-test $(BENCH_REF_VENV)/bin/py-spy  ## profile status and queue_item_add
+	$(BIN)/python -m bench.profile_requests --py-spy $(BENCH_REF_VENV)/bin/py-spy $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(REF_VENV) $(REF_V001_VENV) $(BENCH_REF_VENV) .pytest_cache .mypy_cache .ruff_cache

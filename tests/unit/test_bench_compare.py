@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.compare_table import ROWS, Row, compare, median, ratio, table
@@ -91,3 +93,35 @@ def test_every_row_of_issue_14_is_compared() -> None:
     ):
         assert key in keys
     assert len(keys) == len(ROWS)  # no key twice
+
+
+def test_core_processes_leave_out_http_kafka_catalog_and_the_bridge() -> None:
+    from bench.bench_compare import _core
+
+    core = ["supervisor", "nats-server", "queue", "worker", "history", "environment"]
+    core += ["watchdog", "manager", "worker (environment)", "redis-server"]
+    rest = ["gateway", "zmq_bridge", "kafka broker", "catalog (tiled)", "httpserver"]
+    assert all(_core(r) for r in core)
+    assert not any(_core(r) for r in rest)
+
+
+def test_py_spy_stacks_are_split_by_the_part_above_the_event_loop(tmp_path: Path) -> None:
+    from bench.profile_requests import py_spy_summary
+
+    base = "<module> (services/queue/__main__.py:176);run (uvloop/__init__.py:92);"
+    base += "Runner.run (asyncio/runners.py:118)"
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        f"{base} 6\n"  # in uvloop's C code: no Python frame above the loop
+        f"{base};Client._flusher (nats/aio/client.py:2363) 2\n"
+        f"{base};Endpoint._handle_request (nats/micro/service.py:255);"
+        "serve_method (services/runtime/service_base.py:106) 1\n"
+        f"{base};StreamReader.feed_data (asyncio/streams.py:501) 1\n"
+    )
+    got = py_spy_summary(raw)
+    assert got["active_samples"] == 10
+    shares = got["share_by_part"]
+    assert shares["event loop itself (uvloop, syscalls)"] == 0.6
+    assert shares["nats-py (read loop, parser, flusher, micro)"] == 0.2
+    assert shares["the service's own code (handlers, status, events)"] == 0.1
+    assert shares["asyncio (streams, futures, queues)"] == 0.1
