@@ -150,3 +150,35 @@ def table(entries: list[dict[str, Any]]) -> str:
         if n == 0:
             text.append("  ".join("-" * w for w in widths))
     return "\n".join(text)
+
+
+def markdown(entries: list[dict[str, Any]]) -> str:
+    """The comparison as a Markdown table (for docs/benchmarks.md)."""
+    head = ("workload", "unit", "ours", "reference", "ratio (> 1: ours better)", "goal")
+    head += ("ours, by round", "reference, by round")
+    out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for e in entries:
+        r = "-" if e["ratio"] is None else f"{e['ratio']:.2f}"
+        if e["meets_goal"] is True:
+            r = f"**{r}**"
+        goal = "-" if e["goal"] is None else f"≥ {e['goal']:g}"
+        cells = [
+            e["label"].strip(),
+            e["unit"],
+            _num(e["ours_median"]),
+            _num(e["reference_median"]),
+            r,
+            goal,
+            _rounds(e["ours"]),
+            _rounds(e["reference"]),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # python -m bench.compare_table RESULT.json: the Markdown table
+    import json
+    import sys
+    from pathlib import Path
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())["rows"]))

@@ -125,3 +125,15 @@ def test_py_spy_stacks_are_split_by_the_part_above_the_event_loop(tmp_path: Path
     assert shares["nats-py (read loop, parser, flusher, micro)"] == 0.2
     assert shares["the service's own code (handlers, status, events)"] == 0.1
     assert shares["asyncio (streams, futures, queues)"] == 0.1
+
+
+def test_markdown_table_marks_the_ratios_that_meet_their_goal() -> None:
+    from bench.compare_table import markdown
+
+    entries = compare(
+        [{"lat_ms": 1.0, "ops": 900.0}], [{"lat_ms": 5.0, "ops": 500.0}], (LOWER, HIGHER)
+    )
+    lines = markdown(entries).splitlines()
+    assert len(lines) == 4 and lines[1].startswith("|---")
+    assert "| latency | ms | 1 | 5 | **5.00** | ≥ 2 |" in lines[2]
+    assert "| throughput | ops/s | 900 | 500 | 1.80 | ≥ 4 |" in lines[3]
