@@ -28,6 +28,13 @@ class Row:
 # (bench/compare_workloads.py, bench/bench_compare.py).
 ROWS: tuple[Row, ...] = (
     Row("status_p50_ms", "status round trip p50 (2,000 calls)", "ms", "lower", 1.0),
+    Row(
+        "status_pushed_p50_ms",
+        "  status p50 from a followed push (ours if the client can)",
+        "ms",
+        "lower",
+        10.0,
+    ),
     Row("item_add_ops_per_s", "queue_item_add, 1,000 sequential", "ops/s", "higher", 4.0),
     Row("queue_get_1000_p50_ms", "queue_get of 1,000 items, decoded, p50", "ms", "lower", 1.0),
     Row("fill_10000_s", "fill to 10,000 items (batches of 500)", "s", "lower", 1.0),
