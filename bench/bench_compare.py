@@ -339,6 +339,11 @@ def measure_side(
         figures |= workloads(python, side, "execution", quick)
         figures["quiet_before_memory_s"] = quiesce(side, settle)
         figures |= memory(side)
+        after_runs = idle_cpu(side, window)
+        figures["idle_after_runs_cpu_s_per_min"] = after_runs["idle_cpu_s_per_min"]
+        figures["idle_after_runs_by_process_s_per_min"] = after_runs[
+            "idle_cpu_by_process_s_per_min"
+        ]
         figures |= workloads(python, side, "kill", quick)
     figures["load_after"] = os.getloadavg()
     return figures
