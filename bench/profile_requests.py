@@ -260,10 +260,12 @@ async def floors(reply_bytes: int, n: int) -> dict[str, Any]:
                 t = time.perf_counter()
                 await nc.flush()
                 ping.append(time.perf_counter() - t)
+            cpu = time.process_time()
             for _ in range(n):
                 t = time.perf_counter()
                 await nc.request("echo", b"{}", timeout=5)
                 req.append(time.perf_counter() - t)
+            cpu = time.process_time() - cpu
         finally:
             await nc.close()
             echo.terminate()
@@ -272,6 +274,7 @@ async def floors(reply_bytes: int, n: int) -> dict[str, Any]:
     return {
         "client_nats_server_ping_p50_us": round(p50(ping) * 1e6, 1),
         "nats_py_echo_request_p50_us": round(p50(req) * 1e6, 1),
+        "nats_py_echo_client_cpu_us_per_request": round(cpu / n * 1e6, 1),
         "echo_reply_bytes": reply_bytes,
     }
 
