@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
+# 1: `make test` also runs the reference client's own tests over HTTP (test-reference); by
+# default only for the whole suite (no ARGS).
+REFERENCE ?= $(if $(ARGS),0,1)
 
 REF_VENV ?= .venv-reference
 REF_V001_VENV ?= .venv-reference-v001
@@ -72,6 +75,7 @@ lint: $(VENV)/.installed-test
 test: $(VENV)/.installed-test reference-clients  ## install with test extras, lint, run the whole suite
 	$(MAKE) lint
 	$(BIN)/pytest $(ARGS)
+	$(if $(filter 1,$(REFERENCE)),$(MAKE) test-reference)
 
 test-busy: $(VENV)/.installed-test  ## the whole suite beside two CPU-bound busy loops
 	$(BIN)/python -m tests.run_busy -- $(MAKE) test ARGS="$(ARGS)"
@@ -101,7 +105,7 @@ $(BENCH_REF_VENV)/.redis: | $(BIN)/python
 	mkdir -p $(BENCH_REF_VENV) && touch $@
 
 # Ours (the default stack of `make run`) against the reference, alternately, in one run: JSON,
-# then the table of ratios (> 1: ours is better). ARGS="--quick" checks the tool in ~3 minutes.
+# then the table of ratios (> 1: ours is better). ARGS="--quick" checks the tool in ~6 minutes.
 bench-compare: $(VENV)/.installed-test $(BENCH_REF_VENV)/.installed $(BENCH_REF_VENV)/.redis  ## ours vs the reference, side by side
 	$(BIN)/python -m bench.bench_compare $(ARGS)
 
@@ -112,6 +116,25 @@ $(BENCH_REF_VENV)/bin/py-spy: $(BENCH_REF_VENV)/.installed
 
 bench-profile: $(VENV)/.installed-test $(BENCH_REF_VENV)/bin/py-spy  ## profile status and queue_item_add
 	$(BIN)/python -m bench.profile_requests --py-spy $(BENCH_REF_VENV)/bin/py-spy $(ARGS)
+
+# bluesky-queueserver-api's own tests (its tests/ package) against our stack, run from
+# .venv-reference: docs/reference-tests.md. REFTESTS_ZMQ=1 adds the 0MQ cases.
+REF_WORKERS ?= 6
+REF_ARGS ?=
+# Known failures, each with its owner: strict xfails (REF_EXPECTED= gives the raw pass/fail).
+REF_EXPECTED ?= tests/reference/expected-failures.txt
+REF_SITE = $(shell $(REF_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+$(REF_VENV)/.installed-tests: tests/reference/requirements-tests.txt $(REF_VENV)/.installed
+	$(REF_VENV)/bin/pip install -q -r tests/reference/requirements-tests.txt
+	touch $@
+
+.PHONY: test-reference
+test-reference: $(VENV)/.installed $(REF_VENV)/.installed-tests  ## the reference client's own tests
+	PYTHONPATH=tests/reference REFTESTS_QSERVER_PYTHON=$(abspath $(BIN)/python) \
+	REFTESTS_EXPECTED=$(REF_EXPECTED) \
+	$(REF_VENV)/bin/python -m pytest -c tests/reference/pytest.ini --rootdir $(REF_SITE) \
+		-n $(REF_WORKERS) --pyargs bluesky_queueserver_api.tests $(REF_ARGS)
 
 clean:
 	rm -rf $(VENV) $(REF_VENV) $(REF_V001_VENV) $(BENCH_REF_VENV) .pytest_cache .mypy_cache .ruff_cache

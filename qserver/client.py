@@ -20,6 +20,7 @@ from qserver.errors import BadRequest
 from qserver.localstack import is_stack_nats, running_stack, stack_credentials
 from qserver.protocol.api import service_of, unknown_method_reply
 from qserver.protocol.console import UID_HEADER as CONSOLE_UID
+from qserver.protocol.dry_run import REPLY_TIMEOUT_S as DRY_RUN_TIMEOUT_S
 from qserver.protocol.reply_parts import PART_HEADER, PARTS_HEADER, SIZE_HEADER, TOKEN_HEADER
 from qserver.protocol.subjects import (
     DEFAULT_PREFIX,
@@ -34,6 +35,8 @@ DEFAULT_NATS_URL = "nats://localhost:4222"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_USER_GROUP = "primary"
 AUTO = "\0auto"  # `Client.connect(act_as=AUTO)`: act as the connection's own NATS user
+# Methods that take longer than most by design: the client waits at least this long for them.
+SLOW_METHODS = {"item_dry_run": DRY_RUN_TIMEOUT_S}
 
 
 def acting_user(inbox: str) -> str | None:
@@ -329,7 +332,7 @@ class Client:
         part that cannot be had is IncompleteReply or NoAnswer, an empty reply EmptyReply.
         """
         subject = self.subject_of(method, body)
-        timeout = timeout or self.timeout
+        timeout = timeout or max(self.timeout, SLOW_METHODS.get(method, 0.0))
         loop = asyncio.get_running_loop()
         started, pause = loop.time(), 0.05
         while True:
@@ -441,9 +444,27 @@ class Client:
         """Each status event as it is published (on change and once a second)."""
         return self.events(self.subjects.status_event)
 
+    def proposal_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Each change of a proposal (`ProposalEvent`, ADR 30): a proposer learns its fate."""
+        return self.events(self.subjects.proposals_event)
+
     def console_events(self) -> AsyncIterator[dict[str, Any]]:
         """Each console message (`{time, msg}`) as it is published, live."""
         return self.events(self.subjects.console_event)
+
+    def progress_feed(self) -> AsyncIterator[dict[str, Any]]:
+        """The open run's last progress event first (if a run is open), then each new one
+        (`<prefix>.events.progress`, ADR 25)."""
+        from qserver.feeds import progress_feed
+
+        return progress_feed(self)
+
+    def documents_feed(self, current: bool = True) -> AsyncIterator[dict[str, Any]]:
+        """`{"name", "doc"}` of each run document; with `current`, the open run's documents
+        from its start first (from the document stream), then every new one (ADR 25)."""
+        from qserver.feeds import documents_feed
+
+        return documents_feed(self, current)
 
     async def console_feed(self, backlog: int = 0) -> AsyncIterator[dict[str, Any]]:
         """The last `backlog` console messages kept, then each new one: none twice, none missed.

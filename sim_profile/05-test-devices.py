@@ -4,6 +4,7 @@
 import ophyd
 from ophyd import Component
 from ophyd.sim import MockFlyer, SynAxis, SynGauss, det, motor, motor1, motor2
+from ophyd.utils import LimitError
 
 custom_test_device = ophyd.Device(name="custom_test_device")
 custom_test_signal = ophyd.Signal(name="custom_test_signal")
@@ -54,3 +55,28 @@ class SimBundle(ophyd.Device):
 
 sim_bundle_A = SimBundle(name="sim_bundle_A")
 sim_bundle_B = SimBundle(name="sim_bundle_B")
+
+
+class SynAxisWithLimits(SynAxis):
+    """A simulated motor with soft limits, as an EPICS motor has: a move outside fails."""
+
+    def __init__(self, *, limits: tuple[float, float], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._limits = (float(limits[0]), float(limits[1]))
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        return self._limits
+
+    def check_value(self, value: float) -> None:
+        low, high = self._limits
+        if not low <= value <= high:
+            raise LimitError(f"{self.name}: {value} is outside the limits [{low}, {high}]")
+
+    def set(self, value: float) -> ophyd.status.StatusBase:  # type: ignore[override]
+        self.check_value(value)
+        return super().set(value)
+
+
+# Ours, beside the reference's devices: dry runs (ADR 31) report moves outside its limits.
+motor_limited = SynAxisWithLimits(name="motor_limited", limits=(-5.0, 5.0), labels={"motors"})

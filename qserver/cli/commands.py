@@ -11,11 +11,18 @@ from qserver.cli import (
     commands_doctor,
     commands_env,
     commands_login,
+    commands_proposal,
     commands_queue,
 )
 from qserver.cli.errors import BadParams
 from qserver.cli.options import CONTEXT, lock_key_option, nats_auth_options, simple
-from qserver.cli.runner import Settings, run_console_monitor, run_legacy, run_monitor
+from qserver.cli.runner import (
+    Settings,
+    run_console_monitor,
+    run_legacy,
+    run_monitor,
+    run_progress_monitor,
+)
 from qserver.cli.words import normalize_legacy_argv
 
 EPILOG = """\b
@@ -127,11 +134,12 @@ simple(cli, "config", "config_get", "Print the manager configuration.")
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("what", type=click.Choice(["status", "console"]), default="status")
+@click.argument("what", type=click.Choice(["status", "console", "progress"]), default="status")
 @click.option(
     "--once",
     is_flag=True,
-    help="Print the current status (or the console's recent output) and exit.",
+    help="Print the current status (or the console's recent output, or the open run's "
+    "progress) and exit.",
 )
 @click.option(
     "--backlog",
@@ -142,20 +150,25 @@ simple(cli, "config", "config_get", "Print the manager configuration.")
     "(0: only new ones).",
 )
 def monitor(what: str, once: bool, backlog: int) -> None:
-    """Watch the server until Ctrl-C: a line per status change, or the console output.
+    """Watch the server until Ctrl-C: a line per status change, the console, or progress.
 
     \b
     qserver monitor            status changes, as they are pushed
     qserver monitor console    what the server prints: the recent output, then live
+    qserver monitor progress   a progress bar of the running plan (point n of N, ETA,
+                               motor positions), then of each next run
     """
     if what == "console":
         run_console_monitor(once, backlog)
+    elif what == "progress":
+        run_progress_monitor(once)
     else:
         run_monitor(once)
 
 
 for _command in (
     commands_queue.queue,
+    commands_proposal.proposal,
     commands_env.environment,
     commands_env.existing,
     commands_env.allowed,

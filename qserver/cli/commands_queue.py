@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from qserver.cli.errors import BadParams, RequestRefused
 from qserver.cli.options import CONTEXT, FREE_ARGS, lock_key_option, simple
 from qserver.cli.output import show
-from qserver.cli.runner import USER, ask, current_settings, send
+from qserver.cli.runner import USER, ask, current_settings, send, send_and_render
 from qserver.cli.words import (
     batch_items,
     make_item,
@@ -183,3 +184,26 @@ def item_move(words: tuple[str, ...]) -> None:
         send("queue_item_move_batch", parse_batch_move(words[1:]))
     else:
         send("queue_item_move", parse_move(words))
+
+
+@queue_item.command("dry-run", context_settings=FREE_ARGS)
+@click.argument("words", nargs=-1, required=True, metavar="UID | proposal UID | plan JSON")
+def item_dry_run(words: tuple[str, ...]) -> None:
+    """Simulate a plan, moving nothing: its points, the motors' ranges against their limits,
+    the detectors and an estimated duration (a queued or the running item by uid, a
+    proposal, or a plan given as JSON)."""
+    params: dict[str, Any]
+    if len(words) == 2 and words[0] == "proposal":
+        params = {"proposal_uid": words[1]}
+    elif len(words) == 2 and words[0] == "plan":
+        params = {"item": make_item("plan", words[1])}
+    elif len(words) == 1:
+        params = {"uid": words[0]}
+    else:
+        raise BadParams("Dry run takes a uid, 'proposal UID' or 'plan JSON'")
+    if current_settings().fmt != "table":
+        send("item_dry_run", {**params, **USER})
+        return
+    from qserver.cli.dry_run_text import dry_run_text
+
+    send_and_render("item_dry_run", {**params, **USER}, dry_run_text)

@@ -109,3 +109,39 @@ def monitor_fields(status: dict[str, Any]) -> str:
 
 def monitor_line(status: dict[str, Any]) -> str:
     return f"{status.get('time', '')}  {monitor_fields(status)}"
+
+
+def _seconds(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "?"
+    minutes, seconds = divmod(float(value), 60.0)
+    return f"{int(minutes)}:{seconds:04.1f}" if minutes else f"{seconds:.1f} s"
+
+
+def _position(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def progress_bar(ev: dict[str, Any], width: int = 30) -> str:
+    """One line of `qserver monitor progress`: bar, point n/N, elapsed, ETA, positions."""
+    point, num = ev.get("point") or 0, ev.get("num_points")
+    if isinstance(num, int) and num > 0:
+        filled = min(width, width * point // num)
+        bar = "[" + "#" * filled + "." * (width - filled) + "]"
+        count = f"{point}/{num} {100 * point // num:3d}%"
+    else:
+        bar, count = "[" + "?" * width + "]", f"{point}/?"
+    scan = f"scan {ev['scan_id']} " if ev.get("scan_id") is not None else ""
+    parts = [
+        f"{scan}{ev.get('plan_name') or 'run'}",
+        bar,
+        count,
+        f"elapsed {_seconds(ev.get('elapsed'))}",
+    ]
+    if ev.get("done"):
+        parts.append(f"done: {ev.get('exit_status') or 'unknown'}")
+    elif ev.get("eta") is not None:
+        parts.append(f"ETA {_seconds(ev.get('eta'))}")
+    positions = ev.get("positions") or {}
+    parts += [f"{m}={_position(v)}" for m, v in positions.items()]
+    return "  ".join(parts)

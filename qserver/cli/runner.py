@@ -24,7 +24,7 @@ from qserver.cli.errors import (
     NoReply,
     RequestRefused,
 )
-from qserver.cli.output import check, monitor_fields, monitor_line, show
+from qserver.cli.output import check, monitor_fields, monitor_line, progress_bar, show
 from qserver.legacy import (
     CLI_USER,
     CLI_USER_GROUP,
@@ -50,6 +50,7 @@ LOCK_KEY_METHODS = frozenset({
     "queue_stop_cancel", "queue_autostart", "history_clear", "re_pause", "re_resume",
     "re_stop", "re_abort", "re_halt", "permissions_reload", "permissions_set",
     "function_execute", "script_upload", "kernel_interrupt", "lock", "lock_info", "unlock",
+    "proposal_add", "proposal_approve",
 })
 # fmt: on
 
@@ -208,6 +209,31 @@ async def _monitor(settings: Settings, once: bool) -> None:
 def run_monitor(once: bool) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_monitor(current_settings(), once))
+
+
+async def _progress_monitor(settings: Settings, once: bool) -> None:
+    """A progress bar of the running plan's run (ADR 25): redrawn in place on a terminal, a
+    line per event otherwise; a line of its own for each run that ends."""
+    from qserver.feeds import open_run_progress
+
+    tty = sys.stdout.isatty()
+    async with connected(settings) as client:
+        if once:
+            ev = await open_run_progress(client)
+            click.echo(progress_bar(ev) if ev and not ev.get("done") else "no run in progress")
+            return
+        async for ev in client.progress_feed():
+            line = progress_bar(ev)
+            if tty and not ev.get("done"):
+                sys.stdout.write("\r\x1b[K" + line)
+            else:
+                sys.stdout.write(("\r\x1b[K" if tty else "") + line + "\n")
+            sys.stdout.flush()
+
+
+def run_progress_monitor(once: bool) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_progress_monitor(current_settings(), once))
 
 
 async def _console_monitor(settings: Settings, once: bool, backlog: int) -> None:

@@ -25,6 +25,7 @@ from qserver.errors import BadRequest
 
 KINDS = ("plans", "devices", "functions")
 GROUP_KEYS = tuple(f"{a}_{k}" for k in KINDS for a in ("allowed", "forbidden"))
+GATE_KEY = "proposals"  # the group's items wait for review (qserver.plan_tools.proposal_rules)
 NAME_RE = re.compile(r"[_a-zA-Z]([_a-zA-Z0-9.]*[_a-zA-Z0-9])?")
 
 Flags = Mapping[str, Any]
@@ -159,9 +160,15 @@ def _check_group(name: object, body: object) -> None:
     if not isinstance(body, dict):
         raise BadRequest(f"{where}: must be a mapping, got {type(body).__name__}")
     for key, entries in body.items():
+        if key == GATE_KEY:
+            from qserver.plan_tools.proposal_rules import check_gate
+
+            check_gate(str(name), entries)
+            continue
         if key not in GROUP_KEYS:
             raise BadRequest(
-                f"{where}: unknown key {key!r} (expected one of {', '.join(GROUP_KEYS)})"
+                f"{where}: unknown key {key!r} "
+                f"(expected one of {', '.join((*GROUP_KEYS, GATE_KEY))})"
             )
         parse = parse_device_pattern if key.endswith("_devices") else parse_name_pattern
         _check_list(f"{where}.{key}", entries, parse)

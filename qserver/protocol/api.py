@@ -199,6 +199,17 @@ class TaskResult(Request, frozen=True, kw_only=True, forbid_unknown_fields=True)
     task_uid: Any = UNSET
 
 
+class ItemDryRun(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Simulate a plan (ADR 31): a queued (or the running) item by `uid`, a proposal by
+    `proposal_uid`, or an `item` body, checked as `queue_item_add` checks it."""
+
+    uid: str | UnsetType = UNSET
+    proposal_uid: str | UnsetType = UNSET
+    item: SubmittedItem | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+    user_group: str | UnsetType = UNSET
+
+
 class QueueAutostart(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enable: bool
 
@@ -233,6 +244,62 @@ class PermissionsSetRequest(Locked, frozen=True, kw_only=True, forbid_unknown_fi
 class PermissionsReload(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
     restore_plans_devices: bool = False
     restore_permissions: bool = True
+
+
+# ----- proposals: items that wait for review (ADR 30) -----
+
+
+class ProposalAdd(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Propose an item for review (any group); `note` is for the reviewer."""
+
+    item: SubmittedItem
+    note: str = ""
+    user: str
+    user_group: str
+
+
+class ProposalUid(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`proposal_get`: one proposal; with `dry_run`, the environment's dry run of it too."""
+
+    uid: str
+    dry_run: bool = False
+
+
+class ProposalUpdate(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A reviewer edits a proposal: its item (checked as the proposer's) and/or its note."""
+
+    uid: str
+    item: SubmittedItem | UnsetType = UNSET
+    note: str | UnsetType = UNSET
+    user: str
+    user_group: str
+
+
+class ProposalApprove(Locked, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Move a proposal into the queue at a position (the back by default), in one write."""
+
+    uid: str
+    pos: Pos | UnsetType = UNSET
+    before_uid: str | UnsetType = UNSET
+    after_uid: str | UnsetType = UNSET
+    user: str
+    user_group: str
+
+
+class ProposalReject(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Turn a proposal down; it goes to the history as `rejected` with the reason."""
+
+    uid: str
+    reason: str
+    user: str
+    user_group: str
+
+
+class ProposalGate(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Whether a user group is gated (its items wait for review): asked by the gateway and
+    the 0MQ bridge before they forward anything but reads and proposals for its members."""
+
+    user_group: str
 
 
 class ConsoleOutput(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -270,6 +337,10 @@ class QueueGetReply(Reply, kw_only=True):
 class ItemReply(Reply, kw_only=True):
     item: QueueItem
     qsize: int
+    # Ours (ADR 30): set when the add of a gated group's member became a proposal
+    # (`proposed`) or was let through by an auto-approve rule (`auto_approved`).
+    proposed: bool | UnsetType = UNSET
+    auto_approved: bool | UnsetType = UNSET
 
 
 class ItemGetReply(Reply, kw_only=True):
@@ -449,6 +520,14 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "script_upload": ScriptUpload,
     "task_status": TaskStatus,
     "task_result": TaskResult,
+    "proposal_add": ProposalAdd,
+    "proposal_list": Empty,
+    "proposal_get": ProposalUid,
+    "proposal_update": ProposalUpdate,
+    "proposal_approve": ProposalApprove,
+    "proposal_reject": ProposalReject,
+    "proposal_gate": ProposalGate,
+    "item_dry_run": ItemDryRun,
 }
 
 # The methods the history service answers; the queue service answers all the others.

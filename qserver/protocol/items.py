@@ -8,7 +8,8 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 ItemType = Literal["plan", "instruction", "function"]
-ExitStatus = Literal["completed", "failed", "stopped", "aborted", "halted", "unknown"]
+# `rejected`: a proposal a reviewer turned down (it never ran; ADR 30).
+ExitStatus = Literal["completed", "failed", "stopped", "aborted", "halted", "unknown", "rejected"]
 
 # Keys the reference server keeps on an item; anything else in a submitted item is an error,
 # except `result`, which history items carry and which is dropped when one is re-queued.
@@ -67,6 +68,9 @@ class HistoryResult(msgspec.Struct, frozen=True, kw_only=True):
     # Set only when `msg` or `traceback` was cut to keep the record storable (ADR 8): each
     # cut field's whole length in characters. `history_result_get` returns the whole text.
     truncated: dict[str, int] | UnsetType = UNSET
+    # A rejected proposal (ADR 30): who turned it down and why.
+    reviewer: str | UnsetType = UNSET
+    reason: str | UnsetType = UNSET
 
 
 class ResultTexts(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from qserver.protocol.items import HistoryRecord, LockInfo, PlanQueueMode, QueueItem
+from qserver.protocol.proposals import Proposal
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -112,6 +113,47 @@ class LeaderChanged(Event, frozen=True, kw_only=True, tag="leader_changed"):
     lease_revision: int
 
 
+class ProposalsAdded(Event, frozen=True, kw_only=True, tag="proposals_added"):
+    """A gated group's add: its items wait for review (`proposals`) or, when a rule lets
+    them through, go into the queue at `index` (`approved`), all in this one write."""
+
+    proposals: list[Proposal] = msgspec.field(default_factory=list)
+    approved: list[QueueItem] = msgspec.field(default_factory=list)
+    index: int = 0
+    queue_uid: str = ""
+    proposals_uid: str
+
+
+class ProposalEdited(Event, frozen=True, kw_only=True, tag="proposal_edited"):
+    proposal: Proposal
+    proposals_uid: str
+
+
+class ProposalApproved(Event, frozen=True, kw_only=True, tag="proposal_approved"):
+    """The proposal leaves the list and its item enters the queue at `index`: one write."""
+
+    uid: str
+    item: QueueItem
+    index: int
+    reviewer: str
+    queue_uid: str
+    proposals_uid: str
+
+
+class ProposalRejected(Event, frozen=True, kw_only=True, tag="proposal_rejected"):
+    """The proposal leaves the list; its history record is kept until it is written."""
+
+    uid: str
+    record: HistoryRecord
+    proposals_uid: str
+
+
+class RecordsWritten(Event, frozen=True, kw_only=True, tag="records_written"):
+    """These records (of rejected proposals) are in the history stream."""
+
+    record_uids: list[str]
+
+
 AnyEvent = (
     ItemsAdded
     | ItemsRemoved
@@ -126,6 +168,11 @@ AnyEvent = (
     | FlagsSet
     | PermissionsSet
     | LeaderChanged
+    | ProposalsAdded
+    | ProposalEdited
+    | ProposalApproved
+    | ProposalRejected
+    | RecordsWritten
 )
 
 
@@ -144,3 +191,6 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     permissions: dict[str, Any] | None = None
     permissions_uid: str = ""
     last_record: HistoryRecord | None = None
+    proposals: list[Proposal] = msgspec.field(default_factory=list)
+    proposals_uid: str = ""
+    unwritten_records: list[HistoryRecord] = msgspec.field(default_factory=list)

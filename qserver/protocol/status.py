@@ -7,6 +7,7 @@ from typing import Literal
 import msgspec
 
 from qserver.protocol.items import PlanQueueMode
+from qserver.protocol.progress import ProgressSummary
 
 ManagerState = Literal[
     "initializing",
@@ -67,3 +68,9 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     docs_failed: int = 0
     kafka_pending: int = 0
     kafka_failed: int = 0
+    # Ours (ADR 30): items waiting for review, and a uid that changes with that list.
+    items_in_proposals: int = 0
+    proposals_uid: str = ""
+    # Ours (ADR 25): the running plan's run progress, compact; None when no run is open.
+    # The full events are `<prefix>.events.progress`.
+    progress: ProgressSummary | None = None

@@ -29,9 +29,16 @@ IDENTITY_METHODS: dict[str, tuple[bool, bool]] = {  # method: (sets user, sets u
     "queue_item_update": (True, True),
     "queue_item_execute": (True, True),
     "function_execute": (True, True),
+    "item_dry_run": (True, True),  # an item body is checked as the caller's (ADR 31)
     "lock": (True, False),
     "plans_allowed": (False, True),
     "devices_allowed": (False, True),
+    # Proposals (ADR 30): who proposes and who reviews, and in which group (a gated group
+    # may propose but not review).
+    "proposal_add": (True, True),
+    "proposal_update": (True, True),
+    "proposal_approve": (True, True),
+    "proposal_reject": (True, True),
 }
 NO_GROUP = "_"  # the group token of methods that take no group (`lock`)
 # NATS users that may send identity methods on `<prefix>.api.`: they set identities
@@ -82,9 +89,19 @@ class Subjects:
         return f"{self.prefix}.events.console"
 
     @property
+    def proposals_event(self) -> str:
+        """A proposal was made, edited, approved or rejected (ADR 30): `ProposalEvent`."""
+        return f"{self.prefix}.events.proposals"
+
+    @property
     def run_saved_event(self) -> str:
         """A run is complete in the catalog: `{run_uid, scan_id, item_uid, user, url, ...}`."""
         return f"{self.prefix}.events.run_saved"
+
+    @property
+    def progress_event(self) -> str:
+        """Live progress of the running plan's runs (`qserver.protocol.progress`, ADR 25)."""
+        return f"{self.prefix}.events.progress"
 
     def docs(self, name: str) -> str:
         """Run documents, live: `<prefix>.docs.start`, `.descriptor`, `.event`, `.stop`, ..."""
@@ -118,6 +135,10 @@ class Subjects:
     @property
     def lock_check(self) -> str:
         return f"{self.prefix}.internal.queue.lock_check"
+
+    def leader_ping(self, token: str) -> str:
+        """A standby's "alive?" to the queue service that holds the leader lease (ADR 28)."""
+        return f"{self.prefix}.internal.queue.leader.{token}"
 
     def worker_cmd(self, cmd: str) -> str:
         return f"{self.prefix}.internal.worker.{cmd}"
@@ -153,6 +174,11 @@ class Subjects:
     @property
     def results_stream(self) -> str:
         return f"QS_{self._token}_RESULTS"
+
+    @property
+    def progress_stream(self) -> str:
+        """Keeps the last progress event (ADR 25)."""
+        return f"QS_{self._token}_PROGRESS"
 
     @property
     def console_stream(self) -> str:

@@ -6,8 +6,8 @@ Subjects (all under `<prefix>.internal.`):
   and once a second.
 - `env.<cmd>` request-reply to the environment process: `run`, `pause`, `resume`, `stop`,
   `abort`, `halt`, `update`, `runs`, `metadata`, `state`, `close`, `task`
-  (`qserver.protocol.tasks`); in kernel mode (ADR 20) also `reserve`, `release`,
-  `interrupt` and `connect_info`.
+  (`qserver.protocol.tasks`), `dry_run` (`qserver.protocol.dry_run`); in kernel mode
+  (ADR 20) also `reserve`, `release`, `interrupt` and `connect_info`.
 - `env.events.state` event: `EnvState`, published by the environment process on every change and
   once a second.
 - `results`: the JetStream stream `QS_<PREFIX>_RESULTS`, one `PlanResult` per finished

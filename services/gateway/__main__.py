@@ -22,13 +22,14 @@ from services.gateway.authstore import AuthStore
 from services.gateway.bridge import Bridge
 from services.gateway.config import AuthOptions, ConfigError, load_authenticator
 from services.gateway.connections import ConnectionLimits, uvicorn_options
+from services.runtime.quiet_uvicorn import QuietServer
 from services.runtime.service_base import run_loop, service_arguments, setup_logging
 
 logger = logging.getLogger("services.gateway")
 DEFAULT_PORT = 60610
 
 
-class Server(uvicorn.Server):
+class Server(QuietServer):
     """uvicorn's server, stopped by SIGINT/SIGTERM like the other services: exit code 0.
 
     uvicorn's own handling re-raises the signal after shutting down, so a stopped gateway
@@ -45,9 +46,6 @@ class Server(uvicorn.Server):
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-
-    def stop(self) -> None:
-        self.should_exit = True
 
 
 def is_loopback(host: str) -> bool:

@@ -18,6 +18,7 @@ from litestar.response import File, Stream
 from qserver.errors import BadRequest, NotFound, QServerError
 from qserver.protocol.api import MAX_REQUEST_BYTES
 from qserver.protocol.http import NoParams
+from qserver.protocol.proposals import GATED_METHODS
 from services.gateway.accesslog import log_refusals
 from services.gateway.auth import Authenticates, Principal
 from services.gateway.authroutes import auth_handlers, credentials_of
@@ -41,6 +42,15 @@ logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 _encoder = msgspec.json.Encoder()
+
+
+def _array_hook(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars of run documents, as lists
+        return obj.tolist()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_doc_encoder = msgspec.json.Encoder(enc_hook=_array_hook)
 # WebSocket close codes: 4001 as bluesky-httpserver for a bad key, 4003 for a missing scope.
 WS_UNAUTHORIZED, WS_FORBIDDEN, WS_UNAVAILABLE, WS_BAD_REQUEST = 4001, 4003, 1011, 1008
 # The most console messages a WebSocket may ask for first (`?backlog=N`): what is kept.
@@ -90,12 +100,28 @@ class Gateway:
 
     async def forward(self, route: Route, request: Request[Any, Any, Any]) -> Response[bytes]:
         principal = await self.principal(request, route.scope)
+        if route.method not in GATED_METHODS:
+            await self.refuse_gated(principal, route.method)
         params = request_params(route, await body_of(request), principal)
         if route.method == "manager_kill":
             await self.bridge.publish(route.method, params)  # the service never replies
             return json_response({"success": True, "msg": "manager_kill sent"})
         reply = await self.bridge.request(route.method, params)
         return Response(reply, media_type=JSON)
+
+    async def refuse_gated(self, principal: Principal, method: str) -> None:
+        """Forbidden if the caller's group is gated: its members only read and propose
+        (ADR 30). Asked of the queue service, which holds the permissions, every time."""
+        body = msgspec.json.encode({"user_group": principal.user_group})
+        reply = msgspec.json.decode(await self.bridge.request("proposal_gate", body))
+        if not isinstance(reply, dict) or not reply.get("success"):
+            why = reply.get("msg") if isinstance(reply, dict) else reply
+            raise Unavailable(f"Cannot tell whether group '{principal.user_group}' is gated: {why}")
+        if reply.get("gated"):
+            raise Forbidden(
+                f"User group '{principal.user_group}' may only propose items for review: "
+                f"'{method}' is not allowed to its members"
+            )
 
     async def stream_ws(self, socket: WebSocket[Any, Any, Any], kind: str, scope: str) -> None:
         """Push each NATS event of `kind` to the socket until the client goes away.
@@ -127,10 +153,22 @@ class Gateway:
             await socket.close(WS_UNAVAILABLE, e.msg[:120])
             return
 
+        if kind == "documents":
+            run = socket.query_params.get("run")
+            if run not in (None, "", "current"):
+                await socket.close(WS_BAD_REQUEST, "run may only be 'current'")
+                return
+            kind = "documents:current" if run == "current" else kind
+
         async def feed() -> None:
             async for ev in self.bridge.events(kind, backlog):
-                msg = ev if kind == "console" else {"time": time.time(), "msg": {"status": ev}}
-                await socket.send_text(_encoder.encode(msg).decode())
+                if kind == "console":
+                    msg = ev
+                elif kind == "status":
+                    msg = {"time": time.time(), "msg": {"status": ev}}
+                else:  # progress events and `{name, doc}` of documents
+                    msg = {"time": time.time(), "msg": ev}
+                await socket.send_text(_doc_encoder.encode(msg).decode())
 
         async def until_closed() -> None:
             while (await socket.receive())["type"] != "websocket.disconnect":
@@ -204,7 +242,15 @@ def stream_handlers(gw: Gateway) -> list[BaseRouteHandler]:
     async def console_ws(socket: WebSocket[Any, Any, Any]) -> None:
         await gw.stream_ws(socket, "console", "read:console")
 
-    return [status_ws, info_ws, console_ws]
+    @websocket("/api/progress/ws")
+    async def progress_ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await gw.stream_ws(socket, "progress", "read:monitor")
+
+    @websocket("/api/documents/ws")
+    async def documents_ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await gw.stream_ws(socket, "documents", "read:monitor")
+
+    return [status_ws, info_ws, console_ws, progress_ws, documents_ws]
 
 
 def docs_handlers(gw: Gateway) -> list[Any]:
@@ -228,6 +274,7 @@ def docs_handlers(gw: Gateway) -> list[Any]:
     @get("/api/config/get", status_code=200)
     async def config_get(request: Request[Any, Any, Any]) -> Response[bytes]:
         who = await gw.principal(request, "read:config")
+        await gw.refuse_gated(who, "config_get")  # the kernel's key runs code (ADR 30)
         await no_params(request)
         reply = await gw.bridge.request("config_get", b"{}")
         return Response(without_kernel_key(reply, who), media_type=JSON)

@@ -35,8 +35,11 @@ USER_WRITE_SCOPES = frozenset(
         "write:plan:control",
         "write:execute",
         "write:history:edit",
+        "write:queue:propose",  # ours (ADR 30): propose items for review
     }
 )
+# Ours (ADR 30): review proposals (edit, approve into the queue, reject).
+REVIEW_SCOPES = frozenset({"write:queue:approve"})
 EXPERT_WRITE_SCOPES = frozenset(
     {"write:permissions", "write:scripts", "write:config", "write:lock", "user:apikeys"}
 )
@@ -46,6 +49,7 @@ ALL_SCOPES = (
     | USER_WRITE_SCOPES
     | EXPERT_WRITE_SCOPES
     | ADMIN_SCOPES
+    | REVIEW_SCOPES
     | {"write:manager:stop", "write:testing"}
 )
 
@@ -56,10 +60,12 @@ DEFAULT_USER_GROUP = "primary"
 # The roles of bluesky-httpserver's default policy, with the same scopes.
 DEFAULT_ROLES: dict[str, frozenset[str]] = {
     "admin": frozenset({"read:status", "user:apikeys"}) | ADMIN_SCOPES,
-    "expert": READ_SCOPES | USER_WRITE_SCOPES | EXPERT_WRITE_SCOPES,
-    "advanced": READ_SCOPES | USER_WRITE_SCOPES | {"user:apikeys"},
+    "expert": READ_SCOPES | USER_WRITE_SCOPES | EXPERT_WRITE_SCOPES | REVIEW_SCOPES,
+    "advanced": READ_SCOPES | USER_WRITE_SCOPES | REVIEW_SCOPES | {"user:apikeys"},
     "user": READ_SCOPES | USER_WRITE_SCOPES | {"user:apikeys"},
     "observer": READ_SCOPES | {"user:apikeys"},
+    # Ours (ADR 30): may read and propose, nothing else (e.g. an agent's key).
+    "proposer": READ_SCOPES | {"write:queue:propose"},
     "unauthenticated_single_user": ALL_SCOPES - ADMIN_SCOPES,
     "unauthenticated_public": frozenset({"read:status"}),
 }

@@ -52,6 +52,10 @@ READ_METHODS = frozenset(
         "task_status",
         "task_result",
         "re_metadata",
+        "proposal_list",
+        "proposal_get",
+        "proposal_gate",
+        "item_dry_run",
     }
 )
 
@@ -170,9 +174,16 @@ class Bridge:
             raise Unavailable(f"NATS publish '{method}' failed: {e or type(e).__name__}") from None
 
     async def events(self, kind: str, backlog: int = 0) -> AsyncIterator[dict[str, Any]]:
-        """Status or console events, live, from a subscription of this caller's own; for the
-        console, the last `backlog` messages kept first (ADR 18)."""
+        """Status, console, progress events or run documents, live, from a subscription of
+        this caller's own; for the console, the last `backlog` messages kept first (ADR 18)."""
         client = self.connected()
-        stream = client.status_events() if kind == "status" else client.console_feed(backlog)
+        if kind == "progress":  # the open run's last event first (ADR 25)
+            stream = client.progress_feed()
+        elif kind in ("documents", "documents:current"):  # the open run's from its start first
+            stream = client.documents_feed(current=kind == "documents:current")
+        elif kind == "status":
+            stream = client.status_events()
+        else:
+            stream = client.console_feed(backlog)
         async for ev in stream:
             yield ev

@@ -147,7 +147,8 @@ def openapi_document(logins: dict[str, str] | None = None) -> dict[str, Any]:
             "version": qserver.__version__,
             "description": "HTTP in front of the queue server's NATS API: the "
             "bluesky-httpserver routes under /api/ and the first release's routes. "
-            "WebSockets (not listed): /api/status/ws, /api/info/ws, /api/console_output/ws.",
+            "WebSockets (not listed): /api/status/ws, /api/info/ws, /api/console_output/ws, "
+            "/api/progress/ws, /api/documents/ws.",
         },
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": security},

@@ -78,6 +78,8 @@ def _api() -> list[Route]:
         r("/api/queue/item/move", "POST", "queue_item_move", "write:queue:edit"),
         r("/api/queue/item/move/batch", "POST", "queue_item_move_batch", "write:queue:edit"),
         r("/api/queue/item/execute", "POST", "queue_item_execute", "write:execute", "user"),
+        # A simulated run of a queued item, a proposal or an item body (ADR 31).
+        r("/api/item/dry_run", "POST", "item_dry_run", "write:queue:edit", "user"),
         r("/api/queue/clear", "POST", "queue_clear", "write:queue:edit"),
         r("/api/queue/start", "POST", "queue_start", "write:queue:control"),
         r("/api/queue/stop", "POST", "queue_stop", "write:queue:control"),
@@ -128,6 +130,14 @@ def _api() -> list[Route]:
         r("/api/lock", "POST", "lock", "write:lock", "lock"),
         r("/api/unlock", "POST", "unlock", "write:lock"),
         r("/api/lock/info", "GET", "lock_info", "read:lock"),
+        # Proposals (ADR 30): items waiting for review. POST for `get` so that a browser's
+        # fetch (no GET bodies) can ask for one with its dry run.
+        r("/api/proposals/add", "POST", "proposal_add", "write:queue:propose", "user"),
+        r("/api/proposals/list", "GET", "proposal_list", "read:queue"),
+        r("/api/proposals/get", "POST", "proposal_get", "read:queue"),
+        r("/api/proposals/update", "POST", "proposal_update", "write:queue:approve", "user"),
+        r("/api/proposals/approve", "POST", "proposal_approve", "write:queue:approve", "user"),
+        r("/api/proposals/reject", "POST", "proposal_reject", "write:queue:approve", "user"),
         r("/api/manager/stop", "POST", "manager_stop", "write:manager:stop"),
         r("/api/test/manager/kill", "POST", "manager_kill", "write:testing"),
     ]

@@ -27,6 +27,7 @@ from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledS
 from services.runtime import doc_stream
 from services.runtime.console import ServiceConsole
 from services.runtime.console_lines import logged
+from services.runtime.doc_stream import Reconnects
 from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     add_methods,
@@ -44,10 +45,12 @@ logger = logging.getLogger("services.history")
 async def main(args: argparse.Namespace) -> int:
     subjects = Subjects(args.prefix)
     await wait_for_nats(args.nats_url)
+    reconnects = Reconnects()  # the stream readers follow again at once when NATS is back
     nc = await nats.connect(
         servers(args.nats_url),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
+        reconnected_cb=reconnects.notify,
         name="qserver-history",
         **connect_options(args),
     )
@@ -56,12 +59,16 @@ async def main(args: argparse.Namespace) -> int:
     await service_console.start()
     tiled = tiled_settings(args)
     svc = HistoryService(
-        nc, nc.jetstream(), subjects, catalog=TiledCatalog(tiled) if tiled else None
+        nc,
+        nc.jetstream(),
+        subjects,
+        catalog=TiledCatalog(tiled) if tiled else None,
+        reconnects=reconnects,
     )
     await patiently("loading the history", svc.load)
-    console = ConsoleKeeper(nc.jetstream(), subjects)
+    console = ConsoleKeeper(nc, subjects, reconnects)
     await patiently("loading the console backlog", console.load)
-    archiver = make_archiver(nc, subjects, tiled, svc)
+    archiver = make_archiver(nc, subjects, tiled, svc, reconnects)
     archiving = asyncio.create_task(archiver.run()) if archiver else None
     micro = await add_service(
         nc, name="qserver-history", version=qserver.__version__, metadata={"prefix": args.prefix}
@@ -77,7 +84,7 @@ async def main(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await archiving
         archiver.close()
-    await shutdown(micro.stop(), service_console.stop(), nc.drain())
+    await shutdown(micro.stop(), svc.close(), console.close(), service_console.stop(), nc.drain())
     logger.info("history service stopped: %d items", len(svc.history.records))
     return 0
 
@@ -93,7 +100,11 @@ def tiled_settings(args: argparse.Namespace) -> TiledSettings | None:
 
 
 def make_archiver(
-    nc: nats.NATS, subjects: Subjects, tiled: TiledSettings | None, svc: HistoryService
+    nc: nats.NATS,
+    subjects: Subjects,
+    tiled: TiledSettings | None,
+    svc: HistoryService,
+    reconnects: Reconnects | None = None,
 ) -> Archiver | None:
     if tiled is None or not doc_stream.enabled():
         logger.info(
@@ -101,7 +112,9 @@ def make_archiver(
             "no Tiled server (--tiled-url)" if tiled is None else "QSERVER_DOCS_STREAM is off",
         )
         return None
-    return Archiver(nc, subjects, TiledCatalog(tiled), on_saved=svc.on_run_saved)
+    return Archiver(
+        nc, subjects, TiledCatalog(tiled), on_saved=svc.on_run_saved, reconnects=reconnects
+    )
 
 
 def cli() -> None:

@@ -27,6 +27,7 @@ from services.history.runs import Action, RunLedger
 from services.history.tiled_catalog import TiledCatalog
 from services.runtime.doc_stream import (
     Positions,
+    Reconnects,
     StreamFollower,
     describe_error,
     ensure_docs_stream,
@@ -62,7 +63,9 @@ class Archiver:
         subjects: Subjects,
         catalog: TiledCatalog,
         on_saved: Callable[[SavedRun], Awaitable[None]] | None = None,
+        reconnects: Reconnects | None = None,
     ) -> None:
+        self.reconnects = reconnects
         self.nc = nc
         self.subjects = subjects
         self.catalog = catalog
@@ -104,7 +107,7 @@ class Archiver:
         await ensure_docs_stream(self.nc.jetstream(), self.subjects)
         start = await self.positions.get(READER)
         self._ledger, self._joiner, self._committed = RunLedger(), Reassembler(), start
-        follower = StreamFollower(self.nc, self.subjects.docs_stream, start)
+        follower = StreamFollower(self.nc, self.subjects.docs_stream, start, self.reconnects)
         logger.info(
             "saving runs from stream %s (from %s) to %s",
             self.subjects.docs_stream,

@@ -6,18 +6,19 @@ with the same uids, whenever they started (ADR 18).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import msgspec
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js import api as jsapi
+from nats.aio.client import Client as NATS
 
 from qserver.jsutil import read_stream_with_headers
 from qserver.protocol import api, console
 from qserver.protocol.subjects import Subjects
 from services.history.console_backlog import ConsoleBacklog
 from services.runtime.console import ensure_console_stream
+from services.runtime.doc_stream import Reconnects, StreamFollower, StreamMsg
 from services.runtime.service_base import Handler
 
 logger = logging.getLogger(__name__)
@@ -26,10 +27,13 @@ logger = logging.getLogger(__name__)
 class ConsoleKeeper:
     """Follows the console stream from its last `MAX_MSGS` messages on."""
 
-    def __init__(self, js: JetStreamContext, subjects: Subjects) -> None:
-        self.js = js
+    def __init__(self, nc: NATS, subjects: Subjects, reconnects: Reconnects | None = None) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
         self.subjects = subjects
         self.backlog = ConsoleBacklog()
+        self.reconnects = reconnects or Reconnects()
+        self._following: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         s = self.subjects
@@ -41,17 +45,11 @@ class ConsoleKeeper:
         messages = read_stream_with_headers(self.js, s.console_stream, s.console_event, first)
         async for seq, data, headers in messages:
             self._add(seq, data, headers)
-        await self.js.subscribe(
-            s.console_event,
-            stream=s.console_stream,
-            cb=self.on_msg,
-            ordered_consumer=True,
-            idle_heartbeat=2.0,
-            config=jsapi.ConsumerConfig(
-                deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self.backlog.last_seq + 1,
-            ),
-        )
+        if self._following is None:  # a pull consumer, as the history's (ADR 28)
+            follower = StreamFollower(
+                self.nc, s.console_stream, self.backlog.last_seq + 1, self.reconnects
+            )
+            self._following = asyncio.create_task(follower.follow(self.on_msg))
         logger.info("console backlog loaded: %d messages", len(self.backlog.entries))
 
     def _add(self, seq: int, data: bytes, headers: dict[str, str] | None) -> None:
@@ -62,9 +60,14 @@ class ConsoleKeeper:
         uid = (headers or {}).get(console.UID_HEADER)
         self.backlog.add(seq, uid, m.time, m.msg)
 
-    async def on_msg(self, msg: Msg) -> None:
-        assert msg.metadata.sequence is not None
-        self._add(msg.metadata.sequence.stream, msg.data, msg.headers)
+    async def on_msg(self, msg: StreamMsg) -> None:
+        self._add(msg.seq, msg.data, msg.headers)
+
+    async def close(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
 
     def handlers(self) -> dict[str, Handler]:
         return {

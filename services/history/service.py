@@ -11,7 +11,6 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as jsapi
 
 from qserver import result_texts
 from qserver.errors import BadRequest, Locked, NotFound, Refused
@@ -21,6 +20,7 @@ from qserver.protocol.internal import HistoryInfoRequest, LockCheck, LockCheckRe
 from qserver.protocol.items import HistoryRecord
 from qserver.protocol.subjects import Subjects
 from services.history.model import History, as_history_item
+from services.runtime.doc_stream import Reconnects, StreamFollower, StreamMsg
 from services.runtime.service_base import Handler, encode
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class HistoryService:
         *,
         replicas: int | None = None,
         catalog: TiledCatalog | None = None,
+        reconnects: Reconnects | None = None,
     ) -> None:
         self.nc = nc
         self.catalog = catalog  # for the link queries; the archiver has its own connection
@@ -62,6 +63,8 @@ class HistoryService:
         self._lock = asyncio.Lock()
         self._read = asyncio.Event()  # set (and replaced) whenever a record was read
         self._waiters: set[asyncio.Task[None]] = set()
+        self.reconnects = reconnects or Reconnects()
+        self._following: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         s = self.subjects
@@ -75,18 +78,20 @@ class HistoryService:
         )
         async for seq, data in read_stream(self.js, s.history_stream, s.history_log, 1):
             self._add(seq, data)
-        await self.js.subscribe(
-            s.history_log,
-            stream=s.history_stream,
-            cb=self.on_record,
-            ordered_consumer=True,
-            idle_heartbeat=2.0,
-            config=jsapi.ConsumerConfig(
-                deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self.history.last_seq + 1,
-            ),
-        )
+        if self._following is None:
+            # A pull consumer with rare heartbeats, made anew when NATS comes back (ADR 28):
+            # an ordered push consumer made nats-py poll its flow control 4 times a second.
+            follower = StreamFollower(
+                self.nc, s.history_stream, self.history.last_seq + 1, self.reconnects
+            )
+            self._following = asyncio.create_task(follower.follow(self.on_record))
         logger.info("history loaded: %d items", len(self.history.records))
+
+    async def close(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
 
     def _add(self, seq: int, data: bytes) -> bool:
         try:
@@ -95,10 +100,9 @@ class HistoryService:
             logger.error("skipping malformed history record at seq %d", seq)
             return False
 
-    async def on_record(self, msg: Msg) -> None:
-        assert msg.metadata.sequence is not None
+    async def on_record(self, msg: StreamMsg) -> None:
         async with self._lock:
-            added = self._add(msg.metadata.sequence.stream, msg.data)
+            added = self._add(msg.seq, msg.data)
         self._read.set()
         self._read = asyncio.Event()
         if added:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -40,10 +41,17 @@ LEASE_LOST = 3
 async def main(args: argparse.Namespace) -> int:
     subjects = Subjects(args.prefix)
     await wait_for_nats(args.nats_url)
+    on_reconnect: list[Callable[[], None]] = []
+
+    async def reconnected() -> None:
+        for callback in on_reconnect:
+            callback()
+
     nc = await nats.connect(
         servers(args.nats_url),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
+        reconnected_cb=reconnected,
         name="qserver-queue",
         **connect_options(args),
     )
@@ -62,9 +70,12 @@ async def main(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         instance=args.instance,
     )
+    # The results feed's long pull may be lost with the connection: a new term at once.
+    on_reconnect.append(svc.executor.results.reconnected)
     await patiently("loading the queue", svc.load)
     await svc.executor.watch()
-    lease = Lease(js, subjects, args.instance, replicas=args.replicas)
+    await svc.progress.watch()
+    lease = Lease(nc, subjects, args.instance, replicas=args.replicas)
     await lease.open()
     if not await patiently("reading the leader lease", lease.try_acquire):
         logger.info("standby (instance %s): %s leads", args.instance, lease.holder)
@@ -90,7 +101,7 @@ async def main(args: argparse.Namespace) -> int:
     await add_methods(
         micro,
         subjects.api,
-        logged(svc.handlers(), console.flush),
+        logged(svc.gated_handlers(), console.flush),
         queue_group=f"leader-{args.instance}",
         nc=nc,
     )

@@ -45,6 +45,9 @@ class QueueCore(Protocol):
     async def commit(self, event: AnyEvent | None) -> None:
         """Append `event` to the log and apply it, or refuse it whole."""
 
+    async def prepare_edit(self, lock_key: str | None) -> None:
+        """Before a queue change (lock held): catch up with the log, check the queue lock."""
+
     async def confirm_lead(self) -> None:
         """Return if this instance still leads (renewing its lease if due); else raise Refused."""
 

@@ -21,6 +21,7 @@ from msgspec import UNSET, UnsetType
 from qserver.errors import BadRequest, Locked, NotFound, QServerError, Refused
 from qserver.protocol import api
 from qserver.protocol.items import HistoryRecord, LockInfo, PlanQueueMode, QueueItem, uid_of
+from qserver.protocol.proposals import Proposal, proposal_uid
 from qserver.protocol.queue_log import (
     AnyEvent,
     Flags,
@@ -36,7 +37,12 @@ from qserver.protocol.queue_log import (
     LockSet,
     ModeSet,
     PermissionsSet,
+    ProposalApproved,
+    ProposalEdited,
+    ProposalRejected,
+    ProposalsAdded,
     QueueCleared,
+    RecordsWritten,
     Snapshot,
 )
 from services.queue.ordered import OrderedItems
@@ -92,6 +98,11 @@ class QueueModel:
         self.permissions_uid = ""
         self.last_record: HistoryRecord | None = None
         self.leader = ""  # the instance that wrote the last LeaderChanged event
+        # Items waiting for review, oldest first (ADR 30), and the history records of
+        # rejected ones not yet known to be in the history stream.
+        self.proposals: dict[str, Proposal] = {}
+        self.proposals_uid = new_uid()
+        self.unwritten_records: dict[str, HistoryRecord] = {}
 
     # ----- persistence -----
 
@@ -109,6 +120,9 @@ class QueueModel:
         self.permissions = snap.permissions
         self.permissions_uid = snap.permissions_uid
         self.last_record = snap.last_record
+        self.proposals = {proposal_uid(p): p for p in snap.proposals}
+        self.proposals_uid = snap.proposals_uid or new_uid()
+        self.unwritten_records = {r.record_uid: r for r in snap.unwritten_records}
 
     def snapshot(self, seq: int) -> Snapshot:
         return Snapshot(
@@ -124,6 +138,9 @@ class QueueModel:
             permissions=self.permissions,
             permissions_uid=self.permissions_uid,
             last_record=self.last_record,
+            proposals=list(self.proposals.values()),
+            proposals_uid=self.proposals_uid,
+            unwritten_records=list(self.unwritten_records.values()),
         )
 
     # ----- applying events -----
@@ -181,8 +198,34 @@ class QueueModel:
                 self.permissions_uid = uid
             case LeaderChanged(instance=instance):
                 self.leader = instance
+            case ProposalsAdded() | ProposalEdited() | ProposalApproved() | ProposalRejected():
+                self._apply_proposal(ev)
+            case RecordsWritten(record_uids=uids):
+                for uid in uids:
+                    self.unwritten_records.pop(uid, None)
             case _:
                 raise TypeError(f"unknown queue event {type(ev).__name__}")
+
+    def _apply_proposal(
+        self, ev: ProposalsAdded | ProposalEdited | ProposalApproved | ProposalRejected
+    ) -> None:
+        match ev:
+            case ProposalsAdded(proposals=proposals, approved=approved, index=index):
+                for p in proposals:
+                    self.proposals[proposal_uid(p)] = p
+                if approved:
+                    self.items.insert(index, approved)
+                    self.plan_queue_uid = ev.queue_uid
+            case ProposalEdited(proposal=p):
+                self.proposals[proposal_uid(p)] = p
+            case ProposalApproved(uid=uid, item=item, index=index):
+                self.proposals.pop(uid, None)
+                self.items.insert(index, [item])
+                self.plan_queue_uid = ev.queue_uid
+            case ProposalRejected(uid=uid, record=record):
+                self.proposals.pop(uid, None)
+                self.unwritten_records[record.record_uid] = record
+        self.proposals_uid = ev.proposals_uid
 
     # ----- queries -----
 
@@ -215,6 +258,12 @@ class QueueModel:
         if purpose == "remove" and where in ("front", "back") and not self.items:
             raise NotFound("Queue is empty")
         return existing_index(where, len(self.items))
+
+    def insertion(
+        self, pos: api.Pos | UnsetType, before_uid: str | UnsetType, after_uid: str | UnsetType
+    ) -> int:
+        """Where an added item goes, as `queue_item_add` places it."""
+        return self._insertion(pos, before_uid, after_uid)
 
     def _insertion(
         self, pos: api.Pos | UnsetType, before_uid: str | UnsetType, after_uid: str | UnsetType

@@ -37,7 +37,10 @@ DUPLICATE_WINDOW_S = 3600.0
 # Only a delivery that never reached the leader waits this long, and a new term (takeover,
 # reconnection) does not wait for it at all; recording a result takes milliseconds.
 ACK_WAIT_S = 2.0
-FETCH_S = 0.5  # a pull request's life: a lost one costs at most this
+# A pull request's life. A long one costs little at idle (ADR 28); a reconnection to NATS, or a
+# caller of `drained`, cuts it short, and `drained` is served by short pulls.
+FETCH_S = 5.0
+QUICK_FETCH_S = 0.5
 RETRY_MAX_S = 2.0
 # Pulls that find nothing this long while the consumer says it holds results mean a stuck
 # consumer (seen when a NATS node returned while a result was being redelivered): a new term.
@@ -66,6 +69,8 @@ class ResultFeed:
         self._psub: Any = None
         self._reconnects = -1
         self._empty_since = 0.0  # when the last fetch that found nothing was sent
+        self._wake = asyncio.Event()  # cut the current pull short
+        self._hurried = 0  # callers of `drained` waiting
 
     async def run(self) -> None:
         """Pull results until cancelled; a new term after each reconnection."""
@@ -84,7 +89,9 @@ class ResultFeed:
                     quiet_since = time.monotonic()
                 sent = time.monotonic()
                 try:
-                    msgs = await self._psub.fetch(1, timeout=FETCH_S)
+                    msgs = await self._fetch()
+                    if msgs is None:
+                        continue  # cut short: a reconnection, or `drained` hurries
                 except TimeoutError:
                     self._empty_since = sent
                     if sent - quiet_since > STALL_CHECK_S:
@@ -104,6 +111,28 @@ class ResultFeed:
             for msg in msgs:
                 await self._handle(msg)
 
+    async def _fetch(self) -> list[Msg] | None:
+        """One pull; None if it was cut short (`reconnected`, `drained`)."""
+        self._wake.clear()
+        fetching = asyncio.ensure_future(
+            self._psub.fetch(1, timeout=QUICK_FETCH_S if self._hurried else FETCH_S)
+        )
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({fetching, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+        if fetching.done():
+            return fetching.result()  # type: ignore[no-any-return]
+        fetching.cancel()
+        with contextlib.suppress(BaseException):
+            await fetching
+        return None
+
+    def reconnected(self) -> None:
+        """The connection to NATS came back: start a new term now (the pull may be lost)."""
+        self._wake.set()
+
     async def _stuck(self) -> bool:
         """True if our consumer holds results that pulls have not been getting."""
         info = await self._psub.consumer_info()
@@ -120,10 +149,15 @@ class ResultFeed:
     async def drained(self, since: float, timeout: float) -> bool:
         """Wait until a pull sent after `since` found nothing left; False after `timeout`."""
         deadline = time.monotonic() + timeout
-        while self._empty_since < since:
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
+        self._hurried += 1
+        self._wake.set()  # a short pull now, not at the end of a long one
+        try:
+            while self._empty_since < since:
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.05)
+        finally:
+            self._hurried -= 1
         return True
 
     async def _new_term(self, js: JetStreamContext) -> None:

@@ -31,14 +31,20 @@ from qserver.protocol.queue_log import (
     ItemsMoved,
     LeaderChanged,
     PermissionsSet,
+    ProposalApproved,
+    ProposalsAdded,
 )
 from qserver.protocol.status import LockStatus, Status
 from qserver.protocol.subjects import Subjects
 from services.queue.catalog import PlanCatalog
+from services.queue.dry_run_handlers import DryRunHandlers
 from services.queue.exec_handlers import ExecutionHandlers
 from services.queue.execution import Executor
 from services.queue.leader import Lease, Renewal
 from services.queue.model import QueueModel
+from services.queue.progress import ProgressWatch
+from services.queue.proposal_desk import ProposalDesk
+from services.queue.proposal_handlers import ProposalHandlers
 from services.queue.store import EventLog
 from services.queue.task_handlers import TaskHandlers
 from services.runtime.refusals import refusal_text
@@ -88,6 +94,9 @@ class QueueService:
         )
         self.model.validate = self.catalog.validate
         self.executor = Executor(self)
+        self.desk = ProposalDesk(self.catalog)  # gated groups and their proposals (ADR 30)
+        self.proposals = ProposalHandlers(self, self.desk)
+        self.progress = ProgressWatch(nc, js, subjects, self.publish_status)
         self.log = EventLog(js, subjects, replicas=replicas, snapshot_every=snapshot_every)
         self.stop_requested = asyncio.Event()
         self.history = HistoryInfo(items_in_history=0, plan_history_uid=_uid())
@@ -144,6 +153,8 @@ class QueueService:
             perms = self.catalog.read_permissions_file()
             if perms != self.model.permissions:
                 await self.set_permissions(perms)
+        async with self.write_lock:  # rejected proposals' records a crash left unwritten
+            await self.proposals.write_records()
 
     async def set_permissions(self, permissions: dict[str, Any]) -> None:
         await self.commit(PermissionsSet(permissions=permissions, uid=_uid()))
@@ -195,6 +206,9 @@ class QueueService:
             plan_queue_mode=m.mode,
             lock_info_uid=m.lock_info_uid,
             lock=LockStatus(environment=m.lock.environment, queue=m.lock.queue),
+            items_in_proposals=len(m.proposals),
+            proposals_uid=m.proposals_uid,
+            progress=self.progress.summary(m.running_item.item_uid if m.running_item else None),  # type: ignore[arg-type]
             **self.executor.status_fields(),
         )
 
@@ -229,8 +243,12 @@ class QueueService:
             return
         st = self.status()
         prev = self._status
-        if prev is not None and msgspec.structs.replace(prev, time=st.time) == st:
-            st = prev  # nothing changed: same time and status_uid
+        if prev is not None and (
+            msgspec.structs.replace(prev, time=st.time, progress=st.progress) == st
+        ):
+            # Nothing changed: same time and status_uid. The run's progress is a reading
+            # like the time, not a change of state (ADR 25).
+            st = msgspec.structs.replace(prev, progress=st.progress)
         elif prev is not None:
             st = msgspec.structs.replace(st, status_uid=_uid())
         self._status = st
@@ -285,12 +303,17 @@ class QueueService:
                 f"The change could not be stored ({e!r}); it may not have been applied"
             ) from e
         self.model.apply(event)
-        queue_edit = isinstance(event, ItemsAdded | ItemsMoved | ItemReplaced)
+        queue_edit = isinstance(
+            event, ItemsAdded | ItemsMoved | ItemReplaced | ProposalApproved | ProposalsAdded
+        )
         if queue_edit and autostart_waiting(self.model):
             self.kick()
         if self.log.snapshot_due():
             self.log.start_snapshot(self.model.snapshot(seq))
         await self.publish_status()
+
+    async def prepare_edit(self, lock_key: str | None) -> None:
+        await self._locked_edit(lock_key)
 
     async def _locked_edit(self, lock_key: str | None, target: str | None = "queue") -> None:
         """Before a change: catch up with the log if needed, then check the lock."""
@@ -323,9 +346,30 @@ class QueueService:
             "manager_kill": self.on_manager_kill,
         }
 
+    def gated_handlers(self) -> dict[str, Handler]:
+        """Every method with the proposals' (ADR 30), each refusing what a member of a gated
+        group may not ask: the requests that name the caller's group are checked here; the
+        others by the gateway, the 0MQ bridge and the NATS permissions of its user."""
+        every = self.handlers() | self.proposals.handlers()
+        return {method: self._gated(method, h) for method, h in every.items()}
+
+    def _gated(self, method: str, handler: Handler) -> Handler:
+        async def checked(req: Any) -> Any:
+            group = getattr(req, "user", None) and getattr(req, "user_group", None)
+            if isinstance(group, str):
+                self.desk.check_allowed(method, group)
+            return await handler(req)
+
+        return checked
+
     def _execution_handlers(self) -> dict[str, Handler]:
         tasks = TaskHandlers(self, self.executor)  # functions and scripts: ADR 16
-        return ExecutionHandlers(self, self.executor).handlers() | tasks.handlers()
+        dry_runs = DryRunHandlers(self, self.executor)  # simulated plans: ADR 31
+        return (
+            ExecutionHandlers(self, self.executor).handlers()
+            | tasks.handlers()
+            | dry_runs.handlers()
+        )
 
     async def on_status(self, req: api.Empty) -> Status:
         return self._status or self.status()
@@ -342,6 +386,16 @@ class QueueService:
         return api.ItemGetReply(item=self.model.items[self.model.locate(req.pos, req.uid)])
 
     async def on_item_add(self, req: api.QueueItemAdd) -> api.ItemReply:
+        if self.desk.gated(req.user_group) and not isinstance(req.item, msgspec.UnsetType):
+            return await self.proposals.propose(
+                [req.item],
+                req.user,
+                req.user_group,
+                req.lock_key,
+                pos=req.pos,
+                before_uid=req.before_uid,
+                after_uid=req.after_uid,
+            )
         async with self.write_lock:
             await self._locked_edit(req.lock_key)
             ev = self.model.plan_add(req)
@@ -349,6 +403,8 @@ class QueueService:
             return api.ItemReply(item=ev.items[0], qsize=len(self.model.items))
 
     async def on_item_add_batch(self, req: api.QueueItemAddBatch) -> api.BatchReply:
+        if self.desk.gated(req.user_group):
+            return await self.proposals.propose_batch(req)
         async with self.write_lock:
             await self._locked_edit(req.lock_key)
             ev, results = self.model.plan_add_batch(req)

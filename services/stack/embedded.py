@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -47,10 +47,11 @@ from services.stack.credentials import CLIENT_ROLE, StackKeys, ensure_keys, writ
 from services.stack.kafka_broker import KafkaBroker
 from services.stack.natsserver import NatsServer, port_in_use, server_info
 from services.stack.tiled_server import DEFAULT_CATALOG, TiledServer
+from services.stack.wakeups import child_or_signal
 
 NATS_HOST = "127.0.0.1"
 READY_TIMEOUT = 20.0
-POLL_INTERVAL = 0.15
+POLL_INTERVAL = 1.0  # a child's exit and a stop signal wake the supervisor at once
 STOP_TIMEOUT = 5.0
 TILED_READY_TIMEOUT = 60.0
 # More than CRASH_LIMIT exits within CRASH_WINDOW seconds is a crash loop: restarting at once
@@ -617,9 +618,16 @@ class Stack:
     # ----- supervise -----
 
     def supervise(self) -> int:
-        """Restart what crashes until a stop signal, or until the queue service asks to stop."""
+        """Restart what crashes until a stop signal, or until the queue service asks to stop.
+
+        Woken by a child's exit or a stop signal, else once per `POLL_INTERVAL` (ADR 28).
+        """
+        with child_or_signal() as wait:
+            return self._supervise(wait)
+
+    def _supervise(self, wait: Callable[[float], None]) -> int:
         while self.stop_signal is None:
-            time.sleep(POLL_INTERVAL)
+            wait(POLL_INTERVAL)
             self._check_nats()
             self._check_kafka()
             self._check_tiled()

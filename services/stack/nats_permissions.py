@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from qserver.protocol.proposals import GATED_METHODS
 from qserver.protocol.subjects import (
     DEFAULT_PREFIX,
     IDENTITY_METHODS,
@@ -55,6 +56,24 @@ DIAGNOSTICS = ("$SRV.>",)
 # Replies: every user reads only its own inboxes, `_INBOX.<user>.` (`inbox_prefix`); services
 # reply to anyone's.
 ALL_INBOXES = "_INBOX.>"
+
+
+def stream_read_access(stream: str) -> tuple[str, ...]:
+    """The JetStream API to read one stream: its info, a message, an ordered consumer.
+
+    What the gateway needs to replay the open run's documents and read the last progress
+    event (ADR 25); no other stream, and no write.
+    """
+    return (
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    )
 
 
 def kv_bucket_access(bucket: str) -> tuple[str, ...]:
@@ -131,11 +150,48 @@ def person(
     )
 
 
+# What a proposer sends as itself (ADR 30): adds, which its gated group turns into proposals.
+PROPOSER_IDENTITY = (
+    "queue_item_add",
+    "queue_item_add_batch",
+    "proposal_add",
+    "plans_allowed",
+    "devices_allowed",
+    "item_dry_run",  # an identity method where dry runs are (ADR 31)
+)
+
+
+def proposer(
+    prefix: str, name: str, groups: Sequence[str], purpose: str = "", user_suffix: str = ""
+) -> Role:
+    """A person or program of a gated group (an agent): reads, and proposes as itself.
+
+    Nothing else of the API reaches the queue from it: NATS refuses its other requests, and
+    the queue service turns its adds into proposals (ADR 30).
+    """
+    user = name + user_suffix
+    reads = sorted(m for m in GATED_METHODS if m not in IDENTITY_METHODS)
+    return Role(
+        name=name,
+        purpose=purpose
+        or f"{name}: reads and proposes items for review as '{user}', in groups "
+        f"{', '.join(groups)}",
+        publish=(
+            *(f"{prefix}.api.{m}" for m in reads),
+            *acting(prefix, user, groups, [m for m in PROPOSER_IDENTITY if m in IDENTITY_METHODS]),
+            *DIAGNOSTICS,
+        ),
+        subscribe=(f"{prefix}.events.>", f"{prefix}.docs.>", f"{inbox_prefix(user)}.>"),
+        user=user,
+    )
+
+
 def roles(
     prefix: str = DEFAULT_PREFIX,
     user_suffix: str = "",
     people: Mapping[str, Sequence[str]] | None = None,
     operator_groups: Sequence[str] = OPERATOR_GROUPS,
+    proposers: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Role]:
     """The users of the queue server with subject prefix `prefix`.
 
@@ -175,12 +231,23 @@ def roles(
                 s.queue_log,
                 s.history_log,
                 s.history_info,
+                s.leader_ping("*"),  # a standby's "alive?" to the leader (ADR 28)
                 worker_cmds,
                 env_cmds,
+                s.api("item_dry_run"),  # for a proposal's review (ADR 30)
                 *JETSTREAM,
                 *service_pub,
             ),
-            subscribe=(api, vouched, internal, "$SRV.>"),
+            # progress: the status's `progress` (ADR 25); the leader hears writes of its
+            # lease key (ADR 28).
+            subscribe=(
+                api,
+                vouched,
+                internal,
+                s.progress_event,
+                "$SRV.>",
+                f"$KV.{s.leader_bucket}.>",
+            ),
         ),
         role(
             "history",
@@ -207,8 +274,13 @@ def roles(
             "gateway",
             "the HTTP gateway (it checks API keys and logins itself and may call every method; "
             "its logins live in one KV bucket)",
-            publish=(api, *kv_bucket_access(s.auth_bucket)),
-            subscribe=(events,),
+            publish=(
+                api,
+                *kv_bucket_access(s.auth_bucket),
+                *stream_read_access(s.docs_stream),
+                *stream_read_access(s.progress_stream),
+            ),
+            subscribe=(events, docs),
         ),
         role(
             "zmq_bridge",
@@ -235,6 +307,7 @@ def roles(
             subscribe=(events, docs),
         ),
         *(person(prefix, n, g, user_suffix=user_suffix) for n, g in (people or {}).items()),
+        *(proposer(prefix, n, g, user_suffix=user_suffix) for n, g in (proposers or {}).items()),
     ]
 
 
@@ -278,12 +351,13 @@ class Beamline:
     passwords: Mapping[str, str]  # role or person -> what follows `password:` ($VAR or "literal")
     user_suffix: str = ""
     people: Mapping[str, Sequence[str]] | None = None  # person -> the user groups it acts in
+    proposers: Mapping[str, Sequence[str]] | None = None  # the same, for gated groups (ADR 30)
 
 
 def render_account(b: Beamline) -> str:
     users = ",\n".join(
         render_user(r, f"password: {b.passwords[r.name]}")
-        for r in roles(b.prefix, b.user_suffix, b.people)
+        for r in roles(b.prefix, b.user_suffix, b.people, proposers=b.proposers)
     )
     return f"  {b.account}: {{\n    jetstream: enabled\n    users: [\n{users}\n    ]\n  }}\n"
 
@@ -299,13 +373,16 @@ def render_accounts(
     prefix: str = DEFAULT_PREFIX,
     account: str = "QS",
     people: Mapping[str, Sequence[str]] | None = None,
+    proposers: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """An `accounts {}` block: one JetStream-enabled account with a user per role.
 
     `passwords` maps each role name to what follows `password:` in the file: a `$VAR`
     reference (resolved by nats-server from its environment) or a JSON-quoted literal.
     """
-    beamline = Beamline(account=account, prefix=prefix, passwords=passwords, people=people)
+    beamline = Beamline(
+        account=account, prefix=prefix, passwords=passwords, people=people, proposers=proposers
+    )
     return render_beamlines([beamline])
 
 
@@ -325,14 +402,18 @@ SAMPLE_HEADER = """\
 
 
 def sample_config(
-    prefix: str = DEFAULT_PREFIX, people: Mapping[str, Sequence[str]] | None = None
+    prefix: str = DEFAULT_PREFIX,
+    people: Mapping[str, Sequence[str]] | None = None,
+    proposers: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """The committed `deploy/nats/accounts.conf` (with `people`: one user each, ADR 24)."""
+    """The committed `deploy/nats/accounts.conf` (with `people`: one user each, ADR 24;
+    `proposers`: users of gated groups, ADR 30)."""
     passwords = {
-        r.name: env_reference(r.name.replace("-", "_")) for r in roles(prefix, people=people)
+        r.name: env_reference(r.name.replace("-", "_"))
+        for r in roles(prefix, people=people, proposers=proposers)
     }
     return SAMPLE_HEADER.format(prefix=prefix) + render_accounts(
-        passwords, prefix=prefix, people=people
+        passwords, prefix=prefix, people=people, proposers=proposers
     )
 
 
@@ -402,9 +483,22 @@ def main(argv: list[str] | None = None) -> None:
         help="a user who acts as NAME in these user groups only (repeat it; password from "
         "$NATS_<NAME>_PASSWORD)",
     )
+    p.add_argument(
+        "--proposer",
+        action="append",
+        type=person_groups,
+        metavar="NAME=GROUP[,GROUP...]",
+        help="a user of gated groups (an agent): reads and proposes items for review as NAME, "
+        "nothing else (repeat it; password from $NATS_<NAME>_PASSWORD; ADR 30)",
+    )
     args = p.parse_args(argv)
     people = dict(args.person or [])
-    out = several_config(args.beamline) if args.beamline else sample_config(args.prefix, people)
+    proposers = dict(args.proposer or [])
+    out = (
+        several_config(args.beamline)
+        if args.beamline
+        else sample_config(args.prefix, people, proposers)
+    )
     print(out, end="")
 
 

@@ -100,9 +100,9 @@ class TiledServer(ChildServer):
     def launch(self) -> TiledServer:
         """Start the process without waiting (it takes a few seconds to answer)."""
         config = self._write_config()
-        tiled = Path(sys.executable).with_name("tiled")
-        cmd = [str(tiled), "serve", "config", str(config), "--host", self.host]
-        cmd += ["--port", str(self.port)]
+        # `tiled serve config`, on a uvicorn loop that does not wake 10 times a second (ADR 28).
+        cmd = [sys.executable, "-m", "services.stack.tiled_serve", str(config)]
+        cmd += ["--host", self.host, "--port", str(self.port)]
         self._spawn(cmd)
         return self
 

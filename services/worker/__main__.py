@@ -20,6 +20,7 @@ from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import StartupConfig
 from services.runtime import doc_stream
 from services.runtime.console import ServiceConsole
+from services.runtime.doc_stream import Reconnects
 from services.runtime.replies import reply_to_inboxes_only
 from services.runtime.service_base import (
     run_loop,
@@ -61,19 +62,21 @@ async def main(args: argparse.Namespace) -> int:
     # The environment process, started by this one, connects with the same settings.
     os.environ.update(NatsAuth.from_args(args).environ(), QSERVER_LOG_FORMAT=args.log_format)
     await wait_for_nats(args.nats_url)
+    reconnects = Reconnects()  # the Kafka export follows the stream again at once
     nc = await nats.connect(
         servers(args.nats_url),
         name="qserver-worker",
         no_echo=True,  # `worker.state` carries both requests and our own events
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
+        reconnected_cb=reconnects.notify,
         **connect_options(args),
     )
     reply_to_inboxes_only(nc)  # before any subscription (ADR 11)
     console = ServiceConsole(nc, subjects)  # its log records on the console (ADR 18)
     await console.start()
     svc = WorkerService(nc, subjects, config)
-    export = make_export(nc, subjects)
+    export = make_export(nc, subjects, reconnects)
     exporting = asyncio.create_task(export.run()) if export else None
     svc.export = export
     await svc.start()
@@ -114,7 +117,9 @@ def _on_off(text: str) -> bool:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def make_export(nc: nats.NATS, subjects: Subjects) -> kafka_export.KafkaExport | None:
+def make_export(
+    nc: nats.NATS, subjects: Subjects, reconnects: Reconnects | None = None
+) -> kafka_export.KafkaExport | None:
     """The export of the document stream to Kafka, when Kafka is configured (ADR 10)."""
     try:
         settings = kafka_export.settings_from_environment()
@@ -124,7 +129,7 @@ def make_export(nc: nats.NATS, subjects: Subjects) -> kafka_export.KafkaExport |
     if settings is None or not doc_stream.enabled():
         logger.info("not exporting documents to Kafka (no QSERVER_KAFKA_BOOTSTRAP)")
         return None
-    return kafka_export.KafkaExport(nc, subjects, settings)
+    return kafka_export.KafkaExport(nc, subjects, settings, reconnects)
 
 
 def cli() -> None:

@@ -30,6 +30,7 @@ from qserver.documents import Reassembler, StreamDoc, configured_topic
 from qserver.protocol.subjects import Subjects
 from services.runtime.doc_stream import (
     Positions,
+    Reconnects,
     StreamFollower,
     describe_error,
     ensure_docs_stream,
@@ -114,8 +115,15 @@ class Progress:
 
 
 class KafkaExport:
-    def __init__(self, nc: NATS, subjects: Subjects, settings: ExportSettings) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        settings: ExportSettings,
+        reconnects: Reconnects | None = None,
+    ) -> None:
         self.nc = nc
+        self.reconnects = reconnects
         self.subjects = subjects
         self.settings = settings
         self.positions = Positions(nc.jetstream(), subjects)
@@ -130,6 +138,7 @@ class KafkaExport:
         self._broker_trouble = False
         self._saved: int | None = None
         self._saved_at = 0.0
+        self._work = asyncio.Event()  # documents were read: `_serve` has work
 
     @property
     def pending(self) -> int:
@@ -160,7 +169,7 @@ class KafkaExport:
 
         await ensure_docs_stream(self.nc.jetstream(), self.subjects)
         start = await self.positions.get(READER)
-        follower = StreamFollower(self.nc, self.subjects.docs_stream, start)
+        follower = StreamFollower(self.nc, self.subjects.docs_stream, start, self.reconnects)
         progress = Progress(start or 0)
         producer = Producer(self._producer_config())
         self._follower, self._progress, self._rewind = follower, progress, ""
@@ -197,6 +206,7 @@ class KafkaExport:
             if lost:
                 self.failed += lost
                 gaps += lost
+            self._work.set()  # `_serve` delivers and saves the position
 
     async def _produce(self, producer: Any, progress: Progress, doc: StreamDoc) -> None:
         from confluent_kafka import KafkaException
@@ -264,8 +274,14 @@ class KafkaExport:
             if self._rewind:
                 logger.warning("Kafka export: %s", self._rewind)
                 raise _Rewind(self._rewind)
-            await self._save(progress.position(joiner.first_seq))
-            await asyncio.sleep(SERVICE_S)
+            position = progress.position(joiner.first_seq)
+            await self._save(position)
+            if progress.in_flight == 0 and position == self._saved:
+                # Nothing to deliver nor to save: sleep until the stream brings more (ADR 28).
+                self._work.clear()
+                await self._work.wait()
+            else:
+                await asyncio.sleep(SERVICE_S)
 
     async def _save(self, position: int, force: bool = False) -> None:
         now = time.monotonic()

@@ -96,6 +96,7 @@ class WorkerService:
         self.proc: Env | None = None
         self.state = self._worker_state()
         self._seq = 0
+        self._published_at = 0.0  # monotonic time of the last state published
         self.item_since: float | None = None  # when the running item was first seen
         self.stop_requested = asyncio.Event()
         self.lost = False  # another worker adopted the environment: exit with LOST
@@ -247,6 +248,7 @@ class WorkerService:
     # ----- watching -----
 
     async def publish_state(self) -> None:
+        self._published_at = time.monotonic()
         if self.export is not None:
             self._set(kafka_pending=self.export.pending, kafka_failed=self.export.failed)
         try:
@@ -255,8 +257,13 @@ class WorkerService:
             logger.debug("worker state not published: %r", e)
 
     async def _heartbeat(self) -> None:
+        """At least once a second; a state published for an environment event counts, so an
+        open environment's own once-a-second state is not doubled (ADR 28)."""
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            due = self._published_at + HEARTBEAT_S - time.monotonic()
+            if due > 0:
+                await asyncio.sleep(due)
+                continue
             await self.publish_state()
 
     async def on_env_state(self, msg: Msg) -> None:

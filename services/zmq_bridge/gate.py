@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import zmq
 import zmq.asyncio
@@ -111,6 +111,7 @@ class Gate:
         # descriptor can be cut twice when a late event names it after it was reused.
         self.cut_pending: dict[int, tuple[int, float]] = {}
         self.held: list[_ZapRequest] = []
+        self._held_more = asyncio.Event()
         self.refused = 0  # connections cut, for the log and tests
         self.said: dict[int | None, float] = {}  # uid -> when its refusal was last logged
         # ROUTER, not REP: requests are held while a cut connection is pending.
@@ -242,10 +243,28 @@ class Gate:
 
     async def watch(self) -> None:
         """Take monitor events as they come (so that their queue never fills), and let the
-        held in when the connections they waited for are gone."""
+        held in when the connections they waited for are gone.
+
+        Woken by the monitors themselves, not by a timer (ADR 28); only while requests are
+        held also every `DRAIN_PERIOD_S`, for a cut connection given up after
+        `CUT_PENDING_S`.
+        """
+        poller = zmq.asyncio.Poller()
+        for w in self.watched:
+            poller.register(w.monitor, zmq.POLLIN)
         while True:
+            self._held_more.clear()
             await self._settle()
-            await asyncio.sleep(DRAIN_PERIOD_S)
+            timeout = DRAIN_PERIOD_S * 1000 if self.held else -1
+            waits: set[asyncio.Future[Any]] = {
+                asyncio.ensure_future(poller.poll(timeout)),
+                asyncio.ensure_future(self._held_more.wait()),
+            }
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for f in waits:
+                    f.cancel()
 
     async def serve(self) -> None:
         """Answer ZAP requests until cancelled."""
@@ -267,6 +286,7 @@ class Gate:
             await self._settle()
             if not await self._answer(req):
                 self.held.append(req)
+                self._held_more.set()  # `watch` looks at the held again every DRAIN_PERIOD_S
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self.watch()), asyncio.create_task(self.serve())]

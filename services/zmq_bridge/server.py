@@ -16,6 +16,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from qserver.protocol.proposals import GATED_METHODS
 from services.zmq_bridge.access import Denied, authorize, principal_of
 from services.zmq_bridge.keys import ClientKey
 from services.zmq_bridge.link import NatsLink, Unavailable
@@ -97,6 +98,11 @@ class ControlServer:
             return encode(failure(e.msg), self.encoding)
         data = _json.encode(params)
         try:
+            refusal = await self.gated(principal.user_group, call.method)
+            if refusal:
+                self.counters.refused += 1
+                logger.info("0MQ request refused: %s", refusal)
+                return encode(failure(refusal), self.encoding)
             if call.method in NO_REPLY_METHODS:
                 await self.link.publish(call.method, data)
                 return None
@@ -105,6 +111,26 @@ class ControlServer:
             self.counters.failed += 1
             logger.warning("0MQ request '%s' failed: %s", call.method, e.msg)
             return encode(failure(e.msg), self.encoding)
+
+    async def gated(self, group: str | None, method: str) -> str:
+        """Why a keyed client of a gated group may not call `method` ("" if it may): its
+        members only read and propose (ADR 30). The queue service, which holds the
+        permissions, is asked every time. A local owner's process is not checked: it can
+        act as anyone over NATS with the stack's own key anyway."""
+        if group is None or method in GATED_METHODS:
+            return ""
+        reply = msgspec.json.decode(
+            await self.link.request("proposal_gate", _json.encode({"user_group": group}))
+        )
+        if not isinstance(reply, dict) or not reply.get("success"):
+            why = reply.get("msg") if isinstance(reply, dict) else reply
+            return f"Cannot tell whether user group '{group}' is gated: {why}"
+        if reply.get("gated"):
+            return (
+                f"User group '{group}' may only propose items for review: "
+                f"'{method}' is not allowed to its members"
+            )
+        return ""
 
 
 def split(frames: list[zmq.Frame]) -> tuple[list[bytes], zmq.Frame | None]:

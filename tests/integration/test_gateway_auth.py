@@ -159,6 +159,15 @@ async def test_websockets_need_the_monitor_scope(gateway: Gateway) -> None:
             assert closed.value.rcvd is not None and closed.value.rcvd.code == code
 
 
+async def test_progress_and_documents_websockets_need_the_monitor_scope(gateway: Gateway) -> None:
+    for path in ("/api/progress/ws", "/api/documents/ws?run=current"):
+        for headers, code in ((auth("Nope"), 4001), (auth(scope_key("read:status")), 4003)):
+            async with connect(ws_url(gateway, path), additional_headers=headers) as ws:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await ws.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+
+
 async def test_console_stream_needs_the_console_scope(http: httpx.AsyncClient) -> None:
     r = await http.get("/api/stream_console_output", headers=auth(scope_key("read:status")))
     assert refused(r)

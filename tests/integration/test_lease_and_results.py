@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.errors import KeyWrongLastSequenceError
 
 from qserver.errors import Refused
 from qserver.protocol.subjects import Subjects
@@ -31,7 +32,7 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
 
 
 async def leader(nc: NATS, subjects: Subjects, name: str) -> Lease:
-    lease = Lease(nc.jetstream(), subjects, name)
+    lease = Lease(nc, subjects, name)
     await lease.open()
     return lease
 
@@ -65,6 +66,77 @@ async def test_a_lease_taken_by_a_standby_is_lost(nc: NATS) -> None:
         await asyncio.sleep(0.01)
     assert await a.renew() is Renewal.LOST
     assert a.holder == "b"
+
+
+async def until(cond: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + T
+    while not cond():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_an_idle_leader_answers_pings_and_never_rewrites_its_lease(nc: NATS) -> None:
+    """ADR 28: at idle nothing is written; a standby that hears the leader never takes over."""
+    subjects = Subjects(unique_prefix())
+    a = await leader(nc, subjects, "a")
+    assert await a.try_acquire()
+    lost = asyncio.Event()
+    keeper = asyncio.create_task(a.keep(lost.set))
+    b = await leader(nc, subjects, "b")
+    assert not await b.try_acquire()
+    stopping = asyncio.Event()
+    standby = asyncio.create_task(b.acquire(stopping))
+    try:
+        # 20 answers at one per PING_S: more than four times the standby's patience.
+        await until(lambda: b.pings_answered >= 20 or standby.done(), "no answers to pings")
+        assert not standby.done(), "the standby took over a live leader"
+        assert (await a.kv.get(KEY)).revision == a.revision  # not rewritten at idle
+        assert not a.valid()  # idle: not trusted by the clock, renewed before a write
+        assert await a.confirm() is Renewal.RENEWED
+        assert a.valid() and (await a.kv.get(KEY)).revision == a.revision
+        assert not lost.is_set()
+    finally:
+        stopping.set()
+        assert await standby is False
+        keeper.cancel()
+
+
+async def test_a_silent_leader_is_replaced_and_cannot_write(nc: NATS) -> None:
+    """A leader that stops answering (frozen) loses the lease; awake, it learns so at once."""
+    subjects = Subjects(unique_prefix())
+    a = await leader(nc, subjects, "a")
+    assert await a.try_acquire()
+    keeper = asyncio.create_task(a.keep(lambda: None))
+    b = await leader(nc, subjects, "b")
+    assert not await b.try_acquire()
+    stopping = asyncio.Event()
+    standby = asyncio.create_task(b.acquire(stopping))
+    await until(lambda: b.pings_answered >= 3, "no answers to pings")
+    keeper.cancel()  # frozen: no answers, no watch
+    assert await asyncio.wait_for(standby, T) is True
+    assert b.valid() and b.holder == "b"
+    assert await a.confirm() is Renewal.LOST  # its next write is refused
+    lost = asyncio.Event()
+    woken = asyncio.create_task(a.keep(lost.set))  # what it runs when it wakes up
+    await asyncio.wait_for(lost.wait(), T)
+    await asyncio.wait_for(woken, T)
+
+
+async def test_a_standbys_failed_attempt_does_not_unseat_the_leader(nc: NATS) -> None:
+    """The leader hears a foreign write of its key, and a renewal tells it failed."""
+    subjects = Subjects(unique_prefix())
+    a = await leader(nc, subjects, "a")
+    assert await a.try_acquire()
+    lost = asyncio.Event()
+    keeper = asyncio.create_task(a.keep(lost.set))
+    held = a.revision
+    b = await leader(nc, subjects, "b")
+    await nc.request(subjects.leader_ping(a._token), b"", timeout=T)  # the keeper listens
+    with pytest.raises(KeyWrongLastSequenceError):
+        await b.kv.update(KEY, b._value(), last=held - 1 if held > 1 else held + 5)
+    await until(lambda: a.revision > held, "the leader did not check its lease")
+    assert not lost.is_set() and a.valid()
+    keeper.cancel()
 
 
 def result(n: int) -> bytes:

@@ -219,6 +219,47 @@ async def test_gateway_serves_http_as_the_gateway_user(svc: RoleServices) -> Non
         assert "permissions violation" not in gw.log().lower()
 
 
+async def test_gateway_replays_the_open_run_and_people_get_progress_live_only(
+    svc: RoleServices, operator: Client, observer: Client
+) -> None:
+    """With the production permissions: the gateway's user reads the document and progress
+    streams (ADR 25); an observer, who has no JetStream API, gets the status's progress."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    assert (await operator.request("environment_open", timeout=30))["success"]
+    await operator.wait_for(
+        lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", 60
+    )
+    async with gateway_for(svc, "--no-auth", env=svc.role_env("gateway")) as gw:
+        item = plan("count", ["det1"], num=8, delay=0.5)
+        assert (await operator.request("queue_item_add", {"item": item, **USER}))["success"]
+        assert (await operator.request("queue_start"))["success"]
+        st = await operator.wait_for(lambda st: (st.get("progress") or {}).get("point", 0) >= 2, 60)
+        run_uid = st["progress"]["run_uid"]
+        ws_url = gw.url.replace("http://", "ws://")
+        docs: list[dict[str, object]] = []
+        async with (
+            connect(ws_url + "/api/progress/ws") as progress,
+            connect(ws_url + "/api/documents/ws?run=current") as documents,
+        ):
+            assert json.loads(await asyncio.wait_for(progress.recv(), 30))["msg"]["run_uid"] == (
+                run_uid
+            )
+            feed = observer.progress_feed()
+            first = await asyncio.wait_for(anext(feed), 30)
+            assert first["run_uid"] == run_uid and first["point"] >= 2
+            await feed.aclose()
+            while not docs or docs[-1]["name"] != "stop":
+                docs.append(json.loads(await asyncio.wait_for(documents.recv(), 30))["msg"])
+        assert docs[0]["name"] == "start" and len([d for d in docs if d["name"] == "event"]) == 8
+        assert "permissions violation" not in gw.log().lower(), gw.log()
+    await operator.wait_for(lambda st: st["manager_state"] == "idle", 60)
+    assert (await operator.request("environment_close"))["success"]
+    await operator.wait_for(lambda st: not st["worker_environment_exists"], 30)
+
+
 async def test_each_user_reads_replies_only_on_its_own_inboxes(
     svc: Services, observer: Client
 ) -> None:

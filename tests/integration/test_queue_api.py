@@ -22,8 +22,9 @@ async def queue_names(client: Client) -> list[str]:
 
 async def test_ping_and_status_report_the_reference_keys(client: Client) -> None:
     st = await client.request("status")
-    # The reference's keys, and docs_pending / docs_failed / kafka_pending / kafka_failed.
-    assert len(st) == 27 + 4
+    # The reference's keys, and docs_pending / docs_failed / kafka_pending / kafka_failed,
+    # and items_in_proposals / proposals_uid (ADR 30), progress (ADR 25).
+    assert len(st) == 27 + 4 + 2 + 1
     for key in (
         "manager_state",
         "items_in_queue",

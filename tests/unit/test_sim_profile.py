@@ -59,7 +59,8 @@ def test_the_shipped_lists_hold_every_plan_and_device_of_the_reference(
     # Ours beside them: plans for pause and failure tests.
     extra = {"long_count", "sim_fail", "sim_fail_large", "sleep"}
     assert set(lists["plans_existing"]) == REFERENCE_PLANS | extra
-    assert set(lists["devices_existing"]) == REFERENCE_DEVICES
+    # A motor with soft limits, for dry runs (ADR 31).
+    assert set(lists["devices_existing"]) == REFERENCE_DEVICES | {"motor_limited"}
     bundle = lists["devices_existing"]["sim_bundle_A"]
     assert set(bundle["components"]) == {"dets", "mtrs"}
     assert set(bundle["components"]["mtrs"]["components"]) == {"x", "y", "z"}
@@ -86,6 +87,13 @@ def test_the_functions_are_defined_and_allowed_as_in_the_reference(ns: dict[str,
     assert function_allowed("push_buffer_element", "test_user", permissions)
     assert function_allowed("clear_buffer", "test_user", permissions)
     assert not function_allowed("_fifo_buffer", "test_user", permissions)
+
+
+def test_scripts_find_the_modules_the_reference_profile_imports(ns: dict[str, Any]) -> None:
+    """bluesky-queueserver-api's console tests upload a script that calls `ttime.sleep`."""
+    import time
+
+    assert ns["ttime"] is time
 
 
 def test_the_buffer_functions_keep_order_and_pop_fails_when_empty(ns: dict[str, Any]) -> None:

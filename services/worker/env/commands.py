@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from qserver.protocol.dry_run import EnvDryRun
 from qserver.protocol.tasks import TaskAccepted, TaskRequest
 from qserver.protocol.worker import (
     CmdReply,
@@ -23,6 +24,7 @@ from qserver.protocol.worker import (
 )
 from services.runtime.console import ConsolePublisher
 from services.runtime.service_base import encode
+from services.worker.env.dry_run import DryRuns
 from services.worker.env.engine import CONTINUE_STATUS, Environment, Running
 from services.worker.env.metadata import metadata_reply
 from services.worker.env.tasks import Tasks
@@ -43,6 +45,7 @@ Handler = Callable[[bytes], Awaitable[msgspec.Struct]]
 _run_decoder = msgspec.json.Decoder(RunPlan)
 _interrupt_decoder = msgspec.json.Decoder(KernelInterruptRequest)
 _task_decoder = msgspec.json.Decoder(TaskRequest)
+_dry_run_decoder = msgspec.json.Decoder(EnvDryRun)
 
 
 def _options(data: bytes) -> dict[str, Any]:
@@ -61,6 +64,7 @@ class EnvCommands:
         self.console = ConsolePublisher(self.subjects.console_event, env.link.soon)
         self.sink = self.console.sink
         self.tasks = Tasks(env)
+        self.dry_runs = DryRuns(env)
         self._tasks: list[asyncio.Task[None]] = []
 
     def handlers(self) -> dict[str, Handler]:
@@ -77,6 +81,7 @@ class EnvCommands:
             "interrupt": self.interrupt,
             "connect_info": self.connect_info,
             "task": self.task,
+            "dry_run": self.dry_run,
         }
         for action in CONTINUE_STATUS:
             h[action] = functools.partial(self._continue, action)
@@ -257,6 +262,10 @@ class EnvCommands:
             # the task in the state.
             await env.publish_state()
         return accepted
+
+    async def dry_run(self, data: bytes) -> msgspec.Struct:
+        """Simulate a plan item on a thread of its own (ADR 31): never the RunEngine's."""
+        return await self.dry_runs.run(_dry_run_decoder.decode(data))
 
     async def state(self, data: bytes) -> msgspec.Struct:
         await self._settle()

@@ -32,12 +32,14 @@ from qserver.protocol.subjects import Subjects
 from qserver.protocol.tasks import TaskInfo
 from qserver.protocol.worker import EnvStateName, ExistingLists, PlanResult, StartupConfig
 from qserver.result_texts import MSG_KEPT, TRACEBACK_KEPT, cut
+from services.runtime.progress_stream import ensure_progress_stream_logged
 from services.runtime.service_base import encode
 from services.worker.env import live_docs, metadata
 from services.worker.env.console import ConsoleSink
 from services.worker.env.journal import DocumentJournal
 from services.worker.env.kernel import HOLD_S, KernelHost, pause_on_interrupt
 from services.worker.env.link import NatsLink
+from services.worker.env.progress import ProgressPublisher
 from services.worker.env.runs import RunTracker
 from services.worker.env.startup import (
     StartupError,
@@ -267,6 +269,8 @@ class Environment:
     def open(self) -> bool:
         """Run the startup code and store the lists; False (state `failed`) if that fails."""
         self.notify()
+        # Made before any plan runs, so that its last progress event is kept (ADR 25).
+        self.link.spawn(ensure_progress_stream_logged(self.link.js, self.subjects))
         try:
             ns = load_startup(self.startup, self._kernel_namespace())
             logger.info("Startup code was successfully loaded.")
@@ -339,6 +343,7 @@ class Environment:
             run_engine.subscribe(self.journal)
         if live_docs.enabled():
             run_engine.subscribe(live_docs.NatsDocuments(self.link, self.subjects))
+        run_engine.subscribe(ProgressPublisher(self.link, self.subjects))
 
     def describe(self) -> ExistingLists:
         ns = dict(self.ns)  # a background script may change the namespace meanwhile

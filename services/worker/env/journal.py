@@ -199,8 +199,11 @@ class DocumentJournal:
                 box.disconnected(time.monotonic())
             self._maybe_report()
             self._report_stall(nc.is_connected)
+            with self._lock:
+                # Nothing to send, to resend or to report: sleep until documents come (ADR 28).
+                idle = not box.parts and not self._new and self.failed == self._reported_failed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                await asyncio.wait_for(self._wake.wait(), None if idle else TICK_S)
 
     def _take_new(self) -> None:
         """Documents from the RunEngine's thread into the outbox, split to fit a message."""

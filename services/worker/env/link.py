@@ -39,6 +39,7 @@ class NatsLink:
         self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        self.on_disconnect: list[Callable[[], None]] = []  # called on the NATS loop
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -67,10 +68,15 @@ class NatsLink:
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
+            disconnected_cb=self._disconnected,
             **connect_options(),  # the worker's credentials, from the environment
         )
         reply_to_inboxes_only(self._nc)  # before any subscription (ADR 11)
         self._js = self._nc.jetstream()
+
+    async def _disconnected(self) -> None:
+        for callback in self.on_disconnect:
+            callback()
 
     def on_loop_thread(self) -> bool:
         return threading.current_thread() is self._thread

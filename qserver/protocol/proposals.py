@@ -1,0 +1,111 @@
+"""Proposals: items that wait for a reviewer before they reach the queue (ADR 30).
+
+A proposal is stored in the queue's log (queue_log.py) with the same guarantees as the
+queue. Its uid is the uid its item keeps in the queue once approved. Requests are in api.py
+(`proposal_*`); this module holds the stored record, the replies and the event published on
+`<prefix>.events.proposals`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from qserver.protocol.api import Reply
+from qserver.protocol.items import QueueItem
+
+# What a member of a gated group may ask for: reads, and adds that become proposals. Every
+# other request of theirs is refused by the gateway, the 0MQ bridge and the queue service;
+# over NATS their user is a `proposer` (services/stack/nats_permissions.py). Not
+# `config_get`: in kernel mode it gives the kernel's key, with which one runs any code.
+GATED_METHODS = frozenset(
+    {
+        "ping",
+        "status",
+        "queue_get",
+        "queue_item_get",
+        "history_get",
+        "history_result_get",
+        "history_runs",
+        "history_run_item",
+        "plans_allowed",
+        "devices_allowed",
+        "plans_existing",
+        "devices_existing",
+        "lock_info",
+        "re_runs",
+        "re_metadata",
+        "console_output",
+        "console_output_uid",
+        "console_output_update",
+        "task_status",
+        "task_result",
+        "item_dry_run",
+        "queue_item_add",  # becomes a proposal
+        "queue_item_add_batch",  # each item becomes a proposal
+        "proposal_add",
+        "proposal_list",
+        "proposal_get",
+        "proposal_gate",
+    }
+)
+# Reviewing: what the `write:queue:approve` scope allows.
+REVIEW_METHODS = frozenset({"proposal_update", "proposal_approve", "proposal_reject"})
+
+
+class Proposal(msgspec.Struct, frozen=True, kw_only=True):
+    """An item waiting for review, with who proposed it, when, and why."""
+
+    item: QueueItem  # as it would be queued: uid, user and user_group set
+    proposed_by: str
+    user_group: str
+    time: float  # when proposed (unix s)
+    note: str = ""
+    edited_by: str = ""  # the last reviewer who edited it, if any
+
+
+def proposal_uid(p: Proposal) -> str:
+    return str(p.item.item_uid)
+
+
+EventKind = Literal["proposed", "auto_approved", "edited", "approved", "rejected"]
+
+
+class ProposalEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.events.proposals` after the change is stored.
+
+    The proposer learns the fate of its proposal from these (`proposed_by`).
+    """
+
+    time: float
+    kind: EventKind
+    uid: str
+    proposed_by: str
+    user_group: str
+    proposal: Proposal | None = None  # as it is (proposed, edited) or was (the others)
+    reviewer: str = ""  # who edited, approved or rejected it
+    reason: str = ""  # why it was rejected, or which rule approved it
+    index: int | None = None  # where it went in the queue (approved, auto_approved)
+    proposals_uid: str = ""  # changes with every change of the list
+
+
+class ProposalListReply(Reply, kw_only=True):
+    proposals: list[Proposal]
+    proposals_uid: str
+
+
+class ProposalReply(Reply, kw_only=True):
+    proposal: Proposal
+    # `proposal_get` with `dry_run`: the reply of `item_dry_run` for the item, or why there
+    # is none (`{"success": false, "msg": ...}`).
+    dry_run: dict[str, Any] | None = None
+
+
+class ProposalApproveReply(Reply, kw_only=True):
+    item: QueueItem
+    qsize: int
+
+
+class ProposalGateReply(Reply, kw_only=True):
+    gated: bool
