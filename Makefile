@@ -9,8 +9,9 @@ REFERENCE ?= $(if $(ARGS),0,1)
 
 REF_VENV ?= .venv-reference
 REF_V001_VENV ?= .venv-reference-v001
+BENCH_REF_VENV ?= .venv-bench-ref
 
-.PHONY: run test test-busy lint bench clean reference-clients webui webui-check
+.PHONY: run test test-busy lint bench bench-compare bench-profile clean reference-clients webui webui-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -103,6 +104,40 @@ webui-check: webui/node_modules/.installed
 	  diff -rq $(WEBUI_TMP) services/gateway/webui; exit 1; }
 	@echo "the shipped web page is the build of webui/"
 
+# The reference measured by `make bench-compare`, in a scratch venv of its own (never .venv:
+# bluesky-queueserver's `qserver` script would replace ours), and Debian's redis-server
+# (installed by apt when missing, kept from starting: the benchmark runs its own).
+$(BENCH_REF_VENV)/.installed: bench/reference-requirements.txt
+	@echo "installing the reference into $(BENCH_REF_VENV) (the first run takes a few minutes)..."
+	rm -rf $(BENCH_REF_VENV)
+	$(PYTHON) -m venv $(BENCH_REF_VENV)
+	$(BENCH_REF_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_REF_VENV)/bin/pip install -q -r bench/reference-requirements.txt
+	touch $@
+
+$(BENCH_REF_VENV)/.redis: | $(BIN)/python
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "as root: apt-get install redis-server"; exit 1; fi; \
+	  policy=/usr/sbin/policy-rc.d; made=; \
+	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod +x $$policy; made=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; \
+	  rc=$$?; [ -n "$$made" ] && rm -f $$policy; exit $$rc; \
+	fi
+	mkdir -p $(BENCH_REF_VENV) && touch $@
+
+# Ours (the default stack of `make run`) against the reference, alternately, in one run: JSON,
+# then the table of ratios (> 1: ours is better). ARGS="--quick" checks the tool in ~6 minutes.
+bench-compare: $(VENV)/.installed-test $(BENCH_REF_VENV)/.installed $(BENCH_REF_VENV)/.redis  ## ours vs the reference, side by side
+	$(BIN)/python -m bench.bench_compare $(ARGS)
+
+# Where a status and a queue_item_add spend their time (JSON); py-spy (PyPI) samples the
+# queue service, from the scratch venv (it is a tool of the benchmark, not of qserver).
+$(BENCH_REF_VENV)/bin/py-spy: $(BENCH_REF_VENV)/.installed
+	$(BENCH_REF_VENV)/bin/pip install -q py-spy
+
+bench-profile: $(VENV)/.installed-test $(BENCH_REF_VENV)/bin/py-spy  ## profile status and queue_item_add
+	$(BIN)/python -m bench.profile_requests --py-spy $(BENCH_REF_VENV)/bin/py-spy $(ARGS)
+
 # bluesky-queueserver-api's own tests (its tests/ package) against our stack, run from
 # .venv-reference: docs/reference-tests.md. REFTESTS_ZMQ=1 adds the 0MQ cases.
 REF_WORKERS ?= 6
@@ -123,4 +158,4 @@ test-reference: $(VENV)/.installed $(REF_VENV)/.installed-tests  ## the referenc
 		-n $(REF_WORKERS) --pyargs bluesky_queueserver_api.tests $(REF_ARGS)
 
 clean:
-	rm -rf $(VENV) $(REF_VENV) $(REF_V001_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(REF_VENV) $(REF_V001_VENV) $(BENCH_REF_VENV) .pytest_cache .mypy_cache .ruff_cache
