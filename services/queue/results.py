@@ -120,6 +120,14 @@ class ResultFeed:
         woken = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait({fetching, woken}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # Cancelled (the service stops): the pull goes too, and its end is collected
+            # here, or the loop's shutdown reports a pull left behind (a 5 s pull is nearly
+            # always under way, ADR 28).
+            fetching.cancel()
+            with contextlib.suppress(BaseException):
+                await fetching
+            raise
         finally:
             woken.cancel()
         if fetching.done():
