@@ -6,6 +6,7 @@ ARGS ?=
 # 1: `make test` also runs the reference client's own tests over HTTP (test-reference); by
 # default only for the whole suite (no ARGS).
 REFERENCE ?= $(if $(ARGS),0,1)
+REF_LOG ?= $(abspath .reference-tests.log)
 
 REF_VENV ?= .venv-reference
 REF_V001_VENV ?= .venv-reference-v001
@@ -76,8 +77,21 @@ lint: $(VENV)/.installed-test
 test: $(VENV)/.installed-test reference-clients  ## install with test extras, lint, run the whole suite
 	$(MAKE) lint
 	$(MAKE) webui-check
+ifeq ($(REFERENCE),1)
+	@# The reference client's own tests run beside the suite (both mostly wait on plans and
+	@# timeouts: side by side they take little more than the suite alone); their output goes
+	@# to $(REF_LOG) and its end is shown after the suite. Either failing fails `make test`.
+	@echo "the reference client's own tests run beside the suite; their output: $(REF_LOG)"
+	@$(MAKE) --no-print-directory test-reference > $(REF_LOG) 2>&1 & ref=$$!; \
+	  $(BIN)/pytest $(ARGS); rc=$$?; \
+	  wait $$ref; rrc=$$?; \
+	  echo "---- the reference client's own tests (make test-reference; all of it: $(REF_LOG))"; \
+	  grep -E '^(FAILED|ERROR) ' $(REF_LOG); tail -n 25 $(REF_LOG); \
+	  echo "suite: exit $$rc; the reference client's tests: exit $$rrc"; \
+	  [ $$rc = 0 ] && [ $$rrc = 0 ]
+else
 	$(BIN)/pytest $(ARGS)
-	$(if $(filter 1,$(REFERENCE)),$(MAKE) test-reference)
+endif
 
 test-busy: $(VENV)/.installed-test  ## the whole suite beside two CPU-bound busy loops
 	$(BIN)/python -m tests.run_busy -- $(MAKE) test ARGS="$(ARGS)"
