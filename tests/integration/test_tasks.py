@@ -184,7 +184,11 @@ async def test_a_failing_script_gives_its_traceback_in_the_task_result(env: Clie
     assert tb.startswith("Traceback") and "Exception in func2" in tb
     # The script's own lines, as it was sent.
     assert 'raise Exception("Exception in func1") from ex' in tb
+    # A task's result is kept before the manager is back to idle (as the reference's; its
+    # clients wait for idle, as here, before the next foreground task).
+    await until(env, idle)
     r = await env.request("script_upload", {"script": "def broken(:\n"})
+    assert r["success"], r
     result = await completed(env, r["task_uid"])
     assert result["success"] is False and "SyntaxError" in result["traceback"]
     await until(env, idle)
