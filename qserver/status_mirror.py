@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from qserver.protocol.api import READ_ONLY_METHODS
 from qserver.protocol.status import (
     STATUS_EVERY_HEADER,
     STATUS_SEQ_HEADER,
@@ -35,36 +36,14 @@ FRESH_MARGIN_S = 0.5
 # The period assumed when an event does not announce one.
 DEFAULT_EVERY_S = 1.0
 # Methods that change nothing: their replies, numbered or not, leave the copy usable.
-READ_METHODS = frozenset(
-    {
-        "status",
-        "ping",
-        "queue_get",
-        "queue_item_get",
-        "history_get",
-        "history_runs",
-        "history_run_item",
-        "history_result_get",
-        "re_runs",
-        "plans_allowed",
-        "devices_allowed",
-        "plans_existing",
-        "devices_existing",
-        "permissions_get",
-        "lock_info",
-        "config_get",
-        "task_status",
-        "task_result",
-        "re_metadata",
-        "console_output",
-        "console_output_uid",
-        "console_output_update",
-        "proposal_list",
-        "proposal_get",
-        "proposal_gate",
-        "item_dry_run",
-    }
-)
+READ_METHODS = frozenset(READ_ONLY_METHODS) | {
+    "config_get",
+    "re_metadata",
+    "proposal_list",
+    "proposal_get",
+    "proposal_gate",
+    "item_dry_run",
+}
 Seq = tuple[str, int]
 
 

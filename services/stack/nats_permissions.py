@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from qserver.protocol.api import READ_ONLY_METHODS
 from qserver.protocol.proposals import GATED_METHODS
 from qserver.protocol.subjects import (
     DEFAULT_PREFIX,
@@ -23,29 +24,7 @@ from qserver.protocol.subjects import (
     identity_token,
 )
 
-# Requests that only read: what an observer may send.
-READ_ONLY_METHODS = (
-    "ping",
-    "status",
-    "queue_get",
-    "queue_item_get",
-    "history_get",
-    "history_result_get",
-    "history_runs",
-    "history_run_item",
-    "plans_allowed",
-    "devices_allowed",
-    "plans_existing",
-    "devices_existing",
-    "permissions_get",
-    "lock_info",
-    "re_runs",
-    "console_output",
-    "console_output_uid",
-    "console_output_update",
-    "task_status",
-    "task_result",
-)
+# Requests that only read: what an observer may send (qserver/protocol/api.py).
 READ_IDENTITY = ("plans_allowed", "devices_allowed")  # read-only, but per group
 # JetStream API, acks, flow control, KV and object store, inside the account only.
 JETSTREAM = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>")

@@ -15,35 +15,16 @@ from typing import Any
 
 import msgspec
 
-from qserver.protocol.api import REQUEST_TYPES
+from qserver.protocol.api import READ_ONLY_METHODS, REQUEST_TYPES
 from services.zmq_bridge.keys import Access, ClientKey
 
 LOCAL = "local"
 KEY_PREFIX = "key:"
 
 # What an `observe` client may call: requests that change nothing.
-READ_METHODS = frozenset(
-    {
-        "ping",
-        "status",
-        "config_get",
-        "queue_get",
-        "queue_item_get",
-        "history_get",
-        "history_result_get",
-        "history_runs",
-        "history_run_item",
-        "plans_allowed",
-        "devices_allowed",
-        "plans_existing",
-        "devices_existing",
-        "permissions_get",
-        "lock_info",
-        "re_runs",
-        "task_status",
-        "task_result",
-    }
-)
+READ_METHODS = (
+    frozenset(READ_ONLY_METHODS) - {"console_output", "console_output_uid", "console_output_update"}
+) | {"config_get"}
 # What only `admin` clients may call: the scopes bluesky-httpserver gives experts and admins
 # (write:manager:stop, write:testing, write:permissions, write:config, write:scripts, write:lock).
 ADMIN_METHODS = frozenset(
