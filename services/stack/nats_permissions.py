@@ -61,18 +61,8 @@ def kv_bucket_access(bucket: str) -> tuple[str, ...]:
     What the gateway needs for its logins (ADR 23); its requests cannot reach other streams.
     """
     stream = f"KV_{bucket}"
-    return (
-        f"$JS.API.STREAM.INFO.{stream}",
-        f"$JS.API.STREAM.CREATE.{stream}",
-        f"$JS.API.STREAM.MSG.GET.{stream}",
-        f"$JS.API.DIRECT.GET.{stream}.>",
-        f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.INFO.{stream}.>",
-        f"$JS.API.CONSUMER.DELETE.{stream}.>",
-        f"$JS.FC.{stream}.>",
-        f"$KV.{bucket}.>",
-    )
+    info, *read = stream_read_access(stream)  # and creating it, and its keys' subjects
+    return (info, f"$JS.API.STREAM.CREATE.{stream}", *read, f"$KV.{bucket}.>")
 
 
 def inbox_prefix(user: str) -> str:
