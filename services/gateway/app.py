@@ -129,29 +129,35 @@ class Gateway:
 
         The console's socket takes `?backlog=N`: the last N messages kept come first.
         """
-        await socket.accept()
+        # The credentials are checked before the handshake completes, as the reference does:
+        # its client deletes the short-lived key it connected with as soon as the socket is
+        # open, so a check after the accept could find the key gone (and the client would
+        # loop, making a new key each time). A refusal still completes the handshake, to
+        # close with a code and a reason the client can show.
+        refusal: tuple[int, str] | None = None
         try:
             backlog = int(socket.query_params.get("backlog") or 0)
         except ValueError:
             backlog = -1
         if not 0 <= backlog <= MAX_BACKLOG:
-            await socket.close(WS_BAD_REQUEST, f"backlog must be 0 to {MAX_BACKLOG} messages")
-            return
-        try:
-            principal = await self.auth.principal(credentials_of(socket))
-            if scope not in principal.scopes:
-                # The reference's text, closed with 4003 (the key is valid, its scope is not).
-                await socket.close(WS_FORBIDDEN, f"Not enough permissions: needs {scope}"[:120])
-                return
-            self.bridge.connected()
-        except Unauthorized as e:
-            await socket.close(WS_UNAUTHORIZED, e.msg[:120])
-            return
-        except (Forbidden, BadRequest) as e:
-            await socket.close(WS_FORBIDDEN, e.msg[:120])
-            return
-        except Unavailable as e:
-            await socket.close(WS_UNAVAILABLE, e.msg[:120])
+            refusal = (WS_BAD_REQUEST, f"backlog must be 0 to {MAX_BACKLOG} messages")
+        else:
+            try:
+                principal = await self.auth.principal(credentials_of(socket))
+                if scope not in principal.scopes:
+                    # The reference's text, closed with 4003 (the key is valid, its scope not).
+                    refusal = (WS_FORBIDDEN, f"Not enough permissions: needs {scope}")
+                else:
+                    self.bridge.connected()
+            except Unauthorized as e:
+                refusal = (WS_UNAUTHORIZED, e.msg)
+            except (Forbidden, BadRequest) as e:
+                refusal = (WS_FORBIDDEN, e.msg)
+            except Unavailable as e:
+                refusal = (WS_UNAVAILABLE, e.msg)
+        await socket.accept()
+        if refusal is not None:
+            await socket.close(refusal[0], refusal[1][:120])
             return
 
         if kind == "documents":
