@@ -265,14 +265,21 @@ def _core(role: str) -> bool:
 def memory(side: dict[str, Any]) -> dict[str, Any]:
     pids = side["processes"]()
     rss: dict[int, float] = {}
+    pss: dict[int, float] = {}
     for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            rss[pid] = psutil.Process(pid).memory_info().rss / 2**20
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            full = psutil.Process(pid).memory_full_info()  # reads /proc/<pid>/smaps_rollup
+            rss[pid] = full.rss / 2**20
+            pss[pid] = full.pss / 2**20
     by_role = _by_role(pids, rss)
+    pss_by_role = _by_role(pids, pss)
     return {
         "rss_all_mib": sum(by_role.values()),
         "rss_core_mib": sum(v for k, v in by_role.items() if _core(k)),
         "rss_by_process_mib": by_role,
+        "pss_all_mib": sum(pss_by_role.values()),
+        "pss_core_mib": sum(v for k, v in pss_by_role.items() if _core(k)),
+        "pss_by_process_mib": pss_by_role,
     }
 
 

@@ -46,6 +46,10 @@ ROWS: tuple[Row, ...] = (
     Row("manager_kill_s", "manager kill -> answering", "s", "lower", 1.0),
     Row("rss_core_mib", "RSS, core processes (no Kafka, no catalog)", "MiB", "lower", 1.0),
     Row("rss_all_mib", "RSS, every process of the stack", "MiB", "lower", None),
+    # RSS counts every shared page (libpython, numpy, ...) once per process; PSS splits it
+    # between the processes that share it: what a set of processes costs the machine.
+    Row("pss_core_mib", "  PSS, core processes (shared pages split)", "MiB", "lower", None),
+    Row("pss_all_mib", "  PSS, every process of the stack", "MiB", "lower", None),
     Row("http_status_1_req_s", "HTTP status, 1 client", "req/s", "higher", 5.0),
     Row("http_status_8_req_s", "HTTP status, 8 clients", "req/s", "higher", 5.0),
     Row("http_add_1_req_s", "HTTP item add, 1 client", "req/s", "higher", 5.0),
