@@ -14,7 +14,7 @@ from qserver.protocol.api import REQUEST_TYPES
 from services.stack.natsserver import NatsServer
 from tests.conftest import USER, Services
 from tests.integration.test_execution import add, idle, open_env, until
-from tests.integration.test_kernel import Console, connection_file, kernel_services
+from tests.integration.test_kernel import Console, connection_file, holding, kernel_services
 from tests.integration.test_tasks import completed, execute, func
 
 TEST_USER = {"user": "tester", "user_group": "test_user"}
@@ -190,11 +190,9 @@ async def test_in_kernel_mode_a_dry_run_answers_while_a_typed_command_holds_the_
         await open_env(client)
         typing = Console(await connection_file(client, tmp_path))
         await typing.prompt()
-        typing.type("import time\n")
-        await typing.prompt()
-        # One cell that says it started, then holds the kernel for 10 s.
-        typing.type("for i in range(100):\n    i or print('holding', flush=True)\n")
-        typing.type("    time.sleep(0.1)\n\n")
+        # A typed command that says it started, then holds the kernel until released.
+        release = tmp_path / "release-typed"
+        typing.type(holding(release))
         await asyncio.to_thread(shows, typing, b"holding")
         r = await dry_run(client, item=scan("motor_limited", 0, 7, 8), **USER)
         assert r["success"], r
@@ -205,6 +203,7 @@ async def test_in_kernel_mode_a_dry_run_answers_while_a_typed_command_holds_the_
             "function_execute", {"item": func("function_sleep", 0), **TEST_USER}
         )
         assert not refused["success"] and "kernel (RE Worker) is busy" in refused["msg"], refused
+        release.touch()
         await typing.leave()
 
 

@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,20 @@ def sleeping(n: int) -> str:
     return f"import time\nfor _ in range({n}): time.sleep(0.1)\n\n"
 
 
+def holding(flag: Path) -> str:
+    """Cells that hold the kernel until `flag` exists (at most 5 min), a condition and not a
+    time: on a busy machine what the test does meanwhile may take longer than any fixed hold.
+    The last cell prints 'holding' as it starts (built from parts, so that the console's echo
+    of the typed line does not show it). The console takes each line as a cell, so each is a
+    complete statement."""
+    return (
+        "import os, time\n"
+        "t0 = time.monotonic()\n"
+        "_held = print('hol' + 'ding', flush=True) or [time.sleep(0.05) for _ in iter(lambda: "
+        f"os.path.exists({str(flag)!r}) or time.monotonic() - t0 > 300, True)]\n"
+    )
+
+
 def kernel_profile(tmp_path: Path) -> Path:
     startup = tmp_path / "startup"
     startup.mkdir()
@@ -113,6 +128,15 @@ def console(connection_file: Path, typed: str, timeout: float = 120) -> str:
     return p.stdout + p.stderr  # a cell's error goes to stderr
 
 
+def _stop_console(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+    for pipe in (p.stdin, p.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
 class Console:
     """`jupyter console --existing FILE`, typed into line by line while the test goes on."""
 
@@ -124,6 +148,9 @@ class Console:
             stderr=subprocess.STDOUT,
         )
         self.shown = b""
+        # A test that fails before `leave` leaves the console behind: stopped and its pipes
+        # closed when it is collected, so no ResourceWarning lands in a later test.
+        weakref.finalize(self, _stop_console, self.p)
 
     def _prompt(self) -> None:
         assert self.p.stdout is not None
@@ -242,7 +269,8 @@ async def test_a_command_typed_in_the_kernel_blocks_the_queue_and_a_plan_blocks_
 
         typing = Console(info_file)
         await typing.prompt()
-        typing.type(sleeping(100) + "print('typed done')\n")
+        release = tmp_path / "release-typed"
+        typing.type(holding(release) + "print('typed done')\n")
         st = await until(client, lambda s: s["ip_kernel_state"] == "busy")
         assert kernel_status(st) == ("busy", False) and idle(st)
         # The reference's refusals, and nothing changed in the queue.
@@ -251,6 +279,7 @@ async def test_a_command_typed_in_the_kernel_blocks_the_queue_and_a_plan_blocks_
         r = await client.request("queue_item_execute", {"item": quick(), **USER})
         assert not r["success"] and "IPython kernel (RE Worker) is busy" in r["msg"]
         assert (await client.request("status"))["items_in_queue"] == 1
+        release.touch()
         assert "typed done" in await typing.leave()
         await until(client, lambda s: kernel_status(s) == ("idle", False))
         assert (await client.request("queue_start"))["success"]

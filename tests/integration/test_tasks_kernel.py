@@ -13,6 +13,7 @@ from tests.integration.test_kernel import (
     Console,
     connection_file,
     console,
+    holding,
     kernel_services,
     kernel_status,
     sleeping,
@@ -55,7 +56,8 @@ async def test_tasks_run_in_the_kernel_and_share_its_namespace(
         # a background one runs on its own thread.
         typing = Console(info_file)
         await typing.prompt()
-        typing.type(sleeping(100) + "print('typed done')\n")
+        release = tmp_path / "release-typed"
+        typing.type(holding(release) + "print('typed done')\n")
         await until(client, lambda s: s["ip_kernel_state"] == "busy")
         r = await client.request(
             "function_execute",
@@ -65,6 +67,7 @@ async def test_tasks_run_in_the_kernel_and_share_its_namespace(
         assert r["msg"] == "Error: Failed to start the task: IPython kernel (RE Worker) is busy."
         r = await execute(client, func("function_sleep", 0.5), run_in_background=True)
         assert (await completed(client, r["task_uid"]))["success"]
+        release.touch()
         assert "typed done" in await typing.leave()
         await until(client, lambda s: idle(s) and kernel_status(s) == ("idle", False))
 
