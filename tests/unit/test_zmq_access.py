@@ -189,8 +189,13 @@ def test_the_keys_tool_makes_a_pair_and_derives_a_public_key(
     from services.zmq_bridge.keys import main
 
     main([])
-    made = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
-    private, public = (v.strip() for v in made.values())
+    # Its two lines by their labels: in a long run another test's thread may print too.
+    made = {
+        line.split(" ", 1)[0]: line.split(": ", 1)[1].strip()
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(("Private key (", "Public key ("))
+    }
+    private, public = made["Private"], made["Public"]
     assert public_key_of(private) == public
     main(["--zmq-private-key", private])
     assert public in capsys.readouterr().out
