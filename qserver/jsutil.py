@@ -11,7 +11,13 @@ from typing import TypeVar
 
 import nats.errors
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, BucketNotFoundError, NoStreamResponseError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 logger = logging.getLogger(__name__)
@@ -44,6 +50,10 @@ def transient(e: BaseException) -> bool:
         | NoStreamResponseError
         | OSError,
     ):
+        return True
+    if isinstance(e, ServiceUnavailableError):
+        # A pull request's 503 status (the stream has no leader yet) is raised without a
+        # code: a fresh cluster's history service once exited on it at start-up.
         return True
     if isinstance(e, APIError):
         return e.code in (408, 503) or e.err_code in TRANSIENT_ERR_CODES

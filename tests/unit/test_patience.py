@@ -19,6 +19,7 @@ from qserver.jsutil import patiently, transient
         nats.errors.NoRespondersError(),
         NoStreamResponseError(),
         ServiceUnavailableError(code=503),
+        ServiceUnavailableError(),  # as a pull request's 503 status raises it: no code
         APIError(code=500, err_code=10008, description="JetStream system temporarily unavailable"),
         APIError(code=500, err_code=10023, description="insufficient resources"),
         ConnectionRefusedError(),
