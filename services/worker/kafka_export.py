@@ -48,10 +48,6 @@ SAVE_EVERY_S = 0.5
 # answers "unknown producer id" for ever): a new producer sends again from the position.
 STALL_S = 5.0
 QUIET_S = 3.0
-# A new producer's first delivery waits for the broker's metadata, the producer id and, on a
-# fresh broker, the topic's creation: on a busy machine that took over 5 s, and a rewind
-# then sent the first documents twice. Until its first delivery a producer gets this long.
-FIRST_STALL_S = 60.0
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "linger.ms": 5,
@@ -138,7 +134,6 @@ class KafkaExport:
         self._last_error = ""
         self._last_error_at = 0.0
         self._last_delivery = time.monotonic()
-        self._producer_delivered = False
         self._rewind = ""
         self._broker_trouble = False
         self._saved: int | None = None
@@ -179,7 +174,6 @@ class KafkaExport:
         producer = Producer(self._producer_config())
         self._follower, self._progress, self._rewind = follower, progress, ""
         self._last_delivery = time.monotonic()
-        self._producer_delivered = False
         joiner = Reassembler()
         logger.info(
             "exporting documents to Kafka %s topic %s from stream position %s",
@@ -244,7 +238,6 @@ class KafkaExport:
             entry.done = True
             self.delivered += 1
             self._last_delivery = time.monotonic()
-            self._producer_delivered = True
             if self._broker_trouble:
                 logger.info("documents reach Kafka again")
                 self._broker_trouble, self._last_error = False, ""
@@ -271,12 +264,11 @@ class KafkaExport:
         while True:
             producer.poll(0)
             now = time.monotonic()
-            stall = STALL_S if self._producer_delivered else FIRST_STALL_S
             if progress.in_flight == 0:
                 self._last_delivery = now
-            elif now - self._last_delivery > stall and now - self._last_error_at > QUIET_S:
+            elif now - self._last_delivery > STALL_S and now - self._last_error_at > QUIET_S:
                 self._rewind = (
-                    f"no delivery for {stall:g} s with the broker up ({progress.in_flight} "
+                    f"no delivery for {STALL_S:g} s with the broker up ({progress.in_flight} "
                     "in flight): a new producer sends them again"
                 )
             if self._rewind:
