@@ -48,12 +48,11 @@ def transient(e: BaseException) -> bool:
         | nats.errors.ConnectionReconnectingError
         | nats.errors.StaleConnectionError
         | NoStreamResponseError
+        # A pull request's 503 status (no stream leader yet) comes without a code: a fresh
+        # cluster's history service once exited on it at start-up.
+        | ServiceUnavailableError
         | OSError,
     ):
-        return True
-    if isinstance(e, ServiceUnavailableError):
-        # A pull request's 503 status (the stream has no leader yet) is raised without a
-        # code: a fresh cluster's history service once exited on it at start-up.
         return True
     if isinstance(e, APIError):
         return e.code in (408, 503) or e.err_code in TRANSIENT_ERR_CODES
