@@ -16,9 +16,11 @@ confluent-kafka producer options, a JSON object).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -43,16 +45,31 @@ RETRY_S = 1.0
 RETRY_MAX_S = 10.0
 SERVICE_S = 0.05
 SAVE_EVERY_S = 0.5
-# Documents sent this long with no delivery, while the broker has reported no error for
-# QUIET_S, mean a producer the broker no longer knows (a memory-only broker restarted
-# answers "unknown producer id" for ever): a new producer sends again from the position.
+# A broker that lost its state (a memory-only broker restarted) no longer knows the
+# producer's id: it answers "unknown producer id" for ever and reports no error, and
+# librdkafka bumps the producer's epoch again and again (about 10 times a second) to recover.
+# Documents in flight this long with no delivery, no broker error for QUIET_S, and at least
+# STALL_BUMPS epoch bumps since the last delivery: a new producer sends them again from the
+# position. A broker that is only slow (a busy machine, a first delivery that waits for
+# metadata, the producer id and the topic) bumps nothing, and is waited for: sending again
+# then would put the documents in the topic twice once it answers (ADR 10).
 STALL_S = 5.0
 QUIET_S = 3.0
+STALL_BUMPS = 2
+# With no bump at all, a producer is replaced only after this long without a delivery: the
+# state no signal covers (librdkafka's own delivery timeout is 5 min).
+STALL_ANYWAY_S = 60.0
+# librdkafka reports its statistics (the producer's id and epoch) this often; while nothing
+# is in flight, they are drained this often (they queue until `poll`).
+STATS_MS = 1000
+IDLE_DRAIN_S = 30.0
+_EPOCH = re.compile(rb'"producer_id":\s*(-?\d+),\s*"producer_epoch":\s*(-?\d+)')
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "linger.ms": 5,
     # The stream holds every document: the producer's own queue need not be large.
     "queue.buffering.max.messages": 10_000,
+    "statistics.interval.ms": STATS_MS,
 }
 
 
@@ -80,6 +97,44 @@ def settings_from_environment(env: dict[str, str] | None = None) -> ExportSettin
 class _Sent:
     first_seq: int
     done: bool = False
+
+
+class EpochWatch:
+    """How often librdkafka re-identified its producer (new id or epoch) since a delivery.
+
+    The first id a producer gets is not a bump; every change after it is one: librdkafka
+    recovering from "unknown producer id" or a sequence error.
+    """
+
+    def __init__(self) -> None:
+        self.identity: tuple[int, int] | None = None
+        self.bumps = 0
+
+    def seen(self, producer_id: int, epoch: int) -> None:
+        if producer_id < 0:
+            return  # not assigned yet
+        identity = (producer_id, epoch)
+        if self.identity is not None and identity != self.identity:
+            self.bumps += 1
+        self.identity = identity
+
+    def delivered(self) -> None:
+        self.bumps = 0
+
+    def seen_stats(self, stats: bytes | str) -> None:
+        """From librdkafka's statistics JSON, without parsing all of it."""
+        raw = stats.encode() if isinstance(stats, str) else stats
+        m = _EPOCH.search(raw)
+        if m is not None:
+            self.seen(int(m[1]), int(m[2]))
+
+
+def stalled(silent_s: float, quiet_s: float, bumps: int) -> bool:
+    """Is a producer with documents in flight, no delivery for `silent_s`, no broker error
+    for `quiet_s` and `bumps` epoch bumps one the broker has forgotten?"""
+    if quiet_s <= QUIET_S:
+        return False  # the broker is down or failing: it reports so, and delivery resumes
+    return (silent_s > STALL_S and bumps >= STALL_BUMPS) or silent_s > STALL_ANYWAY_S
 
 
 class _Rewind(Exception):
@@ -134,6 +189,7 @@ class KafkaExport:
         self._last_error = ""
         self._last_error_at = 0.0
         self._last_delivery = time.monotonic()
+        self._epochs = EpochWatch()
         self._rewind = ""
         self._broker_trouble = False
         self._saved: int | None = None
@@ -174,6 +230,7 @@ class KafkaExport:
         producer = Producer(self._producer_config())
         self._follower, self._progress, self._rewind = follower, progress, ""
         self._last_delivery = time.monotonic()
+        self._epochs = EpochWatch()
         joiner = Reassembler()
         logger.info(
             "exporting documents to Kafka %s topic %s from stream position %s",
@@ -238,6 +295,7 @@ class KafkaExport:
             entry.done = True
             self.delivered += 1
             self._last_delivery = time.monotonic()
+            self._epochs.delivered()
             if self._broker_trouble:
                 logger.info("documents reach Kafka again")
                 self._broker_trouble, self._last_error = False, ""
@@ -266,10 +324,12 @@ class KafkaExport:
             now = time.monotonic()
             if progress.in_flight == 0:
                 self._last_delivery = now
-            elif now - self._last_delivery > STALL_S and now - self._last_error_at > QUIET_S:
+                self._epochs.delivered()
+            elif stalled(now - self._last_delivery, now - self._last_error_at, self._epochs.bumps):
                 self._rewind = (
-                    f"no delivery for {STALL_S:g} s with the broker up ({progress.in_flight} "
-                    "in flight): a new producer sends them again"
+                    f"no delivery for {now - self._last_delivery:.0f} s with the broker up "
+                    f"({progress.in_flight} in flight, the producer re-identified "
+                    f"{self._epochs.bumps} times): a new producer sends them again"
                 )
             if self._rewind:
                 logger.warning("Kafka export: %s", self._rewind)
@@ -277,9 +337,11 @@ class KafkaExport:
             position = progress.position(joiner.first_seq)
             await self._save(position)
             if progress.in_flight == 0 and position == self._saved:
-                # Nothing to deliver nor to save: sleep until the stream brings more (ADR 28).
+                # Nothing to deliver nor to save: sleep until the stream brings more (ADR 28),
+                # waking now and then to drain librdkafka's statistics.
                 self._work.clear()
-                await self._work.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), IDLE_DRAIN_S)
             else:
                 await asyncio.sleep(SERVICE_S)
 
@@ -302,8 +364,12 @@ class KafkaExport:
             **self.settings.producer_config,
             "bootstrap.servers": self.settings.bootstrap,
             "error_cb": self._on_error,
+            "stats_cb": self._epochs_seen,
             "logger": log,
         }
+
+    def _epochs_seen(self, stats: str) -> None:
+        self._epochs.seen_stats(stats)
 
     def _on_error(self, err: Any) -> None:
         self._last_error_at = time.monotonic()

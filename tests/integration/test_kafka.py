@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from qserver.documents import decode
 from services.stack.kafka_broker import KafkaBroker
@@ -221,3 +221,72 @@ async def test_a_plan_completes_with_the_broker_down_and_kafka_gets_it_when_it_i
         assert [d["seq_num"] for n, d in received if n == "event"] == [1, 2, 3]
     finally:
         broker.stop(signal.SIGKILL)
+
+
+async def test_a_broker_slower_than_the_stall_check_gets_each_document_once(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    # A busy machine once held a first delivery past the export's stall check (5 s), which
+    # then sent the documents again with a new producer: the start document was in the
+    # topic twice. A stopped broker is the slowest: it holds every request, reports no
+    # error, and answers them all when it goes on.
+    from services.worker.kafka_export import STALL_S
+
+    broker = KafkaBroker(log_file=tmp_path / "tansu.log").start()
+    topic = new_topic()
+    log = tmp_path / "worker.log"
+    try:
+        broker.create_topic(topic, partitions=1)
+        async with kafka_worker(nats_server, log, broker.bootstrap, topic) as w:
+            results = w.results()
+            assert broker.proc is not None
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
+                await w.run("count", ["det1"], num=3)
+                res = await anext(results)
+                assert res.result.exit_status == "completed"
+                (run_uid,) = res.result.run_uids
+                await w.until(lambda: w.worker.kafka_pending >= 6, "documents pending for Kafka")
+                # The fault itself lasts past the stall check, however busy the machine.
+                held = time.monotonic() + STALL_S + 4
+                await until(lambda: time.monotonic() > held, "the broker held past the check")
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+            await w.until(
+                lambda: (w.worker.kafka_pending, w.worker.kafka_failed) == (0, 0),
+                "nothing pending for Kafka",
+            )
+        msgs = await asyncio.to_thread(read_whole_topic, broker.bootstrap, topic)
+        names = [decode(m.value())[0] for m in msgs]
+        assert names == ["start", "descriptor", *["event"] * 3, "stop"]
+        assert decode(msgs[0].value())[1]["uid"] == run_uid
+        assert "a new producer sends them again" not in log.read_text()
+    finally:
+        broker.stop(signal.SIGKILL)
+
+
+def read_whole_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every message of partition 0, up to the end the broker reports."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        out: list[Any] = []
+        deadline = time.monotonic() + T
+        while time.monotonic() < deadline:
+            msg = c.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error() is None:
+                out.append(msg)
+            elif msg.error().code() == KafkaError._PARTITION_EOF:
+                return out
+        raise AssertionError(f"no end of {topic} within {T} s ({len(out)} read)")
+    finally:
+        c.close()
