@@ -2,7 +2,8 @@
 catalog (ADR 10).
 
 Saving runs needs a Tiled server (`--tiled-url`); the API key is read from
-`$QSERVER_TILED_API_KEY` (a flag would show it in `ps`).
+`$QSERVER_TILED_API_KEY` (a flag would show it in `ps`). The runs are written by the
+catalog writer, a child process this service starts and keeps running (ADR 32).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import qserver
 from qserver.connect import connect_options, servers
 from qserver.jsutil import patiently
 from qserver.protocol.subjects import Subjects
-from services.history.archiver import Archiver
+from services.history.catalog_writer import WriterProcess, writer_argv, writer_env
 from services.history.console import ConsoleKeeper
 from services.history.service import HistoryService
 from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
@@ -68,8 +69,8 @@ async def main(args: argparse.Namespace) -> int:
     await patiently("loading the history", svc.load)
     console = ConsoleKeeper(nc, subjects, reconnects)
     await patiently("loading the console backlog", console.load)
-    archiver = make_archiver(nc, subjects, tiled, svc, reconnects)
-    archiving = asyncio.create_task(archiver.run()) if archiver else None
+    writer = make_writer(args, tiled)
+    writing = asyncio.create_task(writer.run()) if writer else None
     micro = await add_service(
         nc, name="qserver-history", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
@@ -79,11 +80,10 @@ async def main(args: argparse.Namespace) -> int:
     await svc.publish_info()
     logger.info("history service ready on %s (prefix %s)", args.nats_url, args.prefix)
     await wait_for_signal(svc.stop_requested)
-    if archiving is not None and archiver is not None:
-        archiving.cancel()
+    if writing is not None:
+        writing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await archiving
-        archiver.close()
+            await writing
     await shutdown(micro.stop(), svc.close(), console.close(), service_console.stop(), nc.drain())
     logger.info("history service stopped: %d items", len(svc.history.records))
     return 0
@@ -99,22 +99,14 @@ def tiled_settings(args: argparse.Namespace) -> TiledSettings | None:
     )
 
 
-def make_archiver(
-    nc: nats.NATS,
-    subjects: Subjects,
-    tiled: TiledSettings | None,
-    svc: HistoryService,
-    reconnects: Reconnects | None = None,
-) -> Archiver | None:
+def make_writer(args: argparse.Namespace, tiled: TiledSettings | None) -> WriterProcess | None:
     if tiled is None or not doc_stream.enabled():
         logger.info(
             "not saving runs to a catalog: %s",
             "no Tiled server (--tiled-url)" if tiled is None else "QSERVER_DOCS_STREAM is off",
         )
         return None
-    return Archiver(
-        nc, subjects, TiledCatalog(tiled), on_saved=svc.on_run_saved, reconnects=reconnects
-    )
+    return WriterProcess(writer_argv(args), writer_env(args))
 
 
 def cli() -> None:

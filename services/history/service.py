@@ -24,7 +24,6 @@ from services.runtime.doc_stream import Reconnects, StreamFollower, StreamMsg
 from services.runtime.service_base import Handler, encode
 
 if TYPE_CHECKING:
-    from services.history.archiver import SavedRun
     from services.history.tiled_catalog import TiledCatalog
 
 logger = logging.getLogger(__name__)
@@ -224,10 +223,6 @@ class HistoryService:
             self._catalog_ready = False
             logger.warning("catalog query failed: %r", e)
             return None
-
-    async def on_run_saved(self, run: SavedRun) -> None:
-        with contextlib.suppress(Exception):
-            await self.nc.publish(self.subjects.run_saved_event, msgspec.json.encode(run))
 
     async def _check_lock(self, lock_key: str | None) -> None:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -432,3 +433,62 @@ async def test_catalog_down_during_a_run_the_run_is_saved_when_it_returns(
             assert await asyncio.to_thread(read) == [2, 3]
     finally:
         tiled.stop()
+
+
+def catalog_writers(parent: int) -> list[int]:
+    """The pids of `parent`'s children named catalog-writer (as ps and top show them)."""
+    import psutil
+
+    out = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(parent).children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if child.name() == "catalog-writer":
+                    out.append(child.pid)
+    return out
+
+
+def mapped(pid: int, word: str) -> bool:
+    """Whether a file whose path contains `word` is mapped into the process (a library)."""
+    return word in Path(f"/proc/{pid}/maps").read_text()
+
+
+async def test_runs_are_written_by_a_child_of_the_history_service_restarted_when_killed(
+    nats_server: NatsServer, broker: KafkaBroker, tiled: TiledServer, tmp_path: Path
+) -> None:
+    # Tiled's writer (dask, xarray, pandas, numba: ~200 MiB) lives in a process of its own,
+    # which the history service keeps running (ADR 32).
+    async with stack(nats_server, broker, tiled, tmp_path) as svc:
+        client = svc.client
+        assert client is not None
+        history = svc.procs["history"].proc
+        assert history is not None
+        await until(lambda: len(catalog_writers(history.pid)) == 1, "the catalog writer")
+        (writer,) = catalog_writers(history.pid)
+        await open_env(client)
+        async with SavedRuns(client) as saved:
+            (first,) = await run_items(client, plan("count", ["det1"], num=2))
+            await saved.wait(first["result"]["run_uids"])
+            # The writer loaded the heavy libraries; the history service did not.
+            assert mapped(writer, "numba") and mapped(writer, "pyarrow")
+            assert not mapped(history.pid, "numba") and not mapped(history.pid, "pyarrow")
+
+            os.kill(writer, signal.SIGKILL)
+            await until(
+                lambda: catalog_writers(history.pid) not in ([], [writer]),
+                "a new catalog writer",
+            )
+            (second,) = await run_items(client, plan("count", ["det1"], num=3))
+            (again,) = await saved.wait(second["result"]["run_uids"])
+            assert not again["already_saved"]
+        assert history.poll() is None  # the history service itself went on
+        assert "the catalog writer ended (killed by SIGKILL)" in svc.procs["history"].log_tail(200)
+
+        def read() -> list[int]:
+            with catalog(tiled) as cat:
+                return [
+                    len(cat[item["result"]["run_uids"][0]]["primary"].read()["det1"])
+                    for item in (first, second)
+                ]
+
+        assert await asyncio.to_thread(read) == [2, 3]
