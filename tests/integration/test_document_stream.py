@@ -87,10 +87,14 @@ async def test_whole_stack_killed_mid_run_every_completed_run_reaches_the_catalo
     client = await Client.connect(info["nats_url"], info["prefix"], timeout=30.0)
     try:
         await open_env(client)
-        # The history service is stopped: none of the runs below reach the catalog before
-        # the stack dies (their documents are in the document stream, and nowhere else).
+        # The history service and its catalog writer (ADR 32) are stopped: none of the runs
+        # below reach the catalog before the stack dies (their documents are in the document
+        # stream, and nowhere else).
         history = psutil.Process(info["services"]["history"])
-        history.suspend()
+        writers = [p for p in history.children() if p.name() == "catalog-writer"]
+        assert len(writers) == 1, history.children()
+        for p in (history, *writers):
+            p.suspend()
         counts = [plan("count", ["det1"], num=2)] * 10
         r = await client.request("queue_item_add_batch", {"items": counts, **USER})
         assert r["success"], r
