@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "Incorrect request format: "
 READ_TIMEOUT_S = 5.0
+# A foreground task's result is stored a moment before the environment's state lets the task
+# go; `task_result` waits this long at most for that state before it says "completed".
+LET_GO_S = 2.0
 LOOKUPS_AT_ONCE = 64  # results read at once for a list of uids
 # What a KV key may be (nats.py's rule); anything else cannot name a stored result.
 _KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
@@ -241,6 +245,20 @@ class TaskHandlers:
             msg = refusal_text("task_result", e)
             return TaskResultReply(success=False, msg=msg, task_uid=None if uid is UNSET else uid)
 
+    async def _until_let_go(self, task_uid: str) -> None:
+        """Wait (at most LET_GO_S) until the environment's state no longer shows the task.
+
+        The environment stores a result before its state ends the task. Answering
+        "completed" only once that state is here means whoever reads the result may start
+        the next foreground task at once: the manager is idle by then, not still
+        `executing_task` (a busy test run once read the result, sent `environment_update`,
+        and was refused). The state follows the result by a few milliseconds; past the
+        bound (an environment that died) the result is answered anyway.
+        """
+        deadline = time.monotonic() + LET_GO_S
+        while self.ex.tasks.running(task_uid) is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
     async def _find(
         self, task_uid: str
     ) -> tuple[TaskStatusName, TaskOutcome | TaskInfo | dict[str, Any]]:
@@ -259,6 +277,8 @@ class TaskHandlers:
                 logger.warning("task results not readable: %r", e)
                 raise Refused(f"The task results cannot be read now ({e!r}): try again") from None
             if outcome is not None:
+                if info is not None and not info.run_in_background:
+                    await self._until_let_go(task_uid)
                 return "completed", outcome
         if info is not None:
             return "running", info

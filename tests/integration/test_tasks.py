@@ -83,6 +83,25 @@ async def test_a_foreground_function_is_executing_task_until_its_result_is_store
     assert (await env.request("task_status", {"task_uid": task_uid}))["status"] == "completed"
 
 
+async def test_a_foreground_task_read_completed_lets_the_next_one_start_at_once(
+    env: Client,
+) -> None:
+    # The environment stores a task's result a moment before its state lets the task go.
+    # A client that reads "completed" in that moment and starts the next task must not be
+    # refused as "not idle" (a busy run once was, with environment_update after an upload).
+    for i in range(20):
+        r = await env.request("script_upload", {"script": f"value_{i} = {i}\n"})
+        assert r["success"], (i, r)
+        while True:  # as fast as a client can ask: no wait for the status in between
+            done = await env.request("task_result", {"task_uid": r["task_uid"]})
+            assert done["success"], done
+            if done["status"] == "completed":
+                break
+        assert done["result"]["success"], done
+    value = await execute(env, func("function_sleep", 0))
+    assert (await completed(env, value["task_uid"]))["success"]
+
+
 async def test_background_functions_run_beside_a_plan_and_share_the_namespace(
     env: Client,
 ) -> None:
