@@ -77,11 +77,18 @@ class StackProcess:
             return []
 
     def kill_all(self) -> None:
-        """Cleanup after a failed test: no process of the stack may outlive it."""
-        for p in [*self.descendants(), psutil.Process(self.pid)]:
+        """Cleanup after a failed test: no process of the stack may outlive it.
+
+        The supervisor goes first: killed after its children, it could start one of them
+        again in between (a busy run once left a nats-server and a Kafka broker behind,
+        started at the test's teardown).
+        """
+        children = self.descendants()
+        self.proc.kill()
+        self.proc.wait()
+        for p in children:  # one started after the listing dies with the supervisor
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
-        self.proc.wait()
 
 
 class Stacks:
