@@ -65,8 +65,13 @@ async def wait_in_catalog(url: str, api_key: str, run_uids: list[str], since: fl
 
 
 def kill_everything(stack: StackProcess) -> int:
-    """SIGKILL the stack and every process under it, at once, as a power cut would."""
-    procs = [*stack.descendants(), psutil.Process(stack.pid)]
+    """SIGKILL the stack and every process under it, at once, as a power cut would.
+
+    The supervisor first: killed after its children, it could start one again in between
+    (a busy run once saw nats-server started again on its port, and the next stack could
+    not bind it).
+    """
+    procs = [psutil.Process(stack.pid), *stack.descendants()]
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGKILL)
