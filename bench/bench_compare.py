@@ -63,6 +63,7 @@ def ours_system() -> Iterator[dict[str, Any]]:
             "prefix": info["prefix"],
             "http_url": info["http_url"],
             "http_key": info["http_api_key"],
+            "zmq_control_addr": info["zmq_control_addr"],
             "processes": lambda: ours_processes(info),
             "stack": {k: info[k] for k in ("services", "kafka_bootstrap", "tiled_url")},
         }
@@ -337,6 +338,8 @@ def measure_side(
         figures["started_s"] = round(time.monotonic() - t0, 1)
         figures["quiet_after_start_s"] = quiesce(side, settle)
         figures |= workloads(python, side, "requests", quick)
+        # The reference's own 0MQ client on both sides (ours: the 0MQ bridge).
+        figures |= workloads(ref_venv / "bin" / "python", side, "zmq_status", quick)
         figures |= asyncio.run(http_figures(side, quick))
         figures |= workloads(python, side, "environment", quick)
         # Idle with the environment open, before any plan ran: the catalog's writes of the

@@ -35,6 +35,13 @@ ROWS: tuple[Row, ...] = (
         "lower",
         10.0,
     ),
+    Row(
+        "status_zmq_p50_ms",
+        "  status p50 over 0MQ, the reference's client (ours: the 0MQ bridge)",
+        "ms",
+        "lower",
+        1.0,
+    ),
     Row("item_add_ops_per_s", "queue_item_add, 1,000 sequential", "ops/s", "higher", 4.0),
     Row("queue_get_1000_p50_ms", "queue_get of 1,000 items, decoded, p50", "ms", "lower", 1.0),
     Row("fill_10000_s", "fill to 10,000 items (batches of 500)", "s", "lower", 1.0),

@@ -286,11 +286,29 @@ async def kill(side: Side, quick: bool) -> dict[str, Any]:
     return {"manager_kill_s": time.perf_counter() - t}
 
 
-PHASES = {"requests": requests, "environment": environment, "execution": execution, "kill": kill}
+async def zmq_status(side: Side, quick: bool) -> dict[str, Any]:
+    """`status` over 0MQ with the reference's own client, on both sides (ours: through the
+    0MQ bridge, which answers it from the pushed status, ADR 29): what the reference's users
+    and their tools see."""
+    n = 200 if quick else 2_000
+    await timed(side, "status", {}, 200)  # warm up
+    return {"status_zmq_p50_ms": p50(await timed(side, "status", {}, n)) * 1e3}
+
+
+PHASES = {
+    "requests": requests,
+    "environment": environment,
+    "execution": execution,
+    "kill": kill,
+    "zmq_status": zmq_status,
+}
+# Phases run with the reference's client whichever side is measured.
+REFERENCE_CLIENT_PHASES = frozenset({"zmq_status"})
 
 
 async def main(side_name: str, phase: str, conn: dict[str, Any]) -> dict[str, Any]:
-    side = await (Ours(conn) if side_name == "ours" else Reference(conn)).open()
+    ref_client = side_name == "ref" or phase in REFERENCE_CLIENT_PHASES
+    side = await (Reference(conn) if ref_client else Ours(conn)).open()
     try:
         return await PHASES[phase](side, bool(conn.get("quick")))
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import ssl
@@ -31,6 +32,8 @@ from qserver.protocol.subjects import (
     identity_token,
 )
 from qserver.status_mirror import StatusMirror
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_NATS_URL = "nats://localhost:4222"
 DEFAULT_TIMEOUT = 10.0
@@ -321,14 +324,26 @@ class Client:
     async def close(self) -> None:
         await self.nc.close()
 
-    async def follow_status(self) -> StatusMirror:
+    async def follow_status(
+        self, on_event: Callable[[bytes], Awaitable[None]] | None = None
+    ) -> StatusMirror:
         """Keep the last status event, and answer `status` and `ping` from it while it is
-        fresh and shows every change this client was told about (ADR 29)."""
+        fresh and shows every change this client was told about (ADR 29).
+
+        `on_event` is also given each status event (its raw JSON), after the copy took it:
+        a process that relays the events needs no second subscription. It is kept from the
+        first call on; an exception in it is logged and does not end the subscription.
+        """
         if self.mirror is None:
             mirror = StatusMirror()
 
             async def on_status(msg: Any) -> None:
                 mirror.on_event(msg.data, msg.headers)
+                if on_event is not None:
+                    try:
+                        await on_event(msg.data)
+                    except Exception:  # one bad relay must not end the subscription
+                        logger.exception("relaying a status event failed")
 
             self._mirror_sub = await self.nc.subscribe(self.subjects.status_event, cb=on_status)
             await self.nc.flush()  # subscribed at the server before the next request

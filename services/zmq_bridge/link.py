@@ -76,12 +76,12 @@ class NatsLink:
                 logger.warning("cannot connect to NATS at %s: %s; retrying", self.url, e)
                 await asyncio.sleep(1.0)
         client = Client(nc, self.prefix, self.timeout)
-        for subject, cb in (
-            (client.subjects.console_event, self.on_console),
-            (client.subjects.status_event, self.on_status),
-        ):
-            if cb is not None:
-                await nc.subscribe(subject, cb=_relay(cb))
+        # `status` and `ping` are answered from the pushed status while it is fresh and
+        # current, as the gateway does (ADR 29): a 0MQ client's `status` is one 0MQ round
+        # trip, as with the reference's manager. The same events feed the info socket.
+        await client.follow_status(on_event=self.on_status)
+        if self.on_console is not None:
+            await nc.subscribe(client.subjects.console_event, cb=_relay(self.on_console))
         self.client = client
         logger.info("connected to NATS at %s (prefix %s)", self.url, self.prefix)
 
