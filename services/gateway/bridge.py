@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -37,6 +37,8 @@ class Bridge:
         self.timeout = timeout
         self.client: Client | None = None
         self._task: asyncio.Task[None] | None = None
+        # Given each status event (raw JSON) after the copy took it, in order (metrics).
+        self.status_listeners: list[Callable[[bytes], Awaitable[None]]] = []
 
     async def start(self, wait: float = 3.0) -> None:
         """Start connecting; serve once connected, or after `wait` seconds (503 until then)."""
@@ -63,10 +65,17 @@ class Bridge:
                 logger.warning("cannot connect to NATS at %s: %s; retrying", self.url, e)
                 await asyncio.sleep(1.0)
         client = Client(nc, self.prefix, self.timeout)
-        await client.follow_status()
+        await client.follow_status(on_event=self._on_status)
         self.client = client
         logger.info("gateway connected to NATS at %s (prefix %s)", self.url, self.prefix)
         await self._prime_status(client)
+
+    async def _on_status(self, data: bytes) -> None:
+        for listener in self.status_listeners:
+            try:
+                await listener(data)
+            except Exception:  # one listener's bug must not starve the others
+                logger.exception("a status listener failed")
 
     async def _prime_status(self, client: Client) -> None:
         """Ask for the status once at start, so that the first requests need no round trip."""

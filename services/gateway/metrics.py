@@ -19,7 +19,6 @@ import msgspec
 from litestar import Request, Response, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
-from nats.aio.msg import Msg
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -70,7 +69,9 @@ class Metrics:
             buckets=PLAN_BUCKETS, registry=r,
         )  # fmt: skip
         self._history_seen: int | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # fetching new history items
+        self._again = False  # the history grew while a fetch was under way
+        self._bridge: Bridge | None = None
 
     # ----- HTTP -----
 
@@ -131,31 +132,38 @@ class Metrics:
                 self.plan_duration.observe(stop - start)
         self._history_seen = total
 
-    async def _follow(self, bridge: Bridge) -> None:
-        """Subscribe to status events once the bridge is connected; fetch new history."""
-        while bridge.client is None:
-            await asyncio.sleep(0.1)
-        client = bridge.client
-        lock = asyncio.Lock()
-
-        async def on_status(msg: Msg) -> None:
-            with contextlib.suppress(msgspec.DecodeError):
-                if not self.observe_status(msgspec.json.decode(msg.data)):
-                    return
-            async with lock:  # one fetch at a time, so no item is counted twice
-                seen = self._history_seen or 0
-                try:
-                    reply = await client.request("history_get", {"offset": seen})
-                except Exception as e:  # a service restarting: the next status retries
-                    logger.warning("metrics: history not read: %r", e)
-                    return
-                if reply.get("success") and self._history_seen == seen:
-                    self.observe_history(reply.get("items", []), seen + len(reply["items"]))
-
-        await client.nc.subscribe(client.subjects.status_event, cb=on_status)
-
     def start(self, bridge: Bridge) -> None:
-        self._task = asyncio.create_task(self._follow(bridge))
+        """Take the status events the bridge gets (one subscription for the gateway's copy
+        of the status and these gauges); fetch new history when it grows."""
+        self._bridge = bridge
+        bridge.status_listeners.append(self._on_status)
+
+    async def _on_status(self, data: bytes) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            if not self.observe_status(msgspec.json.decode(data)):
+                return
+        # Not awaited here: the bridge hands its events over one after another.
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._fetch_history())
+        else:
+            self._again = True
+
+    async def _fetch_history(self) -> None:
+        """Count the new history items; again while statuses said it grew meanwhile. One
+        fetch at a time, so that no item is counted twice."""
+        bridge = self._bridge
+        while bridge is not None and bridge.client is not None:
+            self._again = False
+            seen = self._history_seen or 0
+            try:
+                reply = await bridge.client.request("history_get", {"offset": seen})
+            except Exception as e:  # a service restarting: the next status retries
+                logger.warning("metrics: history not read: %r", e)
+                return
+            if reply.get("success") and self._history_seen == seen:
+                self.observe_history(reply.get("items", []), seen + len(reply["items"]))
+            if not self._again:
+                return
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():

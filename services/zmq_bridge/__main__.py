@@ -75,7 +75,9 @@ async def main(args: argparse.Namespace) -> int:
         control.curve_server = True
         control.curve_secretkey = s.private_key.encode()
     info = (
-        open_socket(ctx, zmq.PUB, s.info, gate, INFO_DOMAIN, "info") if s.info is not None else None
+        open_socket(ctx, zmq.XPUB, s.info, gate, INFO_DOMAIN, "info")
+        if s.info is not None
+        else None
     )
     publisher = InfoPublisher(info, s.encoding) if info is not None else None
     link = NatsLink(
@@ -86,6 +88,8 @@ async def main(args: argparse.Namespace) -> int:
         on_console=publisher.console if publisher else None,
         on_status=publisher.status if publisher else None,
     )
+    if publisher is not None:
+        publisher.on_console_wanted = link.follow_console
     server = ControlServer(control, link, encoding=s.encoding, clients=s.policy.clients)
     # Listen once connected (or after a few seconds without NATS, then answering why not):
     # a reference client waits for the socket by itself, within its own timeout.
@@ -101,6 +105,8 @@ async def main(args: argparse.Namespace) -> int:
         ctx.destroy(linger=0)
         return 2
     tasks = [asyncio.create_task(gate.run()), asyncio.create_task(server.run())]
+    if publisher is not None:
+        tasks.append(asyncio.create_task(publisher.watch()))
     announce(s)
     stop = asyncio.Event()
     for t in tasks:

@@ -50,6 +50,10 @@ class NatsLink:
         self.on_status = on_status
         self.client: Client | None = None
         self._task: asyncio.Task[None] | None = None
+        # The console is followed only while wanted (someone listens on the info socket).
+        self._console_wanted = False
+        self._console_sub: Any = None
+        self._console_lock = asyncio.Lock()
 
     async def start(self, wait: float = 3.0) -> None:
         """Start connecting; return once connected, or after `wait` seconds."""
@@ -80,10 +84,30 @@ class NatsLink:
         # current, as the gateway does (ADR 29): a 0MQ client's `status` is one 0MQ round
         # trip, as with the reference's manager. The same events feed the info socket.
         await client.follow_status(on_event=self.on_status)
-        if self.on_console is not None:
-            await nc.subscribe(client.subjects.console_event, cb=_relay(self.on_console))
         self.client = client
+        await self._apply_console()
         logger.info("connected to NATS at %s (prefix %s)", self.url, self.prefix)
+
+    async def follow_console(self, wanted: bool) -> None:
+        """Follow the console events on NATS (for `on_console`) or stop following them."""
+        self._console_wanted = wanted
+        await self._apply_console()
+
+    async def _apply_console(self) -> None:
+        async with self._console_lock:
+            client = self.client
+            if client is None or self.on_console is None:
+                return  # applied once connected
+            wanted = self._console_wanted
+            if wanted and self._console_sub is None:
+                self._console_sub = await client.nc.subscribe(
+                    client.subjects.console_event, cb=_relay(self.on_console)
+                )
+                logger.info("following the console: a subscriber on the info socket wants it")
+            elif not wanted and self._console_sub is not None:
+                sub, self._console_sub = self._console_sub, None
+                await sub.unsubscribe()
+                logger.info("not following the console: no subscriber on the info socket wants it")
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():

@@ -8,8 +8,10 @@ wrong key and client keys mapped to users.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterator
+import urllib.request
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
@@ -167,6 +169,45 @@ async def test_console_output_is_published_as_the_references(
         message = msgspec.json.decode(payload)
         assert set(message) == {"time", "msg"}
         assert message["time"] == 1700000000.5 and message["msg"].startswith("line ")
+
+
+def _bridge_subscriptions(services: Services) -> list[str]:
+    """The NATS subscriptions of this test's bridge (nats-server's /connz)."""
+    url = f"http://127.0.0.1:{services.nats.monitor_port}/connz?subs=1&limit=4096"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        conns = json.loads(r.read())["connections"] or []
+    assert services.client is not None
+    status = services.client.subjects.status_event
+    for c in conns:
+        subs = c.get("subscriptions_list") or []
+        if c.get("name") == "qserver-zmq-bridge" and status in subs:
+            return list(subs)
+    raise AssertionError(f"no bridge connection follows {status}")
+
+
+async def _until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await asyncio.to_thread(check):
+            await asyncio.sleep(0.1)
+
+
+async def test_the_console_is_followed_on_nats_only_while_someone_listens(
+    bridge: Bridge, module_services: Services
+) -> None:
+    """No 0MQ subscriber: the bridge does not take the console events at all (each queue
+    change would cost it every console line); a `QS_Console` (or everything) subscriber
+    turns them on, and its leaving turns them off."""
+    assert module_services.client is not None
+    console = module_services.client.subjects.console_event
+    await _until(lambda: console not in _bridge_subscriptions(module_services))
+    for topic in (b"QS_Console", b""):
+        async with subscriber(bridge.info, topic):
+            await _until(lambda: console in _bridge_subscriptions(module_services))
+        await _until(lambda: console not in _bridge_subscriptions(module_services))
+    async with subscriber(bridge.info, b"QS_Info") as sub:
+        await sub.next(timeout=30)  # status is relayed to it; the console is not followed
+        assert console not in _bridge_subscriptions(module_services)
+    assert bridge.proc.alive()
 
 
 async def test_status_is_published_on_the_info_topic(bridge: Bridge) -> None:
