@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -196,3 +197,7 @@ async def read_stream_with_headers(
                 yield seq, msg.data, msg.headers
     finally:
         await sub.unsubscribe()
+        # The consumer goes now, not after its inactive threshold: a reader that reads
+        # often (the console's catch-up) leaves none behind.
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, sub._consumer)

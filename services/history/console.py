@@ -2,6 +2,13 @@
 
 Every gateway, web page and CLI monitor asks here, so they all see the same recent output
 with the same uids, whenever they started (ADR 18).
+
+The stream is followed only while someone reads the console: from a `console_output*`
+request until `FOLLOW_FOR_S` after the last one. A request that finds the stream not
+followed first reads what came meanwhile (the stream keeps it), then follows again, so
+every answer is the same as with the stream followed all along. On a stack whose console
+no one reads, the console lines of each request (two per `queue_item_add`) cost this
+service nothing.
 """
 
 from __future__ import annotations
@@ -12,16 +19,22 @@ import logging
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.js import api as jsapi
 
 from qserver.jsutil import read_stream_with_headers
 from qserver.protocol import api, console
 from qserver.protocol.subjects import Subjects
 from services.history.console_backlog import ConsoleBacklog
-from services.runtime.console import ensure_console_stream
+from services.runtime.console import _positive, ensure_console_stream
 from services.runtime.doc_stream import Reconnects, StreamFollower, StreamMsg
 from services.runtime.service_base import Handler
 
 logger = logging.getLogger(__name__)
+
+# How long the stream is followed after the last `console_output*` request (pollers ask
+# every 0.1-1 s; the web page's console and `qserver monitor` take the events directly).
+FOLLOW_FOR_S = 60.0
+FOLLOW_ENV = "QSERVER_CONSOLE_FOLLOW_S"
 
 
 class ConsoleKeeper:
@@ -34,23 +47,64 @@ class ConsoleKeeper:
         self.backlog = ConsoleBacklog()
         self.reconnects = reconnects or Reconnects()
         self._following: asyncio.Task[None] | None = None
+        self._identity = ""  # the stream's name and creation time, as loaded
+        self._lock = asyncio.Lock()  # one catch-up at a time
+        self._stop_at = 0.0  # loop time after which following stops (no request since)
+        self._stopper: asyncio.TimerHandle | None = None
+        self.follow_for = _positive(FOLLOW_ENV, FOLLOW_FOR_S)
 
     async def load(self) -> None:
+        """Read the stream's last `MAX_MSGS` messages (at start; not followed until asked)."""
+        info = await ensure_console_stream(self.js, self.subjects)
+        await self._read(info, reset=True)
+        logger.info("console backlog loaded: %d messages", len(self.backlog.entries))
+
+    async def _read(self, info: jsapi.StreamInfo, *, reset: bool) -> None:
+        """Read the stream from after the backlog's last message (or its last `MAX_MSGS`,
+        starting over, if `reset` or the stream is not the one loaded)."""
         s = self.subjects
-        info = await ensure_console_stream(self.js, s)
         created = info.created.isoformat() if info.created else ""
+        identity = f"{s.console_stream}:{created}"
         state = info.state
-        first = max(state.first_seq, state.last_seq - self.backlog.max_msgs + 1, 1)
-        self.backlog.reset(f"{s.console_stream}:{created}", first - 1)
+        if reset or identity != self._identity or state.last_seq < self.backlog.last_seq:
+            first = max(state.first_seq, state.last_seq - self.backlog.max_msgs + 1, 1)
+            self.backlog.reset(identity, first - 1)
+            self._identity = identity
+        first = self.backlog.last_seq + 1
         messages = read_stream_with_headers(self.js, s.console_stream, s.console_event, first)
         async for seq, data, headers in messages:
             self._add(seq, data, headers)
-        if self._following is None:  # a pull consumer, as the history's (ADR 28)
+
+    async def _follow_while_asked(self) -> None:
+        """Follow the stream (catching up first if it was not followed) until
+        `follow_for` seconds after the last call."""
+        loop = asyncio.get_running_loop()
+        self._stop_at = loop.time() + self.follow_for
+        if self._following is not None and not self._following.done():
+            return
+        async with self._lock:
+            if self._following is not None and not self._following.done():
+                return
+            await self._read(await self.js.stream_info(self.subjects.console_stream), reset=False)
+            # A pull consumer, as the history's (ADR 28).
             follower = StreamFollower(
-                self.nc, s.console_stream, self.backlog.last_seq + 1, self.reconnects
+                self.nc, self.subjects.console_stream, self.backlog.last_seq + 1, self.reconnects
             )
             self._following = asyncio.create_task(follower.follow(self.on_msg))
-        logger.info("console backlog loaded: %d messages", len(self.backlog.entries))
+            self._stopper = loop.call_at(self._stop_at, self._maybe_stop)
+            logger.debug("following the console stream from %d", self.backlog.last_seq + 1)
+
+    def _maybe_stop(self) -> None:
+        """No request for `follow_for` seconds: stop following; else look again then."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._stop_at:
+            self._stopper = loop.call_at(self._stop_at, self._maybe_stop)
+            return
+        self._stopper = None
+        if self._following is not None:
+            self._following.cancel()  # StreamFollower.follow deletes its consumer
+            self._following = None
+            logger.debug("not following the console stream: no one asked for a while")
 
     def _add(self, seq: int, data: bytes, headers: dict[str, str] | None) -> None:
         try:
@@ -64,6 +118,8 @@ class ConsoleKeeper:
         self._add(msg.seq, msg.data, msg.headers)
 
     async def close(self) -> None:
+        if self._stopper is not None:
+            self._stopper.cancel()
         if self._following is not None:
             self._following.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -77,14 +133,17 @@ class ConsoleKeeper:
         }
 
     async def on_console_output(self, req: api.ConsoleOutput) -> api.ConsoleOutputReply:
+        await self._follow_while_asked()
         return api.ConsoleOutputReply(text=self.backlog.text(req.nlines))
 
     async def on_console_output_uid(self, req: api.Empty) -> api.ConsoleOutputUidReply:
+        await self._follow_while_asked()
         return api.ConsoleOutputUidReply(console_output_uid=self.backlog.text_uid)
 
     async def on_console_output_update(
         self, req: api.ConsoleOutputUpdate
     ) -> api.ConsoleOutputUpdateReply:
+        await self._follow_while_asked()
         msgs = self.backlog.since(req.last_msg_uid, req.with_uids)
         return api.ConsoleOutputUpdateReply(
             last_msg_uid=self.backlog.last_msg_uid, console_output_msgs=msgs

@@ -212,6 +212,64 @@ async def test_the_console_stream_keeps_only_the_newest_within_its_bounds(
         assert info.state.bytes <= 0.05 * 2**20 and info.state.messages < 50
 
 
+async def test_the_stream_is_followed_only_while_someone_reads_the_console(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """No one reads the console: the history service has no consumer on its stream (the
+    lines of each request cost it nothing). A read catches up with what came meanwhile,
+    then follows; a while after the last read it stops again, and the next read still
+    gives every line, as if it had followed all along."""
+    async with running_services(
+        nats_server, tmp_path, env={"QSERVER_CONSOLE_FOLLOW_S": "2"}
+    ) as services:
+        client = services.client
+        assert client is not None
+        js = client.nc.jetstream()
+        stream = client.subjects.console_stream
+
+        async def consumers() -> int:
+            return len(await js.consumers_info(stream))
+
+        await say(client, *(f"before {i}\n" for i in range(20)))
+        await _stored(js, stream, "before 19")
+        assert await consumers() == 0  # loaded at start, not followed
+        first = await kept(client)
+        assert said(first["console_output_msgs"])[-20:] == [f"before {i}\n" for i in range(20)]
+        # Followed while read (the follower makes its consumer on a task of its own).
+        deadline = time.monotonic() + 60
+        while await consumers() != 1:
+            assert time.monotonic() < deadline, "the console stream is not followed"
+            await asyncio.sleep(0.1)
+        await say(client, "while followed\n")
+        await wait_kept(client, lambda t: "while followed" in t)
+        # No read for 2 s: the consumer goes (the wait reads nothing).
+        deadline = time.monotonic() + 60
+        while await consumers():
+            assert time.monotonic() < deadline, "the console stream is still followed"
+            await asyncio.sleep(0.2)
+        await say(client, *(f"after {i}\n" for i in range(20)))
+        await _stored(js, stream, "after 19")
+        update = await kept(client, first["last_msg_uid"])
+        assert said(update["console_output_msgs"]) == [
+            "while followed\n",
+            *(f"after {i}\n" for i in range(20)),
+        ]
+        text = (await client.request("console_output", {"nlines": 200}))["text"]
+        ours = [line for line in text.splitlines() if line and not line.startswith("[")]
+        assert ours[-21:] == ["while followed", *(f"after {i}" for i in range(20))]
+
+
+async def _stored(js: Any, stream: str, text: str, timeout: float = 60) -> None:
+    """Wait until the stream's last message holds `text`."""
+    async with asyncio.timeout(timeout):
+        while True:
+            info = await js.stream_info(stream)
+            msg = await js.get_msg(stream, info.state.last_seq)
+            if text in console.decode(msg.data).msg:
+                return
+            await asyncio.sleep(0.1)
+
+
 async def test_the_cli_monitor_prints_the_recent_output_then_what_comes(
     services: Services,
 ) -> None:
