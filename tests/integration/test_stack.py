@@ -258,6 +258,56 @@ async def test_sigterm_stops_everything_and_a_new_stack_keeps_the_queue(stacks: 
     assert await again.wait_exit(10) == 0, again.output()
 
 
+async def test_scan_ids_increase_across_environment_opens_and_a_stack_restart(
+    stacks: Stacks,
+) -> None:
+    """Issue 10's point 9 as a user meets it: a plan in each of two environment opens, the
+    stack stopped and started again on its data dir, a plan again; the scan_ids only grow
+    (`RE.md` is kept in the stack's state store, ADR 12), so `catalog[scan_id]` is one run."""
+
+    async def run_count(client: Client) -> None:
+        r = await client.request("queue_item_add", {"item": plan("count", ["det1"]), **USER})
+        assert r["success"], r
+        assert (await client.request("queue_start"))["success"]
+        await client.wait_for(
+            lambda st: st["items_in_queue"] == 0 and st["manager_state"] == "idle", timeout=120
+        )
+
+    async def open_env(client: Client) -> None:
+        opened = await client.request("environment_open", timeout=60)
+        assert opened["success"], opened
+        await client.wait_for(
+            lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle",
+            timeout=120,
+        )
+
+    stack = stacks.start("--no-kafka")
+    info = await stack.wait_info()
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
+        for _ in range(2):
+            await open_env(client)
+            await run_count(client)
+            assert (await client.request("environment_close", timeout=60))["success"]
+            await client.wait_for(
+                lambda st: not st["worker_environment_exists"] and st["manager_state"] == "idle",
+                timeout=120,
+            )
+    stack.proc.send_signal(signal.SIGTERM)
+    assert await stack.wait_exit(30) == 0, stack.output()
+
+    again = stacks.start("--no-kafka")
+    info = await again.wait_info()
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
+        await open_env(client)
+        await run_count(client)
+        records = (await client.request("history_get"))["items"]
+    again.proc.send_signal(signal.SIGTERM)
+    assert await again.wait_exit(30) == 0, again.output()
+    assert [r["result"]["exit_status"] for r in records] == ["completed"] * 3
+    ids = [s for r in records for s in r["result"]["scan_ids"]]
+    assert len(ids) == 3 and ids == sorted(set(ids)), ids
+
+
 async def test_a_second_stack_on_the_same_data_dir_is_refused(stacks: Stacks) -> None:
     first = stacks.start()
     info = await first.wait_info()
