@@ -1,6 +1,9 @@
 """Run a command beside CPU-bound busy loops, as on a shared machine: `python -m tests.run_busy`.
 
 The suite must hold on a busy machine; this is how that is checked. Prints the elapsed time.
+The command's output is passed through and read: a warning or traceback printed outside a
+test's captured output (an unclosed socket found at exit, a task destroyed while pending,
+an exception ignored in a finalizer) fails the run even when the command itself exits 0.
 """
 
 from __future__ import annotations
@@ -10,6 +13,16 @@ import multiprocessing
 import subprocess
 import sys
 import time
+
+# What a clean run never prints: pytest captures the output of the tests themselves, and
+# services log to files, so these come from interpreter exits and finalizers.
+NOISE = (
+    b"Traceback (most recent call last)",
+    b"Exception ignored in",
+    b"Task was destroyed but it is pending",
+    b"ResourceWarning",
+    b"was never awaited",
+)
 
 
 def spin() -> None:
@@ -26,8 +39,16 @@ def main() -> int:
     for loop in loops:
         loop.start()
     t0 = time.monotonic()
+    noise: list[bytes] = []
     try:
-        rc = subprocess.call(args.command)
+        with subprocess.Popen(args.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as p:
+            assert p.stdout is not None
+            for line in p.stdout:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+                if any(n in line for n in NOISE):
+                    noise.append(line.rstrip())
+            rc = p.wait()
     finally:
         for loop in loops:
             loop.terminate()
@@ -37,6 +58,12 @@ def main() -> int:
         f"in {time.monotonic() - t0:.0f} s",
         file=sys.stderr,
     )
+    if noise:
+        print(f"run_busy: {len(noise)} lines of warnings or tracebacks at exit:", file=sys.stderr)
+        for line in noise[:20]:
+            print("  " + line.decode(errors="replace"), file=sys.stderr)
+        return rc or 1
+    print("run_busy: no warnings or tracebacks in the output", file=sys.stderr)
     return rc
 
 
