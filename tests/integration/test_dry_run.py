@@ -3,7 +3,6 @@ moved, nothing queued or recorded."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +192,7 @@ async def test_in_kernel_mode_a_dry_run_answers_while_a_typed_command_holds_the_
         # A typed command that says it started, then holds the kernel until released.
         release = tmp_path / "release-typed"
         typing.type(holding(release))
-        await asyncio.to_thread(shows, typing, b"holding")
+        await typing.shows(b"holding")
         r = await dry_run(client, item=scan("motor_limited", 0, 7, 8), **USER)
         assert r["success"], r
         assert r["report"]["num_points"] == 8 and r["report"]["violations"][0]["count"] == 2
@@ -205,12 +204,3 @@ async def test_in_kernel_mode_a_dry_run_answers_while_a_typed_command_holds_the_
         assert not refused["success"] and "kernel (RE Worker) is busy" in refused["msg"], refused
         release.touch()
         await typing.leave()
-
-
-def shows(console: Console, text: bytes) -> None:
-    """Read the console's output until it shows `text`."""
-    assert console.p.stdout is not None
-    while text not in console.shown:
-        c = console.p.stdout.read(1)
-        assert c, console.shown.decode(errors="replace")
-        console.shown += c

@@ -163,6 +163,18 @@ class Console:
         """Until it shows its prompt: attached, the kernel answered, waiting for a line."""
         await asyncio.to_thread(self._prompt)
 
+    def _shows(self, text: bytes) -> None:
+        assert self.p.stdout is not None
+        while text not in self.shown:
+            c = self.p.stdout.read(1)
+            assert c, self.shown.decode(errors="replace")
+            self.shown += c
+
+    async def shows(self, text: bytes) -> None:
+        """Until its output shows `text` (for `holding`: the holding cell runs; the kernel
+        is busy between the cells before it only now and then)."""
+        await asyncio.to_thread(self._shows, text)
+
     def type(self, line: str) -> None:
         assert self.p.stdin is not None
         self.p.stdin.write(line.encode())
@@ -271,6 +283,7 @@ async def test_a_command_typed_in_the_kernel_blocks_the_queue_and_a_plan_blocks_
         await typing.prompt()
         release = tmp_path / "release-typed"
         typing.type(holding(release) + "print('typed done')\n")
+        await typing.shows(b"holding")
         st = await until(client, lambda s: s["ip_kernel_state"] == "busy")
         assert kernel_status(st) == ("busy", False) and idle(st)
         # The reference's refusals, and nothing changed in the queue.

@@ -58,6 +58,7 @@ async def test_tasks_run_in_the_kernel_and_share_its_namespace(
         await typing.prompt()
         release = tmp_path / "release-typed"
         typing.type(holding(release) + "print('typed done')\n")
+        await typing.shows(b"holding")
         await until(client, lambda s: s["ip_kernel_state"] == "busy")
         r = await client.request(
             "function_execute",
