@@ -30,6 +30,8 @@ from services.stack.embedded import (
 )
 from services.stack.natsserver import NatsServer, free_port
 from tests.conftest import USER, plan, unique_prefix
+from tests.integration.test_execution import open_env
+from tests.integration.test_re_metadata_api import run_count
 
 _counter = itertools.count()
 
@@ -264,22 +266,6 @@ async def test_scan_ids_increase_across_environment_opens_and_a_stack_restart(
     """Issue 10's point 9 as a user meets it: a plan in each of two environment opens, the
     stack stopped and started again on its data dir, a plan again; the scan_ids only grow
     (`RE.md` is kept in the stack's state store, ADR 12), so `catalog[scan_id]` is one run."""
-
-    async def run_count(client: Client) -> None:
-        r = await client.request("queue_item_add", {"item": plan("count", ["det1"]), **USER})
-        assert r["success"], r
-        assert (await client.request("queue_start"))["success"]
-        await client.wait_for(
-            lambda st: st["items_in_queue"] == 0 and st["manager_state"] == "idle", timeout=120
-        )
-
-    async def open_env(client: Client) -> None:
-        opened = await client.request("environment_open", timeout=60)
-        assert opened["success"], opened
-        await client.wait_for(
-            lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle",
-            timeout=120,
-        )
 
     stack = stacks.start("--no-kafka")
     info = await stack.wait_info()
