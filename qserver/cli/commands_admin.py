@@ -152,7 +152,7 @@ def stack_up(
 ) -> None:
     """Start NATS, the services and the gateway; Ctrl-C stops them."""
     from qserver.protocol.subjects import DEFAULT_PREFIX
-    from services.stack.embedded import run_stack, use_config
+    from services.stack.embedded import exec_stack, use_config
 
     use_config(config_file)
     kernel = None
@@ -171,7 +171,7 @@ def stack_up(
         or os.environ.get("QSERVER_PREFIX")
         or DEFAULT_PREFIX
     )
-    code = run_stack(
+    exec_stack(
         data_dir=data_dir,
         nats_port=nats_port,
         http_port=http_port,
@@ -188,7 +188,6 @@ def stack_up(
         zmq_port=zmq_port,
         zmq_info_port=zmq_info_port,
     )
-    click.get_current_context().exit(code)
 
 
 @stack.command("info", context_settings=CONTEXT)

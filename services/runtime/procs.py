@@ -9,8 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,17 +37,30 @@ def readiness_probe(name: str, subjects: Subjects) -> tuple[str, bytes]:
     return probes[name]
 
 
+def http_status(url: str, timeout: float = 1.0) -> int | None:
+    """The status code of `GET url` from a local plain-HTTP server, None if none answers.
+
+    A bare socket and HTTP/1.0: the supervisor probes its own children with it, and stays
+    without `urllib.request` (and the `ssl` and `email` it loads) for the stack's life
+    (ADR 33). No proxy either: one from the environment would answer for a local server.
+    """
+    parts = urllib.parse.urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
+            line = s.makefile("rb").readline(1024)
+    except OSError:
+        return None
+    fields = line.split()
+    if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
+        return None
+    return int(fields[1])
+
+
 def http_ready(url: str, timeout: float = 1.0) -> bool:
     """Whether an HTTP server answers `GET url` (any status: the gateway is up)."""
-    # No proxy: the gateway is local, and a proxy from the environment would answer for it.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
+    return http_status(url, timeout) is not None
 
 
 def tcp_ready(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import fcntl
 import json
 import os
 import secrets
+import select
 import signal
+import subprocess
 import sys
 import time
 from collections import deque
@@ -18,16 +19,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
-
-from qserver.client import AccessDenied, Client, NoAnswer
 from qserver.config import CONFIG_ENV, ConfigError, config_path, switch
 from qserver.config import add_argument as add_config_argument
 from qserver.config import load_file as load_config_file
-from qserver.connect import NatsAuth
 from qserver.documents import DEFAULT_TOPIC
 from qserver.errors import QServerError
 from qserver.localstack import DATA_DIR_ENV, register_stack, registered_stacks, unregister_stack
@@ -39,9 +35,7 @@ from services.runtime.procs import (
     SERVICES,
     ZMQ_BRIDGE,
     ServiceProcess,
-    http_ready,
-    readiness_probe,
-    tcp_ready,
+    die_with_parent_hook,
 )
 from services.stack.credentials import CLIENT_ROLE, StackKeys, ensure_keys, write_server_config
 from services.stack.kafka_broker import KafkaBroker
@@ -54,6 +48,8 @@ READY_TIMEOUT = 20.0
 POLL_INTERVAL = 1.0  # a child's exit and a stop signal wake the supervisor at once
 STOP_TIMEOUT = 5.0
 TILED_READY_TIMEOUT = 60.0
+HELPER_GRACE = 10.0  # beyond READY_TIMEOUT, for the start-up checks' own start
+HELPER_POLL = 0.05
 # More than CRASH_LIMIT exits within CRASH_WINDOW seconds is a crash loop: restarting at once
 # would only spin the CPU and flood the log, so the next start waits CRASH_BACKOFF seconds.
 CRASH_LIMIT = 5
@@ -209,6 +205,8 @@ class Stack:
         self.exits: dict[str, deque[float]] = {name: deque() for name in SERVICES}
         self.restart_due: dict[str, float] = {}
         self.stop_signal: int | None = None
+        # The 0MQ bridge's public key and who may connect, from the start-up checks.
+        self.zmq: dict[str, Any] = {}
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_signal = signum
@@ -226,7 +224,7 @@ class Stack:
         if self.cfg.catalog and self.cfg.nats_url is None:
             self._launch_tiled()  # it takes seconds to answer: waited for after the services
         if self.cfg.http_config is not None:
-            check_http_config(self.cfg.http_config)
+            self._check_http_config(self.cfg.http_config)
         if port_in_use(self.cfg.http_host, self.cfg.http_port):
             raise StackError(
                 f"HTTP port {self.cfg.http_port} is already in use (another stack or gateway?): "
@@ -244,7 +242,7 @@ class Stack:
                 env={**self._service_env(), **self._nats_env(name)},
                 death_signal=self._service_death_signal(),
             ).start()
-        asyncio.run(self._wait_all_ready(started))
+        self._wait_all_ready(started)
         if self.tiled is not None:
             self._wait_tiled()
         self._write_info()
@@ -343,10 +341,14 @@ class Stack:
         assert self.kafka is not None
         try:
             self.kafka.start()
-            # Auto-created topics get 4 partitions; documents of a run must stay in order.
-            self.kafka.create_topic(self.cfg.kafka_topic, partitions=1)
         except Exception as e:
             raise StackError(f"the Kafka broker did not start: {e}") from None
+        # Auto-created topics get 4 partitions; documents of a run must stay in order. In a
+        # child: the Kafka client library would stay loaded here for the stack's life.
+        args = ["kafka-topic", self.kafka.bootstrap, self.cfg.kafka_topic]
+        for event in self._helper_events(args, b"", time.monotonic() + TILED_READY_TIMEOUT):
+            if "error" in event:
+                raise StackError(event["error"])
 
     def _launch_tiled(self) -> None:
         """A Tiled server on the embedded catalog (kept in the data dir across restarts)."""
@@ -393,10 +395,6 @@ class Stack:
         """The service's own NATS user, when this stack runs nats-server (else the caller's)."""
         return self.keys.environ(service) if self.keys is not None else {}
 
-    def _auth(self, role: str) -> NatsAuth | None:
-        """How the stack itself connects as `role` (None: the caller's QSERVER_NATS_*)."""
-        return self.keys.auth(role) if self.keys is not None else None
-
     def _run_nats(self) -> None:
         assert self.nats is not None
         try:
@@ -415,90 +413,117 @@ class Stack:
         if not info.get("jetstream"):
             raise StackError(f"NATS at {self.nats_url} has no JetStream: start it with -js")
 
-    async def _wait_all_ready(self, started: float) -> None:
+    def _wait_all_ready(self, started: float) -> None:
+        """Until every service answers, in a child that exits once they do (ADR 33).
+
+        This process watches the services (an exit while starting is an error at once) and
+        the stop signals; the child connects to NATS and probes each service in turn.
+        """
         say(f"starting services: {', '.join(self.procs)}...")
-        # The worker answers only on internal subjects, which the queue's user may send to.
-        probe_roles = {name: "queue" if name == "worker" else CLIENT_ROLE for name in self.procs}
-        clients: dict[str, Client] = {}
+        checks: list[dict[str, Any]] = []
+        for name in self.procs:
+            if name == GATEWAY:
+                checks.append({"name": name, "http": f"{self.cfg.http_url}/docs"})
+            elif name == ZMQ_BRIDGE:
+                checks.append({"name": name, "tcp": [NATS_HOST, self.cfg.zmq_port]})
+            else:
+                # The worker answers only on internal subjects, which the queue's user may
+                # send to.
+                checks.append({"name": name, "role": "queue" if name == "worker" else CLIENT_ROLE})
+        plan = {
+            "nats_url": self.nats_url,
+            "prefix": self.cfg.prefix,
+            "timeout_s": READY_TIMEOUT,
+            "roles": {c["role"]: self._nats_env(c["role"]) for c in checks if "role" in c},
+            "checks": checks,
+            "zmq": self.cfg.zmq,
+        }
+        deadline = started + READY_TIMEOUT + HELPER_GRACE
+        for event in self._helper_events(["ready"], json.dumps(plan).encode(), deadline):
+            service = str(event.get("name"))
+            if "error" in event:
+                raise StackError(event["error"])
+            if "zmq" in event:
+                self.zmq = event["zmq"]
+            elif event.get("ready"):
+                say(f"{service} service ready in {time.monotonic() - started:.1f} s")
+            elif "late" in event:
+                raise StackError(self._not_started(service, event["late"]))
+
+    def _helper_events(
+        self, args: list[str], stdin: bytes, deadline: float
+    ) -> Iterator[dict[str, Any]]:
+        """The JSON lines of `python -m services.stack.readiness ARGS`, read while watching
+        the services and the stop signals; StackError if it fails without saying why."""
+        helper = subprocess.Popen(
+            [sys.executable, "-m", "services.stack.readiness", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent_hook(signal.SIGKILL),
+        )
+        assert helper.stdin is not None and helper.stdout is not None
+        other: list[str] = []
         try:
-            for role in sorted(set(probe_roles.values())):
-                try:
-                    # nats.py retries a failed connect forever, so bound it here.
-                    clients[role] = await asyncio.wait_for(
-                        Client.connect(
-                            self.nats_url, self.cfg.prefix, timeout=1.0, auth=self._auth(role)
-                        ),
-                        READY_TIMEOUT,
-                    )
-                except (TimeoutError, NoAnswer, AccessDenied) as e:
-                    raise StackError(f"cannot connect to NATS at {self.nats_url}: {e}") from None
-            for name, proc in self.procs.items():
-                client = clients[probe_roles[name]]
-                await self._wait_ready(client, name, proc, started + READY_TIMEOUT)
-                say(f"{name} service ready in {time.monotonic() - started:.1f} s")
-        finally:
-            for client in clients.values():
-                await client.close()
-
-    async def _wait_ready(
-        self, client: Client, name: str, proc: ServiceProcess, deadline: float
-    ) -> None:
-        if name == GATEWAY:
-            await self._wait_http(proc, deadline)
-            return
-        if name == ZMQ_BRIDGE:
-            await self._wait_zmq(proc, deadline)
-            return
-        subject, body = readiness_probe(name, client.subjects)
-        while True:
-            if self.stop_signal is not None:
-                raise _Stopped
-            code = proc.poll()
-            if code is not None:
-                raise StackError(
-                    f"{name} service {describe_exit(code)} while starting; "
-                    f"the end of {proc.log_file}:\n{proc.log_tail()}"
-                )
-            try:
-                await client.nc.request(subject, body, timeout=1.0)
-                return
-            except (NoRespondersError, NatsTimeout):
+            with contextlib.suppress(BrokenPipeError):
+                helper.stdin.write(stdin)
+            helper.stdin.close()
+            fd, pending = helper.stdout.fileno(), b""
+            while True:
+                if self.stop_signal is not None:
+                    raise _Stopped
+                for name, proc in self.procs.items():
+                    code = proc.poll()
+                    if code is not None:
+                        raise StackError(self._not_started(name, describe_exit(code)))
                 if time.monotonic() > deadline:
-                    raise StackError(
-                        f"{name} service did not answer '{subject}' within {READY_TIMEOUT:g} s; "
-                        f"the end of {proc.log_file}:\n{proc.log_tail()}"
-                    ) from None
-                await asyncio.sleep(0.05)
+                    raise StackError(f"the start-up checks did not end within {READY_TIMEOUT:g} s")
+                readable, _, _ = select.select([fd], [], [], HELPER_POLL)
+                if not readable:
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        other.append(line.decode(errors="replace"))
+                        continue
+                    yield event
+        finally:
+            if helper.poll() is None:
+                helper.kill()
+            helper.wait()
+            helper.stdout.close()
+        if helper.returncode != 0:
+            text = "\n".join([*other, pending.decode(errors="replace")]).strip()
+            raise StackError(
+                f"the start-up checks failed ({describe_exit(helper.returncode)}):\n{text}"
+            )
 
-    async def _wait_http(self, proc: ServiceProcess, deadline: float) -> None:
-        """The gateway is ready when it answers HTTP (its docs page needs no key)."""
-        url = f"{self.cfg.http_url}/docs"
-        while not await asyncio.to_thread(http_ready, url, 0.5):
-            if self.stop_signal is not None:
-                raise _Stopped
-            code = proc.poll()
-            if code is not None or time.monotonic() > deadline:
-                what = describe_exit(code) if code is not None else "did not answer"
-                raise StackError(
-                    f"the gateway {what} on {self.cfg.http_url} (is port {self.cfg.http_port} "
-                    f"free? pick another with --http-port); the end of {proc.log_file}:\n"
-                    f"{proc.log_tail()}"
-                )
-            await asyncio.sleep(0.05)
+    def _check_http_config(self, path: Path) -> None:
+        """Refuse at once a gateway configuration the gateway would refuse (named in the error)."""
+        deadline = time.monotonic() + TILED_READY_TIMEOUT
+        for event in self._helper_events(["http-config", str(path)], b"", deadline):
+            if "error" in event:
+                raise StackError(event["error"])
 
-    async def _wait_zmq(self, proc: ServiceProcess, deadline: float) -> None:
-        """The 0MQ bridge is ready when its control socket listens."""
-        while not await asyncio.to_thread(tcp_ready, NATS_HOST, self.cfg.zmq_port, 0.5):
-            if self.stop_signal is not None:
-                raise _Stopped
-            code = proc.poll()
-            if code is not None or time.monotonic() > deadline:
-                what = describe_exit(code) if code is not None else "did not listen"
-                raise StackError(
-                    f"the 0MQ bridge {what} on {self.cfg.zmq_control_addr}; the end of "
-                    f"{proc.log_file}:\n{proc.log_tail()}"
-                )
-            await asyncio.sleep(0.05)
+    def _not_started(self, name: str, what: str) -> str:
+        """Why `name` is not up (it `what`), with the end of its log."""
+        proc = self.procs[name]
+        tail = f"the end of {proc.log_file}:\n{proc.log_tail()}"
+        if name == GATEWAY:
+            return (
+                f"the gateway {what} on {self.cfg.http_url} (is port {self.cfg.http_port} "
+                f"free? pick another with --http-port); {tail}"
+            )
+        if name == ZMQ_BRIDGE:
+            return f"the 0MQ bridge {what} on {self.cfg.zmq_control_addr}; {tail}"
+        if what.startswith("did not"):
+            return f"{name} service {what}; {tail}"
+        return f"{name} service {what} while starting; {tail}"
 
     # ----- what a client needs to know -----
 
@@ -531,7 +556,7 @@ class Stack:
             # The reference's clients: REManagerAPI(zmq_control_addr=..., zmq_info_addr=...).
             "zmq_control_addr": self.cfg.zmq_control_addr if self.cfg.zmq else None,
             "zmq_info_addr": self.cfg.zmq_info_addr if self.cfg.zmq else None,
-            "zmq_public_key": zmq_public_key() if self.cfg.zmq else None,
+            "zmq_public_key": self.zmq.get("public_key") if self.cfg.zmq else None,
             "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
             # Kernel mode's connection files are here (`config_get` names the current one).
             "kernel_dir": str(self.cfg.kernel_dir),
@@ -599,10 +624,9 @@ class Stack:
     def _zmq_line(self) -> str:
         if not self.cfg.zmq:
             return ""
-        key = zmq_public_key()
+        key = self.zmq.get("public_key")
         curve = f"CurveZMQ, public key {key}" if key else "no encryption"
-        anyone = configured_environ().get("QSERVER_ZMQ_LOCAL_USERS") == "any"
-        who = "every local user" if anyone else "this OS user only"
+        who = "every local user" if self.zmq.get("any_local_user") else "this OS user only"
         return (
             f"  0MQ       {self.cfg.zmq_control_addr}, console {self.cfg.zmq_info_addr} "
             f"({curve}; {who})\n"
@@ -716,21 +740,6 @@ class Stack:
             say("stack stopped")
 
 
-def check_http_config(path: Path) -> None:
-    """Refuse at once a gateway configuration the gateway would refuse (it names what is wrong)."""
-    from services.gateway.authstore import AuthStore
-    from services.gateway.config import AuthOptions, load_authenticator
-    from services.gateway.hsconfig import ConfigError
-
-    def offline() -> Any:
-        raise StackError("not connected")
-
-    try:
-        load_authenticator(AuthOptions(config_file=path), lambda: AuthStore(offline, "check"))
-    except ConfigError as e:
-        raise StackError(f"--http-config {path}: {e}") from None
-
-
 def run_stack(
     *,
     data_dir: Path | None,
@@ -797,31 +806,6 @@ def run_stack(
             signal.signal(sig, handler)
 
 
-def configured_environ() -> dict[str, str]:
-    """The environment the services see: this one, with the config file's values added."""
-    from qserver.config import apply as apply_config
-
-    environ = dict(os.environ)
-    with contextlib.suppress(ConfigError):  # the services refuse it and say why
-        apply_config(environ, os.environ.get(CONFIG_ENV))
-    return environ
-
-
-def zmq_public_key() -> str | None:
-    """The CurveZMQ public key of the bridge's private key (environment or config file)."""
-    from services.zmq_bridge.keys import BadKey, public_key_of
-    from services.zmq_bridge.settings import OLD_PRIVATE_KEY_ENV, PRIVATE_KEY_ENV
-
-    environ = configured_environ()
-    key = environ.get(PRIVATE_KEY_ENV) or environ.get(OLD_PRIVATE_KEY_ENV)
-    if not key:
-        return None
-    try:
-        return public_key_of(key)
-    except BadKey:
-        return None  # the bridge refuses it and says why
-
-
 def read_stack_info(data_dir: Path | None) -> dict[str, Any]:
     """What the running stack wrote to stack.json; StackNotRunning if no stack runs."""
     cfg = StackConfig(data_dir=Path(data_dir) if data_dir else default_data_dir())
@@ -839,8 +823,7 @@ def read_stack_info(data_dir: Path | None) -> dict[str, Any]:
     return info
 
 
-def main(argv: list[str] | None = None) -> None:
-    use_config(config_path(sys.argv[1:] if argv is None else argv, os.environ))
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m services.stack.embedded",
         description="Run nats-server and every queue-server service on this machine.",
@@ -908,9 +891,64 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--zmq-info-port", type=int, default=60625, help="port of the 0MQ console/info socket"
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    use_config(config_path(sys.argv[1:] if argv is None else argv, os.environ))
+    args = parser().parse_args(argv)
     del args.config  # loaded above
     raise SystemExit(run_stack(**vars(args)))
+
+
+def stack_argv(
+    *,
+    data_dir: Path | None,
+    nats_port: int,
+    http_port: int,
+    nats_url: str | None,
+    prefix: str,
+    kafka: bool,
+    kafka_port: int,
+    http_auth: bool,
+    catalog: bool,
+    tiled_port: int,
+    http_config: Path | None,
+    ipython_kernel: bool | None,
+    zmq: bool,
+    zmq_port: int,
+    zmq_info_port: int,
+) -> list[str]:
+    """The arguments of `python -m services.stack.embedded` for `run_stack(**the same)`."""
+    argv = ["--nats-port", str(nats_port), "--http-port", str(http_port), "--prefix", prefix]
+    argv += ["--kafka-port", str(kafka_port), "--tiled-port", str(tiled_port)]
+    argv += ["--zmq-port", str(zmq_port), "--zmq-info-port", str(zmq_info_port)]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    if nats_url is not None:
+        argv += ["--nats-url", nats_url]
+    if http_config is not None:
+        argv += ["--http-config", str(http_config)]
+    if ipython_kernel is not None:
+        argv += ["--use-ipython-kernel", "ON" if ipython_kernel else "OFF"]
+    for on, flag in ((kafka, "--no-kafka"), (catalog, "--no-catalog"), (zmq, "--no-zmq")):
+        if not on:
+            argv.append(flag)
+    if not http_auth:
+        argv.append("--no-auth")
+    return argv
+
+
+def exec_stack(**options: Any) -> NoReturn:
+    """Become `python -m services.stack.embedded` with these options (`qserver stack up`).
+
+    The supervisor stays resident for the stack's life: the same process (its pid), without
+    the modules the CLI loaded (ADR 33). The configuration file is in the environment.
+    """
+    argv = [sys.executable, "-m", "services.stack.embedded", *stack_argv(**options)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def _on_off(text: str) -> bool:

@@ -90,19 +90,24 @@ class KafkaBroker(ChildServer):
 
     def create_topic(self, name: str, partitions: int = 1, timeout: float = 10.0) -> None:
         """Create `name` with `partitions` partitions; an existing topic is left as it is."""
-        from confluent_kafka import KafkaError, KafkaException
-        from confluent_kafka.admin import AdminClient, NewTopic
-
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        futures = admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1)],
-            request_timeout=timeout,
-        )
-        try:
-            futures[name].result(timeout)
-        except KafkaException as e:
-            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+        create_topic(self.bootstrap, name, partitions, timeout)
 
 
-__all__ = ["KafkaBroker", "find_tansu"]
+def create_topic(bootstrap: str, name: str, partitions: int = 1, timeout: float = 10.0) -> None:
+    """Create `name` on the broker at `bootstrap`; an existing topic is left as it is."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+        request_timeout=timeout,
+    )
+    try:
+        futures[name].result(timeout)
+    except KafkaException as e:
+        if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+
+
+__all__ = ["KafkaBroker", "create_topic", "find_tansu"]

@@ -11,11 +11,10 @@ import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from services.runtime.procs import ChildServer
+from services.runtime.procs import ChildServer, http_status
 
 
 def find_binary() -> str:
@@ -129,12 +128,8 @@ class NatsServer(ChildServer):
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited at start:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=0.5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
+            if http_status(url, timeout=0.5) == 200:
+                return
             time.sleep(0.02)
         raise TimeoutError(f"nats-server not ready after {timeout} s:\n{self.log_tail()}")
 

@@ -9,18 +9,15 @@ of bluesky-tiled-plugins' client asks for.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import yaml
-
-from services.runtime.procs import ChildServer
+from services.runtime.procs import ChildServer, http_status
 from services.stack.natsserver import free_port
 
 DEFAULT_CATALOG = "raw"  # the container of runs, with the CatalogOfBlueskyRuns spec
@@ -94,7 +91,9 @@ class TiledServer(ChildServer):
         path = self.directory / "config.yml"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(self.config(), f)
+            # JSON is YAML: Tiled reads it as its YAML config, and the supervisor, which stays
+            # resident, does without a YAML library (ADR 33).
+            json.dump(self.config(), f, indent=2)
         return path
 
     def launch(self) -> TiledServer:
@@ -107,11 +106,8 @@ class TiledServer(ChildServer):
         return self
 
     def answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1.0):
-                return True
-        except (urllib.error.URLError, OSError):
-            return False
+        status = http_status(f"{self.url}/healthz", timeout=1.0)
+        return status is not None and status < 400
 
     def wait_ready(self, timeout: float = 60.0) -> TiledServer:
         deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
 from qserver import cli
@@ -341,12 +342,12 @@ def test_stack_commands_call_the_stack_module(
 ) -> None:
     calls: list[dict[str, Any]] = []
 
-    def run_stack(**kwargs: Any) -> int:
+    def exec_stack(**kwargs: Any) -> None:
         calls.append(kwargs)
-        return 7
+        click.get_current_context().exit(7)  # the real one replaces the process
 
     fake = types.ModuleType("services.stack.embedded")
-    fake.run_stack = run_stack  # type: ignore[attr-defined]
+    fake.exec_stack = exec_stack  # type: ignore[attr-defined]
     fake.use_config = lambda path: None  # type: ignore[attr-defined]
     fake.read_stack_info = lambda data_dir: {"data_dir": data_dir}  # type: ignore[attr-defined]
     fake.StackNotRunning = type("StackNotRunning", (Exception,), {})  # type: ignore[attr-defined]

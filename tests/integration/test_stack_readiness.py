@@ -1,0 +1,140 @@
+"""The stack's start-up checks run in a child that exits (ADR 33): what it does, and that the
+supervisor, resident for the stack's life, keeps none of the libraries they need."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.stack.kafka_broker import KafkaBroker
+from services.stack.natsserver import free_port
+from tests.conftest import new_topic
+from tests.integration.test_stack import Stacks
+
+# What the start-up checks load: a NATS client (asyncio), the Kafka admin client, 0MQ.
+START_UP_LIBRARIES = ("_asyncio", "librdkafka", "libzmq")
+
+
+def helper(*args: str, stdin: bytes = b"") -> tuple[int, list[dict[str, Any]]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.stack.readiness", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+    )
+    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def partitions(bootstrap: str, topic: str) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30)
+    return len(meta.topics[topic].partitions)
+
+
+def test_the_document_topic_is_made_with_one_partition_and_made_again_harmlessly(
+    broker: KafkaBroker,
+) -> None:
+    topic = new_topic()
+    assert helper("kafka-topic", broker.bootstrap, topic) == (0, [])
+    assert partitions(broker.bootstrap, topic) == 1
+    assert helper("kafka-topic", broker.bootstrap, topic) == (0, [])  # it exists: left alone
+
+
+def test_a_nats_server_that_is_not_there_is_named() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    plan = {
+        "nats_url": url,
+        "prefix": "qs.t",
+        "timeout_s": 3,
+        "roles": {"operator": {}},
+        "checks": [{"name": "queue", "role": "operator"}],
+        "zmq": False,
+    }
+    code, events = helper("ready", stdin=json.dumps(plan).encode())
+    assert code == 1
+    assert events[-1]["error"].startswith(f"cannot connect to NATS at {url}")
+
+
+def test_a_gateway_that_never_answers_is_reported_late() -> None:
+    plan = {
+        "nats_url": "nats://127.0.0.1:1",
+        "prefix": "qs.t",
+        "timeout_s": 1,
+        "roles": {},
+        "checks": [{"name": "gateway", "http": f"http://127.0.0.1:{free_port()}/docs"}],
+        "zmq": False,
+    }
+    assert helper("ready", stdin=json.dumps(plan).encode()) == (
+        1,
+        [{"name": "gateway", "late": "did not answer"}],
+    )
+
+
+async def test_the_supervisor_keeps_no_start_up_library_and_still_restarts_the_broker(
+    stacks: Stacks,
+) -> None:
+    stack = stacks.start()  # Kafka and 0MQ on (the default), no catalog
+    info = await stack.wait_info()
+    os.kill(info["kafka_pid"], signal.SIGKILL)
+    async with asyncio.timeout(60):
+        while (await stack.wait_info())["kafka_pid"] == info["kafka_pid"]:
+            await asyncio.sleep(0.1)
+    assert "the Kafka broker stopped: restarting it" in stack.output()
+    maps = Path(f"/proc/{stack.pid}/maps").read_text()
+    assert [lib for lib in START_UP_LIBRARIES if lib in maps] == []
+    # The services still map them: the check can see them.
+    worker_maps = Path(f"/proc/{info['services']['worker']}/maps").read_text()
+    assert "_asyncio" in worker_maps and "librdkafka" in worker_maps
+
+
+async def test_a_service_that_dies_while_starting_stops_the_start_naming_it_and_its_log(
+    stacks: Stacks,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QSERVER_ZMQ_PRIVATE_KEY_FOR_SERVER", "not a key")  # the bridge refuses
+    stack = stacks.start("--no-kafka")
+    assert await stack.wait_exit(timeout=60) == 1
+    out = stack.output()
+    assert "error: the 0MQ bridge exited with code" in out, out
+    assert "zmq_bridge.log" in out and "must be a 40-character z85 string" in out, out
+    assert not stack.descendants()  # and nothing is left running
+
+
+async def test_qserver_stack_up_becomes_the_supervisor_itself(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    ports = [f"--{name}-port={free_port()}" for name in ("nats", "http", "zmq", "zmq-info")]
+    argv = [str(Path(sys.executable).parent / "qserver"), "stack", "up", "--data-dir"]
+    argv += [str(data_dir), "--no-kafka", "--no-catalog", "--use-ipython-kernel=OFF", *ports]
+    out_file = tmp_path / "out"
+    with open(out_file, "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        async with asyncio.timeout(90):
+            while not (data_dir / "stack.json").exists():
+                assert proc.poll() is None, out_file.read_text()
+                await asyncio.sleep(0.1)
+        info = json.loads((data_dir / "stack.json").read_text())
+        # The same process, now `python -m services.stack.embedded` with the CLI's options.
+        assert info["pid"] == proc.pid
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"services.stack.embedded" in cmdline and b"OFF" in cmdline
+        assert info["http_port"] == int(ports[1].split("=")[1])
+        assert info["kafka_bootstrap"] is None and info["tiled_url"] is None
+        # The CLI's modules went with the exec: no asyncio here any more.
+        assert "_asyncio" not in Path(f"/proc/{proc.pid}/maps").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+        assert "stack stopped" in out_file.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
