@@ -127,6 +127,16 @@ class NatsLink:
             )
         return c
 
+    def pushed(self, method: str, body: bytes) -> bytes | None:
+        """`status` or `ping` answered from the last pushed status, if it is fresh and
+        current (`Client.request_raw` would answer the same without waiting); else None."""
+        client = self.client
+        if client is None or client.mirror is None or not client.nc.is_connected:
+            return None
+        if method not in ("status", "ping") or body not in (b"", b"{}"):
+            return None
+        return client.mirror.current()
+
     async def request(self, method: str, body: bytes) -> bytes:
         """The whole JSON reply of `<prefix>.api.<method>` (fetched in parts when large)."""
         client = self.connected()

@@ -31,6 +31,16 @@ NO_REPLY_METHODS = frozenset({"manager_kill"})
 _json = msgspec.json.Encoder()
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A request read and allowed, still to be sent: its method, the caller's group, the
+    JSON body."""
+
+    method: str
+    group: str | None
+    data: bytes
+
+
 @dataclass
 class Counters:
     requests: int = 0
@@ -59,22 +69,27 @@ class ControlServer:
         self.counters = Counters()
 
     async def run(self) -> None:
-        """Take requests until cancelled; each is answered by a task of its own."""
+        """Take requests until cancelled; each is answered by a task of its own, except
+        those answered at once (refusals, and `status` from the pushed status, ADR 29)."""
         try:
             while True:
                 frames: list[zmq.Frame] = await self.sock.recv_multipart(copy=False)
+                envelope, body = split(frames)
+                step = self.first_step(body)
+                if isinstance(step, bytes):
+                    await self.sock.send_multipart([*envelope, step])
+                    continue
                 await self.slots.acquire()
-                task = asyncio.create_task(self._serve(frames))
+                task = asyncio.create_task(self._serve(envelope, step))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         finally:
             for task in list(self.tasks):
                 task.cancel()
 
-    async def _serve(self, frames: list[zmq.Frame]) -> None:
+    async def _serve(self, envelope: list[bytes], step: Pending) -> None:
         try:
-            envelope, body = split(frames)
-            reply = await self.answer(body)
+            reply = await self.rest(step)
             if reply is not None:
                 await self.sock.send_multipart([*envelope, reply])
         except Exception:
@@ -84,6 +99,13 @@ class ControlServer:
 
     async def answer(self, body: zmq.Frame | None) -> bytes | None:
         """The encoded reply to one request (None: the method is never answered)."""
+        step = self.first_step(body)
+        return step if isinstance(step, bytes) else await self.rest(step)
+
+    def first_step(self, body: zmq.Frame | None) -> bytes | Pending:
+        """What can be done without waiting: read and check the request, and answer it if
+        that needs nothing from NATS (a refusal, `status` from a fresh pushed status);
+        else what the rest needs."""
         self.counters.requests += 1
         try:
             if body is None:
@@ -97,19 +119,27 @@ class ControlServer:
             logger.info("0MQ request refused: %s", e.msg)
             return encode(failure(e.msg), self.encoding)
         data = _json.encode(params)
+        if call.method in GATED_METHODS:  # a read: no gate to ask
+            pushed = self.link.pushed(call.method, data)
+            if pushed is not None:
+                return encode_raw(pushed, self.encoding)
+        return Pending(call.method, principal.user_group, data)
+
+    async def rest(self, step: Pending) -> bytes | None:
+        """The reply once the gate and the service have answered (None: never answered)."""
         try:
-            refusal = await self.gated(principal.user_group, call.method)
+            refusal = await self.gated(step.group, step.method)
             if refusal:
                 self.counters.refused += 1
                 logger.info("0MQ request refused: %s", refusal)
                 return encode(failure(refusal), self.encoding)
-            if call.method in NO_REPLY_METHODS:
-                await self.link.publish(call.method, data)
+            if step.method in NO_REPLY_METHODS:
+                await self.link.publish(step.method, step.data)
                 return None
-            return encode_raw(await self.link.request(call.method, data), self.encoding)
+            return encode_raw(await self.link.request(step.method, step.data), self.encoding)
         except Unavailable as e:
             self.counters.failed += 1
-            logger.warning("0MQ request '%s' failed: %s", call.method, e.msg)
+            logger.warning("0MQ request '%s' failed: %s", step.method, e.msg)
             return encode(failure(e.msg), self.encoding)
 
     async def gated(self, group: str | None, method: str) -> str:

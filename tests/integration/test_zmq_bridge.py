@@ -8,7 +8,9 @@ wrong key and client keys mapped to users.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -95,6 +97,34 @@ async def test_status_over_zmq_is_answered_from_the_push_and_shows_every_write(
                 assert (await z.request("queue_item_remove", {"uid": uid}))["success"]
     finally:
         await sub.unsubscribe()
+
+
+async def test_status_is_answered_at_once_while_every_slot_waits_on_a_hung_service(
+    services: Services,
+) -> None:
+    """`status` from the pushed status needs no slot: with the history service stopped and
+    as many `history_get` requests waiting on it as the bridge takes at a time (64), a
+    `status` is still answered at once; the waiting requests are answered once it goes on."""
+    history = services.procs["history"].proc
+    assert history is not None
+    async with running_bridge(services) as b, contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(zmq_client(b.control)) for _ in range(64)]
+        async with zmq_client(b.control) as z:
+            assert (await z.request("status"))["manager_state"] == "idle"
+            history.send_signal(signal.SIGSTOP)
+            try:
+                waiting = [
+                    asyncio.create_task(c.request("history_get", timeout=120)) for c in clients
+                ]
+                await asyncio.sleep(0)  # sent
+                for _ in range(20):
+                    st = await z.request("status", timeout=10)
+                    assert st["manager_state"] == "idle", st
+                assert not any(t.done() for t in waiting)
+            finally:
+                history.send_signal(signal.SIGCONT)
+            replies = await asyncio.gather(*waiting)
+    assert all("items" in r for r in replies), [r for r in replies if "items" not in r][:1]
 
 
 async def test_bad_requests_are_answered_and_the_bridge_keeps_serving(bridge: Bridge) -> None:
