@@ -50,6 +50,7 @@ STOP_TIMEOUT = 5.0
 TILED_READY_TIMEOUT = 60.0
 HELPER_GRACE = 10.0  # beyond READY_TIMEOUT, for the start-up checks' own start
 HELPER_POLL = 0.05
+CHECK_TIMEOUT = 60.0  # the Kafka topic, the --http-config check
 # More than CRASH_LIMIT exits within CRASH_WINDOW seconds is a crash loop: restarting at once
 # would only spin the CPU and flood the log, so the next start waits CRASH_BACKOFF seconds.
 CRASH_LIMIT = 5
@@ -346,7 +347,7 @@ class Stack:
         # Auto-created topics get 4 partitions; documents of a run must stay in order. In a
         # child: the Kafka client library would stay loaded here for the stack's life.
         args = ["kafka-topic", self.kafka.bootstrap, self.cfg.kafka_topic]
-        for event in self._helper_events(args, b"", time.monotonic() + TILED_READY_TIMEOUT):
+        for event in self._helper_events(args, b"", CHECK_TIMEOUT):
             if "error" in event:
                 raise StackError(event["error"])
 
@@ -438,8 +439,8 @@ class Stack:
             "checks": checks,
             "zmq": self.cfg.zmq,
         }
-        deadline = started + READY_TIMEOUT + HELPER_GRACE
-        for event in self._helper_events(["ready"], json.dumps(plan).encode(), deadline):
+        plan_json = json.dumps(plan).encode()
+        for event in self._helper_events(["ready"], plan_json, READY_TIMEOUT + HELPER_GRACE):
             service = str(event.get("name"))
             if "error" in event:
                 raise StackError(event["error"])
@@ -451,10 +452,12 @@ class Stack:
                 raise StackError(self._not_started(service, event["late"]))
 
     def _helper_events(
-        self, args: list[str], stdin: bytes, deadline: float
+        self, args: list[str], stdin: bytes, within_s: float
     ) -> Iterator[dict[str, Any]]:
         """The JSON lines of `python -m services.stack.readiness ARGS`, read while watching
-        the services and the stop signals; StackError if it fails without saying why."""
+        the services and the stop signals; StackError if it fails without saying why or
+        does not end within `within_s` seconds."""
+        deadline = time.monotonic() + within_s
         helper = subprocess.Popen(
             [sys.executable, "-m", "services.stack.readiness", *args],
             stdin=subprocess.PIPE,
@@ -477,7 +480,7 @@ class Stack:
                     if code is not None:
                         raise StackError(self._not_started(name, describe_exit(code)))
                 if time.monotonic() > deadline:
-                    raise StackError(f"the start-up checks did not end within {READY_TIMEOUT:g} s")
+                    raise StackError(f"the start-up checks did not end within {within_s:g} s")
                 readable, _, _ = select.select([fd], [], [], HELPER_POLL)
                 if not readable:
                     continue
@@ -505,8 +508,7 @@ class Stack:
 
     def _check_http_config(self, path: Path) -> None:
         """Refuse at once a gateway configuration the gateway would refuse (named in the error)."""
-        deadline = time.monotonic() + TILED_READY_TIMEOUT
-        for event in self._helper_events(["http-config", str(path)], b"", deadline):
+        for event in self._helper_events(["http-config", str(path)], b"", CHECK_TIMEOUT):
             if "error" in event:
                 raise StackError(event["error"])
 

@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.runtime.procs import http_ready, readiness_probe, tcp_ready
@@ -44,9 +45,6 @@ def emit(event: dict[str, Any]) -> None:
 
 
 async def wait_ready(plan: dict[str, Any]) -> int:
-    from nats.errors import NoRespondersError
-    from nats.errors import TimeoutError as NatsTimeout
-
     from qserver.client import AccessDenied, Client, NoAnswer
     from qserver.connect import NatsAuth
 
@@ -66,19 +64,12 @@ async def wait_ready(plan: dict[str, Any]) -> int:
                 return 1
         for check in plan["checks"]:
             name = check["name"]
-            if "http" in check:
-                ready, late = _poll(lambda c=check: http_ready(c["http"], 0.5)), "did not answer"
-            elif "tcp" in check:
-                host, port = check["tcp"]
-                ready, late = _poll(lambda h=host, p=port: tcp_ready(h, p, 0.5)), "did not listen"
-            else:
-                client = clients[check["role"]]
-                subject, body = readiness_probe(name, client.subjects)
-                ready = _request(client, subject, body, (NoRespondersError, NatsTimeout))
-                late = f"did not answer '{subject}' within {plan['timeout_s']:g} s"
-            if not await _until(ready, deadline):
-                emit({"name": name, "late": late})
-                return 1
+            probe, late = _probe(check, clients, plan["timeout_s"])
+            while not await probe():
+                if time.monotonic() > deadline:
+                    emit({"name": name, "late": late})
+                    return 1
+                await asyncio.sleep(POLL_S)
             emit({"name": name, "ready": True})
     finally:
         for client in clients.values():
@@ -89,32 +80,30 @@ async def wait_ready(plan: dict[str, Any]) -> int:
     return 0
 
 
-def _poll(probe: Any) -> Any:
-    async def once() -> bool:
-        return bool(await asyncio.to_thread(probe))
+def _probe(
+    check: dict[str, Any], clients: dict[str, Any], timeout_s: float
+) -> tuple[Callable[[], Awaitable[bool]], str]:
+    """One try of `check` (True: it answered), and what to say if it never does."""
+    if "http" in check:
+        url = check["http"]
+        return (lambda: asyncio.to_thread(http_ready, url, 0.5)), "did not answer"
+    if "tcp" in check:
+        host, port = check["tcp"]
+        return (lambda: asyncio.to_thread(tcp_ready, host, port, 0.5)), "did not listen"
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
 
-    return once
+    client = clients[check["role"]]
+    subject, body = readiness_probe(check["name"], client.subjects)
 
-
-def _request(
-    client: Any, subject: str, body: bytes, misses: tuple[type[BaseException], ...]
-) -> Any:
-    async def once() -> bool:
+    async def asked() -> bool:
         try:
             await client.nc.request(subject, body, timeout=1.0)
-        except misses:
+        except (NoRespondersError, NatsTimeout):
             return False
         return True
 
-    return once
-
-
-async def _until(ready: Any, deadline: float) -> bool:
-    while not await ready():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(POLL_S)
-    return True
+    return asked, f"did not answer '{subject}' within {timeout_s:g} s"
 
 
 def zmq_settings() -> dict[str, Any]:

@@ -97,11 +97,6 @@ class ControlServer:
         finally:
             self.slots.release()
 
-    async def answer(self, body: zmq.Frame | None) -> bytes | None:
-        """The encoded reply to one request (None: the method is never answered)."""
-        step = self.first_step(body)
-        return step if isinstance(step, bytes) else await self.rest(step)
-
     def first_step(self, body: zmq.Frame | None) -> bytes | Pending:
         """What can be done without waiting: read and check the request, and answer it if
         that needs nothing from NATS (a refusal, `status` from a fresh pushed status);

@@ -27,6 +27,7 @@ from qserver.cli.words import (
     parse_move,
 )
 from qserver.legacy import LegacyError, legacy_request, parse_legacy_value, pos_or_uid
+from tests.unit.test_stack_argv import DEFAULTS as STACK_DEFAULTS
 
 PLAN = '{"name":"count", "args":[["det1", "det2"]]}'
 USER = {"user": "qserver-cli", "user_group": "primary"}
@@ -355,25 +356,8 @@ def test_stack_commands_call_the_stack_module(
     monkeypatch.delenv("QSERVER_PREFIX", raising=False)
 
     assert cli.run(["stack", "up", "--nats-port", "5000"]) == 7
-    assert calls == [
-        {
-            "data_dir": None,
-            "nats_port": 5000,
-            "http_port": 60610,
-            "nats_url": None,
-            "prefix": "qs.default",
-            "kafka": True,
-            "kafka_port": 0,
-            "http_auth": True,
-            "catalog": True,
-            "tiled_port": 0,
-            "http_config": None,
-            "ipython_kernel": None,
-            "zmq": True,
-            "zmq_port": 60615,
-            "zmq_info_port": 60625,
-        }
-    ]
+    # The stack's own defaults (`python -m services.stack.embedded`): the same in both.
+    assert calls == [STACK_DEFAULTS | {"nats_port": 5000}]
     assert cli.run(["stack", "up", "--use-ipython-kernel"]) == 7
     assert calls[-1]["ipython_kernel"] is True
     assert cli.run(["stack", "up", "--use-ipython-kernel=OFF"]) == 7
