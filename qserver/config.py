@@ -27,6 +27,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+# Re-exported: every command line takes these from here.
+from qserver.configargs import CONFIG_ENV as CONFIG_ENV
+from qserver.configargs import ConfigError as ConfigError
+from qserver.configargs import add_argument as add_argument
+from qserver.configargs import config_path as config_path
+from qserver.configargs import switch as switch
+
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "config.schema.json"
 
 
@@ -254,17 +261,12 @@ ENV: dict[tuple[str, str], str] = {
 }
 # Lists are given to the variables as the reference's do: items joined by a colon.
 LIST_VARS = {"QSERVER_PERMITTED_RE_METADATA_KEYS": ":", "QSERVER_CUSTOM_MODULES": ":|,"}
-CONFIG_ENV = "QSERVER_CONFIG"
 BOOLEAN_VARS = (
     "QSERVER_NATS_DOCS",
     "QSERVER_DOCS_STREAM",
     "QSERVER_ZMQ_PUBLISH_CONSOLE",
     "QSERVER_ZMQ_INFO_PUBLIC",
 )
-
-
-class ConfigError(ValueError):
-    """The message names the key (or variable) and what was expected."""
 
 
 def _fail(err: msgspec.ValidationError | msgspec.DecodeError, where: str) -> ConfigError:
@@ -312,16 +314,6 @@ def _env_value(var: str, text: str) -> Any:
     return text
 
 
-def switch(text: str) -> bool:
-    """An on/off value as the reference's options take it (`ON`, `OFF`, `true`, `0`, ...)."""
-    value = text.strip().lower()
-    if value in ("1", "on", "true", "yes"):
-        return True
-    if value in ("0", "off", "false", "no", ""):
-        return False
-    raise ValueError(f"expected ON or OFF, not {text!r}")
-
-
 def from_environ(environ: Mapping[str, str]) -> Config:
     """The tree as the `QSERVER_*` variables set it, checked against the types."""
     tree: dict[str, dict[str, Any]] = {}
@@ -356,16 +348,6 @@ def apply(environ: MutableMapping[str, str], path: str | Path | None) -> Config:
     return from_environ(environ)
 
 
-def config_path(argv: list[str], environ: Mapping[str, str]) -> str | None:
-    """`--config FILE` / `--config=FILE` from a command line, else `$QSERVER_CONFIG`."""
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return environ.get(CONFIG_ENV) or None
-
-
 def bootstrap(argv: list[str] | None = None) -> None:
     """Load the configuration into this process's environment, before flags are parsed.
 
@@ -377,16 +359,6 @@ def bootstrap(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def add_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        default=os.environ.get(CONFIG_ENV),
-        help="YAML configuration (docs/configuration.md); the environment and flags override "
-        f"it (${CONFIG_ENV})",
-    )
 
 
 def schema() -> dict[str, Any]:

@@ -10,7 +10,6 @@ in consecutive parts.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -87,6 +86,8 @@ def run_token(run_uid: str) -> str:
     """The subject token of a run: its uid, or a digest of it when the uid is no plain token."""
     if _TOKEN_RE.match(run_uid):
         return run_uid
+    import hashlib  # rare; kept out of the stack's supervisor, which imports this module
+
     return "h" + hashlib.sha256(run_uid.encode()).hexdigest()[:40]
 
 

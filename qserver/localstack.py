@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
+import re
 import time
 import urllib.parse
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,12 @@ def registry_dir() -> Path:
 
 
 def _entry(data_dir: Path) -> Path:
-    key = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
-    return registry_dir() / f"{key}.json"
+    """`<dir name>-<crc32 of the resolved path>.json`: entries are found by their contents
+    (`registered_stacks`), the name only keeps one entry per data dir. Not a sha256: hashlib
+    maps OpenSSL into the stack's supervisor, which registers itself (ADR 34)."""
+    resolved = str(Path(data_dir).resolve())
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(resolved).name)[:40] or "root"
+    return registry_dir() / f"{stem}-{zlib.crc32(resolved.encode()):08x}.json"
 
 
 def register_stack(data_dir: Path) -> None:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from qserver.protocol.api import READ_ONLY_METHODS
+from qserver.protocol.methods import READ_ONLY_METHODS
 from qserver.protocol.status import (
     STATUS_EVERY_HEADER,
     STATUS_SEQ_HEADER,

@@ -548,30 +548,3 @@ def service_of(method: str) -> str | None:
 def unknown_method_reply(method: str) -> bytes:
     """The reply to a method no service implements, in the reference's words."""
     return msgspec.json.encode(Reply(success=False, msg=f"Unknown method '{method}'"))
-
-
-# Requests that only read, answered the same for everyone: what an observer may send, over
-# NATS (services/stack/nats_permissions.py) and the others' lists derived from it (the 0MQ
-# bridge's observe level, the gated groups' methods, the status copy's reads).
-READ_ONLY_METHODS = (
-    "ping",
-    "status",
-    "queue_get",
-    "queue_item_get",
-    "history_get",
-    "history_result_get",
-    "history_runs",
-    "history_run_item",
-    "plans_allowed",
-    "devices_allowed",
-    "plans_existing",
-    "devices_existing",
-    "permissions_get",
-    "lock_info",
-    "re_runs",
-    "console_output",
-    "console_output_uid",
-    "console_output_update",
-    "task_status",
-    "task_result",
-)

@@ -12,25 +12,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from qserver.protocol.api import READ_ONLY_METHODS, Reply
+from qserver.protocol.api import Reply
 from qserver.protocol.items import QueueItem
-
-# What a member of a gated group may ask for: reads, and adds that become proposals. Every
-# other request of theirs is refused by the gateway, the 0MQ bridge and the queue service;
-# over NATS their user is a `proposer` (services/stack/nats_permissions.py). Not
-# `config_get`: in kernel mode it gives the kernel's key, with which one runs any code.
-GATED_METHODS = (frozenset(READ_ONLY_METHODS) - {"permissions_get"}) | {
-    "re_metadata",
-    "item_dry_run",
-    "queue_item_add",  # becomes a proposal
-    "queue_item_add_batch",  # each item becomes a proposal
-    "proposal_add",
-    "proposal_list",
-    "proposal_get",
-    "proposal_gate",
-}
-# Reviewing: what the `write:queue:approve` scope allows.
-REVIEW_METHODS = frozenset({"proposal_update", "proposal_approve", "proposal_reject"})
 
 
 class Proposal(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,7 +18,7 @@ from litestar.response import File, Stream
 from qserver.errors import BadRequest, NotFound, QServerError
 from qserver.protocol.api import MAX_REQUEST_BYTES
 from qserver.protocol.http import NoParams
-from qserver.protocol.proposals import GATED_METHODS
+from qserver.protocol.methods import GATED_METHODS
 from services.gateway.accesslog import log_refusals
 from services.gateway.auth import Authenticates, Principal
 from services.gateway.authroutes import auth_handlers, credentials_of

@@ -21,6 +21,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from qserver.errors import BadRequest, Refused
 from qserver.jsutil import default_replicas
+from qserver.plan_tools.validation import validate_plan
 from qserver.protocol.items import QueueItem
 from qserver.protocol.subjects import Subjects
 from qserver.protocol.worker import ExistingLists
@@ -177,8 +178,6 @@ class PlanCatalog:
         """Check a plan against the submitter's allowed lists; instructions pass."""
         if item.item_type != "plan":
             return
-        from qserver.plan_tools.validation import validate_plan
-
         plans, devices = self.allowed(item.user_group)  # type: ignore[arg-type]
         try:
             validate_plan(msgspec.to_builtins(item), plans, devices)

@@ -17,7 +17,8 @@ from qserver.errors import BadRequest, NotFound, QServerError, Refused
 from qserver.plan_tools.proposal_rules import Rule, first_match, gate_of
 from qserver.protocol import api
 from qserver.protocol.items import HistoryRecord, HistoryResult, QueueItem
-from qserver.protocol.proposals import GATED_METHODS, Proposal
+from qserver.protocol.methods import GATED_METHODS
+from qserver.protocol.proposals import Proposal
 from qserver.protocol.queue_log import (
     ProposalApproved,
     ProposalEdited,

@@ -122,9 +122,12 @@ class ChildServer:
     def start(self, timeout: float = 10.0) -> ChildServer:
         raise NotImplementedError
 
-    def _spawn(self, cmd: list[str], *, log_output: bool = True) -> None:
+    def _spawn(
+        self, cmd: list[str], *, log_output: bool = True, env: dict[str, str] | None = None
+    ) -> None:
         """Start `cmd` in a session of its own, its output appended to the log file (unless the
-        program writes the log itself), dying with this process when `death_signal` is set."""
+        program writes the log itself), dying with this process when `death_signal` is set;
+        `env` is its whole environment (None: this process's)."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file if log_output else os.devnull, "ab") as out:
             self.proc = subprocess.Popen(
@@ -132,6 +135,7 @@ class ChildServer:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
                 preexec_fn=die_with_parent_hook(self.death_signal),
             )

@@ -8,7 +8,6 @@ import datetime
 import fcntl
 import json
 import os
-import secrets
 import select
 import signal
 import subprocess
@@ -21,9 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from qserver.config import CONFIG_ENV, ConfigError, config_path, switch
-from qserver.config import add_argument as add_config_argument
-from qserver.config import load_file as load_config_file
+from qserver.configargs import CONFIG_ENV, config_path, switch
+from qserver.configargs import add_argument as add_config_argument
 from qserver.documents import DEFAULT_TOPIC
 from qserver.errors import QServerError
 from qserver.localstack import DATA_DIR_ENV, register_stack, registered_stacks, unregister_stack
@@ -51,6 +49,9 @@ TILED_READY_TIMEOUT = 60.0
 HELPER_GRACE = 10.0  # beyond READY_TIMEOUT, for the start-up checks' own start
 HELPER_POLL = 0.05
 CHECK_TIMEOUT = 60.0  # the Kafka topic, the --http-config check
+# nats-server's Go heap is collected down toward this once it is larger (GOMEMLIMIT, a soft
+# limit: a larger live heap is kept; a GOMEMLIMIT in the environment wins). ADR 34.
+NATS_MEMORY_LIMIT = "24MiB"
 # More than CRASH_LIMIT exits within CRASH_WINDOW seconds is a crash loop: restarting at once
 # would only spin the CPU and flood the log, so the next start waits CRASH_BACKOFF seconds.
 CRASH_LIMIT = 5
@@ -153,7 +154,7 @@ def ensure_http_key(cfg: StackConfig) -> str:
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(24) + "\n")  # alphanumeric, as bluesky-httpserver wants
+            f.write(os.urandom(24).hex() + "\n")  # alphanumeric, as bluesky-httpserver wants
     return path.read_text().strip()
 
 
@@ -322,6 +323,7 @@ class Stack:
             log_file=self.cfg.logs_dir / "nats-server.log",
             death_signal=signal.SIGTERM,
             config_file=self.cfg.nats_config_file,
+            memory_limit=NATS_MEMORY_LIMIT,
         )
         self._run_nats()
         say(f"nats-server ready in {time.monotonic() - started:.2f} s")
@@ -964,10 +966,16 @@ def use_config(path: str | None) -> None:
     """Check the configuration file now, and hand it to every service through the environment."""
     if not path:
         return
-    try:
-        load_config_file(path)
-    except ConfigError as e:
-        raise SystemExit(f"configuration error: {e}") from None
+    # In a child (`python -m qserver.config FILE`): the supervisor loads no msgspec (ADR 34).
+    done = subprocess.run(
+        [sys.executable, "-m", "qserver.config", path],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(done.stderr.strip() or f"configuration error: {path} was not read")
     os.environ[CONFIG_ENV] = str(Path(path).resolve())
 
 

@@ -13,8 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from qserver.protocol.api import READ_ONLY_METHODS
-from qserver.protocol.proposals import GATED_METHODS
+from qserver.protocol.methods import GATED_METHODS, READ_ONLY_METHODS
 from qserver.protocol.subjects import (
     DEFAULT_PREFIX,
     IDENTITY_METHODS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from services.runtime.procs import ChildServer, http_status
+
+GOMEMLIMIT = "GOMEMLIMIT"
 
 
 def find_binary() -> str:
@@ -83,8 +86,12 @@ class NatsServer(ChildServer):
         log_file: Path | None = None,
         death_signal: int | None = None,
         config_file: Path | None = None,
+        memory_limit: str | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
+        # The Go runtime's soft memory limit (GOMEMLIMIT, as "24MiB"); a GOMEMLIMIT in this
+        # process's environment wins (ADR 34).
+        self.memory_limit = memory_limit
         # A nats-server config (accounts, users, TLS); the flags below override what it sets.
         self.config_file = config_file
         # Sent by the kernel when the process that started the server dies (Linux).
@@ -117,7 +124,10 @@ class NatsServer(ChildServer):
         ]
         if self.config_file is not None:
             cmd += ["-c", str(self.config_file)]
-        self._spawn(cmd, log_output=False)  # nats-server writes its log file itself (-l)
+        env = None
+        if self.memory_limit and GOMEMLIMIT not in os.environ:
+            env = {**os.environ, GOMEMLIMIT: self.memory_limit}
+        self._spawn(cmd, log_output=False, env=env)  # nats-server writes its log file (-l)
         self._wait_ready(timeout)
         return self
 

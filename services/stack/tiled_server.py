@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ def load_or_make_key(path: Path) -> str:
             return key
     except FileNotFoundError:
         pass
-    key = secrets.token_hex(24)
+    key = os.urandom(24).hex()  # not `secrets`: it maps OpenSSL (ADR 34)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -15,7 +15,8 @@ from typing import Any
 
 import msgspec
 
-from qserver.protocol.api import READ_ONLY_METHODS, REQUEST_TYPES
+from qserver.protocol.api import REQUEST_TYPES
+from qserver.protocol.methods import READ_ONLY_METHODS
 from services.zmq_bridge.keys import Access, ClientKey
 
 LOCAL = "local"

@@ -16,7 +16,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from qserver.protocol.proposals import GATED_METHODS
+from qserver.protocol.methods import GATED_METHODS
 from services.zmq_bridge.access import Denied, authorize, principal_of
 from services.zmq_bridge.keys import ClientKey
 from services.zmq_bridge.link import NatsLink, Unavailable

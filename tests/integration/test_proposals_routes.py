@@ -18,7 +18,7 @@ import zmq
 from qserver.client import AccessDenied, Client
 from qserver.connect import NatsAuth
 from qserver.protocol.api import REQUEST_TYPES
-from qserver.protocol.proposals import GATED_METHODS
+from qserver.protocol.methods import GATED_METHODS
 from qserver.protocol.subjects import IDENTITY_METHODS
 from services.gateway.auth import ALL_SCOPES
 from services.gateway.routes import ROUTES

@@ -1,5 +1,6 @@
 """The stack's start-up checks run in a child that exits (ADR 33): what it does, and that the
-supervisor, resident for the stack's life, keeps none of the libraries they need."""
+supervisor, resident for the stack's life, keeps none of the libraries they need (nor
+OpenSSL or msgspec, ADR 34); nats-server's soft memory limit."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from typing import Any
 
 import pytest
 
+from services.stack.embedded import NATS_MEMORY_LIMIT
 from services.stack.kafka_broker import KafkaBroker
-from services.stack.natsserver import free_port
+from services.stack.natsserver import NatsServer, free_port
 from tests.conftest import new_topic
 from tests.integration.test_stack import Stacks
 
-# What the start-up checks load: a NATS client (asyncio), the Kafka admin client, 0MQ.
-START_UP_LIBRARIES = ("_asyncio", "librdkafka", "libzmq")
+# What the start-up checks load: a NATS client (asyncio), the Kafka admin client, 0MQ; and
+# what the supervisor no longer loads at all (ADR 34): OpenSSL (ssl, hashlib, secrets) and
+# msgspec (the configuration file is checked in a child).
+START_UP_LIBRARIES = ("_asyncio", "librdkafka", "libzmq", "libcrypto", "libssl", "msgspec")
 
 
 def helper(*args: str, stdin: bytes = b"") -> tuple[int, list[dict[str, Any]]]:
@@ -94,6 +98,38 @@ async def test_the_supervisor_keeps_no_start_up_library_and_still_restarts_the_b
     # The services still map them: the check can see them.
     worker_maps = Path(f"/proc/{info['services']['worker']}/maps").read_text()
     assert "_asyncio" in worker_maps and "librdkafka" in worker_maps
+    assert "libcrypto" in worker_maps and "msgspec" in worker_maps
+
+
+async def test_nats_server_gets_a_soft_memory_limit_unless_one_is_set(
+    stacks: Stacks, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("GOMEMLIMIT", raising=False)
+    stack = stacks.start("--no-kafka")
+    info = await stack.wait_info()
+    environ = Path(f"/proc/{info['nats_pid']}/environ").read_bytes().split(b"\0")
+    assert f"GOMEMLIMIT={NATS_MEMORY_LIMIT}".encode() in environ
+    # A limit of the user's own wins (the Go runtime reads it from the environment).
+    monkeypatch.setenv("GOMEMLIMIT", "off")
+    server = NatsServer(tmp_path / "nats", memory_limit=NATS_MEMORY_LIMIT).start()
+    try:
+        assert server.proc is not None
+        environ = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
+        assert b"GOMEMLIMIT=off" in environ
+    finally:
+        server.stop()
+
+
+def test_a_bad_configuration_file_stops_the_stack_before_anything_starts(tmp_path: Path) -> None:
+    cfg = tmp_path / "qserver.yml"
+    cfg.write_text("nats:\n  replicas: many\n")
+    data_dir = tmp_path / "data"
+    argv = [sys.executable, "-m", "services.stack.embedded", "--config", str(cfg)]
+    argv += ["--data-dir", str(data_dir), f"--nats-port={free_port()}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "configuration error" in done.stderr and "nats.replicas" in done.stderr, done.stderr
+    assert not (data_dir / "stack.json").exists()
 
 
 async def test_a_service_that_dies_while_starting_stops_the_start_naming_it_and_its_log(
