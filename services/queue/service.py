@@ -233,8 +233,13 @@ class QueueService:
                 self._unheld.set()
                 await self.publish_status()
 
-    async def publish_status(self) -> None:
+    async def publish_status(self, *, heartbeat: bool = False) -> None:
         """Publish the status event; a new `time` and `status_uid` only when something changed.
+
+        An event that would change nothing, not even the run's progress, is not sent, except
+        as the heartbeat (every HEARTBEAT_S, by which followers know their copy is fresh):
+        about half of a plan's calls changed nothing (a worker state that the status does not
+        show), and each went to every follower.
 
         While the status is held, the holder's changes wait for its end (which publishes
         them); anyone else waits for that end too, so that a reply never goes out before the
@@ -255,6 +260,8 @@ class QueueService:
             # Nothing changed: same time, status_uid and number. The run's progress is a
             # reading like the time, not a change of state (ADR 25); a follower takes an
             # event of the same number (ADR 29).
+            if st.progress == prev.progress and not heartbeat:
+                return
             st = msgspec.structs.replace(prev, progress=st.progress)
         else:
             if prev is not None:
@@ -285,7 +292,7 @@ class QueueService:
     async def heartbeat(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            await self.publish_status()
+            await self.publish_status(heartbeat=True)
 
     # ----- writing -----
 
