@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from qserver.client import Client, NoAnswer
 from qserver.jsutil import read_stream
 from qserver.protocol.status import STATUS_SEQ_HEADER, parse_status_seq
+from services.queue.service import HEARTBEAT_S
 from tests.conftest import USER, Services, plan
+from tests.integration.test_execution import idle, open_env, quick, until
 from tests.integration.test_history import write_record
 
 T = 60.0
@@ -157,3 +161,34 @@ async def test_concurrent_adds_are_stored_together_and_answered_as_one_after_ano
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_a_status_that_changes_nothing_goes_out_only_as_the_heartbeat(
+    client: Client,
+) -> None:
+    """20 plans run while every status event is counted: an event equal to the one before
+    it (the same number, the same run progress) is a heartbeat, at most one per period.
+    Before, about half of a plan's events were such (~5 per plan)."""
+    await open_env(client)
+    events: list[tuple[tuple[str, int] | None, object]] = []
+
+    async def on_event(msg: Msg) -> None:
+        seq = parse_status_seq((msg.headers or {}).get(STATUS_SEQ_HEADER))
+        events.append((seq, msgspec.json.decode(msg.data).get("progress")))
+
+    sub = await client.nc.subscribe(client.subjects.status_event, cb=on_event)
+    try:
+        r = await client.request(
+            "queue_item_add_batch", {"items": [quick()] * 20, **USER}, timeout=T
+        )
+        assert r["success"], r
+        started = time.monotonic()
+        assert (await client.request("queue_start"))["success"]
+        await until(client, lambda st: st["items_in_queue"] == 0 and idle(st), timeout=T)
+        await client.nc.flush()
+        elapsed = time.monotonic() - started
+    finally:
+        await sub.unsubscribe()
+    assert len(events) > 20  # each plan's start and end are there
+    repeats = sum(1 for a, b in itertools.pairwise(events) if a == b)
+    assert repeats <= elapsed / HEARTBEAT_S + 2, (repeats, len(events), elapsed)

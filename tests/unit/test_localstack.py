@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qserver.connect import NatsAuth
-from qserver.localstack import is_stack_nats, stack_credentials
+from qserver.localstack import _entry, is_stack_nats, stack_credentials
 from services.runtime.replies import reply_allowed
 
 CLIENT = {"role": "operator", "nkey": "/d/nats-keys/operator.nk", "inbox_prefix": "_INBOX.operator"}
@@ -37,3 +39,18 @@ def test_services_answer_inboxes_and_their_own_jetstream_deliveries_only() -> No
     assert not reply_allowed("$SRV.PING", "$JS.ACK.QS_TST_RESULTS.queue-results.1.5.5.0.0")
     # A JetStream delivery comes through one of the connection's inboxes.
     assert reply_allowed("_INBOX.queue.xyz", "$JS.ACK.QS_TST_RESULTS.queue-results.1.5.5.0.0")
+
+
+def test_a_registry_entry_per_data_dir_named_after_it(tmp_path: Path) -> None:
+    a, b = tmp_path / "one" / "data", tmp_path / "two" / "data"
+    for d in (a, b):
+        d.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(a)
+    assert (
+        _entry(a) == _entry(tmp_path / "link") == _entry(tmp_path / "one" / ".." / "one" / "data")
+    )
+    assert _entry(a) != _entry(b)  # the same name, another directory
+    assert _entry(a).name.startswith("data-") and _entry(a).suffix == ".json"
+    odd = tmp_path / "beam line: 7"
+    odd.mkdir()
+    assert _entry(odd).name.startswith("beam_line__7-")
