@@ -201,3 +201,42 @@ async def read_stream_with_headers(
         # often (the console's catch-up) leaves none behind.
         with contextlib.suppress(Exception):
             await js.delete_consumer(stream, sub._consumer)
+
+
+async def kv_scan(js: JetStreamContext, bucket: str, prefix: str) -> list[tuple[str, bytes]]:
+    """(key, value) of every live key of KV `bucket` under `prefix.`, as of the call.
+
+    A pull consumer delivering the last message per key: its pending count before the
+    first fetch is exact, so the scan knows when it has seen everything. (A KV watcher
+    cannot: nats-py marks the end of its initial values from a consumer count it reads
+    after the messages start to flow, so a scan through one can end before the first key,
+    and a key made just before looked absent.)
+    """
+    stream = f"KV_{bucket}"
+    sub = await js.pull_subscribe(
+        f"$KV.{bucket}.{prefix}.>",
+        stream=stream,
+        config=api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=30.0,
+        ),
+    )
+    head = f"$KV.{bucket}."
+    out: list[tuple[str, bytes]] = []
+    try:
+        pending = (await sub.consumer_info()).num_pending or 0
+        while pending:
+            for msg in await sub.fetch(min(pending, 1000), timeout=5):
+                pending = msg.metadata.num_pending or 0
+                headers = msg.headers or {}
+                if headers.get("KV-Operation") in ("DEL", "PURGE"):
+                    continue
+                if "Nats-Marker-Reason" in headers:  # a server's expiry or removal marker
+                    continue
+                out.append((msg.subject[len(head) :], msg.data))
+    finally:
+        await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, sub._consumer)
+    return out

@@ -20,11 +20,12 @@ from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from qserver.client import Client
-from qserver.jsutil import default_replicas, ensure_key_value
+from qserver.jsutil import default_replicas, ensure_key_value, kv_scan
 from qserver.protocol import auth as rec
 from services.gateway.errors import Unavailable
 
@@ -54,6 +55,7 @@ class AuthStore:
         self._bucket = bucket
         self._timeout = timeout
         self._kv: KeyValue | None = None
+        self._js: JetStreamContext | None = None
         self._kv_nc: Any = None
         self._cache: dict[str, tuple[float, Any]] = {}
         self._touched: dict[str, float] = {}
@@ -73,6 +75,7 @@ class AuthStore:
                     f"The login store {self._bucket} cannot be opened ({e!r}): is JetStream "
                     "there, and may the gateway's NATS user use the bucket? (deploy.md)"
                 ) from None
+            self._js = js
             self._kv_nc = client.nc
         return self._kv
 
@@ -159,25 +162,15 @@ class AuthStore:
         await self._call(f"a delete of {key}", lambda: kv.delete(key))
         self._forget(key)
 
-    async def _scan(self, prefix: str, rtype: type[R]) -> list[R]:
-        """Every record whose key starts with `prefix.` (one pass of a KV watcher)."""
-        kv = await self.kv()
+    async def _scan(self, prefix: str, rtype: type[R]) -> list[tuple[str, R]]:
+        """(key, record) of every record whose key starts with `prefix.`."""
+        await self.kv()
+        js = self._js
+        assert js is not None
 
-        async def scan() -> list[R]:
-            watcher = await kv.watch(f"{prefix}.>", ignore_deletes=True)
-            out: list[R] = []
-            try:
-                while True:
-                    entry = await watcher.updates(timeout=self._timeout)
-                    if entry is None:
-                        break
-                    if entry.value:
-                        out.append(msgspec.json.decode(entry.value, type=rtype))
-                    if not entry.delta:
-                        break
-            finally:
-                await watcher.stop()
-            return out
+        async def scan() -> list[tuple[str, R]]:
+            found = await kv_scan(js, self._bucket, prefix)
+            return [(key, msgspec.json.decode(value, type=rtype)) for key, value in found]
 
         return await self._call(f"a scan of {prefix}", scan)
 
@@ -191,7 +184,7 @@ class AuthStore:
         return got[0] if got else None
 
     async def principals(self) -> list[rec.PrincipalRecord]:
-        return await self._scan(rec.PRINCIPAL, rec.PrincipalRecord)
+        return [p for _, p in await self._scan(rec.PRINCIPAL, rec.PrincipalRecord)]
 
     async def login(self, provider: str, user_id: str, now: str) -> rec.PrincipalRecord:
         """The principal of this identity (made at its first login), with `latest_login` set."""
@@ -272,7 +265,7 @@ class AuthStore:
     async def sessions_of(self, principal: str) -> list[rec.SessionRecord]:
         now = time.time()
         out = []
-        for s in await self._scan(rec.SESSION, rec.SessionRecord):
+        for _, s in await self._scan(rec.SESSION, rec.SessionRecord):
             if s.expiration_time < now:
                 await self._delete(f"{rec.SESSION}.{s.uuid}")  # purged, as the reference does
             elif s.principal == principal:
@@ -324,35 +317,17 @@ class AuthStore:
         keys = await self._scan(rec.APIKEY, rec.ApiKeyRecord)
         return [
             k
-            for k in keys
+            for _, k in keys
             if k.principal == principal and (k.expiration_time is None or k.expiration_time > now)
         ]
 
     async def delete_apikey(self, principal: str, first_eight: str) -> bool:
         """Delete the principal's key that starts with `first_eight`; False if none."""
-        kv = await self.kv()
-
-        async def find() -> str | None:
-            watcher = await kv.watch(f"{rec.APIKEY}.>", ignore_deletes=True)
-            try:
-                while True:
-                    entry = await watcher.updates(timeout=self._timeout)
-                    if entry is None:
-                        return None
-                    if entry.value:
-                        k = msgspec.json.decode(entry.value, type=rec.ApiKeyRecord)
-                        if k.principal == principal and k.first_eight == first_eight[:8]:
-                            return entry.key
-                    if not entry.delta:
-                        return None
-            finally:
-                await watcher.stop()
-
-        key = await self._call("a search of API keys", find)
-        if key is None:
-            return False
-        await self._delete(key)
-        return True
+        for key, k in await self._scan(rec.APIKEY, rec.ApiKeyRecord):
+            if k.principal == principal and k.first_eight == first_eight[:8]:
+                await self._delete(key)
+                return True
+        return False
 
     # ----- the shared signing key -----
 

@@ -55,13 +55,15 @@ def stream_read_access(stream: str) -> tuple[str, ...]:
 
 
 def kv_bucket_access(bucket: str) -> tuple[str, ...]:
-    """The JetStream API of one KV bucket only: open or create it, read, write, watch.
+    """The JetStream API of one KV bucket only: open or create it, read, write, watch, scan.
 
     What the gateway needs for its logins (ADR 23); its requests cannot reach other streams.
+    A scan fetches from a pull consumer (`qserver.jsutil.kv_scan`).
     """
     stream = f"KV_{bucket}"
     info, *read = stream_read_access(stream)  # and creating it, and its keys' subjects
-    return (info, f"$JS.API.STREAM.CREATE.{stream}", *read, f"$KV.{bucket}.>")
+    scan = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>"
+    return (info, f"$JS.API.STREAM.CREATE.{stream}", *read, scan, f"$KV.{bucket}.>")
 
 
 def inbox_prefix(user: str) -> str:

@@ -29,6 +29,17 @@ async def test_the_stack_gateway_takes_logins_from_a_bluesky_httpserver_config(
         r = await http.post("/api/queue/item/add", json={"item": item}, headers=headers)
         assert (r.json()["item"]["user"], r.json()["item"]["user_group"]) == ("tom", "primary")
         await http.post("/api/queue/clear", headers=headers)
+        # Listing and deleting keys scan the login bucket: within the gateway's NATS rights.
+        r = await http.post("/api/auth/apikey", json={"expires_in": 60}, headers=headers)
+        assert r.status_code == 200, r.text
+        first_eight = r.json()["first_eight"]
+        r = await http.get("/api/auth/whoami", headers=headers)
+        assert [k["first_eight"] for k in r.json()["api_keys"]] == [first_eight], r.text
+        r = await http.delete(
+            "/api/auth/apikey", params={"first_eight": first_eight}, headers=headers
+        )
+        assert r.status_code == 200, r.text
+        assert (await http.get("/api/auth/whoami", headers=headers)).json()["api_keys"] == []
     assert "logins as configured in" in stack.output()
 
 
