@@ -172,17 +172,8 @@ async def read_stream_with_headers(
     last = info.state.last_seq
     if last < start_seq or info.state.messages == 0:
         return
-    sub = await js.pull_subscribe(
-        subject,
-        stream=stream,
-        config=api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(start_seq, 1),
-            ack_policy=api.AckPolicy.NONE,
-            inactive_threshold=30.0,
-        ),
-    )
-    try:
+    start = api.DeliverPolicy.BY_START_SEQUENCE
+    async with _reader(js, stream, subject, start, opt_start_seq=max(start_seq, 1)) as sub:
         seq = start_seq - 1
         while seq < last:
             pending = (await sub.consumer_info()).num_pending or 0
@@ -195,10 +186,30 @@ async def read_stream_with_headers(
                 if seq > last:
                     break
                 yield seq, msg.data, msg.headers
+
+
+@contextlib.asynccontextmanager
+async def _reader(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    deliver: api.DeliverPolicy,
+    opt_start_seq: int | None = None,
+) -> AsyncIterator[JetStreamContext.PullSubscription]:
+    """An ephemeral pull consumer without acks, removed when the block ends."""
+    config = api.ConsumerConfig(
+        deliver_policy=deliver,
+        opt_start_seq=opt_start_seq,
+        ack_policy=api.AckPolicy.NONE,
+        inactive_threshold=30.0,
+    )
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    try:
+        yield sub
     finally:
         await sub.unsubscribe()
         # The consumer goes now, not after its inactive threshold: a reader that reads
-        # often (the console's catch-up) leaves none behind.
+        # often (the console's catch-up, the gateway's login scans) leaves none behind.
         with contextlib.suppress(Exception):
             await js.delete_consumer(stream, sub._consumer)
 
@@ -212,19 +223,10 @@ async def kv_scan(js: JetStreamContext, bucket: str, prefix: str) -> list[tuple[
     after the messages start to flow, so a scan through one can end before the first key,
     and a key made just before looked absent.)
     """
-    stream = f"KV_{bucket}"
-    sub = await js.pull_subscribe(
-        f"$KV.{bucket}.{prefix}.>",
-        stream=stream,
-        config=api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=api.AckPolicy.NONE,
-            inactive_threshold=30.0,
-        ),
-    )
     head = f"$KV.{bucket}."
     out: list[tuple[str, bytes]] = []
-    try:
+    last = api.DeliverPolicy.LAST_PER_SUBJECT
+    async with _reader(js, f"KV_{bucket}", f"{head}{prefix}.>", last) as sub:
         pending = (await sub.consumer_info()).num_pending or 0
         while pending:
             for msg in await sub.fetch(min(pending, 1000), timeout=5):
@@ -235,8 +237,4 @@ async def kv_scan(js: JetStreamContext, bucket: str, prefix: str) -> list[tuple[
                 if "Nats-Marker-Reason" in headers:  # a server's expiry or removal marker
                     continue
                 out.append((msg.subject[len(head) :], msg.data))
-    finally:
-        await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, sub._consumer)
     return out
