@@ -228,9 +228,20 @@ async def progress_offered(gw: Gateway) -> bool:
 
 
 async def open_environment(page: Any) -> None:
+    """Open the environment from the page unless the previous test left it open.
+
+    Which of the two buttons is enabled is known only once the page has both the status
+    and the key's scopes; until then both are disabled, so wait for one of them first.
+    """
     close = page.get_by_role("button", name="Close environment")
+    open_ = page.get_by_role("button", name="Open environment")
+
+    async def either() -> bool:
+        return bool(await close.is_enabled() or await open_.is_enabled())
+
+    await eventually(either, 120)
     if not await close.is_enabled():
-        await page.get_by_role("button", name="Open environment").click()
+        await open_.click()
         await eventually(close.is_enabled, 120)
 
 
