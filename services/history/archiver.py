@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 
 from qserver.documents import Reassembler, StreamDoc, decode
 from qserver.protocol.subjects import Subjects
-from services.history.runs import Action, RunLedger
+from services.history.runs import Action, RunLedger, Stored
 from services.history.tiled_catalog import TiledCatalog
 from services.runtime.doc_stream import (
     Positions,
@@ -77,6 +77,7 @@ class Archiver:
         self._ledger = RunLedger()
         self._joiner = Reassembler()
         self._committed: int | None = None
+        self._new_after = 0  # the stream's last sequence when this reading began
         # One thread: Tiled's writer keeps per-run state and is not meant to be shared.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tiled-writer")
 
@@ -104,7 +105,11 @@ class Archiver:
                 delay = RETRY_S
 
     async def _archive(self) -> None:
-        await ensure_docs_stream(self.nc.jetstream(), self.subjects)
+        info = await ensure_docs_stream(self.nc.jetstream(), self.subjects)
+        # A run that starts after this point was never read by an earlier reading (this
+        # one's before a failure, or a writer process before this one, which is gone: ADR
+        # 32): the catalog cannot hold any of it, so it is not asked.
+        self._new_after = info.state.last_seq if info.state is not None else 0
         start = await self.positions.get(READER)
         self._ledger, self._joiner, self._committed = RunLedger(), Reassembler(), start
         follower = StreamFollower(self.nc, self.subjects.docs_stream, start, self.reconnects)
@@ -165,7 +170,7 @@ class Archiver:
             )
         if name == "start":
             uid = doc["uid"]
-            stored = self.catalog.stored(uid)
+            stored = Stored.ABSENT if first > self._new_after else self.catalog.stored(uid)
             action = ledger.start(uid, first, stored, doc, end=last, publisher=msg.publisher)
             if action is Action.WRITE:
                 self.catalog.start(uid, doc, stored)

@@ -33,12 +33,18 @@ class TiledSettings:
 
 
 class TiledCatalog:
-    """The catalog container and one TiledWriter per run being written."""
+    """The catalog container and the TiledWriter that writes every run into it.
+
+    One writer for all runs (its router keeps each run apart): a writer made per run cost
+    the Tiled server one request more per run (the writer fetches the container with its
+    data sources when it is made), a tenth of what saving a short run costs it.
+    """
 
     def __init__(self, settings: TiledSettings) -> None:
         self.settings = settings
         self._catalog: Any = None
-        self._writers: dict[str, Any] = {}
+        self._writer: Any = None
+        self._open: set[str] = set()  # the runs being written
 
     def connect(self) -> None:
         """Connect (raises while the server is unreachable) and make the container."""
@@ -51,7 +57,7 @@ class TiledCatalog:
             root.create_container(name, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
             logger.info("created the run catalog %r at %s", name, self.settings.url)
         self._catalog = root[name]
-        self._writers.clear()
+        self.forget()
 
     @property
     def catalog(self) -> Any:
@@ -81,22 +87,32 @@ class TiledCatalog:
         if stored is Stored.PARTIAL:
             logger.warning("run %s was saved only in part: writing it again", uid)
             self.catalog.delete_contents([uid], recursive=True, external_only=False)
-        writer = TiledWriter(self.catalog, batch_size=BATCH_SIZE)
-        self._writers[uid] = writer
-        writer("start", doc)
+        if self._writer is None:
+            self._writer = TiledWriter(self.catalog, batch_size=BATCH_SIZE)
+        self._open.add(uid)
+        self._writer("start", doc)
 
     def write(self, run_uid: str, name: str, doc: dict[str, Any]) -> None:
-        self._writers[run_uid](name, doc)
+        if run_uid not in self._open:
+            raise KeyError(f"run {run_uid} is not being written")
+        self._writer(name, doc)
         if name == "stop":
-            del self._writers[run_uid]
+            self._open.discard(run_uid)
 
     def drop(self, uid: str) -> None:
-        """Stop writing one run (it will get no more documents)."""
-        self._writers.pop(uid, None)
+        """Stop writing one run (it will get no more documents).
+
+        The writer's router keeps what it knew of the run (a few small dicts) until the
+        writer is made again: at the next `forget`, or now if no other run is open.
+        """
+        self._open.discard(uid)
+        if not self._open:
+            self._writer = None
 
     def forget(self) -> None:
         """Drop the runs being written (they will be read again from their start)."""
-        self._writers.clear()
+        self._writer = None
+        self._open.clear()
 
     def start_metadata(self, uid: str) -> dict[str, Any] | None:
         """The start document of a saved run (full or partial uid), or None."""

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -247,6 +248,24 @@ async def test_count_and_scan_reach_kafka_consumers_and_the_catalog_linked_to_hi
         assert not r["success"] and "too short" in r["msg"]
         r = await client.request("history_run_item", {"run_uid": "ffffffff-0000"})
         assert not r["success"] and "No run" in r["msg"]
+
+        # A run that starts while the writer follows the stream costs the Tiled server no
+        # lookup for a partial copy, and no new writer (which fetches the container).
+        async with SavedRuns(client) as saved:
+            (later,) = await run_items(client, plan("count", ["det1"], num=1))
+            (later_uid,) = later["result"]["run_uids"]
+            await saved.wait([later_uid])
+        requests = tiled_requests(tiled)
+        assert f"POST /api/v1/metadata/raw/{later_uid}" in requests
+        assert f"GET /api/v1/metadata/raw/{later_uid}" not in requests
+        fetches = [r for r in requests if r.startswith("GET /api/v1/metadata/raw?include_data")]
+        assert len(fetches) == 1, fetches
+
+
+def tiled_requests(tiled: TiledServer) -> list[str]:
+    """The requests in the Tiled server's access log, as `METHOD PATH`."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", tiled.log_file.read_text(errors="replace"))
+    return re.findall(r'"([A-Z]+ \S+) HTTP/', text)
 
 
 async def test_history_service_killed_mid_run_saves_the_run_exactly_once(
