@@ -63,7 +63,8 @@ async def status(http: httpx.AsyncClient, headers: dict[str, str]) -> tuple[int,
 async def test_expired_tampered_and_misused_tokens(http: httpx.AsyncClient) -> None:
     tokens = await login(http)
     access, refresh = tokens["access_token"], tokens["refresh_token"]
-    assert (await status(http, bearer(access)))[0] == 200
+    fresh = await status(http, bearer(access))
+    assert fresh[0] == 200, fresh
     claims = jwt.decode(access, SECRET, algorithms=["HS256"])
 
     # Tampered: a claim changed without the key, or signed with another key.
