@@ -128,7 +128,10 @@ async def main(rounds: int, n: int, profile: str | None) -> dict[str, Any]:
             "client (client - nc_request)": round(p50["client"] - p50["nc_request"], 3),
             "decoding (client_request - client)": round(p50["client_request"] - p50["client"], 3),
         },
-        "followed_over_client_p50": round(p50["client"] / p50["followed"], 1),
+        # A followed status takes microseconds: its p50 can round to 0.000 ms.
+        "followed_over_client_p50": (
+            round(p50["client"] / p50["followed"], 1) if p50["followed"] else None
+        ),
         **extra,
     }
 

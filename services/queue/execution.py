@@ -118,6 +118,7 @@ class Executor:
         self.op: Operation | None = None
         self._worker_seen = -WORKER_STALE_S  # monotonic time of the last worker state
         self._released_at = -RELEASE_EVERY_S  # monotonic time of the last kernel release
+        self._release_again: asyncio.TimerHandle | None = None  # a release deferred till due
         self.tasks = TaskTracker()  # functions and scripts in the environment (ADR 16)
         self._lists_loading: str | None = None  # the environment whose lists are being read
         # The environment being opened (from the command, or from its `initializing` state):
@@ -241,6 +242,9 @@ class Executor:
     def stop(self) -> None:
         for task in [*self._tasks, *self._op_tasks]:
             task.cancel()
+        if self._release_again is not None:
+            self._release_again.cancel()
+            self._release_again = None
 
     async def reconcile(self) -> None:
         """After a restart: learn the worker's state, then settle a running item it lost."""
@@ -415,10 +419,22 @@ class Executor:
         if m.flags.queue_running and len(m.items) and not m.flags.stop_pending:
             return  # the next item goes to the loop that holds the kernel
         now = time.monotonic()
-        if now - self._released_at < RELEASE_EVERY_S:
+        loop = asyncio.get_running_loop()
+        wait = self._released_at + RELEASE_EVERY_S - now
+        if wait > 0:
+            # Said just now: say it again when due if the kernel is still held then (no
+            # state may come before the environment's heartbeat to look again).
+            if self._release_again is None:
+                self._release_again = loop.call_later(wait, self._release_due)
             return
         self._released_at = now
-        asyncio.get_running_loop().create_task(self._release_kernel())
+        task = loop.create_task(self._release_kernel())
+        self._op_tasks.add(task)
+        task.add_done_callback(self._op_tasks.discard)
+
+    def _release_due(self) -> None:
+        self._release_again = None
+        self.release_kernel_if_done()
 
     async def _release_kernel(self) -> None:
         with contextlib.suppress(Exception):  # it also lets go by itself after a while

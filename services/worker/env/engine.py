@@ -261,6 +261,8 @@ class Environment:
             job()
         except (Exception, KeyboardInterrupt):  # an interrupt between a plan's steps
             logger.exception("job failed")
+        if getattr(job, "lets_go", False):
+            return 0.0
         with self.lock:
             return 0.0 if self.running is not None else HOLD_S
 

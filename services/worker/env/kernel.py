@@ -57,6 +57,21 @@ CONNECTION_KEYS = (
 Job = Callable[[], None]
 
 
+def letting_go(job: Job) -> Job:
+    """`job`, after which the execution loop gives the kernel back at once.
+
+    For a foreground task: it runs only while the manager is idle, so no queue item waits for
+    the loop that holds the kernel, and the queue service would only say "release" (a round
+    trip later; the reference's loop stops as the task ends).
+    """
+
+    def run() -> None:
+        job()
+
+    run.lets_go = True  # type: ignore[attr-defined]
+    return run
+
+
 def connection_file(directory: Path, env_uid: str) -> Path:
     """The connection file of the environment `env_uid`'s kernel."""
     return directory / f"kernel-{env_uid[:8]}.json"
@@ -285,6 +300,9 @@ class KernelHost:
                     self._hold_until = time.monotonic() + hold
                     if hold <= 0:
                         self._release = True
+                    if self._release and self.jobs.empty():
+                        self._active = False  # let go now, not after a poll
+                        return
         finally:
             with self._cond:
                 self._active = False
