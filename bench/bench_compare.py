@@ -234,19 +234,32 @@ def workloads(python: Path, side: dict[str, Any], phase: str, quick: bool) -> di
 
 
 async def http_figures(side: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Requests/s over HTTP with 1 and 8 clients (httpx, as bluesky-queueserver-api uses);
+    with 1 client also the CPU time per request of the side's processes together and of
+    this process, the client: which of the two the one-client figure measures."""
     url, key = side["http_url"], side["http_key"]
     total = 200 if quick else 2_000
     out: dict[str, Any] = {}
+    me = psutil.Process()
+
+    async def measured(name: str, clients: int, method: str, path: str, body: Any) -> None:
+        pids = side["processes"]()
+        servers, client = _cpu(pids), me.cpu_times()
+        r = await measure(url, key, method, path, body, clients, total)
+        out[f"http_{name}_{clients}_req_s"] = r["req_per_s"]
+        out[f"http_{name}_{clients}_p99_ms"] = r["p99_ms"]
+        if clients == 1:
+            after, n = _cpu(pids), r["n"] + 1  # and the warm-up request
+            used = sum(after[p] - servers[p] for p in servers if p in after)
+            now = me.cpu_times()
+            spent = now.user + now.system - client.user - client.system
+            out[f"http_{name}_1_server_cpu_us"] = round(used / n * 1e6, 1)
+            out[f"http_{name}_1_client_cpu_us"] = round(spent / n * 1e6, 1)
+
     for clients in (1, 8):
-        r = await measure(url, key, "GET", "/api/status", {}, clients, total)
-        out[f"http_status_{clients}_req_s"] = r["req_per_s"]
-        out[f"http_status_{clients}_p99_ms"] = r["p99_ms"]
+        await measured("status", clients, "GET", "/api/status", {})
     for clients in (1, 8):
-        r = await measure(
-            url, key, "POST", "/api/queue/item/add", {"item": HTTP_ITEM}, clients, total
-        )
-        out[f"http_add_{clients}_req_s"] = r["req_per_s"]
-        out[f"http_add_{clients}_p99_ms"] = r["p99_ms"]
+        await measured("add", clients, "POST", "/api/queue/item/add", {"item": HTTP_ITEM})
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"ApiKey {key}"}) as h:
             (await h.post("/api/queue/clear")).raise_for_status()
     return out

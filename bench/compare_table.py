@@ -58,8 +58,14 @@ ROWS: tuple[Row, ...] = (
     Row("pss_core_mib", "  PSS, core processes (shared pages split)", "MiB", "lower", None),
     Row("pss_all_mib", "  PSS, every process of the stack", "MiB", "lower", None),
     Row("http_status_1_req_s", "HTTP status, 1 client", "req/s", "higher", 5.0),
+    # With one client, where the CPU per request went: every process of the side together,
+    # and the measuring client (httpx, the same on both sides).
+    Row("http_status_1_server_cpu_us", "  its servers' CPU per request", "µs", "lower"),
+    Row("http_status_1_client_cpu_us", "  the client's (httpx) CPU per request", "µs", "lower"),
     Row("http_status_8_req_s", "HTTP status, 8 clients", "req/s", "higher", 5.0),
     Row("http_add_1_req_s", "HTTP item add, 1 client", "req/s", "higher", 5.0),
+    Row("http_add_1_server_cpu_us", "  its servers' CPU per request", "µs", "lower"),
+    Row("http_add_1_client_cpu_us", "  the client's (httpx) CPU per request", "µs", "lower"),
     Row("http_add_8_req_s", "HTTP item add, 8 clients", "req/s", "higher", 5.0),
     Row(
         "idle_cpu_s_per_min",
@@ -173,7 +179,14 @@ def table(entries: list[dict[str, Any]]) -> str:
 
 def markdown(entries: list[dict[str, Any]]) -> str:
     """The comparison as a Markdown table (for docs/benchmarks.md)."""
-    head = ("workload", "unit", "ours", "reference", "ratio (> 1: ours better)", "goal")
+    head: tuple[str, ...] = (
+        "workload",
+        "unit",
+        "ours",
+        "reference",
+        "ratio (> 1: ours better)",
+        "goal",
+    )
     head += ("ours, by round", "reference, by round")
     out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for e in entries:
