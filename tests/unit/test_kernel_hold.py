@@ -11,7 +11,7 @@ import threading
 from types import SimpleNamespace
 
 from services.worker.env.engine import Environment
-from services.worker.env.kernel import HOLD_S, letting_go
+from services.worker.env.kernel import HOLD_S, LettingGo
 
 
 def env(running: object = None) -> SimpleNamespace:
@@ -20,7 +20,7 @@ def env(running: object = None) -> SimpleNamespace:
 
 def test_a_foreground_task_lets_the_kernel_go_as_it_ends() -> None:
     ran: list[str] = []
-    job = letting_go(lambda: ran.append("task"))
+    job = LettingGo(lambda: ran.append("task"))
     assert Environment._run_job(env(), job) == 0.0  # type: ignore[arg-type]
     assert ran == ["task"]
 
@@ -29,7 +29,7 @@ def test_an_interrupted_task_lets_the_kernel_go_too() -> None:
     def interrupted() -> None:
         raise KeyboardInterrupt
 
-    assert Environment._run_job(env(), letting_go(interrupted)) == 0.0  # type: ignore[arg-type]
+    assert Environment._run_job(env(), LettingGo(interrupted)) == 0.0  # type: ignore[arg-type]
 
 
 def test_a_finished_plan_holds_the_kernel_for_the_next_item() -> None:

@@ -26,7 +26,7 @@ from services.runtime.console import ConsolePublisher
 from services.runtime.service_base import encode
 from services.worker.env.dry_run import DryRuns
 from services.worker.env.engine import CONTINUE_STATUS, Environment, Running
-from services.worker.env.kernel import letting_go
+from services.worker.env.kernel import LettingGo
 from services.worker.env.metadata import metadata_reply
 from services.worker.env.tasks import Tasks
 from services.worker.results import ensure_results_stream
@@ -253,7 +253,7 @@ class EnvCommands:
             return TaskAccepted(success=False, msg=msg)
         accepted, job = self.tasks.start(req)
         if job is not None:
-            refused = await self._submit(env.submit, letting_go(job))
+            refused = await self._submit(env.submit, LettingGo(job))
             if refused is not None:
                 self.tasks.not_started(req.task_uid)
                 await env.publish_state()

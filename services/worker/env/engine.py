@@ -37,7 +37,7 @@ from services.runtime.service_base import encode
 from services.worker.env import live_docs, metadata
 from services.worker.env.console import ConsoleSink
 from services.worker.env.journal import DocumentJournal
-from services.worker.env.kernel import HOLD_S, KernelHost, pause_on_interrupt
+from services.worker.env.kernel import HOLD_S, KernelHost, LettingGo, pause_on_interrupt
 from services.worker.env.link import NatsLink
 from services.worker.env.progress import ProgressPublisher
 from services.worker.env.runs import RunTracker
@@ -261,7 +261,7 @@ class Environment:
             job()
         except (Exception, KeyboardInterrupt):  # an interrupt between a plan's steps
             logger.exception("job failed")
-        if getattr(job, "lets_go", False):
+        if isinstance(job, LettingGo):
             return 0.0
         with self.lock:
             return 0.0 if self.running is not None else HOLD_S

@@ -57,19 +57,19 @@ CONNECTION_KEYS = (
 Job = Callable[[], None]
 
 
-def letting_go(job: Job) -> Job:
-    """`job`, after which the execution loop gives the kernel back at once.
+class LettingGo:
+    """A job after which the execution loop gives the kernel back at once.
 
     For a foreground task: it runs only while the manager is idle, so no queue item waits for
     the loop that holds the kernel, and the queue service would only say "release" (a round
     trip later; the reference's loop stops as the task ends).
     """
 
-    def run() -> None:
-        job()
+    def __init__(self, job: Job) -> None:
+        self.job = job
 
-    run.lets_go = True  # type: ignore[attr-defined]
-    return run
+    def __call__(self) -> None:
+        self.job()
 
 
 def connection_file(directory: Path, env_uid: str) -> Path:
