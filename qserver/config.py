@@ -110,6 +110,10 @@ class TiledSection(Section):
     url: Annotated[str | None, _d("Tiled server the runs are saved to; empty = off")] = None
     api_key: Annotated[str | None, _d("its API key")] = None
     catalog: Annotated[str | None, _d("the container of runs")] = None
+    close_streams: Annotated[
+        bool | None,
+        _d("tell the server when a run's writes end (off only for a server with no live streams)"),
+    ] = None
 
 
 class QueueSection(Section):
@@ -230,6 +234,7 @@ ENV: dict[tuple[str, str], str] = {
     ("tiled", "url"): "QSERVER_TILED_URL",
     ("tiled", "api_key"): "QSERVER_TILED_API_KEY",
     ("tiled", "catalog"): "QSERVER_TILED_CATALOG",
+    ("tiled", "close_streams"): "QSERVER_TILED_CLOSE_STREAMS",
     ("queue", "instance"): "QSERVER_INSTANCE",
     ("queue", "existing_lists"): "QSERVER_EXISTING_LISTS",
     ("queue", "permissions"): "QSERVER_PERMISSIONS",
@@ -266,6 +271,7 @@ BOOLEAN_VARS = (
     "QSERVER_DOCS_STREAM",
     "QSERVER_ZMQ_PUBLISH_CONSOLE",
     "QSERVER_ZMQ_INFO_PUBLIC",
+    "QSERVER_TILED_CLOSE_STREAMS",
 )
 
 

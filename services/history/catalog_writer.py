@@ -32,7 +32,12 @@ import nats
 from qserver.connect import NatsAuth, connect_options, servers
 from qserver.protocol.subjects import Subjects
 from services.history.archiver import Archiver, SavedRun
-from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
+from services.history.tiled_catalog import (
+    DEFAULT_CATALOG,
+    TiledCatalog,
+    TiledSettings,
+    close_streams_from_env,
+)
 from services.runtime.console import ServiceConsole
 from services.runtime.doc_stream import Reconnects
 from services.runtime.procs import die_with_parent_hook
@@ -175,6 +180,7 @@ async def main(args: argparse.Namespace) -> int:
         url=args.tiled_url,
         api_key=os.environ.get("QSERVER_TILED_API_KEY") or None,
         catalog=args.tiled_catalog,
+        close_streams=close_streams_from_env(),
     )
     archiver = Archiver(
         nc, subjects, TiledCatalog(settings), on_saved=announce, reconnects=reconnects

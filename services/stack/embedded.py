@@ -390,6 +390,8 @@ class Stack:
         if self.tiled is not None:
             env["QSERVER_TILED_URL"] = self.tiled.url
             env["QSERVER_TILED_API_KEY"] = self.tiled.api_key
+            # Its Tiled has no streaming cache: nobody to tell that a run's writes ended.
+            env["QSERVER_TILED_CLOSE_STREAMS"] = "0"
         if self.cfg.nats_url is None and self.kafka is None and self.tiled is None:
             env["QSERVER_DOCS_STREAM"] = "0"  # nobody would read the document stream (ADR 10)
         return env

@@ -49,11 +49,16 @@ def catalog_env(broker: KafkaBroker, tiled: TiledServer, topic: str) -> dict[str
 
 @contextlib.asynccontextmanager
 async def stack(
-    nats: NatsServer, broker: KafkaBroker, tiled: TiledServer, log_dir: Path
+    nats: NatsServer,
+    broker: KafkaBroker,
+    tiled: TiledServer,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Services]:
     topic = new_topic()
     broker.create_topic(topic, partitions=1)
-    async with running_services(nats, log_dir, env=catalog_env(broker, tiled, topic)) as svc:
+    env = {**catalog_env(broker, tiled, topic), **(env or {})}
+    async with running_services(nats, log_dir, env=env) as svc:
         svc.topic = topic  # type: ignore[attr-defined]
         yield svc
 
@@ -260,6 +265,36 @@ async def test_count_and_scan_reach_kafka_consumers_and_the_catalog_linked_to_hi
         assert f"GET /api/v1/metadata/raw/{later_uid}" not in requests
         fetches = [r for r in requests if r.startswith("GET /api/v1/metadata/raw?include_data")]
         assert len(fetches) == 1, fetches
+        # By default the server is told that the run's writes ended (Tiled's live streams).
+        assert f"DELETE /api/v1/stream/close/raw/{later_uid}" in requests
+
+
+async def test_a_server_without_live_streams_is_not_told_that_a_runs_writes_ended(
+    nats_server: NatsServer, broker: KafkaBroker, tiled: TiledServer, tmp_path: Path
+) -> None:
+    # The embedded stack's Tiled has no streaming cache: the three stream-close calls that
+    # end each run would only cost it three lookups (QSERVER_TILED_CLOSE_STREAMS=0).
+    env = {"QSERVER_TILED_CLOSE_STREAMS": "0"}
+    async with stack(nats_server, broker, tiled, tmp_path, env) as svc:
+        client = svc.client
+        assert client is not None
+        await open_env(client)
+        async with SavedRuns(client) as saved:
+            (item,) = await run_items(client, plan("count", ["det1", "det2"], num=3))
+            (uid,) = item["result"]["run_uids"]
+            await saved.wait([uid])
+        requests = [r for r in tiled_requests(tiled) if uid in r]
+        assert f"POST /api/v1/metadata/raw/{uid}" in requests, requests
+        assert not [r for r in requests if "/stream/close/" in r], requests
+
+        def read() -> tuple[dict[str, Any], list[float]]:
+            with catalog(tiled) as cat:
+                run = cat[uid]
+                return dict(run.metadata["stop"]), list(run["primary"].read()["det2"])
+
+        stop, det2 = await asyncio.to_thread(read)
+        assert stop["exit_status"] == "success" and stop["num_events"] == {"primary": 3}
+        assert len(det2) == 3
 
 
 def tiled_requests(tiled: TiledServer) -> list[str]:

@@ -459,6 +459,10 @@ async def test_the_stack_publishes_documents_to_kafka_and_saves_runs_in_its_cata
 
     plan_name, det1 = await asyncio.to_thread(read_catalog)
     assert plan_name == "count" and len(det1) == 2
+    # Its Tiled has no live streams: the writer does not tell it that the run's writes ended.
+    tiled_log = (stacks.data_dir / "logs" / "tiled.log").read_text(errors="replace")
+    assert f"/api/v1/metadata/raw/{run_uid}" in tiled_log
+    assert "/stream/close/" not in tiled_log
     # Without the key, the catalog is closed.
     import urllib.error
     import urllib.request
