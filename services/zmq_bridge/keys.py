@@ -13,6 +13,7 @@ them (`python -m services.zmq_bridge.keys` makes them too). The client keys file
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +103,17 @@ def load_client_keys(path: Path) -> tuple[ClientKey, ...]:
     return clients
 
 
+def _joined(argv: list[str]) -> list[str]:
+    """`--zmq-private-key KEY` as `--zmq-private-key=KEY`: a Z85 key may begin with `-`
+    (1 in 85 do), which argparse would take for an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        value = next(it, None) if arg == "--zmq-private-key" else None
+        out.append(arg if value is None else f"{arg}={value}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m services.zmq_bridge.keys",
@@ -112,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="print the public key of this private key instead of making a new pair",
     )
-    args = p.parse_args(argv)
+    args = p.parse_args(_joined(sys.argv[1:] if argv is None else argv))
     try:
         if args.zmq_private_key:
             private = check_key(args.zmq_private_key, "the private key")

@@ -201,3 +201,21 @@ def test_the_keys_tool_makes_a_pair_and_derives_a_public_key(
     assert public in capsys.readouterr().out
     with pytest.raises(SystemExit, match="40-character"):
         main(["--zmq-private-key", "short"])
+
+
+def test_the_keys_tool_takes_a_private_key_that_begins_with_a_dash(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 1 key in 85 begins with "-" (Z85), which argparse would take for an option.
+    from services.zmq_bridge.keys import main
+
+    for _ in range(10_000):
+        pub, sec = zmq.curve_keypair()
+        if sec.startswith(b"-"):
+            break
+    else:
+        pytest.fail("no private key beginning with '-' in 10,000")
+    main(["--zmq-private-key", sec.decode()])
+    assert pub.decode() in capsys.readouterr().out
+    main([f"--zmq-private-key={sec.decode()}"])
+    assert pub.decode() in capsys.readouterr().out
