@@ -13,8 +13,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from services.history.runs import Stored
 from services.stack.tiled_server import DEFAULT_CATALOG
 
@@ -47,33 +45,6 @@ class TiledSettings:
         return f"{self.url.rstrip('/')}/api/v1/metadata/{self.catalog}"
 
 
-class StreamCloseSkipped(httpx.BaseTransport):
-    """A transport that answers Tiled's stream-close calls itself and sends the rest on.
-
-    TiledWriter ends every run by telling the server, node by node, that its writes ended
-    (`DELETE /api/v1/stream/close/<path>`: the run, each stream and its table), so that
-    subscribers to the server's live streams hear it. A server without a streaming cache
-    does nothing with them but authenticate and look the node up: 3 of the 8 requests that
-    saving a short run takes, ~40 % of the server's CPU for it (docs/benchmarks.md).
-    """
-
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self.inner = inner
-        self.skipped = 0
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "DELETE" and "/api/v1/stream/close/" in request.url.path:
-            self.skipped += 1
-            # What the server answers: `null`, as JSON.
-            return httpx.Response(
-                200, content=b"null", headers={"content-type": "application/json"}, request=request
-            )
-        return self.inner.handle_request(request)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 class TiledCatalog:
     """The catalog container and the TiledWriter that writes every run into it.
 
@@ -95,6 +66,8 @@ class TiledCatalog:
 
         root = from_uri(self.settings.url, api_key=self.settings.api_key)
         if not self.settings.close_streams:
+            from services.history.tiled_streams import StreamCloseSkipped
+
             http = root.context.http_client
             # httpx takes a transport only when the client is made, and Tiled makes it.
             http._transport = StreamCloseSkipped(http._transport)

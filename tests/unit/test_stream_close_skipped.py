@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import httpx
 
-from services.history.tiled_catalog import StreamCloseSkipped
+from services.history.tiled_streams import StreamCloseSkipped
 
 
 def test_stream_close_calls_are_answered_without_reaching_the_server() -> None:
@@ -28,3 +31,13 @@ def test_stream_close_calls_are_answered_without_reaching_the_server() -> None:
         "POST /api/v1/metadata/raw",
     ]
     assert skip.skipped == 1
+
+
+def test_the_history_service_loads_neither_httpx_nor_tiled() -> None:
+    # Only its catalog writer (a child process, ADR 32) needs them.
+    code = (
+        "import sys, services.history.__main__; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'tiled')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
