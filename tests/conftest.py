@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -200,6 +203,18 @@ def tag(item: dict[str, Any]) -> str:
 
 
 USER = {"user": "tester", "user_group": "primary"}
+
+
+def packages_loaded(modules: str, packages: tuple[str, ...]) -> list[str]:
+    """Which of `packages` (top-level names) importing `modules` (as `import` says them)
+    loads, in a fresh interpreter: the modules loaded by each, sorted."""
+    code = (
+        f"import json, sys, {modules}; "
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {packages!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return list(json.loads(out.stdout))
+
 
 # Figures that tests measure (failover recovery times, ...), printed after the run.
 FIGURES: list[str] = []

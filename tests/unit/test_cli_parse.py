@@ -27,6 +27,7 @@ from qserver.cli.words import (
     parse_move,
 )
 from qserver.legacy import LegacyError, legacy_request, parse_legacy_value, pos_or_uid
+from tests.conftest import packages_loaded
 from tests.unit.test_stack_argv import DEFAULTS as STACK_DEFAULTS
 
 PLAN = '{"name":"count", "args":[["det1", "det2"]]}'
@@ -34,11 +35,7 @@ USER = {"user": "qserver-cli", "user_group": "primary"}
 
 
 def test_import_does_not_load_nats_or_msgspec() -> None:
-    code = "import sys, qserver.cli; print(sorted({'nats', 'msgspec'} & set(sys.modules)))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "[]"
+    assert packages_loaded("qserver.cli", ("nats", "msgspec")) == []
 
 
 @pytest.mark.parametrize("module", ["qserver", "qserver.cli"])

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import httpx
 
 from services.history.tiled_streams import StreamCloseSkipped
+from tests.conftest import packages_loaded
 
 
 def test_stream_close_calls_are_answered_without_reaching_the_server() -> None:
@@ -35,9 +33,4 @@ def test_stream_close_calls_are_answered_without_reaching_the_server() -> None:
 
 def test_the_history_service_loads_neither_httpx_nor_tiled() -> None:
     # Only its catalog writer (a child process, ADR 32) needs them.
-    code = (
-        "import sys, services.history.__main__; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'tiled')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert packages_loaded("services.history.__main__", ("httpx", "tiled")) == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from qserver.errors import BadRequest
 from qserver.plan_tools.annotations import AnyType, parse_annotation
 from qserver.plan_tools.permissions import allowed_lists, load_permissions_file
 from qserver.plan_tools.validation import validate_instruction, validate_plan
+from tests.conftest import packages_loaded
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = yaml.safe_load((DATA / "existing_plans_and_devices.yaml").read_text())
@@ -606,9 +606,5 @@ def test_deeply_nested_values_are_refused_without_crashing() -> None:
 
 
 def test_validation_stays_light() -> None:
-    code = (
-        "import sys, qserver.plan_tools.validation, qserver.plan_tools.permissions;"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('bluesky', 'ophyd', 'nats')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    modules = "qserver.plan_tools.validation, qserver.plan_tools.permissions"
+    assert packages_loaded(modules, ("bluesky", "ophyd", "nats")) == []
