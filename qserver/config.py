@@ -302,6 +302,14 @@ def _env_text(value: Any) -> str:
     return str(value)
 
 
+OFF_WORDS = ("0", "false", "off", "no")
+
+
+def env_flag(var: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """A boolean variable of `BOOLEAN_VARS` (on unless set to one of `OFF_WORDS`)."""
+    return environ.get(var, "1").lower() not in OFF_WORDS
+
+
 def _env_value(var: str, text: str) -> Any:
     if var == "QSERVER_KAFKA_PRODUCER_CONFIG":
         try:
@@ -311,7 +319,7 @@ def _env_value(var: str, text: str) -> Any:
     if var in LIST_VARS:
         return [v.strip() for v in re.split(LIST_VARS[var], text) if v.strip()]
     if var in BOOLEAN_VARS:
-        return text.lower() not in ("0", "false", "off", "no")
+        return text.lower() not in OFF_WORDS
     if var == "QSERVER_USE_IPYTHON_KERNEL":
         try:
             return switch(text)

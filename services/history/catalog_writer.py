@@ -29,15 +29,11 @@ from collections.abc import Mapping
 import msgspec
 import nats
 
+from qserver.config import env_flag
 from qserver.connect import NatsAuth, connect_options, servers
 from qserver.protocol.subjects import Subjects
 from services.history.archiver import Archiver, SavedRun
-from services.history.tiled_catalog import (
-    DEFAULT_CATALOG,
-    TiledCatalog,
-    TiledSettings,
-    close_streams_from_env,
-)
+from services.history.tiled_catalog import DEFAULT_CATALOG, TiledCatalog, TiledSettings
 from services.runtime.console import ServiceConsole
 from services.runtime.doc_stream import Reconnects
 from services.runtime.procs import die_with_parent_hook
@@ -180,7 +176,7 @@ async def main(args: argparse.Namespace) -> int:
         url=args.tiled_url,
         api_key=os.environ.get("QSERVER_TILED_API_KEY") or None,
         catalog=args.tiled_catalog,
-        close_streams=close_streams_from_env(),
+        close_streams=env_flag("QSERVER_TILED_CLOSE_STREAMS"),
     )
     archiver = Archiver(
         nc, subjects, TiledCatalog(settings), on_saved=announce, reconnects=reconnects

@@ -9,7 +9,6 @@ uid, partial uid and scan_id.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +19,6 @@ logger = logging.getLogger(__name__)
 
 # Events are buffered and written in batches of this many (and at the stop document).
 BATCH_SIZE = 100
-
-
-CLOSE_STREAMS_ENV = "QSERVER_TILED_CLOSE_STREAMS"
-
-
-def close_streams_from_env() -> bool:
-    """`$QSERVER_TILED_CLOSE_STREAMS` (default on)."""
-    return os.environ.get(CLOSE_STREAMS_ENV, "1").lower() not in ("0", "false", "off", "no")
 
 
 @dataclass(frozen=True)

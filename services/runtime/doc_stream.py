@@ -25,6 +25,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from qserver.config import env_flag
 from qserver.jsutil import default_replicas, ensure_stream
 from qserver.protocol.subjects import Subjects
 
@@ -44,8 +45,7 @@ RETRY_MAX_S = 5.0
 
 def enabled() -> bool:
     """Whether documents go into the stream: `$QSERVER_DOCS_STREAM` (default on)."""
-    value = os.environ.get("QSERVER_DOCS_STREAM", "1").lower()
-    return value not in ("0", "false", "off", "no")
+    return env_flag("QSERVER_DOCS_STREAM")
 
 
 def _positive(var: str, default: float) -> float:

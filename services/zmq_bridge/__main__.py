@@ -16,6 +16,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
+from qserver.config import env_flag
 from qserver.connect import connect_options
 from qserver.protocol.api import MAX_REQUEST_BYTES
 from services.runtime.service_base import (
@@ -165,7 +166,7 @@ def cli() -> None:
         "--no-console",
         dest="publish_console",
         action="store_false",
-        default=env("QSERVER_ZMQ_PUBLISH_CONSOLE", "1").lower() not in ("0", "false", "off", "no"),
+        default=env_flag("QSERVER_ZMQ_PUBLISH_CONSOLE"),
         help="do not publish console output and status ($QSERVER_ZMQ_PUBLISH_CONSOLE=0)",
     )
     p.add_argument(

@@ -8,13 +8,13 @@ and it never raises (an exception in a callback on the stop document aborts the 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import deque
 from typing import Any
 
 import msgspec
 
+from qserver.config import env_flag
 from qserver.protocol.subjects import Subjects
 from services.worker.env.link import NatsLink
 
@@ -32,7 +32,7 @@ _encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 
 
 def enabled() -> bool:
-    return os.environ.get("QSERVER_NATS_DOCS", "1").lower() not in ("0", "false", "off", "no")
+    return env_flag("QSERVER_NATS_DOCS")
 
 
 class NatsDocuments:
