@@ -14,6 +14,7 @@ addresses point to a closed port. Docs: docs/reference-tests.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -517,6 +518,63 @@ def _reftests_addresses(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
     names = request.fixturenames
     h.point_http(monkeypatch, h.http_default if "fastapi_server" in names else None)
     h.point_zmq(monkeypatch, h.default_options() if "re_manager" in names else None)
+
+
+# Where each stack log file stood when the running case began (path -> size in bytes).
+_LOG_MARKS = pytest.StashKey[dict[Path, int]]()
+# At most this many of a log's last lines, of those written during a failed case.
+LOG_LINES_ON_FAILURE = 60
+
+
+def _stack_logs(workdir: Path) -> list[Path]:
+    """Every service's log of every stack of this session (a case may start a new stack)."""
+    return sorted(workdir.glob("stack-*/logs/*.log"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.nodeid not in _SERVER_CASES:
+        return
+    workdir = _harness_of(item.config).runner.workdir
+    marks = {}
+    for log in _stack_logs(workdir):
+        with contextlib.suppress(OSError):
+            marks[log] = log.stat().st_size
+    item.stash[_LOG_MARKS] = marks
+
+
+def _logs_since(workdir: Path, marks: dict[Path, int]) -> str:
+    """What the stacks' services logged since `marks`: the last lines of each log."""
+    parts = []
+    for log in _stack_logs(workdir):
+        try:
+            with open(log, "rb") as f:
+                f.seek(marks.get(log, 0))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        lines = text.splitlines()
+        if not lines:
+            continue
+        cut = len(lines) - LOG_LINES_ON_FAILURE
+        head = f"---- {log.parent.parent.name}/{log.name}"
+        if cut > 0:
+            head += f" (its last {LOG_LINES_ON_FAILURE} of {len(lines)} lines)"
+            lines = lines[cut:]
+        parts.append("\n".join([head, *lines]))
+    return "\n".join(parts) or "(nothing was logged during the case)"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed case's report carries what the stack's services logged while it ran: a
+    failure seen once on a loaded machine can be read without running it again."""
+    report = yield
+    marks = item.stash.get(_LOG_MARKS, None)
+    if report.failed and marks is not None and call.when in ("setup", "call"):
+        workdir = _harness_of(item.config).runner.workdir
+        report.sections.append(("stack logs during the case", _logs_since(workdir, marks)))
+    return report
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
