@@ -9,6 +9,11 @@ followed first reads what came meanwhile (the stream keeps it), then follows aga
 every answer is the same as with the stream followed all along. On a stack whose console
 no one reads, the console lines of each request (two per `queue_item_add`) cost this
 service nothing.
+
+Every answer holds what the stream held when it was asked: a request that finds the stream
+followed waits (CATCH_UP_S at most) until the follower has handed over the stream's last
+message of that moment. A client that saw a plan end and then reads the console gets the
+plan's last lines, however far behind a loaded machine left the follower (ADR 18).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ logger = logging.getLogger(__name__)
 # every 0.1-1 s; the web page's console and `qserver monitor` take the events directly).
 FOLLOW_FOR_S = 60.0
 FOLLOW_ENV = "QSERVER_CONSOLE_FOLLOW_S"
+# How long a request waits for a follower that is behind the stream (then it is answered
+# with what is there, and the wait is logged).
+CATCH_UP_S = 2.0
 
 
 class ConsoleKeeper:
@@ -52,6 +60,8 @@ class ConsoleKeeper:
         self._stop_at = 0.0  # loop time after which following stops (no request since)
         self._stopper: asyncio.TimerHandle | None = None
         self.follow_for = _positive(FOLLOW_ENV, FOLLOW_FOR_S)
+        self._seen = 0  # the stream's highest sequence handed over (kept or not)
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (sequence, woken at it)
 
     async def load(self) -> None:
         """Read the stream's last `MAX_MSGS` messages (at start; not followed until asked)."""
@@ -70,6 +80,7 @@ class ConsoleKeeper:
             first = max(state.first_seq, state.last_seq - self.backlog.max_msgs + 1, 1)
             self.backlog.reset(identity, first - 1)
             self._identity = identity
+            self._seen = first - 1
         first = self.backlog.last_seq + 1
         messages = read_stream_with_headers(self.js, s.console_stream, s.console_event, first)
         async for seq, data, headers in messages:
@@ -81,9 +92,11 @@ class ConsoleKeeper:
         loop = asyncio.get_running_loop()
         self._stop_at = loop.time() + self.follow_for
         if self._following is not None and not self._following.done():
+            await self._caught_up()
             return
         async with self._lock:
             if self._following is not None and not self._following.done():
+                await self._caught_up()
                 return
             await self._read(await self.js.stream_info(self.subjects.console_stream), reset=False)
             # A pull consumer, as the history's (ADR 28).
@@ -93,6 +106,33 @@ class ConsoleKeeper:
             self._following = asyncio.create_task(follower.follow(self.on_msg))
             self._stopper = loop.call_at(self._stop_at, self._maybe_stop)
             logger.debug("following the console stream from %d", self.backlog.last_seq + 1)
+
+    async def _caught_up(self) -> None:
+        """Wait until the follower has handed over what the stream holds now (CATCH_UP_S
+        at most; the stream's state is asked of JetStream, one small request)."""
+        try:
+            info = await self.js.stream_info(self.subjects.console_stream)
+        except Exception as e:  # JetStream away: answer with what is kept
+            logger.debug("console stream state: %r", e)
+            return
+        target = info.state.last_seq
+        if self._seen >= target:
+            return
+        waiter = (target, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1], CATCH_UP_S)
+        except TimeoutError:
+            logger.info(
+                "the console follower is still behind the stream (at %d of %d) after %g s; "
+                "answering with what it has",
+                self._seen,
+                target,
+                CATCH_UP_S,
+            )
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
 
     def _maybe_stop(self) -> None:
         """No request for `follow_for` seconds: stop following; else look again then."""
@@ -107,6 +147,11 @@ class ConsoleKeeper:
             logger.debug("not following the console stream: no one asked for a while")
 
     def _add(self, seq: int, data: bytes, headers: dict[str, str] | None) -> None:
+        if seq > self._seen:
+            self._seen = seq
+            for target, woken in self._waiters:
+                if target <= seq and not woken.done():
+                    woken.set_result(None)
         try:
             m = console.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError):

@@ -139,6 +139,7 @@ class ConsolePublisher:
         self._loop_thread = loop_thread  # the loop's thread, if known
         self._call_soon = call_soon
         self.sink = ConsoleSink(self._wake_up)
+        self._sending = asyncio.Lock()  # one sender at a time: the messages keep their order
 
     def _wake_up(self) -> None:
         # On the loop's own thread (a service logging in a handler) the event is set at
@@ -156,13 +157,14 @@ class ConsolePublisher:
             await self.send(nc)
 
     async def send(self, nc: NATS) -> None:
-        """Publish everything buffered now."""
-        for at, text in self.sink.take():
-            for part in console.split_text(text):
-                data, headers = console.encode(part, at)
-                # Never log a failure here: the log line would come back as console output.
-                with contextlib.suppress(Exception):
-                    await nc.publish(self.subject, data, headers=headers)
+        """Publish everything buffered now (also called to flush, beside `run`)."""
+        async with self._sending:
+            for at, text in self.sink.take():
+                for part in console.split_text(text):
+                    data, headers = console.encode(part, at)
+                    # Never log a failure here: the log line would come back as console output.
+                    with contextlib.suppress(Exception):
+                        await nc.publish(self.subject, data, headers=headers)
 
 
 class ConsoleLogHandler(logging.Handler):

@@ -259,6 +259,28 @@ async def test_the_stream_is_followed_only_while_someone_reads_the_console(
         assert ours[-21:] == ["while followed", *(f"after {i}" for i in range(20))]
 
 
+async def test_a_read_holds_what_the_stream_held_when_asked_though_the_follower_lags(
+    services: Services,
+) -> None:
+    """A burst of console output leaves the history service's follower behind the stream
+    for a while; a read asked once the stream holds the burst's last line must still give
+    it (the follower is waited for), as a client that saw a plan end expects its last lines."""
+    client = services.client
+    js = client.nc.jetstream()
+    stream = client.subjects.console_stream
+    await kept(client)  # followed from now on
+    deadline = time.monotonic() + 60
+    while len(await js.consumers_info(stream)) != 1:
+        assert time.monotonic() < deadline, "the console stream is not followed"
+        await asyncio.sleep(0.1)
+    for rounds in range(3):  # each round's burst is new to the follower
+        last = f"burst {rounds} line 4999"
+        await say(client, *(f"burst {rounds} line {i}\n" for i in range(5000)))
+        await _stored(js, stream, last)
+        msgs = (await kept(client))["console_output_msgs"]
+        assert said(msgs)[-1] == last + "\n", said(msgs)[-3:]
+
+
 async def _stored(js: Any, stream: str, text: str, timeout: float = 60) -> None:
     """Wait until the stream's last message holds `text`."""
     async with asyncio.timeout(timeout):

@@ -13,6 +13,7 @@ could not report (no worker service and no NATS: see `supervision.py`).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 from pathlib import Path
@@ -62,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
     commands = EnvCommands(env)
     capture_console(commands.sink)
     env.console = commands.sink
+    env.flush_console = functools.partial(commands.console.send, link.nc)
     link.call(commands.start(), timeout=10.0)
     supervision = Supervision(env, args.worker_id, args.orphan_timeout)
     link.call(supervision.start(), timeout=10.0)

@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,8 @@ class Environment:
             else None
         )
         self.console: ConsoleSink | None = None  # the console's sink, for the kernel's streams
+        # Publishes the console output buffered so far (on the NATS loop): before a result.
+        self.flush_console: Callable[[], Awaitable[None]] | None = None
         self._opened = False
 
     # ----- state -----
@@ -550,6 +552,10 @@ class Environment:
         # The item's documents are stored before its result: a run of an item that history
         # calls completed is in the document stream, so it reaches the catalog (ADR 10).
         result = await self._with_documents_stored(result)
+        # What the plan printed goes out before its result: a reader that saw the plan end
+        # finds its last lines in the console (ADR 18).
+        if self.flush_console is not None:
+            await self.flush_console()
         # The result is stored before the state says idle: a death in between is seen by
         # the worker as a death mid-plan, and it checks the stream first.
         await publish_result(self.link.js, self.subjects, result)
