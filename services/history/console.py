@@ -31,7 +31,7 @@ from qserver.protocol import api, console
 from qserver.protocol.subjects import Subjects
 from services.history.console_backlog import ConsoleBacklog
 from services.runtime.console import _positive, ensure_console_stream
-from services.runtime.doc_stream import Reconnects, StreamFollower, StreamMsg
+from services.runtime.doc_stream import ReadProgress, Reconnects, StreamFollower, StreamMsg
 from services.runtime.service_base import Handler
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class ConsoleKeeper:
         self._stopper: asyncio.TimerHandle | None = None
         self.follow_for = _positive(FOLLOW_ENV, FOLLOW_FOR_S)
         self._seen = 0  # the stream's highest sequence handed over (kept or not)
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (sequence, woken at it)
+        self._progress = ReadProgress()
 
     async def load(self) -> None:
         """Read the stream's last `MAX_MSGS` messages (at start; not followed until asked)."""
@@ -116,13 +116,7 @@ class ConsoleKeeper:
             logger.debug("console stream state: %r", e)
             return
         target = info.state.last_seq
-        if self._seen >= target:
-            return
-        waiter = (target, asyncio.get_running_loop().create_future())
-        self._waiters.append(waiter)
-        try:
-            await asyncio.wait_for(waiter[1], CATCH_UP_S)
-        except TimeoutError:
+        if not await self._progress.until(lambda: self._seen >= target, CATCH_UP_S):
             logger.info(
                 "the console follower is still behind the stream (at %d of %d) after %g s; "
                 "answering with what it has",
@@ -130,9 +124,6 @@ class ConsoleKeeper:
                 target,
                 CATCH_UP_S,
             )
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
 
     def _maybe_stop(self) -> None:
         """No request for `follow_for` seconds: stop following; else look again then."""
@@ -149,9 +140,7 @@ class ConsoleKeeper:
     def _add(self, seq: int, data: bytes, headers: dict[str, str] | None) -> None:
         if seq > self._seen:
             self._seen = seq
-            for target, woken in self._waiters:
-                if target <= seq and not woken.done():
-                    woken.set_result(None)
+            self._progress.read()
         try:
             m = console.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError):

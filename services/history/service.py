@@ -20,7 +20,7 @@ from qserver.protocol.internal import HistoryInfoRequest, LockCheck, LockCheckRe
 from qserver.protocol.items import HistoryRecord
 from qserver.protocol.subjects import Subjects
 from services.history.model import History, as_history_item
-from services.runtime.doc_stream import Reconnects, StreamFollower, StreamMsg
+from services.runtime.doc_stream import ReadProgress, Reconnects, StreamFollower, StreamMsg
 from services.runtime.service_base import Handler, encode
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class HistoryService:
         self.history = History(subjects.history_stream)
         self.stop_requested = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._read = asyncio.Event()  # set (and replaced) whenever a record was read
+        self._progress = ReadProgress()  # for `min_seq` requests
         self._waiters: set[asyncio.Task[None]] = set()
         self.reconnects = reconnects or Reconnects()
         self._following: asyncio.Task[None] | None = None
@@ -102,8 +102,7 @@ class HistoryService:
     async def on_record(self, msg: StreamMsg) -> None:
         async with self._lock:
             added = self._add(msg.seq, msg.data)
-        self._read.set()
-        self._read = asyncio.Event()
+        self._progress.read()
         if added:
             await self.publish_info()
 
@@ -267,10 +266,6 @@ class HistoryService:
         task.add_done_callback(self._waiters.discard)
 
     async def _info_at(self, msg: Msg, seq: int) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SEQ_WAIT_S
-        while self.history.last_seq < seq and (left := deadline - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._read.wait(), left)
+        await self._progress.until(lambda: self.history.last_seq >= seq, SEQ_WAIT_S)
         with contextlib.suppress(Exception):
             await msg.respond(encode(self.history.info()))

@@ -165,6 +165,27 @@ class Reconnects:
             follower.reconnected()
 
 
+class ReadProgress:
+    """Wakes whoever waits for a follower to reach a point of its stream, at each read."""
+
+    def __init__(self) -> None:
+        self._read = asyncio.Event()
+
+    def read(self) -> None:
+        """Something was read: the waiters look at their condition again."""
+        self._read.set()
+        self._read = asyncio.Event()
+
+    async def until(self, reached: Callable[[], bool], timeout: float) -> bool:
+        """Once `reached()` holds, or after `timeout` seconds; what `reached()` says then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not reached() and (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._read.wait(), left)
+        return reached()
+
+
 class StreamFollower:
     """Every message of a stream from `start_seq` on, in order, as they come, for ever.
 
