@@ -262,22 +262,32 @@ async def test_the_stream_is_followed_only_while_someone_reads_the_console(
 async def test_a_read_holds_what_the_stream_held_when_asked_though_the_follower_lags(
     services: Services,
 ) -> None:
-    """A burst of console output leaves the history service's follower behind the stream
-    for a while; a read asked once the stream holds the burst's last line must still give
-    it (the follower is waited for), as a client that saw a plan end expects its last lines."""
+    """The history service's follower is behind the stream (here: the service was stopped
+    while a burst came, and has the burst's first pull and the read to take at once when it
+    goes on). A read asked once the stream holds the burst's last line must still give it
+    (the follower is waited for), as a client that saw a plan end expects its last lines."""
     client = services.client
     js = client.nc.jetstream()
     stream = client.subjects.console_stream
+    history = services.procs["history"].proc
+    assert history is not None
     await kept(client)  # followed from now on
     deadline = time.monotonic() + 60
     while len(await js.consumers_info(stream)) != 1:
         assert time.monotonic() < deadline, "the console stream is not followed"
         await asyncio.sleep(0.1)
-    for rounds in range(3):  # each round's burst is new to the follower
+    for rounds in range(2):  # each round's burst is new to the follower
         last = f"burst {rounds} line 4999"
-        await say(client, *(f"burst {rounds} line {i}\n" for i in range(5000)))
-        await _stored(js, stream, last)
-        msgs = (await kept(client))["console_output_msgs"]
+        history.send_signal(signal.SIGSTOP)
+        try:
+            await say(client, *(f"burst {rounds} line {i}\n" for i in range(5000)))
+            await _stored(js, stream, last)
+            read = asyncio.ensure_future(kept(client))
+            await asyncio.sleep(0)  # the request is sent ...
+            await client.nc.flush()  # ... and nats-server has it for the stopped service
+        finally:
+            history.send_signal(signal.SIGCONT)
+        msgs = (await read)["console_output_msgs"]
         assert said(msgs)[-1] == last + "\n", said(msgs)[-3:]
 
 
