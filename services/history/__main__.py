@@ -74,7 +74,7 @@ async def main(args: argparse.Namespace) -> int:
     micro = await add_service(
         nc, name="qserver-history", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
-    handlers = logged({**svc.handlers(), **console.handlers()}, service_console.flush)
+    handlers = logged({**svc.handlers(), **console.handlers()}, service_console)
     await add_methods(micro, subjects.api, handlers, nc=nc)
     await nc.subscribe(subjects.history_info, cb=svc.on_history_info)
     await svc.publish_info()

@@ -101,7 +101,7 @@ async def main(args: argparse.Namespace) -> int:
     served = await add_methods(
         micro,
         subjects.api,
-        logged(svc.gated_handlers(), console.flush),
+        logged(svc.gated_handlers(), console),
         queue_group=f"leader-{args.instance}",
         nc=nc,
         extra_headers=svc.reply_headers,

@@ -10,15 +10,15 @@ each would bury the lines that matter.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 import msgspec
 
 from qserver.errors import QServerError
 from services.runtime.service_base import Handler
 
-logger = logging.getLogger("services.manager")
+logger = logging.getLogger("services.manager")  # console.MANAGER_LOGGER
 
 # The reference's words, method by method.
 REQUEST_LINES = {
@@ -78,31 +78,41 @@ def _get(obj: Any, key: str) -> Any:
     return None if value is msgspec.UNSET else value
 
 
-Flush = Callable[[], Awaitable[None]]
+class Lines(Protocol):
+    """Where the lines go: `ServiceConsole` (`line`, `flush`)."""
+
+    def line(self, text: str) -> None: ...
+
+    def flush(self) -> Awaitable[None]: ...
 
 
-async def _no_flush() -> None:
-    return None
+class _Logged:
+    """Lines as log records (INFO), for a service without a console of its own."""
+
+    def line(self, text: str) -> None:
+        logger.info("%s", text)
+
+    async def flush(self) -> None:
+        return None
 
 
-def _logged(method: str, handler: Handler, flush: Flush) -> Handler:
+def _logged(method: str, handler: Handler, lines: Lines) -> Handler:
     request_line = REQUEST_LINES.get(method)
     outcome = OUTCOME_LINES.get(method)
 
     async def handle(req: Any) -> msgspec.Struct | None:
         if request_line is not None:
-            logger.info("%s", request_line)
+            lines.line(request_line)
             # Out before the requests the handler sends on: the lines those cause elsewhere
             # (the worker's, the environment's) then come after it on the console.
-            await flush()
+            await lines.flush()
         if outcome is None:
             return await handler(req)
         asked = _get(req, "item")
         try:
             reply = await handler(req)
         except QServerError:
-            line = outcome_line(outcome, False, _get(asked, "item_type"), None, None, None)
-            logger.info("%s", line)
+            lines.line(outcome_line(outcome, False, _get(asked, "item_type"), None, None, None))
             raise
         item = None if method == "queue_item_add_batch" else _get(reply, "item")
         success = _get(reply, "success")
@@ -114,20 +124,22 @@ def _logged(method: str, handler: Handler, flush: Flush) -> Handler:
             _get(item, "item_uid"),
             _get(reply, "qsize"),
         )
-        logger.info("%s", line)
+        lines.line(line)
         # Out with the reply (one write to the socket for both), not after it.
-        await flush()
+        await lines.flush()
         return reply
 
     return handle
 
 
-def logged(handlers: dict[str, Handler], flush: Flush = _no_flush) -> dict[str, Handler]:
-    """The handlers, each logging the reference's lines for the requests it gets.
+def logged(handlers: dict[str, Handler], lines: Lines | None = None) -> dict[str, Handler]:
+    """The handlers, each printing the reference's lines for the requests it gets.
 
-    `flush` publishes the console lines logged so far (`ServiceConsole.flush`).
+    `lines` is the service's console (`ServiceConsole`): `line` buffers a line, `flush`
+    publishes what is buffered. Without one, the lines are INFO log records.
     """
+    out = lines if lines is not None else _Logged()
     return {
-        m: _logged(m, h, flush) if m in REQUEST_LINES or m in OUTCOME_LINES else h
+        m: _logged(m, h, out) if m in REQUEST_LINES or m in OUTCOME_LINES else h
         for m, h in handlers.items()
     }
