@@ -11,9 +11,10 @@ recent messages (ADR 18).
 from __future__ import annotations
 
 import time
-import uuid
 
 import msgspec
+
+from qserver.uids import uid
 
 UID_HEADER = "Qs-Console-Uid"
 # Longer texts go out as several messages: the JSON of this many characters stays far below
@@ -39,8 +40,7 @@ _decoder = msgspec.json.Decoder(ConsoleMsg)
 _encoder = msgspec.json.Encoder()
 
 
-def new_uid() -> str:
-    return str(uuid.uuid4())
+new_uid = uid
 
 
 def split_text(text: str, limit: int = MAX_MSG_CHARS) -> list[str]:

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import pprint
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -33,6 +32,7 @@ from qserver.protocol.worker import (
     RunPlan,
     WorkerState,
 )
+from qserver.uids import uid
 from services.queue import finished
 from services.queue.core import QueueCore
 from services.queue.env_ops import (
@@ -66,8 +66,7 @@ _cmd_reply = msgspec.json.Decoder(CmdReply)
 _connect_info = msgspec.json.Decoder(ConnectInfoReply)
 
 
-def _uid() -> str:
-    return str(uuid.uuid4())
+_uid = uid
 
 
 def _typed_in_kernel(env: EnvState) -> bool:

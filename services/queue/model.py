@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +44,7 @@ from qserver.protocol.queue_log import (
     RecordsWritten,
     Snapshot,
 )
+from qserver.uids import uid
 from services.queue.ordered import OrderedItems
 from services.queue.positions import existing_index, given, insert_index
 
@@ -53,8 +53,7 @@ INSTRUCTIONS = ("queue_stop",)
 NO_ITEM = "Failed to add an item: Incorrect request format: request contains no item info"
 
 
-def new_uid() -> str:
-    return str(uuid.uuid4())
+new_uid = uid  # item uids and the queue's, history's and lock's uids
 
 
 def hash_key(key: str) -> str:

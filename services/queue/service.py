@@ -36,6 +36,7 @@ from qserver.protocol.queue_log import (
 )
 from qserver.protocol.status import STATUS_EVERY_HEADER, STATUS_SEQ_HEADER, LockStatus, Status
 from qserver.protocol.subjects import Subjects
+from qserver.uids import uid
 from services.queue.catalog import PlanCatalog
 from services.queue.dry_run_handlers import DryRunHandlers
 from services.queue.exec_handlers import ExecutionHandlers
@@ -60,8 +61,7 @@ _holding: contextvars.ContextVar[bool] = contextvars.ContextVar("status_holding"
 HISTORY_SYNC_S = 2.5
 
 
-def _uid() -> str:
-    return str(uuid.uuid4())
+_uid = uid
 
 
 def autostart_waiting(model: QueueModel) -> bool:
