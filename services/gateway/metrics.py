@@ -2,8 +2,9 @@
 
 Request counts and latencies come from an ASGI middleware; the queue length and state from
 the status events; plans and their durations from the history items that appear after
-the gateway started (fetched when `items_in_history` grows). Each gateway replica counts
-for itself: aggregate with `max` across replicas, not `sum`.
+the gateway started (fetched when `items_in_history` grows, at most once a second: with
+back-to-back short plans a fetch per plan was a request to the history service each).
+Each gateway replica counts for itself: aggregate with `max` across replicas, not `sum`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 PLAN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, float("inf"))
 MANAGER_STATES: tuple[str, ...] = get_args(ManagerState)
+# New history items are fetched at most this often; a scrape (every 15 s or so) sees them.
+HISTORY_FETCH_EVERY_S = 1.0
 
 
 class Metrics:
@@ -71,6 +74,7 @@ class Metrics:
         self._history_seen: int | None = None
         self._task: asyncio.Task[None] | None = None  # fetching new history items
         self._again = False  # the history grew while a fetch was under way
+        self._fetched_at = -HISTORY_FETCH_EVERY_S  # time.monotonic() of the last fetch
         self._bridge: Bridge | None = None
 
     # ----- HTTP -----
@@ -150,9 +154,14 @@ class Metrics:
 
     async def _fetch_history(self) -> None:
         """Count the new history items; again while statuses said it grew meanwhile. One
-        fetch at a time, so that no item is counted twice."""
+        fetch at a time, so that no item is counted twice, and one a second at most: the
+        items of the plans that end meanwhile come in the next fetch together."""
         bridge = self._bridge
         while bridge is not None and bridge.client is not None:
+            wait = self._fetched_at + HISTORY_FETCH_EVERY_S - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._fetched_at = time.monotonic()
             self._again = False
             seen = self._history_seen or 0
             try:

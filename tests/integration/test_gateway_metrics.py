@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from qserver.client import Client
+from services.gateway.metrics import HISTORY_FETCH_EVERY_S
 from tests.conftest import USER, Services, plan
 from tests.integration.gateway_support import Gateway, gateway_for
 
@@ -89,6 +93,38 @@ async def test_queue_length_and_plans_run_come_from_events(
     assert value(text, "qserver_history_length") == 2
     assert value(text, "qserver_manager_state", state="idle") == 1
     assert value(text, "qserver_manager_state", state="executing_queue") == 0
+    assert (await c.request("environment_close"))["success"]
+    await c.wait_for(lambda st: not st["worker_environment_exists"], 30)
+
+
+async def history_gets(c: Client) -> int:
+    """How many `history_get` requests the history service has answered (nats.micro stats)."""
+    reply = await c.nc.request("$SRV.STATS.qserver-history", b"", timeout=10)
+    stats = json.loads(reply.data)
+    return sum(e["num_requests"] for e in stats["endpoints"] if e["name"] == "history_get")
+
+
+async def test_plans_ending_back_to_back_cost_one_history_fetch_a_second_not_one_each(
+    services: Services, gw: tuple[Gateway, httpx.AsyncClient]
+) -> None:
+    _, http = gw
+    c = services.client
+    assert c is not None
+    assert (await c.request("environment_open", timeout=30))["success"]
+    await c.wait_for(lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle")
+    n = 25
+    items = [plan("count", ["det1"])] * n
+    assert (await c.request("queue_item_add_batch", {"items": items, **USER}))["success"]
+    before = await history_gets(c)
+    started = time.monotonic()
+    assert (await c.request("queue_start"))["success"]
+    text = await until_metric(http, "qserver_plans_finished_total", n, exit_status="completed")
+    elapsed = time.monotonic() - started
+    assert value(text, "qserver_plan_duration_seconds_count") == n  # each counted once
+    fetches = await history_gets(c) - before
+    # One fetch as the first plan ends, then one a second at most (a fetch per plan before).
+    assert 1 <= fetches <= elapsed / HISTORY_FETCH_EVERY_S + 2, (fetches, elapsed)
+    await c.wait_for(lambda st: st["manager_state"] == "idle", 30)
     assert (await c.request("environment_close"))["success"]
     await c.wait_for(lambda st: not st["worker_environment_exists"], 30)
 
