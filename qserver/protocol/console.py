@@ -14,7 +14,7 @@ import time
 
 import msgspec
 
-from qserver.uids import uid
+from qserver.uids import uid as new_uid
 
 UID_HEADER = "Qs-Console-Uid"
 # Longer texts go out as several messages: the JSON of this many characters stays far below
@@ -38,9 +38,6 @@ class ConsoleMsg(msgspec.Struct, frozen=True, kw_only=True):
 
 _decoder = msgspec.json.Decoder(ConsoleMsg)
 _encoder = msgspec.json.Encoder()
-
-
-new_uid = uid
 
 
 def split_text(text: str, limit: int = MAX_MSG_CHARS) -> list[str]:

@@ -32,7 +32,7 @@ from qserver.protocol.worker import (
     RunPlan,
     WorkerState,
 )
-from qserver.uids import uid
+from qserver.uids import uid as _uid
 from services.queue import finished
 from services.queue.core import QueueCore
 from services.queue.env_ops import (
@@ -64,9 +64,6 @@ RELEASE_EVERY_S = 0.5
 _result_decoder = msgspec.json.Decoder(PlanResult)
 _cmd_reply = msgspec.json.Decoder(CmdReply)
 _connect_info = msgspec.json.Decoder(ConnectInfoReply)
-
-
-_uid = uid
 
 
 def _typed_in_kernel(env: EnvState) -> bool:

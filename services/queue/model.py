@@ -44,16 +44,13 @@ from qserver.protocol.queue_log import (
     RecordsWritten,
     Snapshot,
 )
-from qserver.uids import uid
+from qserver.uids import uid as new_uid  # item, queue, history and lock uids
 from services.queue.ordered import OrderedItems
 from services.queue.positions import existing_index, given, insert_index
 
 QUEUE_ITEM_TYPES = ("plan", "instruction")
 INSTRUCTIONS = ("queue_stop",)
 NO_ITEM = "Failed to add an item: Incorrect request format: request contains no item info"
-
-
-new_uid = uid  # item uids and the queue's, history's and lock's uids
 
 
 def hash_key(key: str) -> str:

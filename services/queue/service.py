@@ -36,7 +36,7 @@ from qserver.protocol.queue_log import (
 )
 from qserver.protocol.status import STATUS_EVERY_HEADER, STATUS_SEQ_HEADER, LockStatus, Status
 from qserver.protocol.subjects import Subjects
-from qserver.uids import uid
+from qserver.uids import uid as _uid
 from services.queue.catalog import PlanCatalog
 from services.queue.dry_run_handlers import DryRunHandlers
 from services.queue.exec_handlers import ExecutionHandlers
@@ -59,9 +59,6 @@ HEARTBEAT_S = 1.0
 _holding: contextvars.ContextVar[bool] = contextvars.ContextVar("status_holding", default=False)
 # A finished item's status waits this long at most for the history to hold its record.
 HISTORY_SYNC_S = 2.5
-
-
-_uid = uid
 
 
 def autostart_waiting(model: QueueModel) -> bool:

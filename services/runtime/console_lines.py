@@ -1,4 +1,4 @@
-"""What the services log (and so print on the console) for each request they get.
+"""What the services print on the console (their log has it at DEBUG) for each request they get.
 
 The reference's RE Manager logs a line when a request arrives ("Adding new item to the
 queue ...") and, for item edits, one with the outcome ("Item added: success=True ...");
@@ -9,7 +9,6 @@ each would bury the lines that matter.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
@@ -17,8 +16,6 @@ import msgspec
 
 from qserver.errors import QServerError
 from services.runtime.service_base import Handler
-
-logger = logging.getLogger("services.manager")  # console.MANAGER_LOGGER
 
 # The reference's words, method by method.
 REQUEST_LINES = {
@@ -86,16 +83,6 @@ class Lines(Protocol):
     def flush(self) -> Awaitable[None]: ...
 
 
-class _Logged:
-    """Lines as log records (INFO), for a service without a console of its own."""
-
-    def line(self, text: str) -> None:
-        logger.info("%s", text)
-
-    async def flush(self) -> None:
-        return None
-
-
 def _logged(method: str, handler: Handler, lines: Lines) -> Handler:
     request_line = REQUEST_LINES.get(method)
     outcome = OUTCOME_LINES.get(method)
@@ -132,14 +119,13 @@ def _logged(method: str, handler: Handler, lines: Lines) -> Handler:
     return handle
 
 
-def logged(handlers: dict[str, Handler], lines: Lines | None = None) -> dict[str, Handler]:
+def logged(handlers: dict[str, Handler], lines: Lines) -> dict[str, Handler]:
     """The handlers, each printing the reference's lines for the requests it gets.
 
     `lines` is the service's console (`ServiceConsole`): `line` buffers a line, `flush`
-    publishes what is buffered. Without one, the lines are INFO log records.
+    publishes what is buffered.
     """
-    out = lines if lines is not None else _Logged()
     return {
-        m: _logged(m, h, out) if m in REQUEST_LINES or m in OUTCOME_LINES else h
+        m: _logged(m, h, lines) if m in REQUEST_LINES or m in OUTCOME_LINES else h
         for m, h in handlers.items()
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -72,6 +73,17 @@ async def test_requests_are_counted_and_timed_by_route(
     assert value(text, "qserver_http_requests_total", **bad) == 1
 
 
+@contextlib.asynccontextmanager
+async def environment(c: Client) -> AsyncIterator[None]:
+    """The environment open (the manager idle) inside, closed after."""
+    assert (await c.request("environment_open", timeout=30))["success"]
+    await c.wait_for(lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle")
+    yield
+    await c.wait_for(lambda st: st["manager_state"] == "idle", 30)
+    assert (await c.request("environment_close"))["success"]
+    await c.wait_for(lambda st: not st["worker_environment_exists"], 30)
+
+
 async def test_queue_length_and_plans_run_come_from_events(
     services: Services, gw: tuple[Gateway, httpx.AsyncClient]
 ) -> None:
@@ -83,18 +95,15 @@ async def test_queue_length_and_plans_run_come_from_events(
             "success"
         ]
     await until_metric(http, "qserver_queue_length", 2)
-    assert (await c.request("environment_open", timeout=30))["success"]
-    await c.wait_for(lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle")
-    assert (await c.request("queue_start"))["success"]
-    text = await until_metric(http, "qserver_plans_finished_total", 2, exit_status="completed")
-    assert value(text, "qserver_plan_duration_seconds_count") == 2
-    assert value(text, "qserver_plan_duration_seconds_sum") > 0
-    text = await until_metric(http, "qserver_queue_length", 0)
-    assert value(text, "qserver_history_length") == 2
-    assert value(text, "qserver_manager_state", state="idle") == 1
-    assert value(text, "qserver_manager_state", state="executing_queue") == 0
-    assert (await c.request("environment_close"))["success"]
-    await c.wait_for(lambda st: not st["worker_environment_exists"], 30)
+    async with environment(c):
+        assert (await c.request("queue_start"))["success"]
+        text = await until_metric(http, "qserver_plans_finished_total", 2, exit_status="completed")
+        assert value(text, "qserver_plan_duration_seconds_count") == 2
+        assert value(text, "qserver_plan_duration_seconds_sum") > 0
+        text = await until_metric(http, "qserver_queue_length", 0)
+        assert value(text, "qserver_history_length") == 2
+        assert value(text, "qserver_manager_state", state="idle") == 1
+        assert value(text, "qserver_manager_state", state="executing_queue") == 0
 
 
 async def history_gets(c: Client) -> int:
@@ -110,23 +119,19 @@ async def test_plans_ending_back_to_back_cost_one_history_fetch_a_second_not_one
     _, http = gw
     c = services.client
     assert c is not None
-    assert (await c.request("environment_open", timeout=30))["success"]
-    await c.wait_for(lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle")
     n = 25
     items = [plan("count", ["det1"])] * n
     assert (await c.request("queue_item_add_batch", {"items": items, **USER}))["success"]
-    before = await history_gets(c)
-    started = time.monotonic()
-    assert (await c.request("queue_start"))["success"]
-    text = await until_metric(http, "qserver_plans_finished_total", n, exit_status="completed")
-    elapsed = time.monotonic() - started
-    assert value(text, "qserver_plan_duration_seconds_count") == n  # each counted once
-    fetches = await history_gets(c) - before
-    # One fetch as the first plan ends, then one a second at most (a fetch per plan before).
-    assert 1 <= fetches <= elapsed / HISTORY_FETCH_EVERY_S + 2, (fetches, elapsed)
-    await c.wait_for(lambda st: st["manager_state"] == "idle", 30)
-    assert (await c.request("environment_close"))["success"]
-    await c.wait_for(lambda st: not st["worker_environment_exists"], 30)
+    async with environment(c):
+        before = await history_gets(c)
+        started = time.monotonic()
+        assert (await c.request("queue_start"))["success"]
+        text = await until_metric(http, "qserver_plans_finished_total", n, exit_status="completed")
+        elapsed = time.monotonic() - started
+        assert value(text, "qserver_plan_duration_seconds_count") == n  # each counted once
+        fetches = await history_gets(c) - before
+        # One fetch as the first plan ends, then one a second at most (one per plan before).
+        assert 1 <= fetches <= elapsed / HISTORY_FETCH_EVERY_S + 2, (fetches, elapsed)
 
 
 async def test_unavailable_service_counts_as_a_failure(
