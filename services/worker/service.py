@@ -59,6 +59,10 @@ from services.worker.results import (
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
+# With an environment attached, its own once-a-second state drives ours; the heartbeat waits
+# this much longer, so that it does not fire just before each of those (they come a little
+# over a second apart) and double the events (ADR 28).
+ENV_HEARTBEAT_GRACE_S = 0.5
 ENV_REQUEST_TIMEOUT_S = 5.0
 KILL_WAIT_S = 5.0
 STANDBY_POLL_S = 1.0
@@ -257,10 +261,12 @@ class WorkerService:
             logger.debug("worker state not published: %r", e)
 
     async def _heartbeat(self) -> None:
-        """At least once a second; a state published for an environment event counts, so an
-        open environment's own once-a-second state is not doubled (ADR 28)."""
+        """At least once a second, or every 1.5 s while an environment is attached: a state
+        published for an environment event counts, so an open environment's own
+        once-a-second state is not doubled (ADR 28)."""
         while True:
-            due = self._published_at + HEARTBEAT_S - time.monotonic()
+            period = HEARTBEAT_S + (ENV_HEARTBEAT_GRACE_S if self.proc is not None else 0.0)
+            due = self._published_at + period - time.monotonic()
             if due > 0:
                 await asyncio.sleep(due)
                 continue

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +323,39 @@ async def test_state_update_and_runs_replies(env: Any) -> None:
     await w.until(lambda: w.env.lists_uid != r["lists_uid"], "new lists uid")
     r = await w.env_cmd("runs", RunsRequest(option="closed"))
     assert r["success"] and r["run_list"] == []
+
+
+async def test_an_idle_environments_worker_says_its_state_once_per_environment_event(
+    env: Any,
+) -> None:
+    """At idle the environment says its state about once a second and the worker republishes
+    it; the worker's own heartbeat must not add one just before each of those. Before, it
+    fired a hair earlier than every environment event: two worker states per second."""
+    w, _ = env
+    assert w.nc is not None
+    await w.until(lambda: w.env.running_item_uid is None and w.env.env_state == "idle", "idle")
+    seen = {"env": 0, "worker": 0}
+    enough = asyncio.Event()
+
+    def count(kind: str) -> Callable[[Msg], Awaitable[None]]:
+        async def on(msg: Msg) -> None:
+            seen[kind] += 1
+            if seen["env"] >= 8:
+                enough.set()
+
+        return on
+
+    subs = [
+        await w.nc.subscribe(w.subjects.env_state, cb=count("env")),
+        await w.nc.subscribe(w.subjects.worker_state, cb=count("worker")),
+    ]
+    try:
+        await asyncio.wait_for(enough.wait(), T)
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+    # One per environment event, with room for a few heartbeats of a busy machine's delays.
+    assert seen["worker"] <= 1.5 * seen["env"], seen
 
 
 async def test_close_ends_the_environment(nats_server: NatsServer, tmp_path: Path) -> None:
