@@ -9,12 +9,21 @@ subject that is not an inbox, unless the message came through a subscription to 
 connection's own inboxes: JetStream deliveries (which keep their stream subject, with a
 `$JS.ACK.` or `$JS.FC.` reply) arrive there, and only services may publish to inboxes.
 See ADR 11.
+
+JetStream also answers to whatever reply subject a request names, from its own client, which
+no permission restrains: a user allowed one JetStream call (a direct get, a stream's info, a
+consumer with a deliver subject of its choosing) can have JetStream publish the answer or the
+stream's messages to a service's command or event subject. A service connection therefore
+drops such messages on its subscriptions to anything but its inboxes (`relayed`): our
+services publish those subjects themselves, never through JetStream (ADR 11, amendment).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -22,6 +31,8 @@ from nats.aio.msg import Msg
 logger = logging.getLogger(__name__)
 
 INBOXES = "_INBOX."
+# How a JetStream API answer starts (its `type` comes first).
+JS_API_ANSWER = b'{"type":"io.nats.jetstream.api.v1.'
 
 
 def reply_allowed(subscription: str, reply: str) -> bool:
@@ -29,13 +40,33 @@ def reply_allowed(subscription: str, reply: str) -> bool:
     return not reply or reply.startswith(INBOXES) or subscription.startswith(INBOXES)
 
 
+def from_jetstream(reply: str, headers: Mapping[str, str] | None, data: bytes) -> bool:
+    """Whether a message is JetStream's: a consumer's delivery (its reply is an ack or flow
+    control subject), a stored message a direct get returns (`Nats-Stream`), a status
+    (`Status`: a heartbeat, a 404), or the answer to a JetStream API call."""
+    if reply.startswith("$JS."):
+        return True
+    if headers and ("Nats-Stream" in headers or "Status" in headers):
+        return True
+    return data.startswith(JS_API_ANSWER)
+
+
 @dataclass
 class InboxReplyMsg(Msg):
-    """A received message whose reply subject, if not allowed, is dropped (and logged)."""
+    """A received message whose reply subject, if not allowed, is dropped (and logged).
+
+    `relayed`: JetStream's, yet arrived through a subscription that is not an inbox; see
+    the module's docstring.
+    """
+
+    relayed: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         sub = self._client._subs.get(self._sid) if self._sid is not None else None
-        if not reply_allowed(sub.subject if sub is not None else "", self.reply):
+        subscription = sub.subject if sub is not None else ""
+        if not subscription.startswith(INBOXES):
+            self.relayed = from_jetstream(self.reply, self.headers, self.data)
+        if not reply_allowed(subscription, self.reply):
             logger.warning(
                 "not answering a message on %s: its reply subject %r is not an inbox",
                 self.subject,
@@ -44,7 +75,38 @@ class InboxReplyMsg(Msg):
             self.reply = ""
 
 
+Callback = Callable[[Msg], Awaitable[None]]
+
+
+def _dropping_relayed(cb: Callback) -> Callback:
+    async def guarded(msg: Msg) -> None:
+        if getattr(msg, "relayed", False):
+            logger.warning(
+                "dropping a message JetStream sent to %s on someone's behalf (reply %r, "
+                "headers %s): the services publish this subject themselves",
+                msg.subject,
+                msg.reply,
+                sorted(msg.headers or ()),
+            )
+            return
+        await cb(msg)
+
+    return guarded
+
+
 def reply_to_inboxes_only(nc: NATS) -> NATS:
-    """Make `nc` drop reply subjects that are not inboxes (call before subscribing)."""
+    """Make `nc` drop reply subjects that are not inboxes, and drop JetStream's messages
+    that arrive on its subscriptions to anything but an inbox (call before subscribing;
+    nats.micro's endpoints subscribe through it too)."""
     nc.msg_class = InboxReplyMsg
+    subscribe = nc.subscribe
+
+    async def guarded_subscribe(
+        subject: str, queue: str = "", cb: Callback | None = None, **kwargs: Any
+    ) -> Any:
+        if cb is not None and not subject.startswith(INBOXES):
+            cb = _dropping_relayed(cb)
+        return await subscribe(subject, queue, cb, **kwargs)
+
+    nc.subscribe = guarded_subscribe  # type: ignore[method-assign, assignment]
     return nc

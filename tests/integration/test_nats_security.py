@@ -303,3 +303,36 @@ async def test_only_the_worker_side_writes_results_and_worker_events(
                 await asyncio.sleep(0.05)
     finally:
         await nc.close()
+
+
+async def test_a_jetstream_answer_aimed_at_the_workers_commands_is_dropped(
+    svc: RoleServices, operator: Client
+) -> None:
+    """JetStream answers at whatever reply subject a request names, past every permission:
+    the gateway (allowed a stream's info, ADR 25) aims it at `worker.destroy`. The worker
+    drops it and the environment stays (before, the worker destroyed it)."""
+    s = Subjects(PREFIX)
+    assert (await operator.request("environment_open", timeout=30))["success"]
+    await operator.wait_for(
+        lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", 30
+    )
+    log = svc.log_dir / "worker.log"
+    seen = log.read_text(errors="replace").count("dropping a message JetStream sent")
+    nc = await nats.connect(
+        svc.nats.url, allow_reconnect=False, **auth("gateway").connect_options()
+    )
+    try:
+        await nc.publish(
+            f"$JS.API.STREAM.INFO.{s.progress_stream}", b"", reply=s.worker_cmd("destroy")
+        )
+        await nc.flush()
+        deadline = time.monotonic() + 30
+        while log.read_text(errors="replace").count("dropping a message JetStream sent") == seen:
+            assert time.monotonic() < deadline, "the worker did not say it dropped the answer"
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    status = await operator.request("status")
+    assert status["worker_environment_exists"], status
+    assert (await operator.request("environment_close"))["success"]
+    await operator.wait_for(lambda st: not st["worker_environment_exists"], 30)
