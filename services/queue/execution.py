@@ -136,12 +136,13 @@ class Executor:
     @property
     def env_exists(self) -> bool:
         """An environment is open (the reference's `worker_environment_exists`): not while
-        it is being created, nor once it closed."""
+        it is being created; through its close until its process is gone, as the manager
+        state leaves `closing_environment` (an open is refused until then)."""
         env = self.env
         return (
             self.worker.env_exists
             and env is not None
-            and env.env_state not in (*OPENING_STATES, "closed")
+            and env.env_state not in OPENING_STATES
             and self._lists_loading != env.env_uid
         )
 

@@ -312,7 +312,8 @@ async def test_a_jetstream_answer_aimed_at_the_workers_commands_is_dropped(
     the gateway (allowed a stream's info, ADR 25) aims it at `worker.destroy`. The worker
     drops it and the environment stays (before, the worker destroyed it)."""
     s = Subjects(PREFIX)
-    assert (await operator.request("environment_open", timeout=30))["success"]
+    r = await operator.request("environment_open", timeout=30)
+    assert r["success"], r
     await operator.wait_for(
         lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", 30
     )
