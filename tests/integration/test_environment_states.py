@@ -112,6 +112,9 @@ async def test_open_close_and_destroy_answer_at_once_and_show_the_reference_stat
     assert st["worker_environment_state"] == "closed" and st["re_state"] is None
     closing = log.since(n)
     assert only(closing, "closing_environment"), closing
+    # It exists until its process is gone, as the reference's: whoever waits for it to be
+    # gone can open the next one at once.
+    assert all(exists for _, exists, _ in only(closing, "closing_environment")), closing
     assert closing[-1] == ("idle", False, "closed"), closing
 
     # Destroy: the same, with `destroying_environment`.
