@@ -8,8 +8,13 @@ noise falls on all of them alike:
   bytes as long as the status (the transport: nats-py, nats-server, loopback, two hops);
 - `nc_request`: `nc.request` to the queue service's `status` (the service's own share is
   this minus the floor);
-- `client`: `Client.request_raw("status")` (the client's share is this minus `nc_request`);
+- `client`: `Client.request_raw("status")` asked of the queue service
+  (`direct_status=False`; the client's share is this minus `nc_request`);
 - `client_request`: `Client.request("status")`, decoded to a dict;
+- `nc_direct_get`: `nc.request` of the JetStream direct get of the last status event
+  (nats-server answers, ADR 35);
+- `client_direct`: `Client.request_raw("status")` as a client does by default: the direct
+  get, its number checked (`direct_hits` counts those answered so);
 - `followed`: the same call on a client that follows the status events (answered from the
   last pushed event when it is fresh and provably current, ADR 29).
 
@@ -78,7 +83,8 @@ def _queue_pid(prefix: str) -> int | None:
 
 async def main(rounds: int, n: int, profile: str | None) -> dict[str, Any]:
     async with stack() as (server, prefix):
-        c = await Client.connect(server.url, prefix)
+        c = await Client.connect(server.url, prefix, direct_status=False)
+        direct = await Client.connect(server.url, prefix)  # nats-server's copy (ADR 35)
         followed = await Client.connect(server.url, prefix)
         await followed.follow_status()
         status_bytes = await c.request_raw("status", b"{}")
@@ -96,6 +102,8 @@ async def main(rounds: int, n: int, profile: str | None) -> dict[str, Any]:
             "nc_request": lambda: nc.request(subject, b"{}", timeout=5),
             "client": lambda: c.request_raw("status", b"{}"),
             "client_request": lambda: c.request("status"),
+            "nc_direct_get": lambda: nc.request(c.subjects.status_direct_get, b"", timeout=5),
+            "client_direct": lambda: direct.request_raw("status", b"{}"),
             "followed": lambda: followed.request_raw("status", b"{}"),
         }
         lat: dict[str, list[float]] = {k: [] for k in ways}
@@ -115,6 +123,7 @@ async def main(rounds: int, n: int, profile: str | None) -> dict[str, Any]:
             echo.wait(10)
             await nc.close()
             await c.close()
+            await direct.close()
             await followed.close()
     s = {k: summary(v) for k, v in lat.items()}
     p50 = {k: v["p50_ms"] for k, v in s.items()}
@@ -128,6 +137,8 @@ async def main(rounds: int, n: int, profile: str | None) -> dict[str, Any]:
             "client (client - nc_request)": round(p50["client"] - p50["nc_request"], 3),
             "decoding (client_request - client)": round(p50["client_request"] - p50["client"], 3),
         },
+        "direct_hits": direct.direct_hits,
+        "direct_over_client_p50": round(p50["client"] / p50["client_direct"], 2),
         # A followed status takes microseconds: its p50 can round to 0.000 ms.
         "followed_over_client_p50": (
             round(p50["client"] / p50["followed"], 1) if p50["followed"] else None

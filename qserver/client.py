@@ -57,6 +57,11 @@ def acting_user(inbox: str) -> str | None:
 # no one, so sending it again is safe): the request is sent again for this long, which
 # rides through a leader failover (~0.6 s) and a quick restart (ADR 13).
 UNAVAILABLE_WAIT = 1.5
+# A plain `status` asked of nats-server first (ADR 35): how long to wait for it (then the
+# queue service is asked), and how long to ask the service only after nats-server had no
+# copy to give (no stream, its node away).
+DIRECT_TIMEOUT_S = 1.0
+DIRECT_RETRY_S = 5.0
 # Part requests of one large reply in flight at once: enough to hide the round trips,
 # few enough that the client never holds more than a few messages it has not read.
 PARTS_IN_FLIGHT = 4
@@ -233,6 +238,7 @@ class Client:
         unavailable_wait: float = UNAVAILABLE_WAIT,
         auth: NatsAuth | None = None,
         act_as: str | None = None,
+        direct_status: bool = True,
     ) -> None:
         self.nc = nc
         self.auth = auth or NatsAuth()  # how it connected (for messages)
@@ -244,9 +250,19 @@ class Client:
         self.unavailable_wait = unavailable_wait
         # Set when this client's connection reports permission errors to it (`connect`).
         self.denials = denials
-        # The last status event, when following them (`follow_status`, ADR 29).
+        # The numbers of the statuses this client was told about, on every reply; when it
+        # follows the status events (`follow_status`, ADR 29) also the last event, and then
+        # `mirror` is this object.
+        self._seen = StatusMirror()
         self.mirror: StatusMirror | None = None
         self._mirror_sub: Any = None
+        # A plain `status` is first asked of nats-server, which keeps the last status event
+        # (ADR 35), unless NATS refused this user that (it is then never tried again) or
+        # it had none a moment ago. Only with `denials`: else a refusal would cost a timeout.
+        # Off: every `status` is asked of the queue service (a check that it answers).
+        self.direct_status = direct_status and denials is not None
+        self._direct_retry_at = 0.0
+        self.direct_hits = 0  # `status` requests nats-server answered (tests, benchmarks)
 
     @classmethod
     async def connect(
@@ -257,9 +273,13 @@ class Client:
         connect_timeout: float = 2.0,
         auth: NatsAuth | None = None,
         act_as: str | None = AUTO,
+        direct_status: bool = True,
     ) -> Client:
         """Connect with the credentials of `auth` (default: the QSERVER_NATS_* variables);
         without any, to a local stack's NATS with the stack's client key (`qserver.localstack`).
+
+        `direct_status=False`: `status` is always asked of the queue service, never answered
+        by nats-server from the last status event (ADR 35); for checks that the service is up.
 
         A client with a NATS user of its own acts as that user (`act_as`, by default the user
         its inbox is named after), unless the user is a service's or the gateway's.
@@ -302,7 +322,15 @@ class Client:
             raise NoAnswer(f"Cannot connect to NATS at {url}: {e or type(e).__name__}") from e
         if act_as == AUTO:
             act_as = acting_user(auth.inbox)
-        return cls(nc, prefix or default_prefix(url), timeout, denials, auth=auth, act_as=act_as)
+        return cls(
+            nc,
+            prefix or default_prefix(url),
+            timeout,
+            denials,
+            auth=auth,
+            act_as=act_as,
+            direct_status=direct_status,
+        )
 
     def subject_of(self, method: str, body: bytes) -> str:
         """Where a request goes: `api.<method>`, or the identity subject when acting as a user."""
@@ -335,7 +363,8 @@ class Client:
         first call on; an exception in it is logged and does not end the subscription.
         """
         if self.mirror is None:
-            mirror = StatusMirror()
+            mirror = self._seen
+            mirror.forget()  # a status kept while not following may have missed changes
 
             async def on_status(msg: Any) -> None:
                 mirror.on_event(msg.data, msg.headers)
@@ -371,12 +400,17 @@ class Client:
         part that cannot be had is IncompleteReply or NoAnswer, an empty reply EmptyReply.
         """
         mirror = self.mirror
-        if mirror is not None and method in ("status", "ping") and body in (b"", b"{}"):
-            pushed = mirror.current() if self.nc.is_connected else None
-            if pushed is not None:
-                return pushed
-        subject = self.subject_of(method, body)
         timeout = timeout or max(self.timeout, SLOW_METHODS.get(method, 0.0))
+        if method in ("status", "ping") and body in (b"", b"{}"):
+            if mirror is not None:
+                pushed = mirror.current() if self.nc.is_connected else None
+                if pushed is not None:
+                    return pushed
+            elif method == "status" and self.direct_status:
+                stored = await self._stored_status(timeout)
+                if stored is not None:
+                    return stored
+        subject = self.subject_of(method, body)
         loop = asyncio.get_running_loop()
         started, pause = loop.time(), 0.05
         while True:
@@ -402,8 +436,7 @@ class Client:
                     f"No answer to '{method}' within {timeout:g} s{why if service else ''}"
                 ) from None
         headers = msg.headers or {}
-        if mirror is not None:
-            mirror.on_reply(method, msg.data, headers)
+        self._seen.on_reply(method, msg.data, headers)
         if TOKEN_HEADER in headers:
             return await fetch_parts(
                 method, headers, lambda h: self._ask_part(method, subject, timeout, h)
@@ -412,6 +445,31 @@ class Client:
             # nats.micro answers a handler that raised with headers and no body.
             why = headers.get("Nats-Service-Error") or "no reason given"
             raise EmptyReply(f"The service answered '{method}' with an empty reply ({why})")
+        return msg.data  # type: ignore[no-any-return]
+
+    async def _stored_status(self, timeout: float) -> bytes | None:
+        """The last status event as nats-server keeps it (ADR 35), if it may answer `status`:
+        there is one (none older than the heartbeat plus a margin is kept) and it shows
+        every change this client was told about. None: ask the queue service.
+        """
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._direct_retry_at or not self.nc.is_connected:
+            return None
+        subject = self.subjects.status_direct_get
+        try:
+            msg = await self._request_watched(subject, b"", min(timeout, DIRECT_TIMEOUT_S))
+        except AccessDenied:
+            self.direct_status = False  # this user may not: ask the service from now on
+            return None
+        except (NoRespondersError, NatsTimeout):
+            # No stream (a queue service before ADR 35, a restarted nats-server before the
+            # leader made it again) or its node is away: ask the service for a while.
+            self._direct_retry_at = loop.time() + DIRECT_RETRY_S
+            return None
+        # No message (404: none fresh, a clean stop) or one this client may not trust.
+        if not msg.data or not self._seen.accepts(msg.headers):
+            return None
+        self.direct_hits += 1
         return msg.data  # type: ignore[no-any-return]
 
     async def _ask_part(

@@ -111,16 +111,17 @@ async def ensure_stream(
     subjects: list[str],
     *,
     replicas: int | None = None,
+    storage: api.StorageType = api.StorageType.FILE,
     **extra: object,
 ) -> api.StreamInfo:
-    """Create a file-backed stream, or update it to this config if it exists.
+    """Create a stream (file-backed unless told), or update it to this config if it exists.
 
     Waits (`patiently`) while JetStream is not ready.
     """
     config = api.StreamConfig(
         name=name,
         subjects=subjects,
-        storage=api.StorageType.FILE,
+        storage=storage,
         num_replicas=replicas or default_replicas(),
         **extra,  # type: ignore[arg-type]
     )

@@ -84,6 +84,16 @@ class StatusMirror:
         self.hits += 1
         return self.data
 
+    def accepts(self, headers: Mapping[str, str] | None) -> bool:
+        """Whether a status kept elsewhere (nats-server's, ADR 35) may answer `status`: it
+        is numbered and shows every change this client was told about. Its freshness is the
+        keeper's (nats-server drops it when a follower would stop trusting it)."""
+        seq = parse_status_seq((headers or {}).get(STATUS_SEQ_HEADER))
+        if seq is None or self._blind:
+            return False
+        need = self.needed
+        return need is None or (seq[0] == need[0] and seq[1] >= need[1])
+
     def on_reply(self, method: str, data: bytes, headers: Mapping[str, str] | None) -> None:
         """Note a reply's number; a direct `status` reply becomes the copy."""
         seq = parse_status_seq((headers or {}).get(STATUS_SEQ_HEADER))

@@ -181,6 +181,16 @@ class Subjects:
         return f"QS_{self._token}_PROGRESS"
 
     @property
+    def status_stream(self) -> str:
+        """Keeps the last status event in memory, for a JetStream direct get (ADR 35)."""
+        return f"QS_{self._token}_STATUS"
+
+    @property
+    def status_direct_get(self) -> str:
+        """The last status event from nats-server itself: `status` without the queue service."""
+        return f"$JS.API.DIRECT.GET.{self.status_stream}.{self.status_event}"
+
+    @property
     def console_stream(self) -> str:
         """The recent console output (`events.console`), bounded: the backlog every reader gets."""
         return f"QS_{self._token}_CONSOLE"

@@ -19,7 +19,8 @@ from qserver.errors import Conflict, Refused
 from qserver.jsutil import patiently, transient
 from qserver.protocol.subjects import Subjects
 from services.queue.leader import Lease, default_instance
-from services.queue.service import QueueService
+from services.queue.service import HEARTBEAT_S, QueueService
+from services.queue.status_store import StatusStore
 from services.runtime.console import ServiceConsole
 from services.runtime.console_lines import logged
 from services.runtime.replies import reply_to_inboxes_only
@@ -93,6 +94,10 @@ async def main(args: argparse.Namespace) -> int:
     keeper = asyncio.create_task(lease.keep(lease_lost))
     # Writing the first event may be refused while JetStream settles ("try again").
     await patiently("taking the lead", lambda: svc.lead(lease), is_transient=not_yet)
+    # The last status for plain `status` requests, answered by nats-server (ADR 35).
+    status_store = StatusStore(js, subjects, HEARTBEAT_S)
+    await status_store.ensure()
+    on_reconnect.append(status_store.reconnected)
     micro = await add_service(
         nc, name="qserver-queue", version=qserver.__version__, metadata={"prefix": args.prefix}
     )
@@ -127,6 +132,7 @@ async def main(args: argparse.Namespace) -> int:
     await shutdown(
         micro.stop(),
         served.wait(),  # adds being stored (served in tasks of their own) are answered
+        status_store.forget(),  # a `status` after this is asked of the stopped service
         svc.executor.results.close(),
         svc.log.close(),
         lease.release(),

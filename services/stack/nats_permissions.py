@@ -66,6 +66,15 @@ def kv_bucket_access(bucket: str) -> tuple[str, ...]:
     return (info, f"$JS.API.STREAM.CREATE.{stream}", *read, scan, f"$KV.{bucket}.>")
 
 
+def status_read(prefix: str) -> str:
+    """The last status event from nats-server (a JetStream direct get, ADR 35).
+
+    JetStream sends its answer to any reply subject the asker names; the services drop such
+    messages on their own subjects (ADR 11), so this reaches nothing but the asker's inbox.
+    """
+    return Subjects(prefix).status_direct_get
+
+
 def inbox_prefix(user: str) -> str:
     """The inbox prefix of a NATS user: it may subscribe to `<inbox_prefix>.>` only."""
     return f"_INBOX.{user}"
@@ -113,7 +122,12 @@ def person(
     return Role(
         name=name,
         purpose=purpose or f"{name}: drives the queue as '{user}', in groups {', '.join(groups)}",
-        publish=(f"{prefix}.api.>", *acting(prefix, user, groups), *DIAGNOSTICS),
+        publish=(
+            f"{prefix}.api.>",
+            *acting(prefix, user, groups),
+            status_read(prefix),
+            *DIAGNOSTICS,
+        ),
         deny_publish=tuple(f"{prefix}.api.{m}" for m in IDENTITY_METHODS),
         subscribe=(f"{prefix}.events.>", f"{prefix}.docs.>", f"{inbox_prefix(user)}.>"),
         user=user,
@@ -149,6 +163,7 @@ def proposer(
         publish=(
             *(f"{prefix}.api.{m}" for m in reads),
             *acting(prefix, user, groups, [m for m in PROPOSER_IDENTITY if m in IDENTITY_METHODS]),
+            status_read(prefix),
             *DIAGNOSTICS,
         ),
         subscribe=(f"{prefix}.events.>", f"{prefix}.docs.>", f"{inbox_prefix(user)}.>"),
@@ -272,6 +287,7 @@ def roles(
             publish=(
                 *(f"{prefix}.api.{m}" for m in READ_ONLY_METHODS if m not in IDENTITY_METHODS),
                 *acting(prefix, "observer" + user_suffix, operator_groups, READ_IDENTITY),
+                status_read(prefix),
                 *DIAGNOSTICS,
             ),
             subscribe=(events, docs),

@@ -80,3 +80,21 @@ def test_an_event_is_trusted_only_for_its_period_and_the_margin() -> None:
     m.forget()
     m.on_event(b"s2", event("e", 2, every="junk"))
     assert m.current() == b"s2"  # an unreadable period: the default
+
+
+def test_a_kept_status_is_accepted_only_if_numbered_and_current() -> None:
+    """nats-server's copy of the last status (ADR 35): its freshness is nats-server's, its
+    number is checked here as a followed event's is."""
+    m = StatusMirror()
+    assert m.accepts(event("e", 1))  # nothing seen yet: any numbered status
+    assert not m.accepts({})  # a queue service without numbers
+    assert not m.accepts(None)
+    m.on_reply("queue_item_add", b"{}", {STATUS_SEQ_HEADER: "e:7"})
+    assert not m.accepts(event("e", 6))  # older than this client's write
+    assert m.accepts(event("e", 7)) and m.accepts(event("e", 9))
+    assert not m.accepts(event("f", 9))  # another leader's, before a reply of its own
+    m.on_reply("history_clear", b"{}", {})  # a write answered without a number
+    assert not m.accepts(event("e", 9))
+    m.on_reply("status", b"{}", {STATUS_SEQ_HEADER: "e:9"})  # asked of the service
+    assert m.accepts(event("e", 9))
+    assert m.hits == 0  # acceptance is not an answer from this copy
