@@ -9,6 +9,7 @@ variables (a test fails when it is stale); tests render it with generated passwo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,10 +68,13 @@ def kv_bucket_access(bucket: str) -> tuple[str, ...]:
 
 
 def status_read(prefix: str) -> str:
-    """The last status event from nats-server (a JetStream direct get, ADR 35).
+    """The last status event from nats-server: a JetStream direct get (ADR 35).
 
-    JetStream sends its answer to any reply subject the asker names; the services drop such
-    messages on their own subjects (ADR 11), so this reaches nothing but the asker's inbox.
+    Granted to the embedded stack's `operator` only (`render_nkey_users`). JetStream sends
+    its answer to whatever reply subject the asker names, from inside the account, past
+    every permission: into any stream or KV bucket of the account too. In the embedded stack
+    the holder of `operator.nk` holds every role's key (one owner, one 0700 directory), so
+    the grant gives nobody a power they lack; in a facility's accounts config it would.
     """
     return Subjects(prefix).status_direct_get
 
@@ -122,12 +126,7 @@ def person(
     return Role(
         name=name,
         purpose=purpose or f"{name}: drives the queue as '{user}', in groups {', '.join(groups)}",
-        publish=(
-            f"{prefix}.api.>",
-            *acting(prefix, user, groups),
-            status_read(prefix),
-            *DIAGNOSTICS,
-        ),
+        publish=(f"{prefix}.api.>", *acting(prefix, user, groups), *DIAGNOSTICS),
         deny_publish=tuple(f"{prefix}.api.{m}" for m in IDENTITY_METHODS),
         subscribe=(f"{prefix}.events.>", f"{prefix}.docs.>", f"{inbox_prefix(user)}.>"),
         user=user,
@@ -163,7 +162,6 @@ def proposer(
         publish=(
             *(f"{prefix}.api.{m}" for m in reads),
             *acting(prefix, user, groups, [m for m in PROPOSER_IDENTITY if m in IDENTITY_METHODS]),
-            status_read(prefix),
             *DIAGNOSTICS,
         ),
         subscribe=(f"{prefix}.events.>", f"{prefix}.docs.>", f"{inbox_prefix(user)}.>"),
@@ -287,7 +285,6 @@ def roles(
             publish=(
                 *(f"{prefix}.api.{m}" for m in READ_ONLY_METHODS if m not in IDENTITY_METHODS),
                 *acting(prefix, "observer" + user_suffix, operator_groups, READ_IDENTITY),
-                status_read(prefix),
                 *DIAGNOSTICS,
             ),
             subscribe=(events, docs),
@@ -320,9 +317,17 @@ def render_nkey_users(public_keys: Mapping[str, str], prefix: str = DEFAULT_PREF
     """An `authorization {}` block (the server's global account) with an nkey user per role.
 
     What the embedded stack runs: `public_keys` maps each role to its user's public nkey.
+    Its `operator` may also read the last status from nats-server (`status_read`).
     """
     users = ",\n".join(
-        render_user(r, f"nkey: {json.dumps(public_keys[r.name])}", "    ") for r in roles(prefix)
+        render_user(
+            dataclasses.replace(r, publish=(*r.publish, status_read(prefix)))
+            if r.name == "operator"
+            else r,
+            f"nkey: {json.dumps(public_keys[r.name])}",
+            "    ",
+        )
+        for r in roles(prefix)
     )
     return f"authorization {{\n  users: [\n{users}\n  ]\n}}\n"
 

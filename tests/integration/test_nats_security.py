@@ -81,6 +81,19 @@ async def test_observer_reads_status_queue_and_history(observer: Client) -> None
     assert (await observer.request("plans_allowed", {"user_group": "primary"}))["success"]
 
 
+async def test_people_ask_the_queue_service_for_status_not_jetstream(
+    observer: Client, operator: Client
+) -> None:
+    """A facility's users may not use the JetStream API (its answers go to any subject, into
+    any stream, ADR 35): a client tries the direct get once, is refused at once, and asks
+    the queue service from then on."""
+    for c in (observer, operator):
+        assert c.direct_status
+        assert (await c.request("status"))["manager_state"] == "idle"
+        assert not c.direct_status and c.direct_hits == 0  # refused, not timed out
+        assert (await c.request("status"))["manager_state"] == "idle"
+
+
 @pytest.mark.parametrize(
     ("method", "params"),
     [("queue_item_add", {"item": plan("count", ["det1"]), **USER}), ("queue_start", {})],

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from qserver.protocol.api import REQUEST_TYPES
+from qserver.protocol.subjects import Subjects
 from services.stack.nats_permissions import (
     READ_ONLY_METHODS,
     beamline_pair,
+    render_nkey_users,
     roles,
     sample_config,
     several_config,
@@ -79,3 +81,18 @@ def test_beamline_option_names_what_is_wrong() -> None:
         beamline_pair("qs.tst")
     with pytest.raises(argparse.ArgumentTypeError, match="invalid subject prefix"):
         beamline_pair("TST=qs tst")
+
+
+def test_only_the_embedded_stacks_operator_may_read_the_status_from_jetstream() -> None:
+    """JetStream answers at any reply subject, into any stream of the account (ADR 35): in a
+    facility's config no person or program gets any of its API; in the embedded stack, whose
+    owner holds every key, its operator may read the last status."""
+    people, proposers = {"alice": ["primary"]}, {"agent": ["gated"]}
+    services = {"queue", "history", "worker", "gateway"}
+    for role in roles("qs.tst", people=people, proposers=proposers):
+        if role.name not in services:
+            assert not [p for p in role.publish if p.startswith("$JS")], role.name
+    rendered = render_nkey_users({r.name: f"U{r.name}" for r in roles("qs.tst")}, "qs.tst")
+    direct = Subjects("qs.tst").status_direct_get
+    with_direct = [line for line in rendered.splitlines() if direct in line]
+    assert len(with_direct) == 1 and '"qs.tst.as.operator.' in with_direct[0]
