@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import nats.errors
@@ -157,16 +157,66 @@ async def ensure_key_value(
     return await patiently(f"opening the bucket {bucket}", ensure)
 
 
+# How a JetStream API answer starts (its `type` comes first).
+JS_API_ANSWER = b'{"type":"io.nats.jetstream.api.v1.'
+
+
+def written_by_jetstream(reply: str, headers: Mapping[str, str] | None, data: bytes) -> bool:
+    """Whether a message is JetStream's: a consumer's delivery (its reply is an ack or flow
+    control subject), a stored message a direct get returns (`Nats-Stream`), a status
+    (`Status`: a heartbeat, a 404), or the answer to a JetStream API call.
+
+    JetStream publishes its answers at whatever reply subject the asker named, past every
+    permission (ADR 11): on a service's command subject, or into a stream or KV bucket of
+    the account. No service writes a message that looks like this.
+    """
+    if reply.startswith("$JS."):
+        return True
+    if headers and ("Nats-Stream" in headers or "Status" in headers):
+        return True
+    return data.startswith(JS_API_ANSWER)
+
+
+def _foreign(stream: str, seq: int, headers: Mapping[str, str] | None, data: bytes) -> bool:
+    """A stored message that JetStream wrote on someone's behalf: skipped, and said so."""
+    if not written_by_jetstream("", headers, data):
+        return False
+    logger.warning(
+        "skipping message %d of %s: JetStream wrote it on someone's behalf (an answer aimed "
+        "at the stream's subject), not a service",
+        seq,
+        stream,
+    )
+    return True
+
+
 async def read_stream(
-    js: JetStreamContext, stream: str, subject: str, start_seq: int, batch: int = 1000
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    start_seq: int,
+    batch: int = 1000,
+    skipped: Callable[[int], None] | None = None,
 ) -> AsyncIterator[tuple[int, bytes]]:
-    """Yield (sequence, data) of every message on `subject` from `start_seq` to the current end."""
-    async for seq, data, _ in read_stream_with_headers(js, stream, subject, start_seq, batch):
+    """Yield (sequence, data) of every message on `subject` from `start_seq` to the current end.
+
+    Messages JetStream wrote on someone's behalf are not yielded (`written_by_jetstream`);
+    `skipped` is given each one's sequence (a writer that expects the last sequence counts
+    them).
+    """
+    async for seq, data, _ in read_stream_with_headers(
+        js, stream, subject, start_seq, batch, skipped
+    ):
         yield seq, data
 
 
 async def read_stream_with_headers(
-    js: JetStreamContext, stream: str, subject: str, start_seq: int, batch: int = 1000
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    start_seq: int,
+    batch: int = 1000,
+    skipped: Callable[[int], None] | None = None,
 ) -> AsyncIterator[tuple[int, bytes, dict[str, str] | None]]:
     """`read_stream`, with each message's headers."""
     info = await js.stream_info(stream)
@@ -186,6 +236,10 @@ async def read_stream_with_headers(
                 seq = msg.metadata.sequence.stream
                 if seq > last:
                     break
+                if _foreign(stream, seq, msg.headers, msg.data):
+                    if skipped is not None:
+                        skipped(seq)
+                    continue
                 yield seq, msg.data, msg.headers
 
 
@@ -236,6 +290,9 @@ async def kv_scan(js: JetStreamContext, bucket: str, prefix: str) -> list[tuple[
                 if headers.get("KV-Operation") in ("DEL", "PURGE"):
                     continue
                 if "Nats-Marker-Reason" in headers:  # a server's expiry or removal marker
+                    continue
+                seq = msg.metadata.sequence.stream if msg.metadata.sequence else 0
+                if _foreign(f"KV_{bucket}", seq, headers, msg.data):
                     continue
                 out.append((msg.subject[len(head) :], msg.data))
     return out

@@ -82,8 +82,12 @@ class EventLog:
         """Events appended after the last one this instance wrote or read."""
         s = self._subjects
         events = []
+
+        def skipped(seq: int) -> None:  # not an event, but the next append comes after it
+            self.last_seq = seq
+
         async for seq, data in read_stream(
-            self._js, s.queue_stream, s.queue_log, self.last_seq + 1
+            self._js, s.queue_stream, s.queue_log, self.last_seq + 1, skipped=skipped
         ):
             events.append(_event_decoder.decode(data))
             self.last_seq = seq

@@ -21,34 +21,23 @@ services publish those subjects themselves, never through JetStream (ADR 11, ame
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from qserver.jsutil import written_by_jetstream
+
 logger = logging.getLogger(__name__)
 
 INBOXES = "_INBOX."
-# How a JetStream API answer starts (its `type` comes first).
-JS_API_ANSWER = b'{"type":"io.nats.jetstream.api.v1.'
 
 
 def reply_allowed(subscription: str, reply: str) -> bool:
     """Whether a service may answer at `reply` a message that came through `subscription`."""
     return not reply or reply.startswith(INBOXES) or subscription.startswith(INBOXES)
-
-
-def from_jetstream(reply: str, headers: Mapping[str, str] | None, data: bytes) -> bool:
-    """Whether a message is JetStream's: a consumer's delivery (its reply is an ack or flow
-    control subject), a stored message a direct get returns (`Nats-Stream`), a status
-    (`Status`: a heartbeat, a 404), or the answer to a JetStream API call."""
-    if reply.startswith("$JS."):
-        return True
-    if headers and ("Nats-Stream" in headers or "Status" in headers):
-        return True
-    return data.startswith(JS_API_ANSWER)
 
 
 @dataclass
@@ -65,7 +54,7 @@ class InboxReplyMsg(Msg):
         sub = self._client._subs.get(self._sid) if self._sid is not None else None
         subscription = sub.subject if sub is not None else ""
         if not subscription.startswith(INBOXES):
-            self.relayed = from_jetstream(self.reply, self.headers, self.data)
+            self.relayed = written_by_jetstream(self.reply, self.headers, self.data)
         if not reply_allowed(subscription, self.reply):
             logger.warning(
                 "not answering a message on %s: its reply subject %r is not an inbox",

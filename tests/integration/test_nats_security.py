@@ -350,3 +350,46 @@ async def test_a_jetstream_answer_aimed_at_the_workers_commands_is_dropped(
     assert status["worker_environment_exists"], status
     assert (await operator.request("environment_close"))["success"]
     await operator.wait_for(lambda st: not st["worker_environment_exists"], 30)
+
+
+async def test_jetstream_answers_aimed_into_the_queue_and_history_logs_are_skipped(
+    svc: RoleServices, operator: Client
+) -> None:
+    """The same answers aimed at a stream's subject are stored in it, as if a service had
+    written them. The queue service skips them when it reads its log: a write is refused
+    once (the log's last sequence moved), the next is stored, and after a restart the queue
+    is as it was (before, the queue service failed at every start on the foreign message)."""
+    s = Subjects(PREFIX)
+    item = {"item": plan("count", ["det1"]), **USER}
+    first = await operator.request("queue_item_add", item)
+    assert first["success"], first
+    nc = await nats.connect(
+        svc.nats.url, allow_reconnect=False, **auth("gateway").connect_options()
+    )
+    try:
+        for subject in (s.queue_log, s.history_log):
+            await nc.publish(f"$JS.API.STREAM.INFO.{s.progress_stream}", b"", reply=subject)
+        await nc.flush()
+    finally:
+        await nc.close()
+    uids = [first["item"]["item_uid"]]
+    for _ in range(2):  # the first may be refused: the log moved under the leader
+        r = await operator.request("queue_item_add", item)
+        if r["success"]:
+            uids.append(r["item"]["item_uid"])
+            break
+        assert "changed by another writer" in r["msg"], r
+    assert len(uids) == 2, "no write was stored after the foreign message"
+
+    log = svc.log_dir / "queue.log"
+    skipped = log.read_text(errors="replace").count("JetStream wrote it on someone's behalf")
+    for name in ("queue", "history"):
+        svc.procs[name].stop()
+        svc.procs[name].start()
+    await svc.wait_ready()
+    assert log.read_text(errors="replace").count("JetStream wrote it") > skipped
+    queue = (await operator.request("queue_get"))["items"]
+    assert [it["item_uid"] for it in queue][-2:] == uids
+    assert (await operator.request("history_get"))["success"]
+    for uid in uids:
+        assert (await operator.request("queue_item_remove", {"uid": uid}))["success"]

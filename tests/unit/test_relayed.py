@@ -1,10 +1,10 @@
-"""Which messages are JetStream's (services.runtime.replies.from_jetstream, ADR 11 amendment)."""
+"""Which messages are JetStream's (qserver.jsutil.written_by_jetstream, ADR 11 amendment)."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.runtime.replies import from_jetstream
+from qserver.jsutil import written_by_jetstream as from_jetstream
 
 
 @pytest.mark.parametrize(
