@@ -183,9 +183,30 @@ async def test_the_client_user_cannot_write_service_subjects_nor_read_other_inbo
         assert b'"manager_state"' in reply.data
         assert (await js.stream_info(s.results_stream)).state.last_seq == results_before
         assert (await js.stream_info(s.queue_stream)).state.last_seq == queue_before
+        await status_from_nats_server_for_the_operator_only(info)
     finally:
         await client.close()
         await worker.close()
+
+
+async def status_from_nats_server_for_the_operator_only(info: dict[str, Any]) -> None:
+    """The stack's client user may read the last status from JetStream (its holder holds
+    every key); the observer's key may not, and its client asks the queue service (ADR 35)."""
+    keys = Path(info["data_dir"]) / "nats-keys"
+
+    async def connect(role: str) -> Client:
+        auth = NatsAuth(nkey=str(keys / f"{role}.nk"), inbox_prefix=f"_INBOX.{role}")
+        return await Client.connect(info["nats_url"], info["prefix"], timeout=30, auth=auth)
+
+    operator, observer = await connect("operator"), await connect("observer")
+    try:
+        assert (await direct_hit(operator))["manager_state"] == "idle"
+        assert operator.direct_status
+        assert (await observer.request("status"))["manager_state"] == "idle"
+        assert not observer.direct_status and observer.direct_hits == 0
+    finally:
+        await operator.close()
+        await observer.close()
 
 
 async def test_a_reply_subject_cannot_aim_a_service_at_a_state_subject(
@@ -228,26 +249,3 @@ async def test_a_reply_subject_cannot_aim_a_service_at_a_state_subject(
         await monitor.close()
     queue_log = Path(info["logs_dir"]) / "queue.log"
     assert f"its reply subject '{s.worker_cmd('probe')}' is not an inbox" in queue_log.read_text()
-
-
-async def test_the_operator_reads_the_status_from_nats_server_and_the_observer_asks(
-    stack: tuple[StackProcess, dict[str, Any]],
-) -> None:
-    """The stack's client user may read the last status from JetStream (its holder holds
-    every key); the observer's key may not, and its client asks the queue service (ADR 35)."""
-    _, info = stack
-    keys = Path(info["data_dir"]) / "nats-keys"
-
-    async def connect(role: str) -> Client:
-        auth = NatsAuth(nkey=str(keys / f"{role}.nk"), inbox_prefix=f"_INBOX.{role}")
-        return await Client.connect(info["nats_url"], info["prefix"], timeout=30, auth=auth)
-
-    operator, observer = await connect("operator"), await connect("observer")
-    try:
-        assert (await direct_hit(operator))["manager_state"] == "idle"
-        assert operator.direct_status
-        assert (await observer.request("status"))["manager_state"] == "idle"
-        assert not observer.direct_status and observer.direct_hits == 0
-    finally:
-        await operator.close()
-        await observer.close()
