@@ -449,8 +449,8 @@ class Client:
 
     async def _stored_status(self, timeout: float) -> bytes | None:
         """The last status event as nats-server keeps it (ADR 35), if it may answer `status`:
-        there is one (none older than the heartbeat plus a margin is kept) and it shows
-        every change this client was told about. None: ask the queue service.
+        there is one, stored less than its period + a margin ago, and it shows every change
+        this client was told about. None: ask the queue service.
         """
         loop = asyncio.get_running_loop()
         if loop.time() < self._direct_retry_at or not self.nc.is_connected:
@@ -466,8 +466,9 @@ class Client:
             # leader made it again) or its node is away: ask the service for a while.
             self._direct_retry_at = loop.time() + DIRECT_RETRY_S
             return None
-        # No message (404: none fresh, a clean stop) or one this client may not trust.
-        if not msg.data or not self._seen.accepts(msg.headers):
+        # No message (404: a clean stop, or none yet) or one this client may not trust:
+        # older than its period + the margin (the leader is gone or hung), or not current.
+        if not msg.data or not self._seen.on_stored(msg.headers):
             return None
         self.direct_hits += 1
         return msg.data  # type: ignore[no-any-return]

@@ -20,6 +20,7 @@ the event and the reply over: a late event only sends one `status` the long way.
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,20 @@ READ_METHODS = frozenset(READ_ONLY_METHODS) | {
     "item_dry_run",
 }
 Seq = tuple[str, int]
+# When nats-server stored a message (RFC 3339, UTC, nanoseconds), on a direct get's answer.
+STORED_TIME_HEADER = "Nats-Time-Stamp"
+
+
+def stored_time(value: str | None) -> float | None:
+    """`Nats-Time-Stamp` as seconds since the epoch; None if absent or malformed."""
+    if not value or not value.endswith("Z"):
+        return None
+    whole, _, fraction = value[:-1].partition(".")
+    try:
+        t = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+        return t + (float("0." + fraction) if fraction else 0.0)
+    except ValueError:
+        return None
 
 
 class StatusMirror:
@@ -93,6 +108,21 @@ class StatusMirror:
             return False
         need = self.needed
         return need is None or (seq[0] == need[0] and seq[1] >= need[1])
+
+    def on_stored(self, headers: Mapping[str, str] | None, now: float | None = None) -> bool:
+        """Whether nats-server's copy of the last status event may answer `status` (ADR 35):
+        it is fresh by its stored time (younger than its period + the margin, as an event a
+        follower trusts) and current (`accepts`)."""
+        h = headers or {}
+        stored = stored_time(h.get(STORED_TIME_HEADER))
+        if stored is None:
+            return False
+        try:
+            every = float(h.get(STATUS_EVERY_HEADER) or DEFAULT_EVERY_S)
+        except ValueError:
+            every = DEFAULT_EVERY_S
+        age = (time.time() if now is None else now) - stored
+        return age <= every + FRESH_MARGIN_S and self.accepts(h)
 
     def on_reply(self, method: str, data: bytes, headers: Mapping[str, str] | None) -> None:
         """Note a reply's number; a direct `status` reply becomes the copy."""

@@ -19,7 +19,7 @@ from qserver.errors import Conflict, Refused
 from qserver.jsutil import patiently, transient
 from qserver.protocol.subjects import Subjects
 from services.queue.leader import Lease, default_instance
-from services.queue.service import HEARTBEAT_S, QueueService
+from services.queue.service import QueueService
 from services.queue.status_store import StatusStore
 from services.runtime.console import ServiceConsole
 from services.runtime.console_lines import logged
@@ -95,7 +95,7 @@ async def main(args: argparse.Namespace) -> int:
     # Writing the first event may be refused while JetStream settles ("try again").
     await patiently("taking the lead", lambda: svc.lead(lease), is_transient=not_yet)
     # The last status for plain `status` requests, answered by nats-server (ADR 35).
-    status_store = StatusStore(js, subjects, HEARTBEAT_S)
+    status_store = StatusStore(js, subjects)
     await status_store.ensure()
     on_reconnect.append(status_store.reconnected)
     micro = await add_service(

@@ -2,9 +2,11 @@
 
 A memory stream of one message captures `<prefix>.events.status`. A client that does not
 follow the events reads it with a JetStream direct get: nats-server answers, and the queue
-service is not woken. The message is dropped `every + FRESH_MARGIN_S` after it was
-published (`max_age`), so a status older than a follower would trust is never given out;
-the client checks its number as a follower does (`StatusMirror.accepts`).
+service is not woken. The client takes it only if it was stored less than its period +
+`FRESH_MARGIN_S` ago (its `Nats-Time-Stamp`), as a follower trusts an event, and if its
+number shows every change the client was told about (`StatusMirror.on_stored`). The stream
+keeps a message at most `BACKSTOP_S`: an expiry timer per heartbeat (a `max_age` of the
+period + the margin) cost nats-server more at idle than the stream itself.
 
 The leader makes the stream when it takes the lead and again after a reconnection (a
 restarted nats-server has lost it), and empties it when it stops cleanly: a `status` right
@@ -20,18 +22,20 @@ from nats.js import JetStreamContext, api
 
 from qserver.jsutil import ensure_stream
 from qserver.protocol.subjects import Subjects
-from qserver.status_mirror import FRESH_MARGIN_S
 
 logger = logging.getLogger(__name__)
+
+# How long nats-server keeps a status at most: a dead leader's last one is gone after this
+# (clients stop taking it after its period + FRESH_MARGIN_S already).
+BACKSTOP_S = 60.0
 
 
 class StatusStore:
     """The status stream of one queue server, as its leader keeps it."""
 
-    def __init__(self, js: JetStreamContext, subjects: Subjects, every: float) -> None:
+    def __init__(self, js: JetStreamContext, subjects: Subjects) -> None:
         self._js = js
         self._subjects = subjects
-        self._every = every
         self._made = False
         self._task: asyncio.Task[None] | None = None
 
@@ -60,7 +64,7 @@ class StatusStore:
             replicas=1,
             max_msgs=1,
             max_msgs_per_subject=1,
-            max_age=self._every + FRESH_MARGIN_S,
+            max_age=BACKSTOP_S,
             allow_direct=True,
             discard=api.DiscardPolicy.OLD,
         )

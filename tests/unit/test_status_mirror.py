@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import calendar
 import time
 
 from qserver.protocol.status import STATUS_EVERY_HEADER, STATUS_SEQ_HEADER, parse_status_seq
-from qserver.status_mirror import FRESH_MARGIN_S, StatusMirror
+from qserver.status_mirror import (
+    FRESH_MARGIN_S,
+    STORED_TIME_HEADER,
+    StatusMirror,
+    stored_time,
+)
 
 
 def event(epoch: str, n: int, every: str = "1") -> dict[str, str]:
@@ -98,3 +104,19 @@ def test_a_kept_status_is_accepted_only_if_numbered_and_current() -> None:
     m.on_reply("status", b"{}", {STATUS_SEQ_HEADER: "e:9"})  # asked of the service
     assert m.accepts(event("e", 9))
     assert m.hits == 0  # acceptance is not an answer from this copy
+
+
+def test_nats_servers_copy_answers_while_younger_than_its_period_and_the_margin() -> None:
+    """Its freshness is read from when nats-server stored it (ADR 35)."""
+    m = StatusMirror()
+    stored = {**event("e", 3), STORED_TIME_HEADER: "2026-12-03T16:52:12.500000000Z"}
+    t = stored_time(stored[STORED_TIME_HEADER])
+    assert t == calendar.timegm((2026, 12, 3, 16, 52, 12, 0, 0, 0)) + 0.5
+    assert m.on_stored(stored, now=t + 1.0 + FRESH_MARGIN_S - 0.01)
+    assert not m.on_stored(stored, now=t + 1.0 + FRESH_MARGIN_S + 0.01)  # the leader is gone
+    slow = {**stored, STATUS_EVERY_HEADER: "5"}
+    assert m.on_stored(slow, now=t + 5.0)  # a longer announced period
+    assert not m.on_stored({**event("e", 3)}, now=t)  # no stored time
+    assert not m.on_stored({**stored, STORED_TIME_HEADER: "yesterday"}, now=t)
+    m.on_reply("queue_item_add", b"{}", {STATUS_SEQ_HEADER: "e:4"})
+    assert not m.on_stored(stored, now=t)  # fresh, but older than this client's write
