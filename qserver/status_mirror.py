@@ -62,6 +62,14 @@ def stored_time(value: str | None) -> float | None:
         return None
 
 
+def announced_every(headers: Mapping[str, str]) -> float:
+    """The status period an event announces (`Qs-Status-Every`), or the default."""
+    try:
+        return float(headers.get(STATUS_EVERY_HEADER) or DEFAULT_EVERY_S)
+    except ValueError:
+        return DEFAULT_EVERY_S
+
+
 class StatusMirror:
     """The last status event (raw JSON) with its number, and what this client must see."""
 
@@ -80,10 +88,7 @@ class StatusMirror:
         seq = parse_status_seq(h.get(STATUS_SEQ_HEADER))
         if seq is None:
             return  # a queue service without numbers (older): never answered from
-        try:
-            every = float(h.get(STATUS_EVERY_HEADER) or DEFAULT_EVERY_S)
-        except ValueError:
-            every = DEFAULT_EVERY_S
+        every = announced_every(h)
         if self.seq is not None and seq[0] == self.seq[0] and seq[1] < self.seq[1]:
             return
         self.data, self.seq, self.every = data, seq, every
@@ -100,9 +105,8 @@ class StatusMirror:
         return self.data
 
     def accepts(self, headers: Mapping[str, str] | None) -> bool:
-        """Whether a status kept elsewhere (nats-server's, ADR 35) may answer `status`: it
-        is numbered and shows every change this client was told about. Its freshness is the
-        keeper's (nats-server drops it when a follower would stop trusting it)."""
+        """Whether a status kept elsewhere (nats-server's, ADR 35) is current: numbered, and
+        showing every change this client was told about. Freshness is `on_stored`'s."""
         seq = parse_status_seq((headers or {}).get(STATUS_SEQ_HEADER))
         if seq is None or self._blind:
             return False
@@ -117,12 +121,8 @@ class StatusMirror:
         stored = stored_time(h.get(STORED_TIME_HEADER))
         if stored is None:
             return False
-        try:
-            every = float(h.get(STATUS_EVERY_HEADER) or DEFAULT_EVERY_S)
-        except ValueError:
-            every = DEFAULT_EVERY_S
         age = (time.time() if now is None else now) - stored
-        return age <= every + FRESH_MARGIN_S and self.accepts(h)
+        return age <= announced_every(h) + FRESH_MARGIN_S and self.accepts(h)
 
     def on_reply(self, method: str, data: bytes, headers: Mapping[str, str] | None) -> None:
         """Note a reply's number; a direct `status` reply becomes the copy."""

@@ -59,8 +59,8 @@ class StatusStore:
             self._subjects.status_stream,
             [self._subjects.status_event],
             storage=api.StorageType.MEMORY,
-            # One node holds it: a copy that is never older than the heartbeat plus the
-            # margin needs no replicas; while its node is down clients ask the service.
+            # One node holds it: a copy trusted for the heartbeat plus a margin needs no
+            # replicas; while its node is down clients ask the service.
             replicas=1,
             max_msgs=1,
             max_msgs_per_subject=1,
