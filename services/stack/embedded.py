@@ -49,9 +49,11 @@ TILED_READY_TIMEOUT = 60.0
 HELPER_GRACE = 10.0  # beyond READY_TIMEOUT, for the start-up checks' own start
 HELPER_POLL = 0.05
 CHECK_TIMEOUT = 60.0  # the Kafka topic, the --http-config check
-# nats-server's Go heap is collected down toward this once it is larger (GOMEMLIMIT, a soft
-# limit: a larger live heap is kept; a GOMEMLIMIT in the environment wins). ADR 34.
-NATS_MEMORY_LIMIT = "24MiB"
+# nats-server's Go heap may grow this many percent over its live heap before a collection
+# (GOGC; the Go default is 100). Not a fixed limit: JetStream's block buffers (up to 8 MiB
+# each) make the live heap lumpy, and a limit near it left the collector running without
+# end (ADR 34, amendment). A GOGC or GOMEMLIMIT in the environment wins.
+NATS_GC_PERCENT = 50
 # More than CRASH_LIMIT exits within CRASH_WINDOW seconds is a crash loop: restarting at once
 # would only spin the CPU and flood the log, so the next start waits CRASH_BACKOFF seconds.
 CRASH_LIMIT = 5
@@ -323,7 +325,7 @@ class Stack:
             log_file=self.cfg.logs_dir / "nats-server.log",
             death_signal=signal.SIGTERM,
             config_file=self.cfg.nats_config_file,
-            memory_limit=NATS_MEMORY_LIMIT,
+            gc_percent=NATS_GC_PERCENT,
         )
         self._run_nats()
         say(f"nats-server ready in {time.monotonic() - started:.2f} s")

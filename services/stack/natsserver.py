@@ -17,6 +17,7 @@ from typing import Any
 
 from services.runtime.procs import ChildServer, http_status
 
+GOGC = "GOGC"
 GOMEMLIMIT = "GOMEMLIMIT"
 
 
@@ -86,12 +87,13 @@ class NatsServer(ChildServer):
         log_file: Path | None = None,
         death_signal: int | None = None,
         config_file: Path | None = None,
-        memory_limit: str | None = None,
+        gc_percent: int | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
-        # The Go runtime's soft memory limit (GOMEMLIMIT, as "24MiB"); a GOMEMLIMIT in this
-        # process's environment wins (ADR 34).
-        self.memory_limit = memory_limit
+        # The Go collector's target (GOGC: the heap may grow this many percent over the live
+        # heap before a collection); a GOGC or GOMEMLIMIT in this process's environment wins
+        # (ADR 34, amendment).
+        self.gc_percent = gc_percent
         # A nats-server config (accounts, users, TLS); the flags below override what it sets.
         self.config_file = config_file
         # Sent by the kernel when the process that started the server dies (Linux).
@@ -125,8 +127,8 @@ class NatsServer(ChildServer):
         if self.config_file is not None:
             cmd += ["-c", str(self.config_file)]
         env = None
-        if self.memory_limit and GOMEMLIMIT not in os.environ:
-            env = {**os.environ, GOMEMLIMIT: self.memory_limit}
+        if self.gc_percent is not None and not {GOGC, GOMEMLIMIT} & os.environ.keys():
+            env = {**os.environ, GOGC: str(self.gc_percent)}
         self._spawn(cmd, log_output=False, env=env)  # nats-server writes its log file (-l)
         self._wait_ready(timeout)
         return self

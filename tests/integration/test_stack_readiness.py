@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from services.stack.embedded import NATS_MEMORY_LIMIT
+from services.stack.embedded import NATS_GC_PERCENT
 from services.stack.kafka_broker import KafkaBroker
 from services.stack.natsserver import NatsServer, free_port
 from tests.conftest import new_topic
@@ -101,23 +101,29 @@ async def test_the_supervisor_keeps_no_start_up_library_and_still_restarts_the_b
     assert "libcrypto" in worker_maps and "msgspec" in worker_maps
 
 
-async def test_nats_server_gets_a_soft_memory_limit_unless_one_is_set(
+async def test_nats_server_gets_a_lower_gc_target_and_no_memory_limit_unless_the_user_sets_one(
     stacks: Stacks, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    monkeypatch.delenv("GOGC", raising=False)
     monkeypatch.delenv("GOMEMLIMIT", raising=False)
     stack = stacks.start("--no-kafka")
     info = await stack.wait_info()
     environ = Path(f"/proc/{info['nats_pid']}/environ").read_bytes().split(b"\0")
-    assert f"GOMEMLIMIT={NATS_MEMORY_LIMIT}".encode() in environ
-    # A limit of the user's own wins (the Go runtime reads it from the environment).
-    monkeypatch.setenv("GOMEMLIMIT", "off")
-    server = NatsServer(tmp_path / "nats", memory_limit=NATS_MEMORY_LIMIT).start()
-    try:
-        assert server.proc is not None
-        environ = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
-        assert b"GOMEMLIMIT=off" in environ
-    finally:
-        server.stop()
+    assert f"GOGC={NATS_GC_PERCENT}".encode() in environ
+    # No fixed limit: one near the live heap kept the collector running (ADR 34, amendment).
+    assert not [v for v in environ if v.startswith(b"GOMEMLIMIT=")]
+    # The user's own settings win (the Go runtime reads them from the environment).
+    for name, value in (("GOGC", "200"), ("GOMEMLIMIT", "256MiB")):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            server = NatsServer(tmp_path / name, gc_percent=NATS_GC_PERCENT).start()
+            try:
+                assert server.proc is not None
+                environ = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
+                assert f"{name}={value}".encode() in environ
+                assert not [v for v in environ if v.startswith(b"GOGC=") and v != b"GOGC=200"]
+            finally:
+                server.stop()
 
 
 def test_a_bad_configuration_file_stops_the_stack_before_anything_starts(tmp_path: Path) -> None:
