@@ -89,6 +89,15 @@ def stack() -> None:
 @click.option("--nats-url", help="Use this NATS server instead of starting one.")
 @click.option("--prefix", "stack_prefix", help="Subject prefix [the global --prefix].")
 @click.option("--kafka-port", type=int, default=0, help="Port of the local Kafka broker [free].")
+@click.option(
+    "--kafka-max-mib",
+    type=click.IntRange(min=0),
+    default=1024,
+    show_default=True,
+    help="Restart the local Kafka broker empty when it holds more memory than this (it keeps "
+    "every document it is given; runs stay in the document stream and the catalog). 0: no "
+    "bound.",
+)
 @click.option("--no-kafka", is_flag=True, help="Do not run a Kafka broker nor publish documents.")
 @click.option(
     "--no-catalog", is_flag=True, help="Do not serve the run catalog (Tiled) nor save runs to it."
@@ -139,6 +148,7 @@ def stack_up(
     nats_url: str | None,
     stack_prefix: str | None,
     kafka_port: int,
+    kafka_max_mib: int,
     no_kafka: bool,
     no_catalog: bool,
     tiled_port: int,
@@ -179,6 +189,7 @@ def stack_up(
         prefix=prefix,
         kafka=not no_kafka,
         kafka_port=kafka_port,
+        kafka_max_mib=kafka_max_mib,
         http_auth=not no_auth,
         catalog=not no_catalog,
         tiled_port=tiled_port,

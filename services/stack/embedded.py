@@ -54,6 +54,10 @@ CHECK_TIMEOUT = 60.0  # the Kafka topic, the --http-config check
 # each) make the live heap lumpy, and a limit near it left the collector running without
 # end (ADR 34, amendment). A GOGC or GOMEMLIMIT in the environment wins.
 NATS_GC_PERCENT = 50
+# The local Kafka broker keeps every document it is given (Tansu's memory engine has no
+# retention): past this much resident memory it is restarted empty (ADR 10, amendment).
+KAFKA_MAX_MIB = 1024
+KAFKA_MEMORY_CHECK_S = 10.0
 # More than CRASH_LIMIT exits within CRASH_WINDOW seconds is a crash loop: restarting at once
 # would only spin the CPU and flood the log, so the next start waits CRASH_BACKOFF seconds.
 CRASH_LIMIT = 5
@@ -95,6 +99,7 @@ class StackConfig:
     kafka: bool = True
     kafka_port: int = 0  # 0: a free port
     kafka_topic: str = DEFAULT_TOPIC
+    kafka_max_mib: int = KAFKA_MAX_MIB  # 0: no bound
     catalog: bool = True  # serve the run catalog with Tiled, filled from the document stream
     tiled_port: int = 0  # 0: a free port
     # Kernel mode (ADR 20): True/False from --use-ipython-kernel; None: the configuration's.
@@ -208,6 +213,7 @@ class Stack:
         self.procs: dict[str, ServiceProcess] = {}
         self.exits: dict[str, deque[float]] = {name: deque() for name in SERVICES}
         self.restart_due: dict[str, float] = {}
+        self.kafka_checked = time.monotonic()
         self.stop_signal: int | None = None
         # The 0MQ bridge's public key and who may connect, from the start-up checks.
         self.zmq: dict[str, Any] = {}
@@ -714,9 +720,27 @@ class Stack:
         self._write_info()
 
     def _check_kafka(self) -> None:
-        if self.kafka is None or self.kafka.running():
+        if self.kafka is None:
             return
-        say("the Kafka broker stopped: restarting it (it keeps no data across restarts)")
+        if not self.kafka.running():
+            say("the Kafka broker stopped: restarting it (it keeps no data across restarts)")
+            self._run_kafka()
+            self._write_info()
+            return
+        now = time.monotonic()
+        if not self.cfg.kafka_max_mib or now < self.kafka_checked + KAFKA_MEMORY_CHECK_S:
+            return
+        self.kafka_checked = now
+        rss = self.kafka.rss_mib()
+        if rss is None or rss <= self.cfg.kafka_max_mib:
+            return
+        say(
+            f"the Kafka broker holds {rss:.0f} MiB, over its bound of {self.cfg.kafka_max_mib} "
+            "MiB (--kafka-max-mib; it keeps every document in memory): restarting it empty. "
+            "Consumers go on with the next documents; every run stays in the document stream "
+            "and the catalog"
+        )
+        self.kafka.stop(signal.SIGKILL)  # memory only: nothing to save
         self._run_kafka()
         self._write_info()
 
@@ -757,6 +781,7 @@ def run_stack(
     prefix: str = DEFAULT_PREFIX,
     kafka: bool = True,
     kafka_port: int = 0,
+    kafka_max_mib: int = KAFKA_MAX_MIB,
     http_auth: bool = True,
     catalog: bool = True,
     tiled_port: int = 0,
@@ -777,6 +802,7 @@ def run_stack(
         prefix=prefix,
         kafka=kafka,
         kafka_port=kafka_port,
+        kafka_max_mib=kafka_max_mib,
         catalog=catalog,
         tiled_port=tiled_port,
         ipython_kernel=ipython_kernel,
@@ -869,6 +895,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix of this queue server")
     p.add_argument("--kafka-port", type=int, default=0, help="port of the local Kafka broker")
     p.add_argument(
+        "--kafka-max-mib",
+        type=_not_negative,
+        default=KAFKA_MAX_MIB,
+        help="restart the local Kafka broker empty when it holds more than this much memory "
+        f"(it keeps every document; 0: no bound) [{KAFKA_MAX_MIB}]",
+    )
+    p.add_argument(
         "--no-kafka", dest="kafka", action="store_false", help="do not publish documents to Kafka"
     )
     p.add_argument(
@@ -918,6 +951,7 @@ def stack_argv(
     prefix: str,
     kafka: bool,
     kafka_port: int,
+    kafka_max_mib: int,
     http_auth: bool,
     catalog: bool,
     tiled_port: int,
@@ -930,6 +964,7 @@ def stack_argv(
     """The arguments of `python -m services.stack.embedded` for `run_stack(**the same)`."""
     argv = ["--nats-port", str(nats_port), "--http-port", str(http_port), "--prefix", prefix]
     argv += ["--kafka-port", str(kafka_port), "--tiled-port", str(tiled_port)]
+    argv += ["--kafka-max-mib", str(kafka_max_mib)]
     argv += ["--zmq-port", str(zmq_port), "--zmq-info-port", str(zmq_info_port)]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
@@ -957,6 +992,16 @@ def exec_stack(**options: Any) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
+
+
+def _not_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no bound) or more, not {value}")
+    return value
 
 
 def _on_off(text: str) -> bool:

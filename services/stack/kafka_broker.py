@@ -2,6 +2,9 @@
 
 Tansu here is memory-only: nothing survives a stop. Topics auto-create with 4 partitions,
 so a topic whose order matters (the document topic) is created with `create_topic` first.
+It keeps every record it was given until it stops: Tansu 0.6's memory engine applies no
+retention (`retention.ms`, `retention.bytes`) and refuses DeleteRecords, so the stack bounds
+its memory by restarting it (`rss_mib`, ADR 10 amendment).
 """
 
 from __future__ import annotations
@@ -87,6 +90,19 @@ class KafkaBroker(ChildServer):
             except OSError:
                 time.sleep(0.01)
         raise TimeoutError(f"tansu not ready after {timeout} s:\n{self.log_tail()}")
+
+    def rss_mib(self) -> float | None:
+        """Its resident memory in MiB (Linux's /proc); None if it is not running or unknown."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        try:
+            with open(f"/proc/{self.proc.pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
 
     def create_topic(self, name: str, partitions: int = 1, timeout: float = 10.0) -> None:
         """Create `name` with `partitions` partitions; an existing topic is left as it is."""

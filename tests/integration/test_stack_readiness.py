@@ -1,6 +1,7 @@
 """The stack's start-up checks run in a child that exits (ADR 33): what it does, and that the
 supervisor, resident for the stack's life, keeps none of the libraries they need (nor
-OpenSSL or msgspec, ADR 34); nats-server's soft memory limit."""
+OpenSSL or msgspec, ADR 34); nats-server's collector target; the Kafka broker's memory
+bound."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from qserver.client import Client
 from services.stack.embedded import NATS_GC_PERCENT
 from services.stack.kafka_broker import KafkaBroker
 from services.stack.natsserver import NatsServer, free_port
@@ -99,6 +101,80 @@ async def test_the_supervisor_keeps_no_start_up_library_and_still_restarts_the_b
     worker_maps = Path(f"/proc/{info['services']['worker']}/maps").read_text()
     assert "_asyncio" in worker_maps and "librdkafka" in worker_maps
     assert "libcrypto" in worker_maps and "msgspec" in worker_maps
+
+
+def fill_broker(bootstrap: str, mib: int) -> None:
+    """Give the broker `mib` MiB of records on a topic of their own."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    record = b"x" * 10_000
+    for i in range(mib * 105):
+        producer.produce(f"filler-{os.getpid()}", record)
+        if i % 200 == 0:
+            producer.flush(30)
+    assert producer.flush(30) == 0
+
+
+async def run_count(client: Client) -> str:
+    """Run one `count([det1], num=2)`; its run uid."""
+    item = {"item_type": "plan", "name": "count", "args": [["det1"]], "kwargs": {"num": 2}}
+    r = await client.request("queue_item_add", {"item": item, "user": "u", "user_group": "primary"})
+    assert r["success"], r
+    assert (await client.request("queue_start"))["success"]
+    await client.wait_for(
+        lambda st: st["items_in_queue"] == 0 and st["manager_state"] == "idle", timeout=60
+    )
+    (done,) = [
+        h
+        for h in (await client.request("history_get"))["items"]
+        if h["item_uid"] == r["item"]["item_uid"]
+    ]
+    uid: str = done["result"]["run_uids"][0]
+    return uid
+
+
+async def test_a_kafka_broker_over_its_memory_bound_is_restarted_empty_and_documents_go_on(
+    stacks: Stacks,
+) -> None:
+    import msgpack
+    import msgpack_numpy
+
+    from tests.integration.test_kafka import read_topic
+
+    def runs_in(info: dict[str, Any]) -> list[tuple[str, str]]:
+        """(document name, run uid: the record's key) of every record of the document topic."""
+        msgs = read_topic(info["kafka_bootstrap"], info["kafka_topic"], 100, timeout=5)
+        docs = [msgpack.unpackb(m.value(), object_hook=msgpack_numpy.decode) for m in msgs]
+        return [(name, m.key().decode()) for (name, _), m in zip(docs, msgs, strict=True)]
+
+    stack = stacks.start("--kafka-max-mib", "40")
+    info = await stack.wait_info(timeout=60)
+    async with await Client.connect(info["nats_url"], info["prefix"], timeout=30.0) as client:
+        assert (await client.request("environment_open"))["success"]
+        await client.wait_for(
+            lambda st: st["worker_environment_exists"] and st["manager_state"] == "idle", 60
+        )
+        first = await run_count(client)
+        before = await asyncio.to_thread(runs_in, info)
+        assert [n for n, _ in before] == ["start", "descriptor", "event", "event", "stop"]
+        assert {u for _, u in before} == {first}
+        await asyncio.to_thread(fill_broker, info["kafka_bootstrap"], 50)
+        async with asyncio.timeout(90):  # checked every KAFKA_MEMORY_CHECK_S
+            while (await stack.wait_info())["kafka_pid"] == info["kafka_pid"]:
+                await asyncio.sleep(0.2)
+        assert "over its bound of 40 MiB (--kafka-max-mib" in stack.output()
+        assert "the Kafka broker stopped" not in stack.output()  # a restart, not a crash
+        again = await stack.wait_info()
+        assert again["kafka_bootstrap"] == info["kafka_bootstrap"]
+        assert partitions(again["kafka_bootstrap"], again["kafka_topic"]) == 1
+        # Empty: the first run is gone from Kafka; the next one arrives whole.
+        second = await run_count(client)
+        st = await client.wait_for(lambda st: st["kafka_pending"] == 0, timeout=60)
+        assert st["kafka_failed"] == 0
+        runs = await asyncio.to_thread(runs_in, again)
+        assert [n for n, _ in runs] == ["start", "descriptor", "event", "event", "stop"]
+        assert {u for _, u in runs} == {second} and first != second
 
 
 async def test_nats_server_gets_a_lower_gc_target_and_no_memory_limit_unless_the_user_sets_one(

@@ -364,6 +364,11 @@ def test_stack_commands_call_the_stack_module(
     assert len(calls) == n  # refused before the stack starts
     assert cli.run(["stack", "up", "--no-kafka", "--kafka-port", "9"]) == 7
     assert (calls[-1]["kafka"], calls[-1]["kafka_port"]) == (False, 9)
+    assert cli.run(["stack", "up", "--kafka-max-mib", "0"]) == 7
+    assert calls[-1]["kafka_max_mib"] == 0
+    n = len(calls)
+    assert cli.run(["stack", "up", "--kafka-max-mib", "-5"]) != 7
+    assert len(calls) == n
     assert cli.run(["stack", "up", "--no-zmq", "--zmq-port", "5", "--zmq-info-port", "6"]) == 7
     assert (calls[-1]["zmq"], calls[-1]["zmq_port"], calls[-1]["zmq_info_port"]) == (False, 5, 6)
     assert cli.run(["--prefix", "qs.b", "stack", "up", "--data-dir", "/tmp/x"]) == 7

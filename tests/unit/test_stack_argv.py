@@ -17,6 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "prefix": "qs.default",
     "kafka": True,
     "kafka_port": 0,
+    "kafka_max_mib": 1024,
     "http_auth": True,
     "catalog": True,
     "tiled_port": 0,
@@ -35,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
         {"data_dir": Path("/tmp/some dir"), "nats_port": 5000, "http_port": 6000},
         {"nats_url": "nats://a:1,nats://b:2", "prefix": "qs.beamline-2"},
         {"kafka": False, "kafka_port": 9, "catalog": False, "tiled_port": 7},
+        {"kafka_max_mib": 0},
+        {"kafka_max_mib": 64},
         {"http_auth": False, "zmq": False, "zmq_port": 5, "zmq_info_port": 6},
         {"http_config": Path("/etc/qserver/http.yml"), "ipython_kernel": True},
         {"ipython_kernel": False},
@@ -52,3 +55,11 @@ def test_the_parser_and_stack_argv_know_the_same_options() -> None:
     parsed = vars(parser().parse_args([]))
     del parsed["config"]
     assert parsed.keys() == DEFAULTS.keys()
+
+
+def test_a_negative_bound_for_the_kafka_brokers_memory_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--kafka-max-mib", "-1"])
+    assert "must be 0 (no bound) or more, not -1" in capsys.readouterr().err
