@@ -53,7 +53,7 @@ CHECK_TIMEOUT = 60.0  # the Kafka topic, the --http-config check
 # (GOGC; the Go default is 100). Not a fixed limit: JetStream's block buffers (up to 8 MiB
 # each) make the live heap lumpy, and a limit near it left the collector running without
 # end (ADR 34, amendment). A GOGC or GOMEMLIMIT in the environment wins.
-NATS_GC_PERCENT = 50
+NATS_GC_PERCENT = 25
 # The local Kafka broker keeps every document it is given (Tansu's memory engine has no
 # retention): past this much resident memory it is restarted empty (ADR 10, amendment).
 KAFKA_MAX_MIB = 1024
